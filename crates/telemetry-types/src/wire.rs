@@ -1,0 +1,393 @@
+//! The wire model: exactly the JSON the Databricks telemetry endpoints accept.
+//!
+//! Field names follow `spec/wire-format.md` to the letter. Every optional field is
+//! skipped when `None` (the receiver rejects `null`), and every struct denies unknown
+//! fields when parsed, so the same types validate payloads in tests and in the mock
+//! workspace.
+
+use serde::{Deserialize, Serialize};
+
+/// Body of `POST /telemetry-ext` and `POST /telemetry-unauth`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryRequest {
+    /// Milliseconds since the Unix epoch at the time of the POST.
+    #[serde(rename = "uploadTime")]
+    pub upload_time: i64,
+    /// Always empty; the server requires the key.
+    pub items: Vec<serde_json::Value>,
+    /// One JSON-serialised [`TelemetryFrontendLog`] per element, as a string.
+    #[serde(rename = "protoLogs")]
+    pub proto_logs: Vec<String>,
+}
+
+impl TelemetryRequest {
+    /// Builds a request body from logs, serialising each log to its own JSON string.
+    ///
+    /// ```
+    /// use telemetry_types::wire::{TelemetryFrontendLog, TelemetryRequest};
+    /// let log = TelemetryFrontendLog::new("id-1".into(), 1, "ua".into());
+    /// let req = TelemetryRequest::from_logs(7, [&log]).unwrap();
+    /// assert_eq!(req.proto_logs.len(), 1);
+    /// assert!(req.items.is_empty());
+    /// ```
+    pub fn from_logs<'a>(
+        upload_time: i64,
+        logs: impl IntoIterator<Item = &'a TelemetryFrontendLog>,
+    ) -> Result<Self, serde_json::Error> {
+        let proto_logs = logs
+            .into_iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            upload_time,
+            items: Vec::new(),
+            proto_logs,
+        })
+    }
+}
+
+/// One log (`TelemetryFrontendLog`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFrontendLog {
+    /// Workspace id, sent as a JSON number. Only from the HTTP path, never guessed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub workspace_id: Option<i64>,
+    /// A UUID v4 per log.
+    pub frontend_log_event_id: String,
+    /// When and by whom.
+    pub context: FrontendLogContext,
+    /// What happened.
+    pub entry: FrontendLogEntry,
+}
+
+impl TelemetryFrontendLog {
+    /// A log with an empty `sql_driver_log`, to be filled in by the caller.
+    pub fn new(event_id: String, timestamp_millis: i64, user_agent: String) -> Self {
+        Self {
+            workspace_id: None,
+            frontend_log_event_id: event_id,
+            context: FrontendLogContext {
+                client_context: TelemetryClientContext {
+                    timestamp_millis,
+                    user_agent,
+                },
+            },
+            entry: FrontendLogEntry::default(),
+        }
+    }
+
+    /// The driver log inside this log.
+    pub fn driver_log(&self) -> &SqlDriverLog {
+        &self.entry.sql_driver_log
+    }
+
+    /// The driver log inside this log, mutably.
+    pub fn driver_log_mut(&mut self) -> &mut SqlDriverLog {
+        &mut self.entry.sql_driver_log
+    }
+}
+
+/// `context`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendLogContext {
+    /// `client_context`.
+    pub client_context: TelemetryClientContext,
+}
+
+/// `context.client_context`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryClientContext {
+    /// When the event happened (statement rows: statement start), ms since the epoch.
+    pub timestamp_millis: i64,
+    /// The driver's user agent (redacted).
+    pub user_agent: String,
+}
+
+/// `entry`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendLogEntry {
+    /// `sql_driver_log`.
+    pub sql_driver_log: SqlDriverLog,
+}
+
+/// `entry.sql_driver_log`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlDriverLog {
+    /// Session id (correlation id: never on the unauthenticated endpoint).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub session_id: Option<String>,
+    /// Statement id (correlation id: never on the unauthenticated endpoint).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sql_statement_id: Option<String>,
+    /// Only on `CREATE_SESSION` rows.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub system_configuration: Option<DriverSystemConfiguration>,
+    /// Only on `CREATE_SESSION` rows.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub driver_connection_params: Option<DriverConnectionParameters>,
+    /// Only on `CREATE_SESSION` rows.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auth_type: Option<AuthType>,
+    /// Latency of the operation in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub operation_latency_ms: Option<i64>,
+    /// Statement / operation details.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sql_operation: Option<SqlExecutionEvent>,
+    /// Error details.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error_info: Option<DriverErrorInfo>,
+}
+
+/// `system_configuration` (spec 2.1). All strings, all optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct DriverSystemConfiguration {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub driver_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub driver_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub runtime_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub runtime_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub runtime_vendor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub os_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub os_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub os_arch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub client_app_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub locale_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub char_set_encoding: Option<String>,
+    /// Basename only: no arguments, no directories.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub process_name: Option<String>,
+}
+
+/// `driver_connection_params` (spec 2.2). The receiver rejects unknown keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct DriverConnectionParameters {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub http_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mode: Option<DriverMode>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub host_info: Option<HostDetails>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub use_proxy: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enable_arrow: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enable_direct_results: Option<bool>,
+    /// Seconds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub socket_timeout: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auth_mech: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auth_flow: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enable_metric_view_metadata: Option<bool>,
+}
+
+/// `driver_connection_params.host_info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostDetails {
+    /// The workspace URL.
+    pub host_url: String,
+    /// The port, usually 443.
+    pub port: u16,
+}
+
+/// `sql_operation` (spec 2.3).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct SqlExecutionEvent {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub statement_type: Option<StatementType>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub is_compressed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub execution_result: Option<ExecutionResultFormat>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub retry_count: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub operation_detail: Option<OperationDetail>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub chunk_details: Option<ChunkDetails>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub result_latency: Option<ResultLatency>,
+}
+
+/// `sql_operation.operation_detail`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct OperationDetail {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub operation_type: Option<OperationType>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub n_operation_status_calls: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub operation_status_latency_millis: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub is_internal_call: Option<bool>,
+}
+
+/// `sql_operation.chunk_details`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct ChunkDetails {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub total_chunks_present: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub total_chunks_iterated: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub initial_chunk_latency_millis: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub slowest_chunk_latency_millis: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sum_chunks_download_time_millis: Option<i64>,
+}
+
+/// `sql_operation.result_latency`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct ResultLatency {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub result_set_ready_latency_millis: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub result_set_consumption_latency_millis: Option<i64>,
+}
+
+/// `error_info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriverErrorInfo {
+    /// The error's name (type), e.g. `AuthenticationError`.
+    pub error_name: String,
+    /// Redacted message / trace, at most 2048 characters; empty on the unauthenticated endpoint.
+    pub stack_trace: String,
+}
+
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// The string sent on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// `sql_operation.statement_type`.
+    StatementType {
+        /// No statement.
+        None = "NONE",
+        /// A query returning rows.
+        Query = "QUERY",
+        /// Other SQL.
+        Sql = "SQL",
+        /// DML.
+        Update = "UPDATE",
+        /// A metadata call (catalogs, schemas, ...).
+        Metadata = "METADATA",
+    }
+}
+
+wire_enum! {
+    /// `sql_operation.execution_result`: how the result came back.
+    ExecutionResultFormat {
+        /// Arrow batches inline in the response.
+        InlineArrow = "INLINE_ARROW",
+        /// Thrift columnar inline.
+        ColumnarInline = "COLUMNAR_INLINE",
+        /// CloudFetch presigned links.
+        ExternalLinks = "EXTERNAL_LINKS",
+        /// JSON inline.
+        InlineJson = "INLINE_JSON",
+        /// Unknown.
+        Unspecified = "FORMAT_UNSPECIFIED",
+    }
+}
+
+wire_enum! {
+    /// `driver_connection_params.mode`.
+    DriverMode {
+        /// Thrift protocol.
+        Thrift = "THRIFT",
+        /// SQL Execution API.
+        Sea = "SEA",
+        /// Unknown.
+        Unspecified = "TYPE_UNSPECIFIED",
+    }
+}
+
+wire_enum! {
+    /// `operation_detail.operation_type`. The receiver's enum is closed.
+    OperationType {
+        #[allow(missing_docs)] CreateSession = "CREATE_SESSION",
+        #[allow(missing_docs)] DeleteSession = "DELETE_SESSION",
+        #[allow(missing_docs)] ExecuteStatement = "EXECUTE_STATEMENT",
+        #[allow(missing_docs)] ListTypeInfo = "LIST_TYPE_INFO",
+        #[allow(missing_docs)] ListCatalogs = "LIST_CATALOGS",
+        #[allow(missing_docs)] ListSchemas = "LIST_SCHEMAS",
+        #[allow(missing_docs)] ListTables = "LIST_TABLES",
+        #[allow(missing_docs)] ListTableTypes = "LIST_TABLE_TYPES",
+        #[allow(missing_docs)] ListColumns = "LIST_COLUMNS",
+        #[allow(missing_docs)] ListFunctions = "LIST_FUNCTIONS",
+        /// Anything else: never a made-up value.
+        Unspecified = "TYPE_UNSPECIFIED",
+    }
+}
+
+wire_enum! {
+    /// `auth_type`.
+    AuthType {
+        /// Personal access token.
+        Pat = "pat",
+        /// OAuth machine-to-machine.
+        OauthM2m = "oauth-m2m",
+        /// OAuth user-to-machine in a browser.
+        ExternalBrowser = "external-browser",
+        /// A caller-supplied token provider.
+        TokenProvider = "token-provider",
+        /// Custom credentials.
+        Custom = "custom",
+        /// Unknown.
+        Unknown = "unknown",
+    }
+}
