@@ -1,0 +1,556 @@
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::time::Instant;
+
+/// How failures in the CLOSED state decide to open the breaker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailurePolicy {
+    /// Open after `threshold` consecutive failures; a success resets the count.
+    Consecutive {
+        /// Failures in a row that open the breaker.
+        threshold: u32,
+    },
+    /// Open when, over the last `window` calls (and at least `minimum_calls` of them), the
+    /// share of failures is at least `failure_rate` (Go driver: 0.5, 10, 30).
+    Rate {
+        /// Share of failures in `0.0..=1.0` that opens the breaker.
+        failure_rate: f64,
+        /// Calls needed in the window before the rate is judged.
+        minimum_calls: u32,
+        /// How many of the latest calls the window holds.
+        window: u32,
+    },
+}
+
+/// Breaker settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// When CLOSED turns OPEN. Default: 5 consecutive failures.
+    pub policy: FailurePolicy,
+    /// How long OPEN lasts before probes are admitted. Default 60 s.
+    pub open_duration: Duration,
+    /// Longest OPEN a failing call may ask for (its `Retry-After`). Default 10 min.
+    pub max_open_duration: Duration,
+    /// Concurrent probes admitted in HALF_OPEN. Default 1.
+    pub half_open_max_probes: u32,
+    /// Successful probes that close the breaker. Default 2.
+    pub success_threshold: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            policy: FailurePolicy::Consecutive { threshold: 5 },
+            open_duration: Duration::from_secs(60),
+            max_open_duration: Duration::from_secs(600),
+            half_open_max_probes: 1,
+            success_threshold: 2,
+        }
+    }
+}
+
+/// A breaker setting that makes no sense.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum BreakerConfigError {
+    /// `field` is out of range.
+    #[error("invalid breaker config: `{field}` {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+impl BreakerConfig {
+    /// The Go driver's rate policy: 50 % of at least 10 calls in a window of 30.
+    pub fn rate_based() -> Self {
+        Self {
+            policy: FailurePolicy::Rate {
+                failure_rate: 0.5,
+                minimum_calls: 10,
+                window: 30,
+            },
+            half_open_max_probes: 3,
+            ..Self::default()
+        }
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), BreakerConfigError> {
+        let bad = |field, reason| Err(BreakerConfigError::Invalid { field, reason });
+        match self.policy {
+            FailurePolicy::Consecutive { threshold: 0 } => {
+                return bad("policy.threshold", "must be at least 1");
+            }
+            FailurePolicy::Rate {
+                failure_rate,
+                minimum_calls,
+                window,
+            } => {
+                if !(failure_rate > 0.0 && failure_rate <= 1.0) {
+                    return bad("policy.failure_rate", "must be in (0, 1]");
+                }
+                if window == 0 {
+                    return bad("policy.window", "must be at least 1");
+                }
+                if minimum_calls == 0 || minimum_calls > window {
+                    return bad("policy.minimum_calls", "must be in 1..=window");
+                }
+            }
+            FailurePolicy::Consecutive { .. } => {}
+        }
+        if self.open_duration.is_zero() {
+            return bad("open_duration", "must be positive");
+        }
+        if self.max_open_duration < self.open_duration {
+            return bad("max_open_duration", "must be at least open_duration");
+        }
+        if self.half_open_max_probes == 0 {
+            return bad("half_open_max_probes", "must be at least 1");
+        }
+        if self.success_threshold == 0 {
+            return bad("success_threshold", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BreakerState {
+    /// Calls run.
+    Closed = 0,
+    /// Calls are rejected.
+    Open = 1,
+    /// A few probes run.
+    HalfOpen = 2,
+}
+
+impl BreakerState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Open,
+            2 => Self::HalfOpen,
+            _ => Self::Closed,
+        }
+    }
+
+    /// `closed`, `open` or `half_open`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A call was not admitted: the breaker is open (or half-open with every probe slot taken).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("circuit breaker `{name}` is {state}: call rejected")]
+pub struct Rejected {
+    /// The breaker's name.
+    pub name: String,
+    /// Its state when the call was rejected.
+    pub state: BreakerState,
+}
+
+/// The result of [`CircuitBreaker::call`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CallError<E> {
+    /// The breaker did not run the future.
+    #[error(transparent)]
+    Rejected(Rejected),
+    /// The future ran and failed.
+    #[error("{0}")]
+    Inner(E),
+}
+
+/// How a protected call ended, as far as the breaker is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The endpoint works.
+    Success,
+    /// The endpoint failed; `retry_after` (a server's hint) may keep the breaker open longer.
+    Failure {
+        /// Minimum time before the next attempt, if the server said.
+        retry_after: Option<Duration>,
+    },
+    /// Says nothing about the endpoint's health (a caller bug such as HTTP 400).
+    Ignored,
+}
+
+/// Counters, all monotonic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BreakerStats {
+    /// Current state.
+    pub state: Option<BreakerState>,
+    /// Calls rejected without running.
+    pub rejected: u64,
+    /// Calls recorded as failures.
+    pub failures: u64,
+    /// Calls recorded as successes.
+    pub successes: u64,
+    /// Calls recorded as ignored (or whose permit was dropped).
+    pub ignored: u64,
+    /// Times the breaker opened.
+    pub openings: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    rejected: AtomicU64,
+    failures: AtomicU64,
+    successes: AtomicU64,
+    ignored: AtomicU64,
+    openings: AtomicU64,
+}
+
+struct Core {
+    state: BreakerState,
+    /// Bumped on every transition; permits from an older generation do not move the state.
+    generation: u64,
+    consecutive_failures: u32,
+    window: VecDeque<bool>,
+    window_failures: u32,
+    open_until: Instant,
+    probes_in_flight: u32,
+    probe_successes: u32,
+}
+
+pub(crate) struct Inner {
+    name: String,
+    config: BreakerConfig,
+    state: AtomicU8,
+    core: Mutex<Core>,
+    counters: Counters,
+}
+
+/// A circuit breaker. Cheap to clone (clones share state).
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.inner.name)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl CircuitBreaker {
+    /// A closed breaker. An invalid config is replaced field-by-field by nothing: call
+    /// [`BreakerConfig::validate`] first, or use [`CircuitBreaker::try_new`].
+    pub fn new(name: impl Into<String>, config: BreakerConfig) -> Self {
+        let window = match config.policy {
+            FailurePolicy::Rate { window, .. } => window as usize,
+            FailurePolicy::Consecutive { .. } => 0,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                name: name.into(),
+                config,
+                state: AtomicU8::new(BreakerState::Closed as u8),
+                core: Mutex::new(Core {
+                    state: BreakerState::Closed,
+                    generation: 0,
+                    consecutive_failures: 0,
+                    window: VecDeque::with_capacity(window),
+                    window_failures: 0,
+                    open_until: Instant::now(),
+                    probes_in_flight: 0,
+                    probe_successes: 0,
+                }),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// A closed breaker, if the config is valid.
+    pub fn try_new(name: impl Into<String>, config: BreakerConfig) -> Result<Self, BreakerConfigError> {
+        config.validate()?;
+        Ok(Self::new(name, config))
+    }
+
+    pub(crate) fn inner_arc(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// The breaker's name (e.g. the host it protects).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The config.
+    pub fn config(&self) -> &BreakerConfig {
+        &self.inner.config
+    }
+
+    /// The last recorded state: one atomic load. An OPEN breaker whose time is up still
+    /// reads OPEN until the next call turns it HALF_OPEN.
+    pub fn state(&self) -> BreakerState {
+        BreakerState::from_u8(self.inner.state.load(Ordering::Acquire))
+    }
+
+    /// Counters and state.
+    pub fn stats(&self) -> BreakerStats {
+        let c = &self.inner.counters;
+        BreakerStats {
+            state: Some(self.state()),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            successes: c.successes.load(Ordering::Relaxed),
+            ignored: c.ignored.load(Ordering::Relaxed),
+            openings: c.openings.load(Ordering::Relaxed),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // Poisoning needs a panic inside the critical section, whose code cannot panic; if it
+        // ever happened, the state is still consistent enough to keep going.
+        self.inner.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_state(&self, core: &mut Core, to: BreakerState, now: Instant, open_for: Duration) {
+        let from = core.state;
+        core.state = to;
+        core.generation = core.generation.wrapping_add(1);
+        core.consecutive_failures = 0;
+        core.window.clear();
+        core.window_failures = 0;
+        core.probes_in_flight = 0;
+        core.probe_successes = 0;
+        if to == BreakerState::Open {
+            core.open_until = now + open_for;
+            self.inner.counters.openings.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(breaker = %self.inner.name, from = %from, open_for_ms = open_for.as_millis() as u64, "circuit breaker opened");
+        } else {
+            tracing::debug!(breaker = %self.inner.name, from = %from, to = %to, "circuit breaker transition");
+        }
+        self.inner.state.store(to as u8, Ordering::Release);
+    }
+
+    fn open_for(&self, retry_after: Option<Duration>) -> Duration {
+        let c = &self.inner.config;
+        retry_after
+            .map_or(c.open_duration, |r| r.max(c.open_duration))
+            .min(c.max_open_duration)
+    }
+
+    /// Asks to run one call. On success, record the call's outcome on the permit; a permit
+    /// dropped without a record counts as [`Outcome::Ignored`] and frees its probe slot.
+    pub fn try_acquire(&self) -> Result<Permit, Rejected> {
+        let now = Instant::now();
+        let mut core = self.lock();
+        if core.state == BreakerState::Open && now >= core.open_until {
+            self.set_state(&mut core, BreakerState::HalfOpen, now, Duration::ZERO);
+        }
+        match core.state {
+            BreakerState::Closed => Ok(Permit::new(self.clone(), core.generation, false)),
+            BreakerState::HalfOpen if core.probes_in_flight < self.inner.config.half_open_max_probes => {
+                core.probes_in_flight += 1;
+                Ok(Permit::new(self.clone(), core.generation, true))
+            }
+            state => {
+                drop(core);
+                self.inner.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(Rejected {
+                    name: self.inner.name.clone(),
+                    state,
+                })
+            }
+        }
+    }
+
+    fn record(&self, generation: u64, probe: bool, outcome: Outcome) {
+        let counters = &self.inner.counters;
+        match outcome {
+            Outcome::Success => counters.successes.fetch_add(1, Ordering::Relaxed),
+            Outcome::Failure { .. } => counters.failures.fetch_add(1, Ordering::Relaxed),
+            Outcome::Ignored => counters.ignored.fetch_add(1, Ordering::Relaxed),
+        };
+        let now = Instant::now();
+        let mut core = self.lock();
+        if generation != core.generation {
+            // The state moved on while this call ran. A late failure with a server hint may
+            // still keep an open breaker open longer.
+            if let (BreakerState::Open, Outcome::Failure { retry_after: Some(r) }) = (core.state, outcome) {
+                let until = now + self.open_for(Some(r));
+                if until > core.open_until {
+                    core.open_until = until;
+                }
+            }
+            return;
+        }
+        match core.state {
+            BreakerState::Closed => match outcome {
+                Outcome::Success => {
+                    core.consecutive_failures = 0;
+                    self.push_window(&mut core, false);
+                }
+                Outcome::Failure { retry_after } => {
+                    core.consecutive_failures = core.consecutive_failures.saturating_add(1);
+                    self.push_window(&mut core, true);
+                    if self.should_open(&core) {
+                        let open_for = self.open_for(retry_after);
+                        self.set_state(&mut core, BreakerState::Open, now, open_for);
+                    }
+                }
+                Outcome::Ignored => {}
+            },
+            BreakerState::HalfOpen if probe => {
+                core.probes_in_flight = core.probes_in_flight.saturating_sub(1);
+                match outcome {
+                    Outcome::Success => {
+                        core.probe_successes += 1;
+                        if core.probe_successes >= self.inner.config.success_threshold {
+                            self.set_state(&mut core, BreakerState::Closed, now, Duration::ZERO);
+                        }
+                    }
+                    Outcome::Failure { retry_after } => {
+                        let open_for = self.open_for(retry_after);
+                        self.set_state(&mut core, BreakerState::Open, now, open_for);
+                    }
+                    Outcome::Ignored => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn push_window(&self, core: &mut Core, failed: bool) {
+        if let FailurePolicy::Rate { window, .. } = self.inner.config.policy {
+            if core.window.len() >= window as usize {
+                if core.window.pop_front() == Some(true) {
+                    core.window_failures -= 1;
+                }
+            }
+            core.window.push_back(failed);
+            core.window_failures += u32::from(failed);
+        }
+    }
+
+    fn should_open(&self, core: &Core) -> bool {
+        match self.inner.config.policy {
+            FailurePolicy::Consecutive { threshold } => core.consecutive_failures >= threshold,
+            FailurePolicy::Rate {
+                failure_rate,
+                minimum_calls,
+                ..
+            } => {
+                let calls = core.window.len() as u32;
+                calls >= minimum_calls && f64::from(core.window_failures) >= failure_rate * f64::from(calls)
+            }
+        }
+    }
+
+    /// Runs `fut` if admitted; `classify` tells the breaker what its output means. Returns the
+    /// output, or [`Rejected`] without polling `fut`.
+    pub async fn call_with<T, F>(&self, fut: F, classify: impl FnOnce(&T) -> Outcome) -> Result<T, Rejected>
+    where
+        F: Future<Output = T>,
+    {
+        let permit = self.try_acquire()?;
+        let out = fut.await;
+        permit.record(classify(&out));
+        Ok(out)
+    }
+
+    /// Runs `fut` if admitted. `Ok` is a success; an `Err` for which `is_failure` is true is a
+    /// failure, any other `Err` leaves the breaker alone.
+    pub async fn call<T, E, F>(&self, fut: F, is_failure: impl FnOnce(&E) -> bool) -> Result<T, CallError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        let out = self
+            .call_with(fut, |r| match r {
+                Ok(_) => Outcome::Success,
+                Err(e) if is_failure(e) => Outcome::Failure { retry_after: None },
+                Err(_) => Outcome::Ignored,
+            })
+            .await
+            .map_err(CallError::Rejected)?;
+        out.map_err(CallError::Inner)
+    }
+}
+
+/// Permission to make one call. Record how it went with [`Permit::record`] (or the
+/// shorthands); dropping it unrecorded counts as [`Outcome::Ignored`].
+#[must_use = "a permit records nothing until `record` is called"]
+pub struct Permit {
+    breaker: CircuitBreaker,
+    generation: u64,
+    probe: bool,
+    recorded: bool,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("breaker", &self.breaker.inner.name)
+            .field("probe", &self.probe)
+            .finish()
+    }
+}
+
+impl Permit {
+    fn new(breaker: CircuitBreaker, generation: u64, probe: bool) -> Self {
+        Self {
+            breaker,
+            generation,
+            probe,
+            recorded: false,
+        }
+    }
+
+    /// Whether this permit is a HALF_OPEN probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Records the outcome.
+    pub fn record(mut self, outcome: Outcome) {
+        self.recorded = true;
+        self.breaker.record(self.generation, self.probe, outcome);
+    }
+
+    /// Records a success.
+    pub fn success(self) {
+        self.record(Outcome::Success);
+    }
+
+    /// Records a failure.
+    pub fn failure(self) {
+        self.record(Outcome::Failure { retry_after: None });
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.record(self.generation, self.probe, Outcome::Ignored);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

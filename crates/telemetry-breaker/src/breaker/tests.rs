@@ -1,0 +1,335 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use rstest::rstest;
+
+use super::*;
+use crate::CircuitBreakerRegistry;
+
+fn breaker(threshold: u32) -> CircuitBreaker {
+    CircuitBreaker::new(
+        "test",
+        BreakerConfig {
+            policy: FailurePolicy::Consecutive { threshold },
+            ..BreakerConfig::default()
+        },
+    )
+}
+
+fn fail(b: &CircuitBreaker, n: u32) {
+    for _ in 0..n {
+        b.try_acquire().unwrap().failure();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn starts_closed() {
+    let b = breaker(5);
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(b.stats(), BreakerStats { state: Some(BreakerState::Closed), ..Default::default() });
+    assert_eq!(b.name(), "test");
+    assert!(format!("{b:?}").contains("Closed"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn opens_after_threshold() {
+    let b = breaker(5);
+    fail(&b, 4);
+    assert_eq!(b.state(), BreakerState::Closed);
+    fail(&b, 1);
+    assert_eq!(b.state(), BreakerState::Open);
+    let s = b.stats();
+    assert_eq!((s.failures, s.openings), (5, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejects_while_open_without_running_the_future() {
+    let b = breaker(1);
+    fail(&b, 1);
+    let ran = Arc::new(AtomicU32::new(0));
+    let r = ran.clone();
+    let out = b
+        .call(async move { r.fetch_add(1, Ordering::SeqCst); Ok::<_, ()>(()) }, |_| true)
+        .await;
+    match out {
+        Err(CallError::Rejected(rej)) => {
+            assert_eq!(rej.state, BreakerState::Open);
+            assert!(rej.to_string().contains("open"));
+        }
+        other => panic!("expected rejection, got {other:?}"),
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    assert_eq!(b.stats().rejected, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_after_the_timeout() {
+    let b = breaker(1);
+    fail(&b, 1);
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert!(b.try_acquire().is_err());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let p = b.try_acquire().unwrap();
+    assert!(p.is_probe());
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    drop(p);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_n_probes_admitted_when_many_race() {
+    let b = CircuitBreaker::new(
+        "t",
+        BreakerConfig { policy: FailurePolicy::Consecutive { threshold: 1 }, half_open_max_probes: 3, ..Default::default() },
+    );
+    fail(&b, 1);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let results: Vec<_> = (0..50).map(|_| b.try_acquire()).collect();
+    let admitted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(admitted, 3);
+    assert_eq!(b.stats().rejected, 47);
+}
+
+#[tokio::test(start_paused = true)]
+async fn closes_after_successes() {
+    let b = breaker(1);
+    fail(&b, 1);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    b.try_acquire().unwrap().success();
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    b.try_acquire().unwrap().success();
+    assert_eq!(b.state(), BreakerState::Closed);
+    // Closed again: the failure count starts from zero.
+    let b2 = breaker(2);
+    fail(&b2, 1);
+    b2.try_acquire().unwrap().success();
+    fail(&b2, 1);
+    assert_eq!(b2.state(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reopens_on_a_half_open_failure() {
+    let b = breaker(1);
+    fail(&b, 1);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    b.try_acquire().unwrap().success();
+    b.try_acquire().unwrap().failure();
+    assert_eq!(b.state(), BreakerState::Open);
+    assert_eq!(b.stats().openings, 2);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(b.try_acquire().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_resets_the_consecutive_count() {
+    let b = breaker(3);
+    for _ in 0..10 {
+        fail(&b, 2);
+        b.try_acquire().unwrap().success();
+    }
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(b.stats().failures, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_policy_opens_at_threshold_only_after_minimum_calls() {
+    let b = CircuitBreaker::try_new("r", BreakerConfig::rate_based()).unwrap();
+    // 9 failures: 100 % but fewer than 10 calls.
+    fail(&b, 9);
+    assert_eq!(b.state(), BreakerState::Closed);
+    // The 10th call is a success: only a failure is judged against the rate.
+    b.try_acquire().unwrap().success();
+    assert_eq!(b.state(), BreakerState::Closed, "successes never open");
+    fail(&b, 1);
+    assert_eq!(b.state(), BreakerState::Open);
+
+    let b = CircuitBreaker::try_new("r2", BreakerConfig::rate_based()).unwrap();
+    // 20 % failures over a full window stays closed.
+    for i in 0..60 {
+        let p = b.try_acquire().unwrap();
+        if i % 5 == 0 { p.failure() } else { p.success() }
+    }
+    assert_eq!(b.state(), BreakerState::Closed);
+    // Then failures push the window over 50 %.
+    let mut n = 0;
+    while b.state() == BreakerState::Closed {
+        fail(&b, 1);
+        n += 1;
+    }
+    assert!(n > 1 && n < 30, "{n}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_counting_errors_leave_state_alone() {
+    let b = breaker(2);
+    for _ in 0..10 {
+        let r = b.call(async { Err::<(), u16>(400) }, |status| *status >= 500).await;
+        assert!(matches!(r, Err(CallError::Inner(400))));
+    }
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(b.stats().ignored, 10);
+    let r = b.call(async { Err::<(), u16>(503) }, |s| *s >= 500).await;
+    assert!(matches!(r, Err(CallError::Inner(503))));
+    let r = b.call(async { Ok::<u8, u16>(7) }, |s| *s >= 500).await;
+    assert!(matches!(r, Ok(7)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_extends_open() {
+    let b = breaker(1);
+    b.try_acquire().unwrap().record(Outcome::Failure { retry_after: Some(Duration::from_secs(120)) });
+    assert_eq!(b.state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert!(b.try_acquire().is_err(), "still open past the default 60 s");
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert!(b.try_acquire().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_capped_and_late_failures_extend() {
+    let b = breaker(1);
+    b.try_acquire().unwrap().record(Outcome::Failure { retry_after: Some(Duration::from_secs(100_000)) });
+    tokio::time::advance(Duration::from_secs(600)).await;
+    let p = b.try_acquire().unwrap();
+    p.failure();
+    // A call admitted while closed that fails after the breaker opened extends the opening.
+    let b = breaker(1);
+    let late = b.try_acquire().unwrap();
+    fail(&b, 1);
+    late.record(Outcome::Failure { retry_after: Some(Duration::from_secs(90)) });
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert!(b.try_acquire().is_err());
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(b.try_acquire().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_permits_release_half_open_slots() {
+    let b = breaker(1);
+    fail(&b, 1);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let p = b.try_acquire().unwrap();
+    assert!(b.try_acquire().is_err(), "the single slot is taken");
+    drop(p);
+    let p = b.try_acquire().expect("slot released by the drop");
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    drop(p);
+    assert_eq!(b.stats().ignored, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_call_releases_its_probe_slot() {
+    let b = breaker(1);
+    fail(&b, 1);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let hung = b.call(std::future::pending::<Result<(), ()>>(), |_| true);
+    let r = tokio::time::timeout(Duration::from_secs(1), hung).await;
+    assert!(r.is_err());
+    assert!(b.try_acquire().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_permits_do_not_move_state() {
+    let b = breaker(1);
+    let old = b.try_acquire().unwrap();
+    fail(&b, 1);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let probe = b.try_acquire().unwrap();
+    old.success(); // from the closed generation: must not count as a probe success
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    probe.success();
+    b.try_acquire().unwrap().success();
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn registry_isolates_hosts() {
+    let reg = CircuitBreakerRegistry::new(BreakerConfig { policy: FailurePolicy::Consecutive { threshold: 1 }, ..Default::default() });
+    let a = reg.get_or_create("a".to_string());
+    let b = reg.get_or_create("b".to_string());
+    fail(&a, 1);
+    assert_eq!(a.state(), BreakerState::Open);
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(reg.get(&"a".to_string()).unwrap().state(), BreakerState::Open);
+    assert_eq!(reg.len(), 2);
+    assert!(reg.remove(&"a".to_string()).is_some());
+    assert!(reg.get(&"a".to_string()).is_none());
+    assert_eq!(reg.get_or_create("a".to_string()).state(), BreakerState::Closed);
+    assert!(format!("{reg:?}").contains("\"b\""));
+}
+
+#[tokio::test(start_paused = true)]
+async fn registry_leases_remove_at_zero() {
+    let reg = CircuitBreakerRegistry::new(BreakerConfig::default());
+    let l1 = reg.lease("h".to_string());
+    let l2 = reg.lease("h".to_string());
+    assert!(Arc::ptr_eq(l1.breaker().inner_arc(), l2.breaker().inner_arc()));
+    drop(l1);
+    assert_eq!(reg.len(), 1);
+    drop(l2);
+    assert!(reg.is_empty());
+    // A lease whose entry was removed and re-created leaves the new entry alone.
+    let old = reg.lease("h".to_string());
+    reg.remove(&"h".to_string());
+    let _new = reg.lease("h".to_string());
+    drop(old);
+    assert_eq!(reg.len(), 1);
+    assert!(format!("{_new:?}").contains("h"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_stress_keeps_counters_consistent() {
+    // Real time with a 1 ms opening, so the breaker cycles through every state many times.
+    let b = CircuitBreaker::new(
+        "s",
+        BreakerConfig {
+            policy: FailurePolicy::Consecutive { threshold: 3 },
+            open_duration: Duration::from_millis(1),
+            max_open_duration: Duration::from_millis(1),
+            ..Default::default()
+        },
+    );
+    let mut tasks = Vec::new();
+    for t in 0..16u32 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..500u32 {
+                let _ = b
+                    .call_with(async { (t + i) % 7 == 0 }, |failed| {
+                        if *failed { Outcome::Failure { retry_after: None } } else if i % 11 == 0 { Outcome::Ignored } else { Outcome::Success }
+                    })
+                    .await;
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = b.stats();
+    assert_eq!(s.rejected + s.failures + s.successes + s.ignored, 16 * 500);
+    assert!(s.successes > 0);
+}
+
+#[rstest]
+#[case(BreakerConfig { policy: FailurePolicy::Consecutive { threshold: 0 }, ..Default::default() }, "policy.threshold")]
+#[case(BreakerConfig { policy: FailurePolicy::Rate { failure_rate: 0.0, minimum_calls: 1, window: 1 }, ..Default::default() }, "policy.failure_rate")]
+#[case(BreakerConfig { policy: FailurePolicy::Rate { failure_rate: 1.5, minimum_calls: 1, window: 1 }, ..Default::default() }, "policy.failure_rate")]
+#[case(BreakerConfig { policy: FailurePolicy::Rate { failure_rate: 0.5, minimum_calls: 1, window: 0 }, ..Default::default() }, "policy.window")]
+#[case(BreakerConfig { policy: FailurePolicy::Rate { failure_rate: 0.5, minimum_calls: 31, window: 30 }, ..Default::default() }, "policy.minimum_calls")]
+#[case(BreakerConfig { open_duration: Duration::ZERO, ..Default::default() }, "open_duration")]
+#[case(BreakerConfig { max_open_duration: Duration::from_secs(1), ..Default::default() }, "max_open_duration")]
+#[case(BreakerConfig { half_open_max_probes: 0, ..Default::default() }, "half_open_max_probes")]
+#[case(BreakerConfig { success_threshold: 0, ..Default::default() }, "success_threshold")]
+fn invalid_configs(#[case] config: BreakerConfig, #[case] field: &str) {
+    let err = CircuitBreaker::try_new("x", config).unwrap_err();
+    assert!(err.to_string().contains(field), "{err}");
+}
+
+#[test]
+fn state_names() {
+    assert_eq!(BreakerState::HalfOpen.to_string(), "half_open");
+    assert_eq!(BreakerState::from_u8(1), BreakerState::Open);
+    assert_eq!(BreakerState::from_u8(0), BreakerState::Closed);
+    assert_eq!(BreakerState::from_u8(2), BreakerState::HalfOpen);
+}

@@ -1,0 +1,146 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::breaker::{BreakerConfig, CircuitBreaker};
+
+struct Entry {
+    breaker: CircuitBreaker,
+    leases: usize,
+}
+
+struct Shared<K> {
+    config: BreakerConfig,
+    map: Mutex<HashMap<K, Entry>>,
+}
+
+/// One breaker per key (typically a host), created on first use with a shared config.
+/// Breakers of different keys are independent. Cheap to clone; clones share the map.
+///
+/// ```
+/// use telemetry_breaker::{BreakerConfig, CircuitBreakerRegistry};
+/// let registry = CircuitBreakerRegistry::new(BreakerConfig::default());
+/// let lease = registry.lease("a.example".to_string());
+/// assert_eq!(registry.len(), 1);
+/// drop(lease); // the last user left: the breaker is removed
+/// assert!(registry.is_empty());
+/// ```
+pub struct CircuitBreakerRegistry<K> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for CircuitBreakerRegistry<K> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K: fmt::Debug> fmt::Debug for CircuitBreakerRegistry<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let map = self.shared.map.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("CircuitBreakerRegistry")
+            .field("keys", &map.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<K: Eq + Hash + Clone + fmt::Display> CircuitBreakerRegistry<K> {
+    /// An empty registry whose breakers use `config`.
+    pub fn new(config: BreakerConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                map: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<K, Entry>> {
+        // No code inside these critical sections panics; a poisoned map is still usable.
+        self.shared.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn entry<'a>(&self, map: &'a mut HashMap<K, Entry>, key: &K) -> &'a mut Entry {
+        map.entry(key.clone()).or_insert_with(|| Entry {
+            breaker: CircuitBreaker::new(key.to_string(), self.shared.config.clone()),
+            leases: 0,
+        })
+    }
+
+    /// The breaker for `key`, created if absent. It stays until [`remove`](Self::remove).
+    pub fn get_or_create(&self, key: K) -> CircuitBreaker {
+        let mut map = self.map();
+        self.entry(&mut map, &key).breaker.clone()
+    }
+
+    /// The breaker for `key`, if present.
+    pub fn get(&self, key: &K) -> Option<CircuitBreaker> {
+        self.map().get(key).map(|e| e.breaker.clone())
+    }
+
+    /// A reference-counted use of `key`'s breaker: the breaker is removed when the last
+    /// lease is dropped.
+    pub fn lease(&self, key: K) -> BreakerLease<K> {
+        let mut map = self.map();
+        let entry = self.entry(&mut map, &key);
+        entry.leases += 1;
+        BreakerLease {
+            breaker: entry.breaker.clone(),
+            registry: self.clone(),
+            key,
+        }
+    }
+
+    /// Removes `key`'s breaker now (outstanding leases keep their clone working).
+    pub fn remove(&self, key: &K) -> Option<CircuitBreaker> {
+        self.map().remove(key).map(|e| e.breaker)
+    }
+
+    /// Number of breakers.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A use of one key's breaker; see [`CircuitBreakerRegistry::lease`].
+pub struct BreakerLease<K: Eq + Hash + Clone + fmt::Display> {
+    breaker: CircuitBreaker,
+    registry: CircuitBreakerRegistry<K>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone + fmt::Display> BreakerLease<K> {
+    /// The breaker.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+}
+
+impl<K: Eq + Hash + Clone + fmt::Display> fmt::Debug for BreakerLease<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerLease").field("key", &self.key.to_string()).finish()
+    }
+}
+
+impl<K: Eq + Hash + Clone + fmt::Display> Drop for BreakerLease<K> {
+    fn drop(&mut self) {
+        let mut map = self.registry.map();
+        if let Some(entry) = map.get_mut(&self.key) {
+            // Only the entry this lease belongs to (not one re-created after a remove).
+            if Arc::ptr_eq(entry.breaker.inner_arc(), self.breaker.inner_arc()) {
+                entry.leases = entry.leases.saturating_sub(1);
+                if entry.leases == 0 {
+                    map.remove(&self.key);
+                }
+            }
+        }
+    }
+}
