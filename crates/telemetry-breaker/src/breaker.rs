@@ -286,7 +286,10 @@ impl CircuitBreaker {
     }
 
     /// A closed breaker, if the config is valid.
-    pub fn try_new(name: impl Into<String>, config: BreakerConfig) -> Result<Self, BreakerConfigError> {
+    pub fn try_new(
+        name: impl Into<String>,
+        config: BreakerConfig,
+    ) -> Result<Self, BreakerConfigError> {
         config.validate()?;
         Ok(Self::new(name, config))
     }
@@ -366,7 +369,9 @@ impl CircuitBreaker {
         }
         match core.state {
             BreakerState::Closed => Ok(Permit::new(self.clone(), core.generation, false)),
-            BreakerState::HalfOpen if core.probes_in_flight < self.inner.config.half_open_max_probes => {
+            BreakerState::HalfOpen
+                if core.probes_in_flight < self.inner.config.half_open_max_probes =>
+            {
                 core.probes_in_flight += 1;
                 Ok(Permit::new(self.clone(), core.generation, true))
             }
@@ -393,7 +398,13 @@ impl CircuitBreaker {
         if generation != core.generation {
             // The state moved on while this call ran. A late failure with a server hint may
             // still keep an open breaker open longer.
-            if let (BreakerState::Open, Outcome::Failure { retry_after: Some(r) }) = (core.state, outcome) {
+            if let (
+                BreakerState::Open,
+                Outcome::Failure {
+                    retry_after: Some(r),
+                },
+            ) = (core.state, outcome)
+            {
                 let until = now + self.open_for(Some(r));
                 if until > core.open_until {
                     core.open_until = until;
@@ -458,14 +469,19 @@ impl CircuitBreaker {
                 ..
             } => {
                 let calls = core.window.len() as u32;
-                calls >= minimum_calls && f64::from(core.window_failures) >= failure_rate * f64::from(calls)
+                calls >= minimum_calls
+                    && f64::from(core.window_failures) >= failure_rate * f64::from(calls)
             }
         }
     }
 
     /// Runs `fut` if admitted; `classify` tells the breaker what its output means. Returns the
     /// output, or [`Rejected`] without polling `fut`.
-    pub async fn call_with<T, F>(&self, fut: F, classify: impl FnOnce(&T) -> Outcome) -> Result<T, Rejected>
+    pub async fn call_with<T, F>(
+        &self,
+        fut: F,
+        classify: impl FnOnce(&T) -> Outcome,
+    ) -> Result<T, Rejected>
     where
         F: Future<Output = T>,
     {
@@ -477,7 +493,11 @@ impl CircuitBreaker {
 
     /// Runs `fut` if admitted. `Ok` is a success; an `Err` for which `is_failure` is true is a
     /// failure, any other `Err` leaves the breaker alone.
-    pub async fn call<T, E, F>(&self, fut: F, is_failure: impl FnOnce(&E) -> bool) -> Result<T, CallError<E>>
+    pub async fn call<T, E, F>(
+        &self,
+        fut: F,
+        is_failure: impl FnOnce(&E) -> bool,
+    ) -> Result<T, CallError<E>>
     where
         F: Future<Output = Result<T, E>>,
     {
@@ -547,7 +567,8 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.recorded {
-            self.breaker.record(self.generation, self.probe, Outcome::Ignored);
+            self.breaker
+                .record(self.generation, self.probe, Outcome::Ignored);
         }
     }
 }

@@ -126,7 +126,9 @@ impl<K: Eq + Hash + Clone + fmt::Display> BreakerLease<K> {
 
 impl<K: Eq + Hash + Clone + fmt::Display> fmt::Debug for BreakerLease<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BreakerLease").field("key", &self.key.to_string()).finish()
+        f.debug_struct("BreakerLease")
+            .field("key", &self.key.to_string())
+            .finish()
     }
 }
 

@@ -27,7 +27,13 @@ fn fail(b: &CircuitBreaker, n: u32) {
 async fn starts_closed() {
     let b = breaker(5);
     assert_eq!(b.state(), BreakerState::Closed);
-    assert_eq!(b.stats(), BreakerStats { state: Some(BreakerState::Closed), ..Default::default() });
+    assert_eq!(
+        b.stats(),
+        BreakerStats {
+            state: Some(BreakerState::Closed),
+            ..Default::default()
+        }
+    );
     assert_eq!(b.name(), "test");
     assert!(format!("{b:?}").contains("Closed"));
 }
@@ -50,7 +56,13 @@ async fn rejects_while_open_without_running_the_future() {
     let ran = Arc::new(AtomicU32::new(0));
     let r = ran.clone();
     let out = b
-        .call(async move { r.fetch_add(1, Ordering::SeqCst); Ok::<_, ()>(()) }, |_| true)
+        .call(
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ()>(())
+            },
+            |_| true,
+        )
         .await;
     match out {
         Err(CallError::Rejected(rej)) => {
@@ -80,7 +92,11 @@ async fn half_open_after_the_timeout() {
 async fn only_n_probes_admitted_when_many_race() {
     let b = CircuitBreaker::new(
         "t",
-        BreakerConfig { policy: FailurePolicy::Consecutive { threshold: 1 }, half_open_max_probes: 3, ..Default::default() },
+        BreakerConfig {
+            policy: FailurePolicy::Consecutive { threshold: 1 },
+            half_open_max_probes: 3,
+            ..Default::default()
+        },
     );
     fail(&b, 1);
     tokio::time::advance(Duration::from_secs(60)).await;
@@ -163,7 +179,9 @@ async fn rate_policy_opens_at_threshold_only_after_minimum_calls() {
 async fn non_counting_errors_leave_state_alone() {
     let b = breaker(2);
     for _ in 0..10 {
-        let r = b.call(async { Err::<(), u16>(400) }, |status| *status >= 500).await;
+        let r = b
+            .call(async { Err::<(), u16>(400) }, |status| *status >= 500)
+            .await;
         assert!(matches!(r, Err(CallError::Inner(400))));
     }
     assert_eq!(b.state(), BreakerState::Closed);
@@ -177,7 +195,9 @@ async fn non_counting_errors_leave_state_alone() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_extends_open() {
     let b = breaker(1);
-    b.try_acquire().unwrap().record(Outcome::Failure { retry_after: Some(Duration::from_secs(120)) });
+    b.try_acquire().unwrap().record(Outcome::Failure {
+        retry_after: Some(Duration::from_secs(120)),
+    });
     assert_eq!(b.state(), BreakerState::Open);
     tokio::time::advance(Duration::from_secs(61)).await;
     assert!(b.try_acquire().is_err(), "still open past the default 60 s");
@@ -188,7 +208,9 @@ async fn retry_after_extends_open() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_capped_and_late_failures_extend() {
     let b = breaker(1);
-    b.try_acquire().unwrap().record(Outcome::Failure { retry_after: Some(Duration::from_secs(100_000)) });
+    b.try_acquire().unwrap().record(Outcome::Failure {
+        retry_after: Some(Duration::from_secs(100_000)),
+    });
     tokio::time::advance(Duration::from_secs(600)).await;
     let p = b.try_acquire().unwrap();
     p.failure();
@@ -196,7 +218,9 @@ async fn retry_after_is_capped_and_late_failures_extend() {
     let b = breaker(1);
     let late = b.try_acquire().unwrap();
     fail(&b, 1);
-    late.record(Outcome::Failure { retry_after: Some(Duration::from_secs(90)) });
+    late.record(Outcome::Failure {
+        retry_after: Some(Duration::from_secs(90)),
+    });
     tokio::time::advance(Duration::from_secs(61)).await;
     assert!(b.try_acquire().is_err());
     tokio::time::advance(Duration::from_secs(30)).await;
@@ -244,17 +268,26 @@ async fn stale_permits_do_not_move_state() {
 
 #[tokio::test(start_paused = true)]
 async fn registry_isolates_hosts() {
-    let reg = CircuitBreakerRegistry::new(BreakerConfig { policy: FailurePolicy::Consecutive { threshold: 1 }, ..Default::default() });
+    let reg = CircuitBreakerRegistry::new(BreakerConfig {
+        policy: FailurePolicy::Consecutive { threshold: 1 },
+        ..Default::default()
+    });
     let a = reg.get_or_create("a".to_string());
     let b = reg.get_or_create("b".to_string());
     fail(&a, 1);
     assert_eq!(a.state(), BreakerState::Open);
     assert_eq!(b.state(), BreakerState::Closed);
-    assert_eq!(reg.get(&"a".to_string()).unwrap().state(), BreakerState::Open);
+    assert_eq!(
+        reg.get(&"a".to_string()).unwrap().state(),
+        BreakerState::Open
+    );
     assert_eq!(reg.len(), 2);
     assert!(reg.remove(&"a".to_string()).is_some());
     assert!(reg.get(&"a".to_string()).is_none());
-    assert_eq!(reg.get_or_create("a".to_string()).state(), BreakerState::Closed);
+    assert_eq!(
+        reg.get_or_create("a".to_string()).state(),
+        BreakerState::Closed
+    );
     assert!(format!("{reg:?}").contains("\"b\""));
 }
 
@@ -263,7 +296,10 @@ async fn registry_leases_remove_at_zero() {
     let reg = CircuitBreakerRegistry::new(BreakerConfig::default());
     let l1 = reg.lease("h".to_string());
     let l2 = reg.lease("h".to_string());
-    assert!(Arc::ptr_eq(l1.breaker().inner_arc(), l2.breaker().inner_arc()));
+    assert!(Arc::ptr_eq(
+        l1.breaker().inner_arc(),
+        l2.breaker().inner_arc()
+    ));
     drop(l1);
     assert_eq!(reg.len(), 1);
     drop(l2);
@@ -296,7 +332,13 @@ async fn concurrent_stress_keeps_counters_consistent() {
             for i in 0..500u32 {
                 let _ = b
                     .call_with(async { (t + i) % 7 == 0 }, |failed| {
-                        if *failed { Outcome::Failure { retry_after: None } } else if i % 11 == 0 { Outcome::Ignored } else { Outcome::Success }
+                        if *failed {
+                            Outcome::Failure { retry_after: None }
+                        } else if i % 11 == 0 {
+                            Outcome::Ignored
+                        } else {
+                            Outcome::Success
+                        }
                     })
                     .await;
                 tokio::task::yield_now().await;

@@ -1,0 +1,371 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use telemetry_types::config::DisableSwitch;
+use telemetry_types::host::Host;
+use telemetry_types::traits::{AuthProvider, BoxFuture, FlagGate, FlagSource, FlagState};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+/// Settings of the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagCacheConfig {
+    /// How long an answer is kept when the server gives no TTL. Default 15 min.
+    pub default_ttl: Duration,
+    /// Lower clamp of a server TTL. Default 60 s.
+    pub min_ttl: Duration,
+    /// Upper clamp of a server TTL. Default 3600 s.
+    pub max_ttl: Duration,
+    /// Wait before retrying after a failed look-up; doubles each time. Default 60 s.
+    pub failure_backoff: Duration,
+    /// Largest failure backoff. Default 15 min.
+    pub max_failure_backoff: Duration,
+    /// Guard around one look-up, in case a source ignores its own timeout. Default 15 s.
+    pub fetch_guard: Duration,
+    /// The off switch; [`FlagCacheConfig::default`] reads it from the environment.
+    pub switch: DisableSwitch,
+}
+
+impl Default for FlagCacheConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: Duration::from_secs(15 * 60),
+            min_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(3600),
+            failure_backoff: Duration::from_secs(60),
+            max_failure_backoff: Duration::from_secs(15 * 60),
+            fetch_guard: Duration::from_secs(15),
+            switch: DisableSwitch::from_env(),
+        }
+    }
+}
+
+impl FlagCacheConfig {
+    /// The TTL to use for a server's answer.
+    pub fn effective_ttl(&self, server_ttl: Option<Duration>) -> Duration {
+        server_ttl.map_or(self.default_ttl, |t| {
+            t.clamp(self.min_ttl, self.max_ttl.max(self.min_ttl))
+        })
+    }
+}
+
+/// Counters of a cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlagCacheStats {
+    /// Look-ups started.
+    pub fetches: u64,
+    /// Look-ups that failed (each meant "disabled").
+    pub failures: u64,
+    /// Hosts with at least one handle.
+    pub hosts: usize,
+}
+
+struct HostContext {
+    host: Host,
+    state: Arc<AtomicU8>,
+    tx: watch::Sender<FlagState>,
+    auth: Mutex<Option<Arc<dyn AuthProvider>>>,
+    task: Mutex<Option<AbortHandle>>,
+}
+
+impl HostContext {
+    fn set(&self, state: FlagState) {
+        self.state.store(state as u8, Ordering::Release);
+        self.tx.send_replace(state);
+    }
+}
+
+struct Entry {
+    ctx: Arc<HostContext>,
+    refs: usize,
+}
+
+/// A failure remembered past the removal of a host's context, so that connections opened
+/// one after another do not each trigger a look-up.
+#[derive(Clone, Copy)]
+struct FailureMemo {
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+const MAX_FAILURE_MEMOS: usize = 1024;
+
+struct Inner {
+    source: Arc<dyn FlagSource>,
+    config: FlagCacheConfig,
+    runtime: Handle,
+    hosts: Mutex<HashMap<Host, Entry>>,
+    failures: Mutex<HashMap<Host, FailureMemo>>,
+    fetches: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// The per-host feature-flag cache. Cheap to clone; clones share hosts.
+#[derive(Clone)]
+pub struct FeatureFlagCache {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for FeatureFlagCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FeatureFlagCache")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections here cannot panic; a poisoned lock still holds consistent data.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FeatureFlagCache {
+    /// A cache that looks flags up through `source`, running its background refreshes on
+    /// `runtime`.
+    pub fn new(source: Arc<dyn FlagSource>, config: FlagCacheConfig, runtime: Handle) -> Self {
+        if let DisableSwitch::Ignored(value) = &config.switch {
+            tracing::warn!(
+                value = %value,
+                "{} has an unrecognised value and is ignored (use 1, true, yes or on)",
+                telemetry_types::config::DISABLE_ENV_VAR
+            );
+        }
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                config,
+                runtime,
+                hosts: Mutex::new(HashMap::new()),
+                failures: Mutex::new(HashMap::new()),
+                fetches: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Takes a reference on `host`'s context, creating it (and starting its background
+    /// look-up) if this is the first. Never waits on the network. `auth`, when given, is used
+    /// for this host's look-ups from now on.
+    pub fn acquire(&self, host: &Host, auth: Option<Arc<dyn AuthProvider>>) -> FlagHandle {
+        let mut hosts = lock(&self.inner.hosts);
+        if let Some(entry) = hosts.get_mut(host) {
+            entry.refs += 1;
+            if auth.is_some() {
+                *lock(&entry.ctx.auth) = auth;
+            }
+            return FlagHandle {
+                cache: self.clone(),
+                ctx: entry.ctx.clone(),
+            };
+        }
+        let (tx, _) = watch::channel(FlagState::Unknown);
+        let ctx = Arc::new(HostContext {
+            host: host.clone(),
+            state: Arc::new(AtomicU8::new(FlagState::Unknown as u8)),
+            tx,
+            auth: Mutex::new(auth),
+            task: Mutex::new(None),
+        });
+        if self.inner.config.switch.is_disabled() {
+            ctx.set(FlagState::Disabled);
+        } else {
+            let memo = lock(&self.inner.failures).get(host).copied();
+            let mut first_fetch = None;
+            if let Some(memo) = memo.filter(|m| m.retry_at > Instant::now()) {
+                ctx.set(FlagState::Disabled);
+                first_fetch = Some(memo);
+            }
+            let task = self.inner.runtime.spawn(refresh_loop(
+                self.inner.clone(),
+                ctx.clone(),
+                first_fetch,
+            ));
+            *lock(&ctx.task) = Some(task.abort_handle());
+        }
+        hosts.insert(
+            host.clone(),
+            Entry {
+                ctx: ctx.clone(),
+                refs: 1,
+            },
+        );
+        FlagHandle {
+            cache: self.clone(),
+            ctx,
+        }
+    }
+
+    fn release(&self, ctx: &Arc<HostContext>) {
+        let mut hosts = lock(&self.inner.hosts);
+        let Some(entry) = hosts.get_mut(&ctx.host) else {
+            return;
+        };
+        if !Arc::ptr_eq(&entry.ctx, ctx) {
+            return;
+        }
+        entry.refs -= 1;
+        if entry.refs == 0 {
+            hosts.remove(&ctx.host);
+            if let Some(task) = lock(&ctx.task).take() {
+                task.abort();
+            }
+            tracing::debug!(host = %ctx.host, "feature-flag context removed");
+        }
+    }
+
+    /// The state of `host` without taking a reference (`Unknown` if nobody holds it).
+    pub fn state(&self, host: &Host) -> FlagState {
+        lock(&self.inner.hosts)
+            .get(host)
+            .map_or(FlagState::Unknown, |e| {
+                FlagState::from_u8(e.ctx.state.load(Ordering::Acquire))
+            })
+    }
+
+    /// References held on `host`.
+    pub fn ref_count(&self, host: &Host) -> usize {
+        lock(&self.inner.hosts).get(host).map_or(0, |e| e.refs)
+    }
+
+    /// Hosts with at least one reference.
+    pub fn host_count(&self) -> usize {
+        lock(&self.inner.hosts).len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> FlagCacheStats {
+        FlagCacheStats {
+            fetches: self.inner.fetches.load(Ordering::Relaxed),
+            failures: self.inner.failed.load(Ordering::Relaxed),
+            hosts: self.host_count(),
+        }
+    }
+}
+
+async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<FailureMemo>) {
+    let config = &inner.config;
+    let mut backoff = config.failure_backoff;
+    if let Some(memo) = first {
+        backoff = memo.backoff;
+        tokio::time::sleep_until(memo.retry_at).await;
+    }
+    loop {
+        inner.fetches.fetch_add(1, Ordering::Relaxed);
+        let auth = lock(&ctx.auth).clone();
+        let fetch = inner.source.fetch(&ctx.host, auth.as_deref());
+        let result = match tokio::time::timeout(config.fetch_guard, fetch).await {
+            Ok(r) => r,
+            Err(_) => Err(telemetry_types::traits::FlagError::Transport(
+                telemetry_types::traits::TransportError::new(
+                    telemetry_types::classify::TransportErrorKind::Timeout,
+                    "feature-flag look-up timed out",
+                ),
+            )),
+        };
+        let wait = match result {
+            Ok(answer) => {
+                let state = if answer.enabled {
+                    FlagState::Enabled
+                } else {
+                    FlagState::Disabled
+                };
+                let ttl = config.effective_ttl(answer.ttl);
+                tracing::debug!(host = %ctx.host, state = state.as_str(), ttl_s = ttl.as_secs(), "feature flag fetched");
+                ctx.set(state);
+                lock(&inner.failures).remove(&ctx.host);
+                backoff = config.failure_backoff;
+                ttl
+            }
+            Err(err) => {
+                inner.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(host = %ctx.host, error = %err, retry_in_s = backoff.as_secs(), "feature-flag look-up failed; telemetry disabled");
+                ctx.set(FlagState::Disabled);
+                let wait = backoff;
+                backoff = (backoff * 2).min(config.max_failure_backoff.max(config.failure_backoff));
+                let mut memos = lock(&inner.failures);
+                if memos.len() >= MAX_FAILURE_MEMOS {
+                    let now = Instant::now();
+                    memos.retain(|_, m| m.retry_at > now);
+                }
+                if memos.len() < MAX_FAILURE_MEMOS {
+                    memos.insert(
+                        ctx.host.clone(),
+                        FailureMemo {
+                            retry_at: Instant::now() + wait,
+                            backoff,
+                        },
+                    );
+                }
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// A reference on one host's feature-flag context; dropping it releases the reference.
+pub struct FlagHandle {
+    cache: FeatureFlagCache,
+    ctx: Arc<HostContext>,
+}
+
+impl fmt::Debug for FlagHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlagHandle")
+            .field("host", &self.ctx.host)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl FlagHandle {
+    /// The host.
+    pub fn host(&self) -> &Host {
+        &self.ctx.host
+    }
+
+    /// The current answer: one atomic load.
+    pub fn state(&self) -> FlagState {
+        FlagState::from_u8(self.ctx.state.load(Ordering::Acquire))
+    }
+
+    /// The atomic behind [`state`](Self::state), for hot paths that keep their own pointer
+    /// (values are `FlagState as u8`).
+    pub fn state_cell(&self) -> Arc<AtomicU8> {
+        self.ctx.state.clone()
+    }
+
+    /// Waits until the answer is known, at most `timeout`; returns what is known then.
+    pub async fn resolve(&self, timeout: Duration) -> FlagState {
+        let mut rx = self.ctx.tx.subscribe();
+        let known = tokio::time::timeout(timeout, rx.wait_for(|s| *s != FlagState::Unknown)).await;
+        match known {
+            Ok(Ok(state)) => *state,
+            _ => self.state(),
+        }
+    }
+}
+
+impl FlagGate for FlagHandle {
+    fn state(&self) -> FlagState {
+        FlagHandle::state(self)
+    }
+
+    fn wait(&self, timeout: Duration) -> BoxFuture<'_, FlagState> {
+        Box::pin(self.resolve(timeout))
+    }
+}
+
+impl Drop for FlagHandle {
+    fn drop(&mut self) {
+        self.cache.release(&self.ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests;

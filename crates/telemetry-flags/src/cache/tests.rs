@@ -1,0 +1,365 @@
+use std::sync::atomic::AtomicUsize;
+
+use rstest::rstest;
+use telemetry_types::traits::{FlagAnswer, FlagError, StaticToken};
+
+use super::*;
+
+type Answer = Result<FlagAnswer, FlagError>;
+
+/// A scripted source: answers with `answer(n)` for the n-th request, after `delay`.
+struct Scripted {
+    requests: AtomicUsize,
+    delay: Option<Duration>,
+    answer: Box<dyn Fn(usize) -> Answer + Send + Sync>,
+    saw_auth: AtomicUsize,
+}
+
+impl Scripted {
+    fn new(answer: impl Fn(usize) -> Answer + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            requests: AtomicUsize::new(0),
+            delay: None,
+            answer: Box::new(answer),
+            saw_auth: AtomicUsize::new(0),
+        })
+    }
+    fn slow(
+        delay: Duration,
+        answer: impl Fn(usize) -> Answer + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            requests: AtomicUsize::new(0),
+            delay: Some(delay),
+            answer: Box::new(answer),
+            saw_auth: AtomicUsize::new(0),
+        })
+    }
+    fn count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl FlagSource for Scripted {
+    fn fetch<'a>(
+        &'a self,
+        _host: &'a Host,
+        auth: Option<&'a dyn AuthProvider>,
+    ) -> BoxFuture<'a, Answer> {
+        let n = self.requests.fetch_add(1, Ordering::SeqCst);
+        if auth.is_some() {
+            self.saw_auth.fetch_add(1, Ordering::SeqCst);
+        }
+        Box::pin(async move {
+            if let Some(d) = self.delay {
+                tokio::time::sleep(d).await;
+            }
+            (self.answer)(n)
+        })
+    }
+}
+
+fn on(ttl: Option<u64>) -> Answer {
+    Ok(FlagAnswer {
+        enabled: true,
+        ttl: ttl.map(Duration::from_secs),
+    })
+}
+
+fn config() -> FlagCacheConfig {
+    FlagCacheConfig {
+        switch: DisableSwitch::Unset,
+        ..FlagCacheConfig::default()
+    }
+}
+
+fn cache(source: Arc<Scripted>) -> FeatureFlagCache {
+    FeatureFlagCache::new(source, config(), Handle::current())
+}
+
+fn host(name: &str) -> Host {
+    Host::parse(name, false).unwrap()
+}
+
+/// Lets spawned tasks run on the paused clock without moving time.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_per_host() {
+    let src = Scripted::new(|_| on(None));
+    let c = cache(src.clone());
+    let a = c.acquire(&host("a.example"), None);
+    let b = c.acquire(&host("b.example"), None);
+    assert_eq!(a.resolve(Duration::from_secs(1)).await, FlagState::Enabled);
+    assert_eq!(b.resolve(Duration::from_secs(1)).await, FlagState::Enabled);
+    assert_eq!(src.count(), 2);
+    assert_eq!(c.host_count(), 2);
+    assert_eq!(c.state(&host("a.example")), FlagState::Enabled);
+    assert_eq!(c.state(&host("z.example")), FlagState::Unknown);
+    assert_eq!(a.host(), &host("a.example"));
+    assert!(format!("{a:?}").contains("Enabled"));
+    assert!(format!("{c:?}").contains("fetches"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_context_for_two_acquirers_and_removal_at_zero() {
+    let src = Scripted::new(|_| on(None));
+    let c = cache(src.clone());
+    let h = host("a.example");
+    let first = c.acquire(&h, None);
+    let second = c.acquire(&h, Some(Arc::new(StaticToken::new("t"))));
+    assert_eq!(c.ref_count(&h), 2);
+    assert!(Arc::ptr_eq(&first.state_cell(), &second.state_cell()));
+    first.resolve(Duration::from_secs(1)).await;
+    assert_eq!(src.count(), 1, "one look-up for both");
+    assert_eq!(
+        src.saw_auth.load(Ordering::SeqCst),
+        1,
+        "latest acquirer's credentials used"
+    );
+    drop(first);
+    assert_eq!(c.ref_count(&h), 1);
+    assert_eq!(c.state(&h), FlagState::Enabled);
+    drop(second);
+    assert_eq!(c.ref_count(&h), 0);
+    assert_eq!(c.host_count(), 0);
+    assert_eq!(
+        c.state(&h),
+        FlagState::Unknown,
+        "cached value removed with the context"
+    );
+    // The background refresh stopped with the context.
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    settle().await;
+    assert_eq!(src.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expires_after_fifteen_minutes() {
+    let src = Scripted::new(|n| {
+        if n == 0 {
+            on(None)
+        } else {
+            Ok(FlagAnswer {
+                enabled: false,
+                ttl: None,
+            })
+        }
+    });
+    let c = cache(src.clone());
+    let h = c.acquire(&host("a.example"), None);
+    assert_eq!(h.resolve(Duration::from_secs(1)).await, FlagState::Enabled);
+    tokio::time::advance(Duration::from_secs(15 * 60 - 1)).await;
+    settle().await;
+    assert_eq!(src.count(), 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(src.count(), 2);
+    assert_eq!(h.state(), FlagState::Disabled);
+}
+
+#[rstest]
+#[case(Some(300), 300)]
+#[case(Some(5), 60)]
+#[case(Some(100_000), 3600)]
+#[case(None, 900)]
+#[tokio::test(start_paused = true)]
+async fn server_ttl_honoured_and_clamped(#[case] ttl: Option<u64>, #[case] expected_secs: u64) {
+    let src = Scripted::new(move |_| on(ttl));
+    let c = cache(src.clone());
+    let h = c.acquire(&host("a.example"), None);
+    h.resolve(Duration::from_secs(1)).await;
+    tokio::time::advance(Duration::from_secs(expected_secs - 1)).await;
+    settle().await;
+    assert_eq!(src.count(), 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(src.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn single_request_for_100_concurrent_resolves() {
+    let src = Scripted::slow(Duration::from_millis(500), |_| on(None));
+    let c = cache(src.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let h = c.acquire(&host("a.example"), None);
+            let state = h.resolve(Duration::from_secs(5)).await;
+            (h, state)
+        }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        let (h, state) = t.await.unwrap();
+        assert_eq!(state, FlagState::Enabled);
+        held.push(h);
+    }
+    assert_eq!(src.count(), 1);
+    assert_eq!(c.ref_count(&host("a.example")), 100);
+}
+
+#[rstest]
+#[case(Err(FlagError::Status(404)))]
+#[case(Err(FlagError::Status(500)))]
+#[case(Err(FlagError::Malformed("bad".into())))]
+#[case(Err(FlagError::Transport(telemetry_types::traits::TransportError::new(
+    telemetry_types::classify::TransportErrorKind::Timeout,
+    "t"
+))))]
+#[case(Ok(FlagAnswer { enabled: false, ttl: None }))]
+#[tokio::test(start_paused = true)]
+async fn failures_mean_disabled(#[case] answer: Answer) {
+    let src = Scripted::new(move |_| answer.clone());
+    let c = cache(src.clone());
+    let h = c.acquire(&host("a.example"), None);
+    assert_eq!(h.resolve(Duration::from_secs(1)).await, FlagState::Disabled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_backoff_limits_requests_over_an_hour() {
+    let src = Scripted::new(|_| Err(FlagError::Status(503)));
+    let c = cache(src.clone());
+    let h = c.acquire(&host("a.example"), None);
+    assert_eq!(h.resolve(Duration::from_secs(1)).await, FlagState::Disabled);
+    for _ in 0..3600 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+    }
+    // At 0, 1, 3, 7, 15, 30, 45 and 60 min (backoff 1, 2, 4, 8, then capped at 15 min).
+    assert_eq!(src.count(), 8);
+    assert_eq!(c.stats().failures, 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_is_remembered_across_reconnects() {
+    let src = Scripted::new(|_| Err(FlagError::Status(500)));
+    let c = cache(src.clone());
+    for _ in 0..20 {
+        let h = c.acquire(&host("a.example"), None);
+        assert_eq!(h.resolve(Duration::from_secs(1)).await, FlagState::Disabled);
+        drop(h);
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        src.count(),
+        1,
+        "a new connection does not retry before the backoff"
+    );
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let h = c.acquire(&host("a.example"), None);
+    settle().await;
+    assert_eq!(src.count(), 2);
+    drop(h);
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_after_failure_recovers() {
+    let src = Scripted::new(|n| {
+        if n == 0 {
+            Err(FlagError::Status(500))
+        } else {
+            on(None)
+        }
+    });
+    let c = cache(src.clone());
+    let h = c.acquire(&host("a.example"), None);
+    assert_eq!(h.resolve(Duration::from_secs(1)).await, FlagState::Disabled);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    settle().await;
+    assert_eq!(h.state(), FlagState::Enabled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn env_switch_forbids_any_request() {
+    let src = Scripted::new(|_| on(None));
+    let c = FeatureFlagCache::new(
+        src.clone(),
+        FlagCacheConfig {
+            switch: DisableSwitch::Disabled,
+            ..config()
+        },
+        Handle::current(),
+    );
+    let h = c.acquire(&host("a.example"), None);
+    assert_eq!(h.state(), FlagState::Disabled);
+    assert_eq!(h.resolve(Duration::from_secs(1)).await, FlagState::Disabled);
+    tokio::time::advance(Duration::from_secs(7200)).await;
+    settle().await;
+    assert_eq!(src.count(), 0);
+    // An unrecognised value is ignored.
+    let c = FeatureFlagCache::new(
+        src.clone(),
+        FlagCacheConfig {
+            switch: DisableSwitch::Ignored("maybe".into()),
+            ..config()
+        },
+        Handle::current(),
+    );
+    let h = c.acquire(&host("a.example"), None);
+    assert_eq!(h.resolve(Duration::from_secs(1)).await, FlagState::Enabled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn endpoint_that_never_answers_adds_no_wait() {
+    let src = Arc::new(Scripted {
+        requests: AtomicUsize::new(0),
+        delay: Some(Duration::from_secs(1_000_000)),
+        answer: Box::new(|_| on(None)),
+        saw_auth: AtomicUsize::new(0),
+    });
+    let c = FeatureFlagCache::new(
+        src.clone(),
+        FlagCacheConfig {
+            fetch_guard: Duration::from_secs(15),
+            ..config()
+        },
+        Handle::current(),
+    );
+    let started = Instant::now();
+    let h = c.acquire(&host("a.example"), None);
+    assert_eq!(h.state(), FlagState::Unknown);
+    assert_eq!(c.state(&host("a.example")), FlagState::Unknown);
+    let h2 = c.acquire(&host("a.example"), None);
+    assert_eq!(
+        Instant::now(),
+        started,
+        "acquire and state reads take no (virtual) time"
+    );
+    // resolve is bounded by its timeout.
+    assert_eq!(h2.resolve(Duration::from_secs(2)).await, FlagState::Unknown);
+    assert_eq!(Instant::now() - started, Duration::from_secs(2));
+    // The guard turns the hang into a failure: disabled.
+    tokio::time::advance(Duration::from_secs(14)).await;
+    settle().await;
+    assert_eq!(h.state(), FlagState::Disabled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn flag_gate_impl() {
+    let src = Scripted::new(|_| on(None));
+    let c = cache(src);
+    let h = c.acquire(&host("a.example"), None);
+    let gate: &dyn FlagGate = &h;
+    assert_eq!(gate.wait(Duration::from_secs(1)).await, FlagState::Enabled);
+    assert_eq!(gate.state(), FlagState::Enabled);
+}
+
+#[test]
+fn effective_ttl_clamps() {
+    let c = config();
+    assert_eq!(c.effective_ttl(None), Duration::from_secs(900));
+    assert_eq!(
+        c.effective_ttl(Some(Duration::ZERO)),
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        c.effective_ttl(Some(Duration::from_secs(7200))),
+        Duration::from_secs(3600)
+    );
+}

@@ -1,0 +1,272 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use telemetry_types::host::Host;
+use telemetry_types::traits::{
+    AuthProvider, BoxFuture, FlagAnswer, FlagError, FlagSource, HttpMethod, HttpRequest,
+    HttpTransport,
+};
+
+/// A client type and flag name pair (spec section 4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientPreset {
+    /// Path segment after `/feature-flags/`.
+    pub client_type: String,
+    /// The flag that enables telemetry.
+    pub flag_name: String,
+}
+
+impl ClientPreset {
+    /// A Rust driver's own pair.
+    pub fn new(client_type: impl Into<String>, flag_name: impl Into<String>) -> Self {
+        Self {
+            client_type: client_type.into(),
+            flag_name: flag_name.into(),
+        }
+    }
+
+    /// JDBC: `OSS_JDBC`.
+    pub fn jdbc() -> Self {
+        Self::new(
+            "OSS_JDBC",
+            "databricks.partnerplatform.clientConfigsFeatureFlags.enableTelemetryForJdbc",
+        )
+    }
+
+    /// Node.js: `NODEJS`.
+    pub fn nodejs() -> Self {
+        Self::new(
+            "NODEJS",
+            "databricks.partnerplatform.clientConfigsFeatureFlags.enableTelemetryForNodeJs",
+        )
+    }
+
+    /// Python: `PYTHON`.
+    pub fn python() -> Self {
+        Self::new(
+            "PYTHON",
+            "databricks.partnerplatform.clientConfigsFeatureFlags.enableTelemetryForPythonDriver",
+        )
+    }
+
+    /// Go: `GOLANG`.
+    pub fn go() -> Self {
+        Self::new(
+            "GOLANG",
+            "databricks.partnerplatform.clientConfigsFeatureFlags.enableTelemetryForGoDriver",
+        )
+    }
+
+    /// A preset by name: `jdbc`, `nodejs` / `node`, `python`, `go` / `golang` (any case).
+    pub fn by_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "jdbc" | "oss_jdbc" => Some(Self::jdbc()),
+            "nodejs" | "node" => Some(Self::nodejs()),
+            "python" => Some(Self::python()),
+            "go" | "golang" => Some(Self::go()),
+            _ => None,
+        }
+    }
+}
+
+/// Reduces a version to `MAJOR.MINOR.PATCH` (the server answers 404 to suffixes such as
+/// `-oss`). Missing parts are 0.
+///
+/// ```
+/// use telemetry_flags::reduce_version;
+/// assert_eq!(reduce_version("1.2.3-oss"), "1.2.3");
+/// assert_eq!(reduce_version("v2.10"), "2.10.0");
+/// assert_eq!(reduce_version("3.0.1.4+build"), "3.0.1");
+/// ```
+pub fn reduce_version(version: &str) -> String {
+    let v = version.trim().trim_start_matches(['v', 'V']);
+    let mut parts = [0u64; 3];
+    for (slot, piece) in parts.iter_mut().zip(v.split('.')) {
+        let digits: String = piece.chars().take_while(char::is_ascii_digit).collect();
+        match digits.parse() {
+            Ok(n) => *slot = n,
+            Err(_) => break,
+        }
+        if digits.len() != piece.len() {
+            break;
+        }
+    }
+    format!("{}.{}.{}", parts[0], parts[1], parts[2])
+}
+
+/// Largest feature-flag response body read; a larger one means "disabled".
+pub const MAX_FLAG_BODY_BYTES: usize = 64 * 1024;
+
+/// Fetches the telemetry flag over HTTP:
+/// `GET <host>/api/2.0/connector-service/feature-flags/<client type>/<MAJOR.MINOR.PATCH>`.
+#[derive(Clone)]
+pub struct HttpFlagSource {
+    transport: Arc<dyn HttpTransport>,
+    preset: ClientPreset,
+    version: String,
+    user_agent: String,
+    timeout: Duration,
+}
+
+impl fmt::Debug for HttpFlagSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpFlagSource")
+            .field("preset", &self.preset)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct FlagsBody {
+    #[serde(default)]
+    flags: Vec<FlagEntry>,
+    #[serde(default, alias = "ttlSeconds")]
+    ttl_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct FlagEntry {
+    name: String,
+    value: String,
+}
+
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+impl HttpFlagSource {
+    /// A source for `preset`, reporting `driver_version` (reduced to `MAJOR.MINOR.PATCH`).
+    /// Requests time out after 10 s.
+    pub fn new(
+        transport: Arc<dyn HttpTransport>,
+        preset: ClientPreset,
+        driver_version: &str,
+        user_agent: impl Into<String>,
+    ) -> Self {
+        Self {
+            transport,
+            preset,
+            version: reduce_version(driver_version),
+            user_agent: user_agent.into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Changes the request timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The URL looked up for `host`.
+    pub fn url(&self, host: &Host) -> String {
+        format!(
+            "{}/api/2.0/connector-service/feature-flags/{}/{}",
+            host.base_url(),
+            encode_segment(&self.preset.client_type),
+            self.version
+        )
+    }
+
+    /// Interprets a 2xx body.
+    fn parse(&self, body: &[u8]) -> Result<FlagAnswer, FlagError> {
+        let parsed: FlagsBody =
+            serde_json::from_slice(body).map_err(|e| FlagError::Malformed(e.to_string()))?;
+        let enabled = parsed
+            .flags
+            .iter()
+            .find(|f| f.name == self.preset.flag_name)
+            .is_some_and(|f| f.value.trim().eq_ignore_ascii_case("true"));
+        Ok(FlagAnswer {
+            enabled,
+            ttl: parsed.ttl_seconds.map(Duration::from_secs),
+        })
+    }
+}
+
+impl FlagSource for HttpFlagSource {
+    fn fetch<'a>(
+        &'a self,
+        host: &'a Host,
+        auth: Option<&'a dyn AuthProvider>,
+    ) -> BoxFuture<'a, Result<FlagAnswer, FlagError>> {
+        Box::pin(async move {
+            let mut headers = vec![
+                ("Accept".to_owned(), "application/json".to_owned()),
+                ("User-Agent".to_owned(), self.user_agent.clone()),
+            ];
+            if let Some(auth) = auth {
+                if let Some(h) = auth.auth_headers().await {
+                    headers.extend(h);
+                }
+            }
+            let response = self
+                .transport
+                .send(HttpRequest {
+                    method: HttpMethod::Get,
+                    url: self.url(host),
+                    headers,
+                    body: Vec::new(),
+                    timeout: self.timeout,
+                    max_response_bytes: MAX_FLAG_BODY_BYTES,
+                })
+                .await?;
+            if !(200..300).contains(&response.status) {
+                return Err(FlagError::Status(response.status));
+            }
+            self.parse(&response.body)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("1.2.3", "1.2.3")]
+    #[case("1.2.3-oss", "1.2.3")]
+    #[case("1.2.3-SNAPSHOT", "1.2.3")]
+    #[case("10.20", "10.20.0")]
+    #[case("7", "7.0.0")]
+    #[case("v1.0.0", "1.0.0")]
+    #[case("", "0.0.0")]
+    #[case("garbage", "0.0.0")]
+    #[case("1.x.3", "1.0.0")]
+    fn versions(#[case] input: &str, #[case] expected: &str) {
+        assert_eq!(reduce_version(input), expected);
+    }
+
+    #[rstest]
+    #[case("jdbc", "OSS_JDBC")]
+    #[case("NodeJS", "NODEJS")]
+    #[case("python", "PYTHON")]
+    #[case("golang", "GOLANG")]
+    #[case("go", "GOLANG")]
+    fn presets(#[case] name: &str, #[case] client_type: &str) {
+        let p = ClientPreset::by_name(name).unwrap();
+        assert_eq!(p.client_type, client_type);
+        assert!(p.flag_name.starts_with(
+            "databricks.partnerplatform.clientConfigsFeatureFlags.enableTelemetryFor"
+        ));
+        assert!(ClientPreset::by_name("cobol").is_none());
+    }
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(encode_segment("OSS_JDBC"), "OSS_JDBC");
+        assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
+    }
+}
