@@ -450,10 +450,8 @@ impl CircuitBreaker {
 
     fn push_window(&self, core: &mut Core, failed: bool) {
         if let FailurePolicy::Rate { window, .. } = self.inner.config.policy {
-            if core.window.len() >= window as usize {
-                if core.window.pop_front() == Some(true) {
-                    core.window_failures -= 1;
-                }
+            if core.window.len() >= window as usize && core.window.pop_front() == Some(true) {
+                core.window_failures -= 1;
             }
             core.window.push_back(failed);
             core.window_failures += u32::from(failed);

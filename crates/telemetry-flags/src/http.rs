@@ -206,10 +206,10 @@ impl FlagSource for HttpFlagSource {
                 ("Accept".to_owned(), "application/json".to_owned()),
                 ("User-Agent".to_owned(), self.user_agent.clone()),
             ];
-            if let Some(auth) = auth {
-                if let Some(h) = auth.auth_headers().await {
-                    headers.extend(h);
-                }
+            if let Some(auth) = auth
+                && let Some(h) = auth.auth_headers().await
+            {
+                headers.extend(h);
             }
             let response = self
                 .transport

@@ -90,9 +90,9 @@ pub struct TelemetryEvent {
     pub kind: EventKind,
 }
 
-/// The kinds of events a driver reports.
+/// The kinds of events a driver reports. Exhaustive on purpose: the aggregator must fold
+/// every kind, so a new kind is a compile error there rather than a silent drop.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum EventKind {
     /// The session was opened; `latency_ms` is the open call's own duration.
     ConnectionOpened {

@@ -1,0 +1,422 @@
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use telemetry_types::classify::ErrorClass;
+use telemetry_types::config::TelemetryConfig;
+use telemetry_types::event::{
+    ConnectionInfo, DriverError, EventKind, StatementCompletion, StatementId, TelemetryEvent,
+    TelemetryRow,
+};
+use telemetry_types::row::{self, ChunkStats, StatementSummary};
+use telemetry_types::wire::{OperationType, StatementType};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::Control;
+use crate::stats::Counters;
+
+type StatementKey = (u64, StatementId);
+
+struct Statement {
+    seq: u64,
+    connection: Arc<ConnectionInfo>,
+    started: Instant,
+    started_at_millis: i64,
+    statement_type: StatementType,
+    operation_type: OperationType,
+    chunks: ChunkStats,
+    errors: Vec<(i64, DriverError)>,
+}
+
+struct InFlight {
+    handle: JoinHandle<()>,
+    rows: u64,
+}
+
+struct State {
+    config: TelemetryConfig,
+    sink: Arc<dyn telemetry_types::traits::BatchSink>,
+    counters: Arc<Counters>,
+    statements: HashMap<StatementKey, Statement>,
+    order: BTreeMap<u64, StatementKey>,
+    next_seq: u64,
+    pending: VecDeque<TelemetryRow>,
+    in_flight: Option<InFlight>,
+}
+
+pub(crate) async fn run(
+    config: TelemetryConfig,
+    sink: Arc<dyn telemetry_types::traits::BatchSink>,
+    mut events: mpsc::Receiver<TelemetryEvent>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    counters: Arc<Counters>,
+) {
+    let flush_every = config.flush_interval.max(Duration::from_millis(1));
+    let mut flush_tick = tokio::time::interval_at(Instant::now() + flush_every, flush_every);
+    flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let sweep_every =
+        (config.statement_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut sweep_tick = tokio::time::interval_at(Instant::now() + sweep_every, sweep_every);
+    sweep_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let close_timeout = config.close_timeout;
+    let mut s = State {
+        config,
+        sink,
+        counters,
+        statements: HashMap::new(),
+        order: BTreeMap::new(),
+        next_seq: 0,
+        pending: VecDeque::new(),
+        in_flight: None,
+    };
+    loop {
+        tokio::select! {
+            biased;
+            ctrl = control.recv() => match ctrl {
+                Some(Control::Flush(reply)) => {
+                    s.drain(&mut events);
+                    s.flush_all(None).await;
+                    let _ = reply.send(());
+                }
+                Some(Control::Close { deadline, done }) => {
+                    s.close(&mut events, deadline).await;
+                    let _ = done.send(());
+                    return;
+                }
+                None => {
+                    // The aggregator was dropped without close: close with the default deadline.
+                    s.close(&mut events, Instant::now() + close_timeout).await;
+                    return;
+                }
+            },
+            done = async { s.in_flight.as_mut().map(|f| &mut f.handle).expect("guarded by the select precondition").await }, if s.in_flight.is_some() => {
+                s.finish_in_flight(done.is_ok());
+                if s.pending.len() >= s.config.batch_size {
+                    s.start_flush();
+                }
+            }
+            event = events.recv() => match event {
+                Some(event) => {
+                    s.fold(event);
+                    if s.pending.len() >= s.config.batch_size {
+                        s.start_flush();
+                    }
+                }
+                None => {
+                    s.close(&mut events, Instant::now() + close_timeout).await;
+                    return;
+                }
+            },
+            _ = flush_tick.tick() => s.start_flush(),
+            _ = sweep_tick.tick() => s.evict_expired(),
+        }
+        s.publish_gauges();
+    }
+}
+
+impl State {
+    fn drain(&mut self, events: &mut mpsc::Receiver<TelemetryEvent>) {
+        while let Ok(event) = events.try_recv() {
+            self.fold(event);
+        }
+    }
+
+    fn publish_gauges(&self) {
+        Counters::set(
+            &self.counters.in_flight_statements,
+            self.statements.len() as u64,
+        );
+        Counters::set(&self.counters.pending_rows, self.pending.len() as u64);
+    }
+
+    fn push_row(
+        &mut self,
+        connection: Arc<ConnectionInfo>,
+        log: telemetry_types::wire::TelemetryFrontendLog,
+    ) {
+        let is_error = log.driver_log().error_info.is_some();
+        Counters::add(&self.counters.rows_produced, 1);
+        if self.pending.len() >= self.config.max_pending_rows {
+            let victim = self.pending.iter().position(|r| !r.is_error).unwrap_or(0);
+            self.pending.remove(victim);
+            Counters::add(&self.counters.dropped_pending_cap, 1);
+        }
+        self.pending.push_back(TelemetryRow {
+            log,
+            connection,
+            is_error,
+        });
+    }
+
+    fn fold(&mut self, event: TelemetryEvent) {
+        Counters::add(&self.counters.events_received, 1);
+        let TelemetryEvent {
+            connection,
+            timestamp_millis,
+            kind,
+        } = event;
+        let fate = match kind {
+            EventKind::ConnectionOpened { latency_ms }
+            | EventKind::ConnectionClosed { latency_ms } => {
+                let opened = matches!(kind, EventKind::ConnectionOpened { .. });
+                let log = row::connection_row(&connection, timestamp_millis, opened, latency_ms);
+                self.push_row(connection, log);
+                Fate::Folded
+            }
+            EventKind::StatementStarted {
+                statement_id,
+                statement_type,
+                operation_type,
+            } => {
+                let key = (connection.id, statement_id);
+                if self.statements.contains_key(&key) {
+                    // A reused id: report the earlier statement before starting again.
+                    self.complete(&key, abandoned(), None);
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.order.insert(seq, key.clone());
+                self.statements.insert(
+                    key,
+                    Statement {
+                        seq,
+                        connection,
+                        started: Instant::now(),
+                        started_at_millis: timestamp_millis,
+                        statement_type,
+                        operation_type,
+                        chunks: ChunkStats::default(),
+                        errors: Vec::new(),
+                    },
+                );
+                while self.statements.len() > self.config.max_in_flight_statements {
+                    let Some((_, oldest)) = self.order.first_key_value() else {
+                        break;
+                    };
+                    let oldest = oldest.clone();
+                    Counters::add(&self.counters.evicted_cap, 1);
+                    self.complete(&oldest, abandoned(), None);
+                }
+                Fate::Folded
+            }
+            EventKind::ChunkDownloaded {
+                statement_id,
+                latency_ms,
+                bytes,
+                compressed,
+            } => match self.statements.get_mut(&(connection.id, statement_id)) {
+                Some(st) => {
+                    st.chunks.record(latency_ms, bytes, compressed);
+                    Fate::Folded
+                }
+                None => Fate::Unknown,
+            },
+            EventKind::StatementCompleted {
+                statement_id,
+                completion,
+            } => Fate::from_known(self.complete(&(connection.id, statement_id), completion, None)),
+            EventKind::Error {
+                statement_id,
+                error,
+            } => self.error(connection, timestamp_millis, statement_id, error),
+        };
+        let counter = match fate {
+            Fate::Folded => &self.counters.events_folded,
+            Fate::Unknown => &self.counters.dropped_unknown_statement,
+            Fate::ErrorCap => &self.counters.dropped_error_cap,
+        };
+        Counters::add(counter, 1);
+    }
+
+    fn error(
+        &mut self,
+        connection: Arc<ConnectionInfo>,
+        timestamp_millis: i64,
+        statement_id: Option<StatementId>,
+        error: DriverError,
+    ) -> Fate {
+        let terminal = error.class == ErrorClass::Terminal;
+        let key = statement_id.map(|id| (connection.id, id));
+        match key {
+            Some(key) if self.statements.contains_key(&key) => {
+                if terminal {
+                    self.complete(&key, StatementCompletion::default(), Some(error));
+                    self.start_flush();
+                    return Fate::Folded;
+                }
+                let cap = self.config.max_errors_per_statement;
+                let Some(st) = self.statements.get_mut(&key) else {
+                    return Fate::Unknown;
+                };
+                if st.errors.len() >= cap {
+                    return Fate::ErrorCap;
+                }
+                st.errors.push((timestamp_millis, error));
+                Fate::Folded
+            }
+            key => {
+                let log = row::error_row(
+                    &connection,
+                    timestamp_millis,
+                    key.as_ref().map(|k| &*k.1),
+                    &error,
+                );
+                self.push_row(connection, log);
+                if terminal {
+                    self.start_flush();
+                }
+                Fate::Folded
+            }
+        }
+    }
+
+    /// Removes a statement and emits its row (plus one row per kept error). Returns whether
+    /// the statement existed.
+    fn complete(
+        &mut self,
+        key: &StatementKey,
+        completion: StatementCompletion,
+        error: Option<DriverError>,
+    ) -> bool {
+        let Some(st) = self.statements.remove(key) else {
+            return false;
+        };
+        self.order.remove(&st.seq);
+        let latency_ms = completion
+            .latency_ms
+            .unwrap_or_else(|| u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let summary = StatementSummary {
+            statement_id: key.1.to_string(),
+            started_at_millis: st.started_at_millis,
+            statement_type: st.statement_type,
+            operation_type: st.operation_type,
+            latency_ms,
+            completion,
+            chunks: st.chunks,
+            error,
+        };
+        let log = row::statement_row(&st.connection, &summary);
+        self.push_row(st.connection.clone(), log);
+        for (ts, e) in &st.errors {
+            let log = row::error_row(&st.connection, *ts, Some(&key.1), e);
+            self.push_row(st.connection.clone(), log);
+        }
+        true
+    }
+
+    fn evict_expired(&mut self) {
+        let now = Instant::now();
+        let ttl = self.config.statement_ttl;
+        while let Some((_, key)) = self.order.first_key_value() {
+            let key = key.clone();
+            let expired = self
+                .statements
+                .get(&key)
+                .is_some_and(|st| now.duration_since(st.started) >= ttl);
+            if !expired {
+                break;
+            }
+            Counters::add(&self.counters.evicted_ttl, 1);
+            self.complete(&key, abandoned(), None);
+        }
+        if self.pending.len() >= self.config.batch_size {
+            self.start_flush();
+        }
+    }
+
+    fn take_batch(&mut self) -> Vec<TelemetryRow> {
+        let n = self.pending.len().min(self.config.batch_size);
+        self.pending.drain(..n).collect()
+    }
+
+    /// Starts exporting one batch unless one is already in the sink.
+    fn start_flush(&mut self) {
+        if self.in_flight.is_some() || self.pending.is_empty() {
+            return;
+        }
+        let batch = self.take_batch();
+        let rows = batch.len() as u64;
+        Counters::add(&self.counters.batches, 1);
+        let sink = self.sink.clone();
+        let handle = tokio::spawn(async move { sink.export(batch).await });
+        self.in_flight = Some(InFlight { handle, rows });
+    }
+
+    fn finish_in_flight(&mut self, completed: bool) {
+        if let Some(f) = self.in_flight.take() {
+            if completed {
+                Counters::add(&self.counters.rows_delivered, f.rows);
+            } else {
+                // The sink panicked or was cancelled: its rows are lost.
+                tracing::debug!(rows = f.rows, "telemetry sink task failed; rows dropped");
+                Counters::add(&self.counters.dropped_shutdown, f.rows);
+            }
+        }
+    }
+
+    /// Delivers everything pending, one batch at a time, until empty or `deadline`.
+    /// Returns false if the deadline passed.
+    async fn flush_all(&mut self, deadline: Option<Instant>) -> bool {
+        loop {
+            if let Some(mut f) = self.in_flight.take() {
+                let done = match deadline {
+                    Some(d) => tokio::time::timeout_at(d, &mut f.handle).await.ok(),
+                    None => Some((&mut f.handle).await),
+                };
+                match done {
+                    Some(result) => {
+                        self.in_flight = Some(f);
+                        self.finish_in_flight(result.is_ok());
+                    }
+                    None => {
+                        f.handle.abort();
+                        Counters::add(&self.counters.dropped_shutdown, f.rows);
+                        return false;
+                    }
+                }
+            }
+            if self.pending.is_empty() {
+                return true;
+            }
+            self.start_flush();
+        }
+    }
+
+    async fn close(&mut self, events: &mut mpsc::Receiver<TelemetryEvent>, deadline: Instant) {
+        events.close();
+        self.drain(events);
+        let open: Vec<StatementKey> = self.order.values().cloned().collect();
+        for key in open {
+            self.complete(&key, abandoned(), None);
+        }
+        if !self.flush_all(Some(deadline)).await {
+            let left = self.pending.len() as u64;
+            self.pending.clear();
+            Counters::add(&self.counters.dropped_shutdown, left);
+            tracing::debug!(rows = left, "telemetry close deadline passed; rows dropped");
+        }
+        self.publish_gauges();
+    }
+}
+
+/// What became of one event.
+enum Fate {
+    Folded,
+    Unknown,
+    ErrorCap,
+}
+
+impl Fate {
+    fn from_known(known: bool) -> Self {
+        if known { Self::Folded } else { Self::Unknown }
+    }
+}
+
+fn abandoned() -> StatementCompletion {
+    StatementCompletion {
+        abandoned: true,
+        ..StatementCompletion::default()
+    }
+}

@@ -1,0 +1,626 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use telemetry_types::classify::ErrorClass;
+use telemetry_types::config::TelemetryConfig;
+use telemetry_types::event::{
+    ConnectionInfo, DriverError, EventKind, StatementCompletion, TelemetryEvent, TelemetryRow,
+};
+use telemetry_types::host::Host;
+use telemetry_types::traits::{BatchSink, BoxFuture};
+use telemetry_types::wire::{ExecutionResultFormat, OperationType, StatementType};
+use tokio::runtime::Handle;
+use tokio::time::Instant;
+
+use super::*;
+
+#[derive(Default)]
+struct Recorder {
+    batches: Mutex<Vec<Vec<TelemetryRow>>>,
+    hang: AtomicBool,
+}
+
+impl Recorder {
+    fn rows(&self) -> Vec<TelemetryRow> {
+        self.batches
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+    fn batch_sizes(&self) -> Vec<usize> {
+        self.batches.lock().unwrap().iter().map(Vec::len).collect()
+    }
+}
+
+impl BatchSink for Recorder {
+    fn export(&self, batch: Vec<TelemetryRow>) -> BoxFuture<'_, ()> {
+        let hang = self.hang.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if hang {
+                // Longer than any close deadline used here.
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            self.batches.lock().unwrap().push(batch);
+        })
+    }
+}
+
+fn conn() -> Arc<ConnectionInfo> {
+    Arc::new(ConnectionInfo::new(
+        Host::parse("a.example", false).unwrap(),
+        "ua/1",
+    ))
+}
+
+fn ev(c: &Arc<ConnectionInfo>, kind: EventKind) -> TelemetryEvent {
+    TelemetryEvent {
+        connection: c.clone(),
+        timestamp_millis: 1000,
+        kind,
+    }
+}
+
+fn start(id: &str) -> EventKind {
+    EventKind::StatementStarted {
+        statement_id: id.into(),
+        statement_type: StatementType::Query,
+        operation_type: OperationType::ExecuteStatement,
+    }
+}
+
+fn chunk(id: &str, latency_ms: i64, compressed: bool) -> EventKind {
+    EventKind::ChunkDownloaded {
+        statement_id: id.into(),
+        latency_ms,
+        bytes: 100,
+        compressed,
+    }
+}
+
+fn complete(id: &str) -> EventKind {
+    EventKind::StatementCompleted {
+        statement_id: id.into(),
+        completion: StatementCompletion {
+            latency_ms: Some(42),
+            execution_result: Some(ExecutionResultFormat::ExternalLinks),
+            poll_count: Some(2),
+            ..Default::default()
+        },
+    }
+}
+
+fn error(id: Option<&str>, class: ErrorClass) -> EventKind {
+    EventKind::Error {
+        statement_id: id.map(Into::into),
+        error: DriverError::new("E", "msg").with_class(class),
+    }
+}
+
+fn config() -> TelemetryConfig {
+    TelemetryConfig {
+        enabled: true,
+        ..TelemetryConfig::default()
+    }
+}
+
+fn spawn(config: TelemetryConfig) -> (Aggregator, Arc<Recorder>) {
+    let sink = Arc::new(Recorder::default());
+    (
+        Aggregator::spawn(&config, sink.clone(), &Handle::current()),
+        sink,
+    )
+}
+
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn op(row: &TelemetryRow) -> Option<OperationType> {
+    row.log
+        .driver_log()
+        .sql_operation
+        .as_ref()?
+        .operation_detail
+        .as_ref()?
+        .operation_type
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_rows_are_immediate_and_statements_buffered_until_complete() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 5 }));
+    agg.emit(ev(&c, start("s1")));
+    agg.emit(ev(&c, chunk("s1", 10, false)));
+    settle().await;
+    let st = agg.stats();
+    assert_eq!(
+        (st.rows_produced, st.in_flight_statements, st.pending_rows),
+        (1, 1, 1)
+    );
+    agg.flush().await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(op(&rows[0]), Some(OperationType::CreateSession));
+    agg.emit(ev(&c, complete("s1")));
+    agg.emit(ev(&c, EventKind::ConnectionClosed { latency_ms: 3 }));
+    agg.flush().await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 3);
+    let d = rows[1].log.driver_log();
+    assert_eq!(d.sql_statement_id.as_deref(), Some("s1"));
+    assert_eq!(d.operation_latency_ms, Some(42));
+    assert_eq!(op(&rows[2]), Some(OperationType::DeleteSession));
+}
+
+#[tokio::test(start_paused = true)]
+async fn aggregates_by_statement_id_with_chunk_statistics() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.emit(ev(&c, start("a")));
+    agg.emit(ev(&c, start("b")));
+    for (lat, comp) in [
+        (0, false),
+        (-5, false),
+        (30, true),
+        (70, false),
+        (20, false),
+    ] {
+        agg.emit(ev(&c, chunk("a", lat, comp)));
+    }
+    agg.emit(ev(&c, chunk("b", 5, false)));
+    agg.emit(ev(&c, complete("a")));
+    agg.emit(ev(&c, complete("b")));
+    agg.flush().await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 2);
+    let a = rows[0].log.driver_log().sql_operation.clone().unwrap();
+    let cd = a.chunk_details.unwrap();
+    assert_eq!(cd.total_chunks_iterated, Some(5));
+    assert_eq!(cd.initial_chunk_latency_millis, Some(30));
+    assert_eq!(cd.slowest_chunk_latency_millis, Some(70));
+    assert_eq!(cd.sum_chunks_download_time_millis, Some(120));
+    assert_eq!(a.is_compressed, Some(true), "compression is sticky");
+    assert_eq!(
+        a.execution_result,
+        Some(ExecutionResultFormat::ExternalLinks)
+    );
+    assert_eq!(
+        a.operation_detail.unwrap().n_operation_status_calls,
+        Some(2)
+    );
+    let b = rows[1].log.driver_log().sql_operation.clone().unwrap();
+    assert_eq!(b.chunk_details.unwrap().total_chunks_iterated, Some(1));
+    assert_eq!(b.is_compressed, Some(false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn same_id_on_two_connections_are_two_statements() {
+    let (agg, sink) = spawn(config());
+    let (c1, c2) = (conn(), conn());
+    agg.emit(ev(&c1, start("s")));
+    agg.emit(ev(&c2, start("s")));
+    agg.emit(ev(&c1, chunk("s", 10, false)));
+    agg.emit(ev(&c1, complete("s")));
+    agg.emit(ev(&c2, complete("s")));
+    agg.flush().await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].connection.id, c1.id);
+    assert!(
+        rows[1]
+            .log
+            .driver_log()
+            .sql_operation
+            .as_ref()
+            .unwrap()
+            .chunk_details
+            .is_none()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_measured_when_driver_gives_none() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.emit(ev(&c, start("s")));
+    settle().await;
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    agg.emit(ev(
+        &c,
+        EventKind::StatementCompleted {
+            statement_id: "s".into(),
+            completion: StatementCompletion::default(),
+        },
+    ));
+    agg.flush().await;
+    assert_eq!(
+        sink.rows()[0].log.driver_log().operation_latency_ms,
+        Some(1500)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_size_flush() {
+    let (agg, sink) = spawn(TelemetryConfig {
+        batch_size: 3,
+        max_pending_rows: 10,
+        ..config()
+    });
+    let c = conn();
+    for _ in 0..7 {
+        agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    }
+    settle().await;
+    assert_eq!(
+        sink.batch_sizes(),
+        vec![3, 3],
+        "two full batches without waiting for the interval"
+    );
+    assert_eq!(agg.stats().pending_rows, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn interval_flush() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    settle().await;
+    tokio::time::advance(Duration::from_millis(4900)).await;
+    settle().await;
+    assert!(sink.rows().is_empty());
+    tokio::time::advance(Duration::from_millis(100)).await;
+    settle().await;
+    assert_eq!(sink.rows().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn terminal_error_flushes_at_once_and_completes_its_statement() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    agg.emit(ev(&c, start("s")));
+    agg.emit(ev(&c, error(Some("s"), ErrorClass::Terminal)));
+    settle().await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 2, "flushed before the interval");
+    let d = rows[1].log.driver_log();
+    assert_eq!(d.sql_statement_id.as_deref(), Some("s"));
+    assert_eq!(d.error_info.as_ref().unwrap().error_name, "E");
+    assert_eq!(agg.stats().in_flight_statements, 0);
+    // A late completion for it is counted, not turned into a row.
+    agg.emit(ev(&c, complete("s")));
+    agg.flush().await;
+    assert_eq!(agg.stats().dropped_unknown_statement, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_errors_ride_with_their_statement_capped() {
+    let (agg, sink) = spawn(TelemetryConfig {
+        max_errors_per_statement: 2,
+        ..config()
+    });
+    let c = conn();
+    agg.emit(ev(&c, start("s")));
+    for _ in 0..3 {
+        agg.emit(ev(&c, error(Some("s"), ErrorClass::Retryable)));
+    }
+    agg.flush().await;
+    assert!(sink.rows().is_empty(), "kept on the statement");
+    agg.emit(ev(&c, complete("s")));
+    agg.flush().await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 3, "statement row and two error rows");
+    assert!(rows[0].log.driver_log().error_info.is_none());
+    assert!(
+        rows[1..]
+            .iter()
+            .all(|r| r.is_error && r.log.driver_log().sql_statement_id.as_deref() == Some("s"))
+    );
+    assert_eq!(agg.stats().dropped_error_cap, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn standalone_error_rows() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.emit(ev(&c, error(None, ErrorClass::Unknown)));
+    agg.emit(ev(&c, error(Some("never-started"), ErrorClass::Retryable)));
+    agg.flush().await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0].log.driver_log().sql_statement_id.is_none());
+    assert_eq!(
+        rows[1].log.driver_log().sql_statement_id.as_deref(),
+        Some("never-started")
+    );
+    assert!(rows.iter().all(|r| r.is_error));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_eviction_reports_the_statement() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.emit(ev(&c, start("s")));
+    settle().await;
+    tokio::time::advance(Duration::from_secs(3599)).await;
+    settle().await;
+    agg.flush().await;
+    assert!(sink.rows().is_empty());
+    tokio::time::advance(Duration::from_secs(60)).await;
+    settle().await;
+    agg.flush().await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].log.driver_log().sql_statement_id.as_deref(),
+        Some("s")
+    );
+    assert_eq!(agg.stats().evicted_ttl, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cap_eviction_reports_the_oldest() {
+    let (agg, sink) = spawn(TelemetryConfig {
+        max_in_flight_statements: 2,
+        ..config()
+    });
+    let c = conn();
+    for id in ["a", "b", "c"] {
+        agg.emit(ev(&c, start(id)));
+    }
+    agg.flush().await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].log.driver_log().sql_statement_id.as_deref(),
+        Some("a")
+    );
+    let st = agg.stats();
+    assert_eq!((st.evicted_cap, st.in_flight_statements), (1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reused_statement_id_reports_the_earlier_one() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.emit(ev(&c, start("s")));
+    agg.emit(ev(&c, start("s")));
+    agg.emit(ev(&c, complete("s")));
+    agg.flush().await;
+    assert_eq!(sink.rows().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_full_drop_counted() {
+    let (agg, _sink) = spawn(TelemetryConfig {
+        queue_capacity: 4,
+        ..config()
+    });
+    let c = conn();
+    // The background task cannot run between these pushes (same thread, no await).
+    for _ in 0..10 {
+        agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    }
+    agg.flush().await;
+    let st = agg.stats();
+    assert_eq!(st.dropped_queue_full, 6);
+    assert_eq!(st.events_received, 4);
+    assert_eq!(st.events_emitted(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_cap_drop_keeps_errors() {
+    let (agg, sink) = spawn(TelemetryConfig {
+        batch_size: 2,
+        max_pending_rows: 3,
+        ..config()
+    });
+    let c = conn();
+    sink.hang.store(true, Ordering::SeqCst);
+    // First two rows go into the (hanging) sink; the next ones pile up.
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 2 }));
+    settle().await;
+    agg.emit(ev(&c, error(None, ErrorClass::Unknown)));
+    for latency_ms in 10..15 {
+        agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms }));
+    }
+    settle().await;
+    let st = agg.stats();
+    assert_eq!(st.pending_rows, 3);
+    assert_eq!(st.dropped_pending_cap, 3);
+    agg.close(Instant::now() + Duration::from_secs(1)).await;
+    let st = agg.stats();
+    assert_eq!(
+        st.dropped_shutdown,
+        2 + 3,
+        "in-flight batch and pending rows lost at the deadline"
+    );
+    assert_eq!(st.rows_produced, st.rows_delivered + st.rows_dropped());
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_cap_keeps_the_error_row() {
+    let (agg, sink) = spawn(TelemetryConfig {
+        batch_size: 1,
+        max_pending_rows: 2,
+        ..config()
+    });
+    let c = conn();
+    sink.hang.store(true, Ordering::SeqCst);
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    settle().await;
+    agg.emit(ev(&c, error(None, ErrorClass::Unknown)));
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 2 }));
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 3 }));
+    settle().await;
+    sink.hang.store(false, Ordering::SeqCst);
+    assert_eq!(agg.stats().dropped_pending_cap, 1);
+    // The slow batch ends; the rest follow.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    agg.close(Instant::now() + Duration::from_secs(1)).await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 3);
+    assert!(rows[1].is_error, "the error row survived the cap");
+    assert_eq!(rows[2].log.driver_log().operation_latency_ms, Some(3));
+    assert_eq!(agg.stats().dropped_shutdown, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_drains_completes_open_statements_and_flushes_nothing_twice() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    agg.emit(ev(&c, start("open")));
+    agg.emit(ev(&c, chunk("open", 9, true)));
+    agg.close(Instant::now() + Duration::from_secs(2)).await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[1].log.driver_log().sql_statement_id.as_deref(),
+        Some("open")
+    );
+    assert!(agg.is_closed());
+    // Idempotent: a second close and a flush after close do nothing.
+    agg.close(Instant::now() + Duration::from_secs(2)).await;
+    agg.flush().await;
+    assert_eq!(sink.rows().len(), 2);
+    assert_eq!(sink.batch_sizes(), vec![2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_respects_the_deadline_with_a_hanging_sink() {
+    let (agg, sink) = spawn(config());
+    sink.hang.store(true, Ordering::SeqCst);
+    let c = conn();
+    for _ in 0..5 {
+        agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    }
+    let started = Instant::now();
+    agg.close(started + Duration::from_secs(2)).await;
+    assert!(Instant::now() - started <= Duration::from_millis(2050));
+    let st = agg.stats();
+    assert_eq!(st.dropped_shutdown, 5);
+    assert_eq!(st.rows_delivered, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_after_close_are_counted_not_processed() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.close(Instant::now() + Duration::from_secs(1)).await;
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    settle().await;
+    assert_eq!(agg.stats().dropped_after_close, 1);
+    assert!(sink.rows().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_aggregator_closes_and_delivers() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    drop(agg);
+    settle().await;
+    assert_eq!(sink.rows().len(), 1);
+}
+
+/// A sink that panics: the rows are counted as lost and the aggregator keeps going.
+struct Panicky;
+impl BatchSink for Panicky {
+    fn export(&self, _batch: Vec<TelemetryRow>) -> BoxFuture<'_, ()> {
+        Box::pin(async { panic!("sink bug") })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_sink_is_contained() {
+    let agg = Aggregator::spawn(&config(), Arc::new(Panicky), &Handle::current());
+    let c = conn();
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    agg.flush().await;
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    agg.close(Instant::now() + Duration::from_secs(1)).await;
+    let st = agg.stats();
+    assert_eq!(st.dropped_shutdown, 2);
+    assert_eq!(st.rows_produced, st.rows_delivered + st.rows_dropped());
+    assert!(format!("{agg:?}").contains("rows_produced"));
+}
+
+/// Every event ends in a row or a counted drop, whatever the mix.
+#[tokio::test(start_paused = true)]
+async fn accounting_identity_holds_for_random_workloads() {
+    for seed in 1..=20u64 {
+        let mut x = seed;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let cfg = TelemetryConfig {
+            batch_size: 1 + rnd(10) as usize,
+            max_pending_rows: 10 + rnd(20) as usize,
+            queue_capacity: 5 + rnd(50) as usize,
+            max_in_flight_statements: 1 + rnd(5) as usize,
+            max_errors_per_statement: rnd(3) as usize,
+            ..config()
+        };
+        let (agg, sink) = spawn(cfg);
+        let conns = [conn(), conn()];
+        let mut emitted = 0u64;
+        for i in 0..500 {
+            let c = &conns[rnd(2) as usize];
+            let id = format!("s{}", rnd(8));
+            let kind = match rnd(8) {
+                0 => EventKind::ConnectionOpened { latency_ms: 1 },
+                1 | 2 => start(&id),
+                3 | 4 => chunk(&id, rnd(100) as i64 - 10, rnd(2) == 0),
+                5 => complete(&id),
+                6 => error(
+                    Some(&id),
+                    if rnd(3) == 0 {
+                        ErrorClass::Terminal
+                    } else {
+                        ErrorClass::Retryable
+                    },
+                ),
+                _ => error(None, ErrorClass::Unknown),
+            };
+            agg.emit(ev(c, kind));
+            emitted += 1;
+            if i % 37 == 0 {
+                settle().await;
+            }
+            if i % 101 == 0 {
+                tokio::time::advance(Duration::from_secs(rnd(10))).await;
+            }
+        }
+        agg.close(Instant::now() + Duration::from_secs(2)).await;
+        let st = agg.stats();
+        assert_eq!(st.events_emitted(), emitted, "seed {seed}");
+        assert_eq!(
+            st.events_received,
+            st.events_folded + st.dropped_unknown_statement + st.dropped_error_cap,
+            "seed {seed}"
+        );
+        assert_eq!(
+            st.rows_produced,
+            st.rows_delivered + st.rows_dropped(),
+            "seed {seed}: {st:?}"
+        );
+        assert_eq!(st.rows_delivered as usize, sink.rows().len(), "seed {seed}");
+        assert_eq!((st.pending_rows, st.in_flight_statements), (0, 0));
+        assert_eq!(
+            st.drops().iter().map(|(_, n)| n).sum::<u64>(),
+            st.events_dropped() + st.rows_dropped()
+        );
+    }
+}
