@@ -1,0 +1,464 @@
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
+
+use rstest::rstest;
+use serde_json::Value;
+use telemetry_types::classify::TransportErrorKind;
+use telemetry_types::event::{ConnectionInfo, DriverError};
+use telemetry_types::row;
+use telemetry_types::traits::{FixedGate, HttpResponse, StaticToken, TransportError};
+use tokio::time::Instant;
+
+use super::*;
+
+type Reply = Result<HttpResponse, TransportError>;
+
+/// Records requests; answers from a script (the last answer repeats).
+struct Scripted {
+    script: Mutex<VecDeque<Reply>>,
+    last: Mutex<Option<Reply>>,
+    requests: Mutex<Vec<(Instant, HttpRequest)>>,
+}
+
+impl Scripted {
+    fn new(replies: Vec<Reply>) -> Arc<Self> {
+        Arc::new(Self {
+            script: Mutex::new(replies.into()),
+            last: Mutex::new(None),
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+    fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+    fn bodies(&self) -> Vec<Value> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, r)| serde_json::from_slice(&r.body).unwrap())
+            .collect()
+    }
+    fn times(&self) -> Vec<Instant> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, _)| *t)
+            .collect()
+    }
+}
+
+impl HttpTransport for Scripted {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+        self.requests
+            .lock()
+            .unwrap()
+            .push((Instant::now(), request));
+        let reply = match self.script.lock().unwrap().pop_front() {
+            Some(r) => {
+                *self.last.lock().unwrap() = Some(r.clone());
+                r
+            }
+            None => self
+                .last
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_else(|| Ok(status(200))),
+        };
+        Box::pin(async move { reply })
+    }
+}
+
+fn status(code: u16) -> HttpResponse {
+    HttpResponse {
+        status: code,
+        headers: vec![],
+        body: b"{}".to_vec(),
+    }
+}
+
+fn with_retry_after(code: u16, value: &str) -> HttpResponse {
+    HttpResponse {
+        status: code,
+        headers: vec![("retry-after".into(), value.into())],
+        body: vec![],
+    }
+}
+
+fn host() -> Host {
+    Host::parse("a.example", false).unwrap()
+}
+
+fn config() -> TelemetryConfig {
+    TelemetryConfig {
+        enabled: true,
+        ..TelemetryConfig::default()
+    }
+}
+
+fn exporter_with(
+    transport: Arc<Scripted>,
+    gate: Arc<dyn FlagGate>,
+    config: TelemetryConfig,
+) -> DatabricksExporter {
+    let breaker = CircuitBreaker::new("a.example", breaker_config(&config));
+    DatabricksExporter::new(host(), config, transport, breaker, gate, "TestDriver/1.0")
+}
+
+fn exporter(transport: Arc<Scripted>) -> DatabricksExporter {
+    exporter_with(transport, Arc::new(FixedGate(FlagState::Enabled)), config())
+}
+
+fn conn_with(token: Option<&str>) -> Arc<ConnectionInfo> {
+    let mut c = ConnectionInfo::new(host(), "TestDriver/1.0");
+    c.workspace_id = Some(42);
+    c.session_id = Some("sess".into());
+    c.auth = token.map(|t| Arc::new(StaticToken::new(t)) as Arc<dyn AuthProvider>);
+    Arc::new(c)
+}
+
+fn rows(conn: &Arc<ConnectionInfo>, n: usize) -> Vec<TelemetryRow> {
+    (0..n)
+        .map(|i| {
+            let log = row::error_row(
+                conn,
+                1,
+                Some(&format!("st{i}")),
+                &DriverError::new("E", "secret stack"),
+            );
+            TelemetryRow {
+                log,
+                connection: conn.clone(),
+                is_error: true,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_counts_rows() {
+    let t = Scripted::new(vec![Ok(status(200))]);
+    let e = exporter(t.clone());
+    e.export(rows(&conn_with(Some("tok")), 3)).await;
+    let s = e.stats();
+    assert_eq!(
+        (s.requests, s.rows_exported, s.total_dropped(), s.batches),
+        (1, 3, 0, 1)
+    );
+    let req = &t.requests.lock().unwrap()[0].1;
+    assert_eq!(req.url, "https://a.example/telemetry-ext");
+    assert_eq!(req.method, HttpMethod::Post);
+    assert_eq!(req.timeout, Duration::from_secs(10));
+    assert!(format!("{e:?}").contains("a.example"));
+}
+
+#[rstest]
+#[case(429, DropReason::Http4xx)]
+#[case(500, DropReason::Http5xx)]
+#[case(502, DropReason::Http5xx)]
+#[case(503, DropReason::Http5xx)]
+#[case(504, DropReason::Http5xx)]
+#[tokio::test(start_paused = true)]
+async fn retries_retryable_statuses_up_to_the_limit(#[case] code: u16, #[case] reason: DropReason) {
+    let t = Scripted::new(vec![Ok(status(code))]);
+    let e = exporter(t.clone());
+    e.export(rows(&conn_with(Some("tok")), 2)).await;
+    let s = e.stats();
+    assert_eq!(t.count(), 4, "first try and 3 retries");
+    assert_eq!(s.retries, 3);
+    assert_eq!(s.dropped(reason), 2);
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some(format!("HTTP {code}").as_str())
+    );
+    // Backoff grows: gaps of at least 100, 200, 400 ms (plus at most 100 ms jitter).
+    let times = t.times();
+    for (i, base) in [100u64, 200, 400].iter().enumerate() {
+        let gap = times[i + 1] - times[i];
+        assert!(
+            gap >= Duration::from_millis(*base) && gap <= Duration::from_millis(base + 100),
+            "gap {i}: {gap:?}"
+        );
+    }
+}
+
+#[rstest]
+#[case(400)]
+#[case(401)]
+#[case(403)]
+#[case(404)]
+#[tokio::test(start_paused = true)]
+async fn no_retry_on_terminal_statuses_and_breaker_untouched(#[case] code: u16) {
+    let t = Scripted::new(vec![Ok(status(code))]);
+    let e = exporter(t.clone());
+    for _ in 0..10 {
+        e.export(rows(&conn_with(Some("tok")), 1)).await;
+    }
+    assert_eq!(t.count(), 10, "one request per batch, no retries");
+    let s = e.stats();
+    assert_eq!(s.dropped(DropReason::Http4xx), 10);
+    assert_eq!(s.breaker.openings, 0, "a {code} is not an outage");
+    assert_eq!(s.breaker.ignored, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovers_within_retries() {
+    let t = Scripted::new(vec![
+        Ok(status(503)),
+        Err(TransportError::new(
+            TransportErrorKind::ConnectionReset,
+            "reset",
+        )),
+        Ok(status(200)),
+    ]);
+    let e = exporter(t.clone());
+    e.export(rows(&conn_with(Some("tok")), 2)).await;
+    let s = e.stats();
+    assert_eq!(
+        (t.count(), s.retries, s.rows_exported, s.total_dropped()),
+        (3, 2, 2, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_retryable_transport_errors_are_not_retried() {
+    let t = Scripted::new(vec![Err(TransportError::new(
+        TransportErrorKind::DnsPermanent,
+        "no such host",
+    ))]);
+    let e = exporter(t.clone());
+    e.export(rows(&conn_with(Some("tok")), 1)).await;
+    assert_eq!(t.count(), 1);
+    assert_eq!(e.stats().dropped(DropReason::Transport), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_a_floor_and_bounded() {
+    let t = Scripted::new(vec![
+        Ok(with_retry_after(429, "7")),
+        Ok(with_retry_after(503, "100000")),
+        Ok(status(200)),
+    ]);
+    let e = exporter(t.clone());
+    e.export(rows(&conn_with(Some("tok")), 1)).await;
+    let times = t.times();
+    assert_eq!(times.len(), 3);
+    assert!(times[1] - times[0] >= Duration::from_secs(7));
+    assert!(times[1] - times[0] < Duration::from_secs(8));
+    let second = times[2] - times[1];
+    assert!(
+        second >= Duration::from_secs(60) && second < Duration::from_secs(61),
+        "bounded by max_retry_after: {second:?}"
+    );
+    assert_eq!(e.stats().rows_exported, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_opens_then_sends_nothing_until_timeout_then_probe_closes() {
+    let t = Scripted::new(vec![Ok(status(500))]);
+    let cfg = TelemetryConfig {
+        max_retries: 0,
+        ..config()
+    };
+    let e = exporter_with(t.clone(), Arc::new(FixedGate(FlagState::Enabled)), cfg);
+    let c = conn_with(Some("tok"));
+    for _ in 0..5 {
+        e.export(rows(&c, 1)).await;
+    }
+    assert_eq!(e.breaker().state(), telemetry_breaker::BreakerState::Open);
+    assert_eq!(t.count(), 5);
+    for _ in 0..20 {
+        e.export(rows(&c, 2)).await;
+    }
+    assert_eq!(t.count(), 5, "no request while open");
+    assert_eq!(e.stats().dropped(DropReason::BreakerOpen), 40);
+    // Endpoint recovers; after the open period two probes close the breaker.
+    *t.last.lock().unwrap() = Some(Ok(status(200)));
+    tokio::time::advance(Duration::from_secs(60)).await;
+    e.export(rows(&c, 1)).await;
+    e.export(rows(&c, 1)).await;
+    assert_eq!(e.breaker().state(), telemetry_breaker::BreakerState::Closed);
+    e.export(rows(&c, 1)).await;
+    let s = e.stats();
+    assert_eq!(s.rows_exported, 3);
+    assert_eq!(s.breaker.openings, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn disabled_flag_means_zero_requests() {
+    let t = Scripted::new(vec![]);
+    let e = exporter_with(
+        t.clone(),
+        Arc::new(FixedGate(FlagState::Disabled)),
+        config(),
+    );
+    e.export(rows(&conn_with(Some("tok")), 4)).await;
+    assert_eq!(t.count(), 0);
+    assert_eq!(e.stats().dropped(DropReason::FlagDisabled), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_flag_waits_up_to_the_bound_then_drops() {
+    let t = Scripted::new(vec![]);
+    let e = exporter_with(t.clone(), Arc::new(FixedGate(FlagState::Unknown)), config());
+    e.export(rows(&conn_with(Some("tok")), 1)).await;
+    assert_eq!(t.count(), 0);
+    assert_eq!(e.stats().dropped(DropReason::FlagUnknown), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unauthenticated_rows_carry_no_ids_config_or_stack_trace_and_no_token() {
+    let t = Scripted::new(vec![]);
+    let e =
+        exporter(t.clone()).with_extra_headers(vec![("x-databricks-org-id".into(), "42".into())]);
+    e.export(rows(&conn_with(None), 2)).await;
+    let req = t.requests.lock().unwrap()[0].1.clone();
+    assert_eq!(req.url, "https://a.example/telemetry-unauth");
+    assert!(
+        req.headers
+            .iter()
+            .all(|(k, _)| !k.eq_ignore_ascii_case("authorization") && k != "x-databricks-org-id")
+    );
+    let body: Value = serde_json::from_slice(&req.body).unwrap();
+    for log in body["protoLogs"].as_array().unwrap() {
+        let log: Value = serde_json::from_str(log.as_str().unwrap()).unwrap();
+        assert!(log.get("workspace_id").is_none());
+        let d = &log["entry"]["sql_driver_log"];
+        assert!(d.get("session_id").is_none() && d.get("sql_statement_id").is_none());
+        assert_eq!(d["error_info"]["stack_trace"], "");
+    }
+    assert_eq!(e.stats().unauthenticated_requests, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn authenticated_export_off_forces_unauth_endpoint() {
+    let t = Scripted::new(vec![]);
+    let e = exporter_with(
+        t.clone(),
+        Arc::new(FixedGate(FlagState::Enabled)),
+        TelemetryConfig {
+            authenticated_export: false,
+            ..config()
+        },
+    );
+    e.export(rows(&conn_with(Some("tok")), 1)).await;
+    let req = t.requests.lock().unwrap()[0].1.clone();
+    assert!(req.url.ends_with(UNAUTH_PATH));
+    assert!(!String::from_utf8_lossy(&req.body).contains("sess"));
+    assert!(req.headers.iter().all(|(_, v)| !v.contains("tok")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_tenants_rows_never_share_a_request() {
+    let t = Scripted::new(vec![]);
+    let e =
+        exporter(t.clone()).with_extra_headers(vec![("x-databricks-org-id".into(), "42".into())]);
+    let (a, b) = (conn_with(Some("token-a")), conn_with(Some("token-b")));
+    let mut batch = rows(&a, 2);
+    batch.extend(rows(&b, 3));
+    batch.extend(rows(&a, 1));
+    e.export(batch).await;
+    let reqs = t.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 2);
+    let auth = |r: &HttpRequest| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == "Authorization")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(auth(&reqs[0].1).as_deref(), Some("Bearer token-a"));
+    assert_eq!(auth(&reqs[1].1).as_deref(), Some("Bearer token-b"));
+    assert!(
+        reqs[0]
+            .1
+            .headers
+            .contains(&("x-databricks-org-id".into(), "42".into()))
+    );
+    let bodies = t.bodies();
+    assert_eq!(bodies[0]["protoLogs"].as_array().unwrap().len(), 3);
+    assert_eq!(bodies[1]["protoLogs"].as_array().unwrap().len(), 3);
+    assert_eq!(e.stats().rows_exported, 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_shape_and_headers() {
+    let t = Scripted::new(vec![]);
+    let e = exporter(t.clone());
+    e.export(rows(&conn_with(Some("tok")), 2)).await;
+    e.export(Vec::new()).await; // nothing to do
+    assert_eq!(t.count(), 1);
+    let req = t.requests.lock().unwrap()[0].1.clone();
+    for (k, v) in [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json"),
+        ("User-Agent", "TestDriver/1.0"),
+        ("Authorization", "Bearer tok"),
+    ] {
+        assert!(req.headers.contains(&(k.to_owned(), v.to_owned())), "{k}");
+    }
+    let body: Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(body["items"], serde_json::json!([]));
+    assert!(body["uploadTime"].as_i64().unwrap() > 1_700_000_000_000);
+    let logs = body["protoLogs"].as_array().unwrap();
+    let first: telemetry_types::wire::TelemetryFrontendLog =
+        serde_json::from_str(logs[0].as_str().unwrap()).unwrap();
+    assert_eq!(first.workspace_id, Some(42));
+    assert_eq!(first.driver_log().sql_statement_id.as_deref(), Some("st0"));
+}
+
+/// An auth provider that has no credentials at the moment: the unauthenticated endpoint.
+struct NoCreds(AtomicUsize);
+impl AuthProvider for NoCreds {
+    fn auth_headers(&self) -> BoxFuture<'_, Option<Vec<(String, String)>>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { None })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn provider_without_credentials_falls_back_to_unauth() {
+    let t = Scripted::new(vec![]);
+    let e = exporter(t.clone());
+    let mut c = ConnectionInfo::new(host(), "ua");
+    c.auth = Some(Arc::new(NoCreds(AtomicUsize::new(0))));
+    e.export(rows(&Arc::new(c), 1)).await;
+    assert!(t.requests.lock().unwrap()[0].1.url.ends_with(UNAUTH_PATH));
+}
+
+#[rstest]
+#[case("0", Some(Duration::ZERO))]
+#[case(" 12 ", Some(Duration::from_secs(12)))]
+#[case("Wed, 21 Oct 2015 07:28:00 GMT", Some(Duration::ZERO))]
+#[case("-1", None)]
+#[case("", None)]
+fn retry_after_parsing(#[case] v: &str, #[case] expected: Option<Duration>) {
+    assert_eq!(parse_retry_after(v), expected);
+}
+
+#[test]
+fn future_http_date_is_a_delay() {
+    let when = SystemTime::now() + Duration::from_secs(120);
+    let d = parse_retry_after(&httpdate::fmt_http_date(when)).unwrap();
+    assert!(d > Duration::from_secs(110) && d <= Duration::from_secs(120));
+}
+
+#[test]
+fn reason_names_are_stable() {
+    let names: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "flag_disabled",
+            "flag_unknown",
+            "breaker_open",
+            "http_4xx",
+            "http_5xx",
+            "http_other",
+            "transport",
+            "serialization"
+        ]
+    );
+    assert_eq!(DropReason::for_status(302), DropReason::HttpOther);
+}

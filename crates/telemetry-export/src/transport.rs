@@ -1,0 +1,256 @@
+//! The default [`HttpTransport`]: hyper 1 + hyper-util's pooled client + hyper-rustls.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use telemetry_types::classify::TransportErrorKind;
+use telemetry_types::traits::{
+    BoxFuture, HttpMethod, HttpRequest, HttpResponse, HttpTransport, TransportError,
+};
+
+/// Settings of [`HyperTransport`].
+#[derive(Debug, Clone)]
+pub struct TransportOptions {
+    /// TCP connect timeout. Default 10 s. (Each request also has its own overall deadline.)
+    pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept. Default 90 s.
+    pub pool_idle_timeout: Duration,
+    /// Extra trusted roots (DER), e.g. a corporate CA or a test certificate.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Trust the bundled webpki roots. Default `true`.
+    pub webpki_roots: bool,
+    /// Trust the operating system's roots too (feature `native-roots`). Default `false`.
+    pub native_roots: bool,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(90),
+            extra_roots: Vec::new(),
+            webpki_roots: true,
+            native_roots: false,
+        }
+    }
+}
+
+/// HTTPS (and, for loopback test servers, plain HTTP/1.1) with keep-alive, over hyper.
+///
+/// Proxies: this transport connects directly. A driver that must go through a proxy (or
+/// use its own TLS setup) implements [`HttpTransport`] over its own HTTP stack and hands it to
+/// the client; that is the supported way to reuse a driver's proxy configuration.
+#[derive(Clone)]
+pub struct HyperTransport {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl fmt::Debug for HyperTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HyperTransport")
+    }
+}
+
+/// The transport could not be built (bad root certificate, TLS setup).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot build the HTTP transport: {0}")]
+pub struct TransportBuildError(pub String);
+
+impl HyperTransport {
+    /// A transport with default options (webpki roots).
+    pub fn new() -> Result<Self, TransportBuildError> {
+        Self::with_options(TransportOptions::default())
+    }
+
+    /// A transport with `options`.
+    pub fn with_options(options: TransportOptions) -> Result<Self, TransportBuildError> {
+        let mut roots = RootCertStore::empty();
+        if options.webpki_roots {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        #[cfg(feature = "native-roots")]
+        if options.native_roots {
+            let loaded = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(loaded.certs);
+            tracing::debug!(
+                added,
+                errors = loaded.errors.len(),
+                "native root certificates loaded"
+            );
+        }
+        #[cfg(not(feature = "native-roots"))]
+        if options.native_roots {
+            return Err(TransportBuildError(
+                "native roots requested but the `native-roots` feature is off".into(),
+            ));
+        }
+        for cert in options.extra_roots {
+            roots
+                .add(cert)
+                .map_err(|e| TransportBuildError(format!("bad root certificate: {e}")))?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TransportBuildError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(options.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(options.pool_idle_timeout)
+            .build(https);
+        Ok(Self { client })
+    }
+
+    async fn send_inner(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let method = match request.method {
+            HttpMethod::Get => http::Method::GET,
+            HttpMethod::Post => http::Method::POST,
+        };
+        let mut builder = http::Request::builder().method(method).uri(&request.url);
+        for (k, v) in &request.headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        let req = builder
+            .body(Full::new(Bytes::from(request.body)))
+            .map_err(|e| {
+                TransportError::new(TransportErrorKind::Protocol, format!("bad request: {e}"))
+            })?;
+        let response = self.client.request(req).await.map_err(|e| map_error(&e))?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| map_error(&e))?;
+            if let Some(data) = frame.data_ref() {
+                if bytes.len() + data.len() > request.max_response_bytes {
+                    return Err(TransportError::new(
+                        TransportErrorKind::BodyTooLarge,
+                        format!("response body over {} bytes", request.max_response_bytes),
+                    ));
+                }
+                bytes.extend_from_slice(data);
+            }
+        }
+        Ok(HttpResponse {
+            status,
+            headers,
+            body: bytes,
+        })
+    }
+}
+
+impl HttpTransport for HyperTransport {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+        Box::pin(async move {
+            let timeout = request.timeout;
+            match tokio::time::timeout(timeout, self.send_inner(request)).await {
+                Ok(result) => result,
+                Err(_) => Err(TransportError::new(
+                    TransportErrorKind::Timeout,
+                    format!("no complete answer within {} ms", timeout.as_millis()),
+                )),
+            }
+        })
+    }
+}
+
+/// Maps a hyper / hyper-util error to a kind by walking its source chain.
+fn map_error(err: &(dyn StdError + 'static)) -> TransportError {
+    let mut kind = TransportErrorKind::Other;
+    let mut text = String::new();
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&e.to_string());
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            kind = TransportErrorKind::Tls;
+        } else if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                kind = TransportErrorKind::Tls;
+            } else if kind == TransportErrorKind::Other {
+                kind = io_kind(io);
+            }
+        } else if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && kind == TransportErrorKind::Other
+        {
+            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                kind = TransportErrorKind::ConnectionReset;
+            } else if h.is_parse() {
+                kind = TransportErrorKind::Protocol;
+            } else if h.is_timeout() {
+                kind = TransportErrorKind::Timeout;
+            }
+        }
+        cur = e.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    if kind == TransportErrorKind::Other || kind == TransportErrorKind::Protocol {
+        if lower.contains("temporary failure in name resolution") || lower.contains("try again") {
+            kind = TransportErrorKind::DnsTemporary;
+        } else if lower.contains("failed to lookup address")
+            || lower.contains("name or service not known")
+            || lower.contains("no address associated")
+        {
+            kind = TransportErrorKind::DnsPermanent;
+        } else if [
+            "invalidcontenttype",
+            "corrupt message",
+            "tls",
+            "certificate",
+            "handshake",
+        ]
+        .iter()
+        .any(|t| lower.contains(t))
+        {
+            kind = TransportErrorKind::Tls;
+        }
+    }
+    TransportError::new(kind, text)
+}
+
+fn io_kind(io: &std::io::Error) -> TransportErrorKind {
+    use std::io::ErrorKind as K;
+    match io.kind() {
+        K::ConnectionRefused => TransportErrorKind::ConnectionRefused,
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+            TransportErrorKind::ConnectionReset
+        }
+        K::TimedOut => TransportErrorKind::Timeout,
+        K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
+            TransportErrorKind::HostUnreachable
+        }
+        K::InvalidData => TransportErrorKind::Protocol,
+        _ => TransportErrorKind::Other,
+    }
+}
