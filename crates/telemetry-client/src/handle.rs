@@ -1,0 +1,258 @@
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use telemetry_types::event::{
+    ConnectionInfo, DriverError, EventKind, StatementCompletion, StatementId, TelemetryEvent,
+};
+use telemetry_types::id::now_millis;
+use telemetry_types::wire::{OperationType, StatementType};
+
+use crate::provider::{HostClient, TelemetryClientProvider, flag_off};
+
+struct Live {
+    provider: TelemetryClientProvider,
+    info: Arc<ConnectionInfo>,
+    client: Arc<HostClient>,
+    released: AtomicBool,
+}
+
+impl Live {
+    #[inline]
+    fn emit(&self, kind: EventKind) {
+        self.client.aggregator.emit(TelemetryEvent {
+            connection: self.info.clone(),
+            timestamp_millis: now_millis(),
+            kind,
+        });
+    }
+
+    fn release(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        self.provider.release(&self.client)
+    }
+}
+
+/// One driver connection's telemetry. Every method is synchronous, never waits on the network
+/// and never fails; when telemetry is off each costs one branch or one atomic load and
+/// allocates nothing. Dropping the handle releases the host's client (the last release
+/// flushes in the background); [`close`](Self::close) also waits for that flush.
+pub struct Connection {
+    live: Option<Arc<Live>>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.live {
+            Some(l) => f.debug_struct("Connection").field("info", &l.info).finish(),
+            None => f.write_str("Connection(disabled)"),
+        }
+    }
+}
+
+impl Connection {
+    pub(crate) fn disabled() -> Self {
+        Self { live: None }
+    }
+
+    pub(crate) fn new(
+        provider: TelemetryClientProvider,
+        info: Arc<ConnectionInfo>,
+        client: Arc<HostClient>,
+    ) -> Self {
+        Self {
+            live: Some(Arc::new(Live {
+                provider,
+                info,
+                client,
+                released: AtomicBool::new(false),
+            })),
+        }
+    }
+
+    /// The live state if telemetry may be sent: one atomic load of the host's flag.
+    #[inline]
+    fn live(&self) -> Option<&Arc<Live>> {
+        self.live
+            .as_ref()
+            .filter(|l| !flag_off(&l.client.flag_state))
+    }
+
+    /// Whether this connection reports telemetry (not off by config, override, env switch or
+    /// the server's flag). While the flag is not yet known this is `true`: events are kept
+    /// and sent or discarded once it is.
+    pub fn is_enabled(&self) -> bool {
+        self.live().is_some()
+    }
+
+    /// The session was opened; `latency` is the open call's own duration.
+    pub fn opened(&self, latency: Duration) {
+        if let Some(l) = self.live() {
+            l.emit(EventKind::ConnectionOpened {
+                latency_ms: millis(latency),
+            });
+        }
+    }
+
+    /// The session was closed; `latency` is the close call's own duration.
+    pub fn closed(&self, latency: Duration) {
+        if let Some(l) = self.live() {
+            l.emit(EventKind::ConnectionClosed {
+                latency_ms: millis(latency),
+            });
+        }
+    }
+
+    /// A statement started. The returned handle reports its chunks, errors and completion;
+    /// dropped without [`Statement::complete`], it reports the statement as abandoned.
+    pub fn statement(
+        &self,
+        statement_id: &str,
+        statement_type: StatementType,
+        operation_type: OperationType,
+    ) -> Statement {
+        let Some(l) = self.live() else {
+            return Statement { live: None };
+        };
+        let id: StatementId = Arc::from(statement_id);
+        l.emit(EventKind::StatementStarted {
+            statement_id: id.clone(),
+            statement_type,
+            operation_type,
+        });
+        Statement {
+            live: Some((l.clone(), id)),
+        }
+    }
+
+    /// An error not tied to a statement (or whose statement is not tracked).
+    pub fn error(&self, error: DriverError) {
+        if let Some(l) = self.live() {
+            l.emit(EventKind::Error {
+                statement_id: None,
+                error,
+            });
+        }
+    }
+
+    /// Releases this connection and, if it was the host's last, waits for the final flush
+    /// (bounded by the close timeout). Needs no particular runtime: it only awaits a signal.
+    pub async fn close(mut self) {
+        let Some(live) = self.live.take() else { return };
+        match live.release() {
+            Some(done) => {
+                let _ = done.await;
+            }
+            None => {
+                // Other connections keep the client: flush this connection's rows now.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let client = live.client.clone();
+                let timeout = live.provider.inner.config.close_timeout;
+                live.provider.runtime().spawn(async move {
+                    let _ = tokio::time::timeout(timeout, client.aggregator.flush()).await;
+                    let _ = tx.send(());
+                });
+                let _ = rx.await;
+            }
+        }
+    }
+
+    /// [`close`](Self::close) for callers without an async context: blocks this thread up to
+    /// the close timeout (plus a little). Do not call it from inside an async task.
+    pub fn close_blocking(mut self) {
+        let Some(live) = self.live.take() else { return };
+        if let Some(done) = live.release() {
+            let limit = live.provider.inner.config.close_timeout + Duration::from_millis(200);
+            let (tx, rx) = std::sync::mpsc::channel();
+            live.provider.runtime().spawn(async move {
+                let _ = done.await;
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(limit);
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(l) = self.live.take() {
+            let _ = l.release();
+        }
+    }
+}
+
+/// One statement's telemetry (RAII): reports `StatementCompleted` exactly once, on
+/// [`complete`](Self::complete) or, as abandoned, on drop.
+pub struct Statement {
+    live: Option<(Arc<Live>, StatementId)>,
+}
+
+impl fmt::Debug for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.live {
+            Some((_, id)) => f.debug_tuple("Statement").field(id).finish(),
+            None => f.write_str("Statement(disabled)"),
+        }
+    }
+}
+
+impl Statement {
+    /// The statement's id, if telemetry is on.
+    pub fn id(&self) -> Option<&str> {
+        self.live.as_ref().map(|(_, id)| &**id)
+    }
+
+    /// A CloudFetch chunk was downloaded.
+    pub fn chunk(&self, latency: Duration, bytes: u64, compressed: bool) {
+        if let Some((l, id)) = &self.live {
+            l.emit(EventKind::ChunkDownloaded {
+                statement_id: id.clone(),
+                latency_ms: i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
+                bytes,
+                compressed,
+            });
+        }
+    }
+
+    /// An error on this statement. A terminal one ends the statement's row and is flushed at
+    /// once; others are reported with the statement.
+    pub fn error(&self, error: DriverError) {
+        if let Some((l, id)) = &self.live {
+            l.emit(EventKind::Error {
+                statement_id: Some(id.clone()),
+                error,
+            });
+        }
+    }
+
+    /// The statement finished (or was closed); fields the driver does not know stay `None`.
+    pub fn complete(mut self, completion: StatementCompletion) {
+        if let Some((l, id)) = self.live.take() {
+            l.emit(EventKind::StatementCompleted {
+                statement_id: id,
+                completion,
+            });
+        }
+    }
+}
+
+impl Drop for Statement {
+    fn drop(&mut self) {
+        if let Some((l, id)) = self.live.take() {
+            l.emit(EventKind::StatementCompleted {
+                statement_id: id,
+                completion: StatementCompletion {
+                    abandoned: true,
+                    ..StatementCompletion::default()
+                },
+            });
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

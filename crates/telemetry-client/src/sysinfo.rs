@@ -1,0 +1,139 @@
+//! Defaults for `system_configuration` in a pure-Rust driver, and HTTP-path parsing.
+
+use telemetry_types::wire::DriverSystemConfiguration;
+
+/// The system configuration of this process: driver name and version from the caller,
+/// runtime `Rust`, the OS name / version / architecture, locale and charset from the
+/// environment (`LC_ALL`, `LC_CTYPE`, `LANG`), and the process name (basename only).
+/// An embedding driver (Node.js, Python) overwrites the fields it knows better.
+pub fn default_system_configuration(
+    driver_name: &str,
+    driver_version: &str,
+) -> DriverSystemConfiguration {
+    let (locale, charset) = locale_from(|k| std::env::var(k).ok());
+    DriverSystemConfiguration {
+        driver_name: Some(driver_name.to_owned()),
+        driver_version: Some(driver_version.to_owned()),
+        runtime_name: Some("Rust".to_owned()),
+        runtime_version: None,
+        runtime_vendor: None,
+        os_name: Some(std::env::consts::OS.to_owned()),
+        os_version: os_version(),
+        os_arch: Some(std::env::consts::ARCH.to_owned()),
+        client_app_name: None,
+        locale_name: locale,
+        char_set_encoding: charset,
+        process_name: process_name(),
+    }
+}
+
+fn os_version() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+fn process_name() -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    exe.file_name()?.to_str().map(str::to_owned)
+}
+
+/// `en_US.UTF-8` -> (`en_US`, `UTF-8`); `C` / `POSIX` / unset -> (None, None).
+pub(crate) fn locale_from(
+    get: impl Fn(&str) -> Option<String>,
+) -> (Option<String>, Option<String>) {
+    let raw = ["LC_ALL", "LC_CTYPE", "LANG"]
+        .iter()
+        .filter_map(|k| get(k))
+        .find(|v| !v.is_empty());
+    let Some(raw) = raw else { return (None, None) };
+    let raw = raw.split('@').next().unwrap_or_default();
+    let (locale, charset) = match raw.split_once('.') {
+        Some((l, c)) => (l, Some(c)),
+        None => (raw, None),
+    };
+    if locale.is_empty() || locale == "C" || locale == "POSIX" {
+        return (None, charset.map(str::to_owned));
+    }
+    (Some(locale.to_owned()), charset.map(str::to_owned))
+}
+
+/// The workspace id of an HTTP path: `?o=<digits>` or `/o/<digits>/` (or at the end).
+/// Nothing else is guessed.
+///
+/// ```
+/// use telemetry_client::workspace_id_from_http_path;
+/// assert_eq!(workspace_id_from_http_path("/sql/protocolv1/o/1234567890123456/0123-abc"), Some(1234567890123456));
+/// assert_eq!(workspace_id_from_http_path("/sql/1.0/warehouses/abc?o=42"), Some(42));
+/// assert_eq!(workspace_id_from_http_path("/sql/1.0/warehouses/abc"), None);
+/// ```
+pub fn workspace_id_from_http_path(http_path: &str) -> Option<i64> {
+    let digits = |s: &str| -> Option<i64> {
+        let d: String = s.chars().take_while(char::is_ascii_digit).collect();
+        let rest = &s[d.len()..];
+        (!d.is_empty() && (rest.is_empty() || rest.starts_with(['/', '&', '#', '?'])))
+            .then(|| d.parse().ok())?
+    };
+    let (path, query) = http_path.split_once('?').unwrap_or((http_path, ""));
+    if let Some(id) = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("o=").and_then(digits))
+    {
+        return Some(id);
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    parts
+        .windows(2)
+        .find_map(|w| if w[0] == "o" { digits(w[1]) } else { None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("/sql/protocolv1/o/123/abc", Some(123))]
+    #[case("/sql/protocolv1/o/123", Some(123))]
+    #[case("sql/protocolv1/o/123/", Some(123))]
+    #[case("/sql/1.0/warehouses/x?o=77", Some(77))]
+    #[case("/sql/1.0/warehouses/x?a=1&o=77&b=2", Some(77))]
+    #[case("/sql/1.0/warehouses/x?o=abc", None)]
+    #[case("/sql/protocolv1/o/12ab/x", None)]
+    #[case("/sql/1.0/warehouses/o", None)]
+    #[case("/sql/1.0/warehouses/123", None)]
+    #[case("", None)]
+    fn workspace_ids(#[case] path: &str, #[case] expected: Option<i64>) {
+        assert_eq!(workspace_id_from_http_path(path), expected);
+    }
+
+    #[rstest]
+    #[case(&[("LANG", "en_US.UTF-8")], Some("en_US"), Some("UTF-8"))]
+    #[case(&[("LC_ALL", "de_DE.ISO-8859-1@euro"), ("LANG", "en_US.UTF-8")], Some("de_DE"), Some("ISO-8859-1"))]
+    #[case(&[("LANG", "C.UTF-8")], None, Some("UTF-8"))]
+    #[case(&[("LANG", "fr_FR")], Some("fr_FR"), None)]
+    #[case(&[], None, None)]
+    fn locales(
+        #[case] env: &[(&str, &str)],
+        #[case] locale: Option<&str>,
+        #[case] charset: Option<&str>,
+    ) {
+        let got = locale_from(|k| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        });
+        assert_eq!(got, (locale.map(str::to_owned), charset.map(str::to_owned)));
+    }
+
+    #[test]
+    fn defaults_for_a_rust_driver() {
+        let c = default_system_configuration("RustDriver", "1.2.3");
+        assert_eq!(c.driver_name.as_deref(), Some("RustDriver"));
+        assert_eq!(c.runtime_name.as_deref(), Some("Rust"));
+        assert_eq!(c.os_name.as_deref(), Some(std::env::consts::OS));
+        let p = c.process_name.unwrap();
+        assert!(!p.contains('/') && !p.is_empty());
+    }
+}

@@ -1,0 +1,375 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use telemetry_types::config::DisableSwitch;
+use telemetry_types::event::{DriverError, StatementCompletion};
+use telemetry_types::host::Host;
+use telemetry_types::traits::{
+    AuthProvider, BoxFuture, FlagAnswer, FlagError, FlagSource, HttpRequest, HttpResponse,
+    HttpTransport, StaticToken, TransportError,
+};
+use telemetry_types::wire::{OperationType, StatementType};
+
+use super::*;
+use crate::flags::ClientPreset;
+
+/// Answers every export with `status` (or hangs), recording rows per request.
+struct FakeServer {
+    status: u16,
+    hang: bool,
+    requests: Mutex<Vec<HttpRequest>>,
+}
+
+impl FakeServer {
+    fn new(status: u16) -> Arc<Self> {
+        Arc::new(Self {
+            status,
+            hang: false,
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+    fn hanging() -> Arc<Self> {
+        Arc::new(Self {
+            status: 200,
+            hang: true,
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+    fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+    fn rows(&self) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                v["protoLogs"].as_array().unwrap().len()
+            })
+            .sum()
+    }
+}
+
+impl HttpTransport for FakeServer {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+        self.requests.lock().unwrap().push(request);
+        Box::pin(async move {
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            Ok(HttpResponse {
+                status: self.status,
+                headers: vec![],
+                body: vec![],
+            })
+        })
+    }
+}
+
+struct Flag(bool, AtomicUsize);
+
+impl FlagSource for Flag {
+    fn fetch<'a>(
+        &'a self,
+        _: &'a Host,
+        _: Option<&'a dyn AuthProvider>,
+    ) -> BoxFuture<'a, Result<FlagAnswer, FlagError>> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        let enabled = self.0;
+        Box::pin(async move { Ok(FlagAnswer { enabled, ttl: None }) })
+    }
+}
+
+fn options(server: &Arc<FakeServer>, flag: &Arc<Flag>) -> ProviderOptions {
+    let mut o = ProviderOptions::new("TestDriver", "1.0.0", ClientPreset::jdbc());
+    o.config.enabled = true;
+    o.config.close_timeout = Duration::from_millis(500);
+    o.transport = Some(server.clone());
+    o.flag_source = Some(flag.clone());
+    o.switch = Some(DisableSwitch::Unset);
+    o
+}
+
+fn flag(enabled: bool) -> Arc<Flag> {
+    Arc::new(Flag(enabled, AtomicUsize::new(0)))
+}
+
+fn conn_opts(host: &str) -> ConnectionOptions {
+    ConnectionOptions {
+        auth: Some(Arc::new(StaticToken::new("tok"))),
+        http_path: Some("/sql/protocolv1/o/99/abc".into()),
+        session_id: Some("sess".into()),
+        ..ConnectionOptions::new(host)
+    }
+}
+
+/// A statement with two chunks, an error, open and close rows: 4 rows.
+fn workload(c: &Connection) {
+    c.opened(Duration::from_millis(5));
+    let s = c.statement("s1", StatementType::Query, OperationType::ExecuteStatement);
+    s.chunk(Duration::from_millis(10), 100, true);
+    s.chunk(Duration::from_millis(20), 100, false);
+    s.complete(StatementCompletion::default());
+    c.error(DriverError::new("E", "x"));
+    c.closed(Duration::from_millis(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_per_host_shared_and_ref_counted() {
+    let (server, f) = (FakeServer::new(200), flag(true));
+    let p = TelemetryClientProvider::new(ProviderOptions {
+        runtime: Some(tokio::runtime::Handle::current()),
+        ..options(&server, &f)
+    });
+    let a1 = p.connect(conn_opts("a.example"));
+    let a2 = p.connect(conn_opts("HTTPS://A.EXAMPLE:443/"));
+    let a3 = p.connect(conn_opts("a.example."));
+    let b = p.connect(conn_opts("b.example"));
+    assert_eq!(p.host_count(), 2);
+    assert_eq!(p.ref_count("a.example"), 3);
+    assert_eq!(p.ref_count("b.example"), 1);
+    assert_eq!(p.stats().clients_created, 2);
+    drop(a1);
+    a2.close().await;
+    assert_eq!(p.ref_count("a.example"), 1, "not closed before the last");
+    assert_eq!(p.host_count(), 2);
+    a3.close().await;
+    assert_eq!(p.ref_count("a.example"), 0);
+    assert_eq!(p.host_count(), 1);
+    assert_eq!(p.stats().clients_closed, 1);
+    // A new connection after full release gets a fresh client.
+    let a4 = p.connect(conn_opts("a.example"));
+    assert_eq!(p.stats().clients_created, 3);
+    drop(a4);
+    drop(b);
+    p.wait_closed().await;
+    assert_eq!(p.host_count(), 0);
+    assert_eq!(p.stats().clients_closed, 3);
+    assert_eq!(f.1.load(Ordering::SeqCst), 3, "one flag look-up per client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_flushes_everything_with_the_right_fields() {
+    let (server, f) = (FakeServer::new(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    workload(&c);
+    c.close().await;
+    assert_eq!(server.rows(), 4);
+    let req = server.requests.lock().unwrap()[0].clone();
+    assert_eq!(req.url, "https://a.example/telemetry-ext");
+    let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(body["protoLogs"][0].as_str().unwrap()).unwrap();
+    assert_eq!(first["workspace_id"], 99);
+    let d = &first["entry"]["sql_driver_log"];
+    assert_eq!(d["session_id"], "sess");
+    assert_eq!(d["system_configuration"]["driver_name"], "TestDriver");
+    assert_eq!(d["system_configuration"]["runtime_name"], "Rust");
+    let s = p.stats();
+    assert_eq!(
+        (
+            s.events_emitted,
+            s.rows_produced,
+            s.rows_exported,
+            s.total_rows_dropped()
+        ),
+        (7, 4, 4, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_with_others_alive_flushes_its_rows() {
+    let (server, f) = (FakeServer::new(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let keep = p.connect(conn_opts("a.example"));
+    let c = p.connect(conn_opts("a.example"));
+    c.opened(Duration::from_millis(1));
+    c.close().await;
+    assert_eq!(server.rows(), 1);
+    assert!(keep.is_enabled());
+    assert!(format!("{keep:?}").contains("a.example"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_costs_nothing_and_sends_nothing() {
+    let (server, f) = (FakeServer::new(200), flag(true));
+    let mut o = options(&server, &f);
+    o.config.enabled = false;
+    let p = TelemetryClientProvider::new(o);
+    let c = p.connect(conn_opts("a.example"));
+    assert!(!c.is_enabled());
+    workload(&c);
+    let s = c.statement("x", StatementType::Query, OperationType::ExecuteStatement);
+    assert!(s.id().is_none());
+    drop(s);
+    c.close().await;
+    assert_eq!(p.host_count(), 0);
+    assert_eq!(server.count(), 0);
+    assert_eq!(f.1.load(Ordering::SeqCst), 0);
+    assert_eq!(p.stats(), ProviderStats::default());
+    assert_eq!(
+        format!("{:?}", p.connect(conn_opts("a.example"))),
+        "Connection(disabled)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_beats_config_and_flag() {
+    let (server, f) = (FakeServer::new(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let off = p.connect(ConnectionOptions {
+        enabled: Some(false),
+        ..conn_opts("a.example")
+    });
+    assert!(!off.is_enabled());
+    assert_eq!(p.host_count(), 0);
+    let mut o = options(&server, &f);
+    o.config.enabled = false;
+    let p2 = TelemetryClientProvider::new(o);
+    let on = p2.connect(ConnectionOptions {
+        enabled: Some(true),
+        ..conn_opts("a.example")
+    });
+    assert!(on.is_enabled());
+    on.opened(Duration::ZERO);
+    on.close().await;
+    assert_eq!(server.rows(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_switch_beats_everything() {
+    let (server, f) = (FakeServer::new(200), flag(true));
+    let mut o = options(&server, &f);
+    o.switch = Some(DisableSwitch::Disabled);
+    let p = TelemetryClientProvider::new(o);
+    let c = p.connect(ConnectionOptions {
+        enabled: Some(true),
+        ..conn_opts("a.example")
+    });
+    assert!(!c.is_enabled());
+    workload(&c);
+    c.close().await;
+    assert_eq!((server.count(), f.1.load(Ordering::SeqCst)), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_flag_off_sends_nothing_and_turns_the_hot_path_off() {
+    let (server, f) = (FakeServer::new(200), flag(false));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    workload(&c); // may be queued before the flag is known: dropped at export
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.is_enabled() && Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+    assert!(!c.is_enabled(), "the flag's answer reached the handle");
+    workload(&c);
+    c.close().await;
+    assert_eq!(server.count(), 0);
+    let s = p.stats();
+    assert_eq!(s.events_emitted, 7, "only the first workload was queued, before the flag was known");
+    assert_eq!(s.rows_exported, 0);
+    assert_eq!(s.rows_produced, s.total_rows_dropped());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_host_is_a_disabled_connection() {
+    let (server, f) = (FakeServer::new(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    for bad in ["", "http://a.example", "user@a.example", "a.example/path"] {
+        assert!(!p.connect(conn_opts(bad)).is_enabled(), "{bad}");
+    }
+    assert_eq!(p.host_count(), 0);
+    assert_eq!(p.ref_count("%%"), 0);
+    assert!(p.host_stats("a.example").is_none());
+}
+
+#[test]
+fn works_without_a_runtime() {
+    let (server, f) = (FakeServer::new(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    workload(&c);
+    let hs = p.host_stats("a.example").unwrap();
+    assert_eq!(hs.connections, 1);
+    c.close_blocking();
+    assert_eq!(server.rows(), 4);
+    drop(p);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn works_on_a_current_thread_runtime_and_drops_inside_it() {
+    let (server, f) = (FakeServer::new(200), flag(true));
+    let p = TelemetryClientProvider::new(ProviderOptions {
+        runtime: Some(tokio::runtime::Handle::current()),
+        ..options(&server, &f)
+    });
+    let c = p.connect(conn_opts("a.example"));
+    workload(&c);
+    c.close().await;
+    assert_eq!(server.rows(), 4);
+    // A provider with its own runtime, dropped inside an async context, does not panic.
+    let own = TelemetryClientProvider::new(options(&server, &f));
+    let c = own.connect(conn_opts("b.example"));
+    c.opened(Duration::ZERO);
+    drop(c);
+    drop(own);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_returns_by_its_deadline_when_the_endpoint_hangs() {
+    let (server, f) = (FakeServer::hanging(), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    workload(&c);
+    let started = Instant::now();
+    c.close().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    let s = p.stats();
+    assert_eq!(s.rows_dropped.get("shutdown"), Some(&4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_every_request_hurts_nothing() {
+    let (server, f) = (FakeServer::new(500), flag(true));
+    let mut o = options(&server, &f);
+    o.config.max_retries = 0;
+    o.config.batch_size = 5;
+    o.config.max_pending_rows = 50;
+    let p = TelemetryClientProvider::new(o);
+    let conns: Vec<_> = (0..4).map(|_| p.connect(conn_opts("a.example"))).collect();
+    for c in &conns {
+        for i in 0..50 {
+            let s = c.statement(
+                &format!("s{i}"),
+                StatementType::Query,
+                OperationType::ExecuteStatement,
+            );
+            s.chunk(Duration::from_millis(3), 10, false);
+            s.error(DriverError::new("E", "password=hunter2"));
+        }
+    }
+    for c in conns {
+        c.close().await;
+    }
+    let s = p.stats();
+    assert_eq!(s.rows_exported, 0);
+    assert!(s.breaker_openings >= 1);
+    assert!(
+        s.rows_dropped.get("breaker_open").copied().unwrap_or(0) > 0,
+        "{s:?}"
+    );
+    assert_eq!(s.rows_produced, s.total_rows_dropped(), "{s:?}");
+    let bodies: String = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(!bodies.contains("hunter2"), "secrets are redacted");
+}
