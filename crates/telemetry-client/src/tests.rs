@@ -270,7 +270,9 @@ async fn server_flag_off_sends_nothing_and_turns_the_hot_path_off() {
     c.close().await;
     assert_eq!(server.count(), 0);
     let s = p.stats();
-    assert_eq!(s.events_emitted, 7, "only the first workload was queued, before the flag was known");
+    // Only events emitted before the flag was known (some or all of the first workload) were
+    // queued; none of the second.
+    assert!(s.events_emitted <= 7, "{s:?}");
     assert_eq!(s.rows_exported, 0);
     assert_eq!(s.rows_produced, s.total_rows_dropped());
 }
