@@ -1,1 +1,10 @@
-//! placeholder
+//! # telemetry-tests
+//!
+//! End-to-end support for the telemetry workspace: a [`mock::MockWorkspace`] (a real HTTP
+//! server on 127.0.0.1 that validates payloads and injects faults), the driver-like
+//! [`workload`] the `telemetry-sim` binary and the integration tests run through the public
+//! `telemetry-client` API.
+#![deny(missing_docs)]
+
+pub mod mock;
+pub mod workload;

@@ -1,0 +1,400 @@
+//! A mock Databricks workspace: a real hyper HTTP/1.1 server on 127.0.0.1 serving the
+//! feature-flag endpoint and both telemetry endpoints, validating every body as strictly as
+//! the real receiver, recording what it accepted, and injecting faults on demand.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use telemetry_types::wire::TelemetryFrontendLog;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What the workspace does wrong on purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Behave.
+    None,
+    /// Export endpoints answer 500.
+    Fail500,
+    /// Export endpoints answer 503 with `Retry-After: <secs>`.
+    Fail503 {
+        /// Seconds.
+        retry_after: u64,
+    },
+    /// Export endpoints answer 429 with `Retry-After: <secs>`.
+    Fail429 {
+        /// Seconds.
+        retry_after: u64,
+    },
+    /// Export endpoints never answer.
+    Hang,
+    /// Export endpoints close the connection without an answer.
+    CloseConnection,
+    /// Export endpoints answer 200 after a delay.
+    Slow(Duration),
+    /// The flag is served as `"false"`.
+    FlagOff,
+    /// The flag endpoint answers malformed JSON.
+    FlagMalformed,
+    /// The flag endpoint answers 500.
+    FlagError,
+}
+
+impl Fault {
+    /// Parses the simulator's `--fault` names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "none" => Self::None,
+            "fail500" => Self::Fail500,
+            "fail503" => Self::Fail503 { retry_after: 1 },
+            "fail429" => Self::Fail429 { retry_after: 1 },
+            "hang" => Self::Hang,
+            "close" => Self::CloseConnection,
+            "slow" => Self::Slow(Duration::from_millis(200)),
+            "flag-off" => Self::FlagOff,
+            "flag-malformed" => Self::FlagMalformed,
+            "flag-error" => Self::FlagError,
+            _ => return None,
+        })
+    }
+}
+
+/// One accepted export request.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// `/telemetry-ext` or `/telemetry-unauth`.
+    pub path: String,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
+    /// The parsed logs.
+    pub logs: Vec<TelemetryFrontendLog>,
+}
+
+#[derive(Default)]
+struct Counters {
+    flag_requests: AtomicU64,
+    export_requests: AtomicU64,
+    rejected: AtomicU64,
+    privacy_violations: AtomicU64,
+}
+
+struct State {
+    flag_name: String,
+    fault: Mutex<Fault>,
+    received: Mutex<Vec<Received>>,
+    counters: Counters,
+}
+
+/// The running mock workspace; stops when dropped.
+pub struct MockWorkspace {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl MockWorkspace {
+    /// Starts on a free port of 127.0.0.1, on the current tokio runtime, serving `flag_name`
+    /// as `"true"` with a 900 s TTL.
+    pub async fn start(flag_name: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            flag_name: flag_name.to_owned(),
+            fault: Mutex::new(Fault::None),
+            received: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+        });
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(s.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Changes the fault injected from now on.
+    pub fn set_fault(&self, fault: Fault) {
+        *self.state.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
+    /// Every accepted export request.
+    pub fn received(&self) -> Vec<Received> {
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Logs accepted, over all requests.
+    pub fn rows_received(&self) -> u64 {
+        self.received().iter().map(|r| r.logs.len() as u64).sum()
+    }
+
+    /// Export requests seen (accepted, rejected or faulted).
+    pub fn export_requests(&self) -> u64 {
+        self.state.counters.export_requests.load(Ordering::Relaxed)
+    }
+
+    /// Feature-flag requests seen.
+    pub fn flag_requests(&self) -> u64 {
+        self.state.counters.flag_requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests rejected with 400 as the real receiver would.
+    pub fn rejected(&self) -> u64 {
+        self.state.counters.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Unauthenticated requests that carried correlation ids or configuration.
+    pub fn privacy_violations(&self) -> u64 {
+        self.state
+            .counters
+            .privacy_violations
+            .load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for MockWorkspace {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Reply = Result<Response<Full<Bytes>>, std::io::Error>;
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+fn with_retry_after(status: StatusCode, secs: u64) -> Reply {
+    let mut r = reply(status, "{}")?;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert("retry-after", v);
+    }
+    Ok(r)
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_owned();
+    let fault = state
+        .fault
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if path.starts_with("/api/2.0/connector-service/feature-flags/") {
+        state.counters.flag_requests.fetch_add(1, Ordering::Relaxed);
+        return match fault {
+            Fault::FlagError => reply(StatusCode::INTERNAL_SERVER_ERROR, "{}"),
+            Fault::FlagMalformed => reply(StatusCode::OK, "{\"flags\": [ nope"),
+            _ => {
+                let value = if fault == Fault::FlagOff {
+                    "false"
+                } else {
+                    "true"
+                };
+                let body = serde_json::json!({"flags": [{"name": state.flag_name, "value": value}], "ttl_seconds": 900});
+                reply(StatusCode::OK, body.to_string())
+            }
+        };
+    }
+    if path != "/telemetry-ext" && path != "/telemetry-unauth" {
+        return reply(StatusCode::NOT_FOUND, "{}");
+    }
+    state
+        .counters
+        .export_requests
+        .fetch_add(1, Ordering::Relaxed);
+    match fault {
+        Fault::Fail500 => return reply(StatusCode::INTERNAL_SERVER_ERROR, "{}"),
+        Fault::Fail503 { retry_after } => {
+            return with_retry_after(StatusCode::SERVICE_UNAVAILABLE, retry_after);
+        }
+        Fault::Fail429 { retry_after } => {
+            return with_retry_after(StatusCode::TOO_MANY_REQUESTS, retry_after);
+        }
+        Fault::Hang => std::future::pending::<()>().await,
+        Fault::CloseConnection => return Err(std::io::Error::other("closing the connection")),
+        Fault::Slow(d) => tokio::time::sleep(d).await,
+        _ => {}
+    }
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if path == "/telemetry-ext" && authorization.is_none() {
+        return reply(StatusCode::UNAUTHORIZED, "{}");
+    }
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return reply(StatusCode::BAD_REQUEST, "{}"),
+    };
+    let logs = match validate(&body) {
+        Ok(logs) => logs,
+        Err(why) => {
+            state.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(why, "mock workspace rejected a body");
+            return reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"errors": [why]}).to_string(),
+            );
+        }
+    };
+    if path == "/telemetry-unauth" && logs.iter().any(leaks_identity) {
+        state
+            .counters
+            .privacy_violations
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    let n = logs.len();
+    state
+        .received
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Received {
+            path,
+            authorization,
+            logs,
+        });
+    reply(StatusCode::OK, serde_json::json!({"errors": [], "numSuccess": n, "numProtoSuccess": n, "numRealtimeSuccess": 0}).to_string())
+}
+
+fn leaks_identity(log: &TelemetryFrontendLog) -> bool {
+    let d = log.driver_log();
+    log.workspace_id.is_some()
+        || d.session_id.is_some()
+        || d.sql_statement_id.is_some()
+        || d.system_configuration.is_some()
+        || d.driver_connection_params.is_some()
+        || d.auth_type.is_some()
+        || d.error_info
+            .as_ref()
+            .is_some_and(|e| !e.stack_trace.is_empty())
+}
+
+fn has_null(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.iter().any(has_null),
+        Value::Object(o) => o.values().any(has_null),
+        _ => false,
+    }
+}
+
+/// Checks a request body as the receiver does; returns the parsed logs.
+pub fn validate(body: &[u8]) -> Result<Vec<TelemetryFrontendLog>, &'static str> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| "body is not JSON")?;
+    let obj = v.as_object().ok_or("body is not an object")?;
+    if obj
+        .keys()
+        .any(|k| !matches!(k.as_str(), "uploadTime" | "items" | "protoLogs"))
+    {
+        return Err("unknown top-level field");
+    }
+    if !obj.get("uploadTime").is_some_and(Value::is_i64) {
+        return Err("uploadTime missing or not an integer");
+    }
+    if !obj
+        .get("items")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        return Err("items missing or not an empty array");
+    }
+    let proto = obj
+        .get("protoLogs")
+        .and_then(Value::as_array)
+        .ok_or("protoLogs missing")?;
+    let mut logs = Vec::with_capacity(proto.len());
+    for p in proto {
+        let s = p.as_str().ok_or("protoLogs element is not a string")?;
+        let raw: Value = serde_json::from_str(s).map_err(|_| "protoLogs element is not JSON")?;
+        if has_null(&raw) {
+            return Err("null field in a log");
+        }
+        logs.push(serde_json::from_value(raw).map_err(|_| "log does not match the schema")?);
+    }
+    Ok(logs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_rejects_what_the_receiver_rejects() {
+        let good_log = serde_json::json!({"frontend_log_event_id": "x", "context": {"client_context": {"timestamp_millis": 1, "user_agent": "u"}}, "entry": {"sql_driver_log": {}}});
+        let body = |v: Value| v.to_string().into_bytes();
+        assert_eq!(validate(&body(serde_json::json!({"uploadTime": 1, "items": [], "protoLogs": [good_log.to_string()]}))).unwrap().len(), 1);
+        for (bad, why) in [
+            (
+                serde_json::json!({"uploadTime": 1, "protoLogs": []}),
+                "items",
+            ),
+            (
+                serde_json::json!({"uploadTime": 1, "items": [], "protoLogs": [good_log.clone()]}),
+                "not a string",
+            ),
+            (
+                serde_json::json!({"uploadTime": 1, "items": [], "protoLogs": [], "extra": 1}),
+                "unknown",
+            ),
+            (
+                serde_json::json!({"items": [], "protoLogs": []}),
+                "uploadTime",
+            ),
+        ] {
+            assert!(validate(&body(bad)).unwrap_err().contains(why), "{why}");
+        }
+        let mut with_null = good_log.clone();
+        with_null["workspace_id"] = Value::Null;
+        assert_eq!(
+            validate(&body(
+                serde_json::json!({"uploadTime": 1, "items": [], "protoLogs": [with_null.to_string()]})
+            )),
+            Err("null field in a log")
+        );
+        let mut unknown = good_log;
+        unknown["entry"]["sql_driver_log"]["made_up"] = Value::Bool(true);
+        assert_eq!(
+            validate(&body(
+                serde_json::json!({"uploadTime": 1, "items": [], "protoLogs": [unknown.to_string()]})
+            )),
+            Err("log does not match the schema")
+        );
+        assert!(validate(b"nope").is_err());
+        assert_eq!(
+            Fault::parse("fail429"),
+            Some(Fault::Fail429 { retry_after: 1 })
+        );
+        assert_eq!(Fault::parse("bogus"), None);
+    }
+}

@@ -1,0 +1,183 @@
+//! A driver-like workload through the public `telemetry-client` API: connections on plain
+//! threads, each opening a session, running statements with CloudFetch chunks (some ending in
+//! an error), and closing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use telemetry_client::types::event::{DriverError, StatementCompletion};
+use telemetry_client::types::traits::{AuthProvider, StaticToken};
+use telemetry_client::types::wire::{
+    AuthType, ExecutionResultFormat, OperationType, StatementType,
+};
+use telemetry_client::{ConnectionOptions, TelemetryClientProvider};
+
+/// The shape of a run.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Statements per connection.
+    pub statements: usize,
+    /// CloudFetch chunks per statement.
+    pub chunks: usize,
+    /// Fraction of statements that end in an error.
+    pub error_rate: f64,
+    /// Simulated driver work per statement (busy wait), microseconds.
+    pub work_us: u64,
+    /// Token; `None` reports to the unauthenticated endpoint.
+    pub token: Option<String>,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Self {
+            connections: 4,
+            statements: 50,
+            chunks: 3,
+            error_rate: 0.05,
+            work_us: 0,
+            token: None,
+        }
+    }
+}
+
+/// What a run did, from the driver's side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkloadReport {
+    /// Telemetry calls made (each one event when telemetry is on).
+    pub events: u64,
+    /// Rows those events should become: per connection one open, one per statement, one per
+    /// error, one close.
+    pub expected_rows: u64,
+    /// Statements that ended in an error.
+    pub errors: u64,
+    /// Wall time of the driver work, connections closed included.
+    pub elapsed: Duration,
+    /// The longest time one connection's close took.
+    pub close_max: Duration,
+}
+
+/// Whether statement `n` (counted over the whole run) ends in an error: evenly spread.
+pub fn is_error(n: usize, rate: f64) -> bool {
+    let golden = 0.618_033_988_749_895_f64;
+    ((n as f64 + 1.0) * golden).fract() < rate
+}
+
+fn busy_wait(us: u64) {
+    if us == 0 {
+        return;
+    }
+    let until = Instant::now() + Duration::from_micros(us);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+/// Runs `w` against `host` and closes every connection (waiting for the final flush).
+pub fn run(
+    provider: &TelemetryClientProvider,
+    host: &str,
+    http_path: &str,
+    w: &Workload,
+) -> WorkloadReport {
+    let started = Instant::now();
+    let threads: Vec<_> = (0..w.connections)
+        .map(|c| {
+            let provider = provider.clone();
+            let host = host.to_owned();
+            let http_path = http_path.to_owned();
+            let w = w.clone();
+            std::thread::spawn(move || connection(&provider, &host, &http_path, &w, c))
+        })
+        .collect();
+    let mut report = WorkloadReport::default();
+    for t in threads {
+        if let Ok(r) = t.join() {
+            report.events += r.events;
+            report.expected_rows += r.expected_rows;
+            report.errors += r.errors;
+            report.close_max = report.close_max.max(r.close_max);
+        }
+    }
+    report.elapsed = started.elapsed();
+    report
+}
+
+fn connection(
+    provider: &TelemetryClientProvider,
+    host: &str,
+    http_path: &str,
+    w: &Workload,
+    index: usize,
+) -> WorkloadReport {
+    let auth = w
+        .token
+        .clone()
+        .map(|t| Arc::new(StaticToken::new(t)) as Arc<dyn AuthProvider>);
+    let open_started = Instant::now();
+    let conn = provider.connect(ConnectionOptions {
+        http_path: Some(http_path.to_owned()),
+        session_id: Some(format!("sim-session-{index}")),
+        auth_type: Some(if auth.is_some() {
+            AuthType::Pat
+        } else {
+            AuthType::Unknown
+        }),
+        auth,
+        ..ConnectionOptions::new(host)
+    });
+    conn.opened(open_started.elapsed());
+    let mut r = WorkloadReport {
+        events: 1,
+        expected_rows: 2,
+        ..Default::default()
+    };
+    for s in 0..w.statements {
+        let id = format!("sim-{index}-{s}");
+        let stmt = conn.statement(&id, StatementType::Query, OperationType::ExecuteStatement);
+        busy_wait(w.work_us);
+        for k in 0..w.chunks {
+            stmt.chunk(
+                Duration::from_millis(5 + (k as u64 * 7) % 40),
+                1 << 20,
+                k % 2 == 0,
+            );
+        }
+        r.events += 2 + w.chunks as u64;
+        r.expected_rows += 1;
+        if is_error(index * w.statements + s, w.error_rate) {
+            stmt.error(
+                DriverError::new("SimulatedServerError", "warehouse busy, try again")
+                    .with_http_status(503),
+            );
+            r.events += 1;
+            r.expected_rows += 1;
+            r.errors += 1;
+        }
+        stmt.complete(StatementCompletion {
+            execution_result: Some(ExecutionResultFormat::ExternalLinks),
+            poll_count: Some(1),
+            chunks_present: Some(w.chunks as u32),
+            ..Default::default()
+        });
+    }
+    conn.closed(Duration::from_micros(300));
+    r.events += 1;
+    let close_started = Instant::now();
+    conn.close_blocking();
+    r.close_max = close_started.elapsed();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_spread_matches_the_rate() {
+        let n = (0..10_000).filter(|i| is_error(*i, 0.05)).count();
+        assert!((450..=550).contains(&n), "{n}");
+        assert_eq!((0..100).filter(|i| is_error(*i, 0.0)).count(), 0);
+    }
+}

@@ -1,0 +1,330 @@
+//! End to end: the public `telemetry-client` API against the mock workspace over real HTTP on
+//! 127.0.0.1. Waits are bounded by short timeouts; nothing sleeps to "let things happen".
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use telemetry_client::flags::ClientPreset;
+use telemetry_client::types::config::DisableSwitch;
+use telemetry_client::types::event::{DriverError, StatementCompletion};
+use telemetry_client::types::traits::{AuthProvider, StaticToken};
+use telemetry_client::types::wire::{OperationType, StatementType};
+use telemetry_client::{ConnectionOptions, ProviderOptions, TelemetryClientProvider};
+use telemetry_tests::mock::{Fault, MockWorkspace};
+use telemetry_tests::workload::{self, Workload};
+
+fn flag_name() -> String {
+    ClientPreset::jdbc().flag_name
+}
+
+fn options() -> ProviderOptions {
+    let mut o = ProviderOptions::new("E2EDriver", "3.1.4-oss", ClientPreset::jdbc());
+    o.config.enabled = true;
+    o.config.allow_insecure_loopback = true;
+    o.config.close_timeout = Duration::from_millis(1500);
+    o.config.request_timeout = Duration::from_millis(1000);
+    o.switch = Some(DisableSwitch::Unset);
+    o
+}
+
+fn connect(p: &TelemetryClientProvider, base: &str) -> telemetry_client::Connection {
+    p.connect(ConnectionOptions {
+        http_path: Some("/sql/protocolv1/o/555/0123-abc".into()),
+        session_id: Some("e2e-session".into()),
+        auth: Some(Arc::new(StaticToken::new("e2e-token")) as Arc<dyn AuthProvider>),
+        ..ConnectionOptions::new(base)
+    })
+}
+
+async fn run_workload(
+    p: &TelemetryClientProvider,
+    base: &str,
+    w: Workload,
+) -> workload::WorkloadReport {
+    let (p, base) = (p.clone(), base.to_owned());
+    tokio::task::spawn_blocking(move || workload::run(&p, &base, "/sql/1.0/warehouses/x?o=9", &w))
+        .await
+        .expect("workload thread")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_arrive_with_the_right_fields() {
+    let mock = MockWorkspace::start(&flag_name()).await.unwrap();
+    let p = TelemetryClientProvider::new(options());
+    let c = connect(&p, &mock.base_url());
+    assert_eq!(p.host_count(), 1, "telemetry initialises on connect");
+    c.opened(Duration::from_millis(321));
+    let s = c.statement(
+        "stmt-1",
+        StatementType::Query,
+        OperationType::ExecuteStatement,
+    );
+    s.chunk(Duration::from_millis(40), 1000, true);
+    s.chunk(Duration::from_millis(90), 1000, false);
+    s.complete(StatementCompletion {
+        chunks_present: Some(2),
+        poll_count: Some(4),
+        ..Default::default()
+    });
+    c.error(
+        DriverError::new(
+            "AuthenticationError",
+            "Bearer dapi0123456789abcdef0123 expired",
+        )
+        .with_http_status(401),
+    );
+    c.closed(Duration::from_millis(7));
+    c.close().await;
+    assert_eq!(p.host_count(), 0, "clean-up on close");
+    assert_eq!(mock.flag_requests(), 1);
+    let received = mock.received();
+    assert!(
+        received.iter().all(|r| r.path == "/telemetry-ext"
+            && r.authorization.as_deref() == Some("Bearer e2e-token"))
+    );
+    let logs: Vec<_> = received.into_iter().flat_map(|r| r.logs).collect();
+    assert_eq!(logs.len(), 4);
+    let open = &logs[0];
+    assert_eq!(open.workspace_id, Some(555));
+    let d = open.driver_log();
+    assert_eq!(d.operation_latency_ms, Some(321));
+    assert_eq!(d.session_id.as_deref(), Some("e2e-session"));
+    assert_eq!(
+        d.system_configuration
+            .as_ref()
+            .unwrap()
+            .driver_version
+            .as_deref(),
+        Some("3.1.4-oss")
+    );
+    let stmt = logs
+        .iter()
+        .find(|l| l.driver_log().sql_statement_id.as_deref() == Some("stmt-1"))
+        .unwrap();
+    let op = stmt.driver_log().sql_operation.as_ref().unwrap();
+    let chunks = op.chunk_details.as_ref().unwrap();
+    assert_eq!(
+        (
+            chunks.total_chunks_iterated,
+            chunks.initial_chunk_latency_millis,
+            chunks.slowest_chunk_latency_millis,
+            chunks.sum_chunks_download_time_millis
+        ),
+        (Some(2), Some(40), Some(90), Some(130))
+    );
+    assert_eq!(op.is_compressed, Some(true));
+    let err = logs
+        .iter()
+        .find_map(|l| l.driver_log().error_info.clone())
+        .unwrap();
+    assert_eq!(err.error_name, "AuthenticationError");
+    assert_eq!(err.stack_trace, "Bearer [REDACTED] expired");
+    assert_eq!((mock.rejected(), mock.privacy_violations()), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flag_off_means_zero_export_requests() {
+    let mock = MockWorkspace::start(&flag_name()).await.unwrap();
+    mock.set_fault(Fault::FlagOff);
+    let p = TelemetryClientProvider::new(options());
+    let report = run_workload(
+        &p,
+        &mock.base_url(),
+        Workload {
+            connections: 3,
+            statements: 20,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(report.events > 0);
+    assert_eq!(mock.export_requests(), 0);
+    let s = p.stats();
+    assert_eq!(s.rows_exported, 0);
+    assert_eq!(s.rows_produced, s.total_rows_dropped());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_shared_by_many_connections_and_override() {
+    let mock = MockWorkspace::start(&flag_name()).await.unwrap();
+    let base = mock.base_url();
+    let p = TelemetryClientProvider::new(options());
+    let conns: Vec<_> = (0..10).map(|_| connect(&p, &base)).collect();
+    let off = p.connect(ConnectionOptions {
+        enabled: Some(false),
+        ..ConnectionOptions::new(base.clone())
+    });
+    assert!(!off.is_enabled());
+    assert_eq!(p.ref_count(&base), 10);
+    assert_eq!(p.host_count(), 1);
+    for c in &conns {
+        c.opened(Duration::from_millis(1));
+    }
+    off.opened(Duration::from_millis(1));
+    for c in conns {
+        c.close().await;
+    }
+    assert_eq!(p.host_count(), 0);
+    assert_eq!(
+        mock.flag_requests(),
+        1,
+        "one flag look-up for the shared client"
+    );
+    assert_eq!(
+        mock.rows_received(),
+        10,
+        "the overridden connection sent nothing"
+    );
+    // Defaults: opt-in.
+    let defaults = ProviderOptions::new("D", "1.0.0", ClientPreset::jdbc());
+    assert!(!defaults.config.enabled);
+    let p2 = TelemetryClientProvider::new(ProviderOptions {
+        switch: Some(DisableSwitch::Unset),
+        ..defaults
+    });
+    assert!(!p2.connect(ConnectionOptions::new(base)).is_enabled());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_expected_rows_arrive_for_a_known_workload() {
+    let mock = MockWorkspace::start(&flag_name()).await.unwrap();
+    let p = TelemetryClientProvider::new(options());
+    let w = Workload {
+        connections: 4,
+        statements: 50,
+        chunks: 3,
+        error_rate: 0.1,
+        token: Some("t".into()),
+        ..Default::default()
+    };
+    let report = run_workload(&p, &mock.base_url(), w).await;
+    assert_eq!(report.expected_rows, 4 * (2 + 50) + report.errors);
+    assert_eq!(mock.rows_received(), report.expected_rows);
+    let s = p.stats();
+    assert_eq!(
+        (s.events_emitted, s.rows_exported, s.total_rows_dropped()),
+        (report.events, report.expected_rows, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_stops_requests_during_an_outage_and_they_resume() {
+    let mock = MockWorkspace::start(&flag_name()).await.unwrap();
+    mock.set_fault(Fault::Fail500);
+    let mut o = options();
+    o.config.max_retries = 0;
+    o.config.batch_size = 1;
+    o.config.breaker.failure_threshold = 3;
+    o.config.breaker.open_duration = Duration::from_millis(400);
+    o.config.breaker.success_threshold = 1;
+    let p = TelemetryClientProvider::new(o);
+    let base = mock.base_url();
+    let keep = connect(&p, &base);
+    for _ in 0..30 {
+        keep.opened(Duration::ZERO);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p
+        .stats()
+        .rows_dropped
+        .get("breaker_open")
+        .copied()
+        .unwrap_or(0)
+        == 0
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let during = mock.export_requests();
+    assert!(during <= 4, "the breaker stopped requests: {during}");
+    assert_eq!(p.stats().breaker_openings, 1);
+    // The endpoint recovers; after the open period a probe closes the breaker and rows flow.
+    mock.set_fault(Fault::None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.rows_received() == 0 && Instant::now() < deadline {
+        keep.opened(Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        mock.rows_received() > 0,
+        "requests resumed after the outage"
+    );
+    keep.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_returns_within_its_deadline_when_the_endpoint_hangs() {
+    let mock = MockWorkspace::start(&flag_name()).await.unwrap();
+    mock.set_fault(Fault::Hang);
+    let mut o = options();
+    o.config.request_timeout = Duration::from_secs(10);
+    let p = TelemetryClientProvider::new(o);
+    let c = connect(&p, &mock.base_url());
+    c.opened(Duration::ZERO);
+    let started = Instant::now();
+    c.close().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    assert_eq!(p.stats().rows_dropped.get("shutdown"), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_errors_never_reach_the_driver() {
+    for fault in [
+        Fault::Fail500,
+        Fault::CloseConnection,
+        Fault::FlagMalformed,
+        Fault::FlagError,
+        Fault::Fail429 { retry_after: 1 },
+    ] {
+        let mock = MockWorkspace::start(&flag_name()).await.unwrap();
+        mock.set_fault(fault.clone());
+        let mut o = options();
+        o.config.close_timeout = Duration::from_millis(300);
+        let p = TelemetryClientProvider::new(o);
+        let report = run_workload(
+            &p,
+            &mock.base_url(),
+            Workload {
+                connections: 2,
+                statements: 10,
+                ..Default::default()
+            },
+        )
+        .await;
+        let s = p.stats();
+        assert_eq!(s.rows_exported, 0, "{fault:?}");
+        assert_eq!(s.rows_produced, s.total_rows_dropped(), "{fault:?}: {s:?}");
+        assert!(
+            report.elapsed < Duration::from_secs(3),
+            "{fault:?}: {:?}",
+            report.elapsed
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_lose_nothing_when_healthy() {
+    let mock = MockWorkspace::start(&flag_name()).await.unwrap();
+    let mut o = options();
+    o.config.close_timeout = Duration::from_secs(10);
+    o.config.max_pending_rows = 5000;
+    // 32 threads emit ~35 000 events as fast as they can (no driver work between them): the
+    // queue must hold the burst. With real statements the default 10 000 is plenty.
+    o.config.queue_capacity = 50_000;
+    let p = TelemetryClientProvider::new(o);
+    let w = Workload {
+        connections: 32,
+        statements: 200,
+        chunks: 2,
+        error_rate: 0.05,
+        token: Some("t".into()),
+        ..Default::default()
+    };
+    let report = run_workload(&p, &mock.base_url(), w).await;
+    let s = p.stats();
+    assert_eq!(s.total_rows_dropped(), 0, "{s:?}");
+    assert_eq!(s.events_dropped, 0);
+    assert_eq!(mock.rows_received(), report.expected_rows);
+    assert_eq!(mock.rejected(), 0);
+}
