@@ -210,6 +210,13 @@ fn run_once(
     (report, p.stats())
 }
 
+/// Peak resident memory of this process, KiB (Linux `VmHWM`; `None` elsewhere).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
@@ -365,10 +372,12 @@ fn main() -> ExitCode {
             m.privacy_violations()
         );
     }
+    let peak = peak_rss_kib();
     println!(
-        "  elapsed {:.1} ms, slowest close {:.1} ms",
+        "  elapsed {:.1} ms, slowest close {:.1} ms, peak memory {} KiB",
         report.elapsed.as_secs_f64() * 1000.0,
-        report.close_max.as_secs_f64() * 1000.0
+        report.close_max.as_secs_f64() * 1000.0,
+        peak.map_or_else(|| "?".to_owned(), |k| k.to_string())
     );
     if args.json {
         let mut out = json!({
@@ -383,6 +392,7 @@ fn main() -> ExitCode {
             "breaker_openings": stats.breaker_openings,
             "elapsed_ms": report.elapsed.as_millis() as u64,
             "close_ms": report.close_max.as_millis() as u64,
+            "peak_rss_kib": peak,
         });
         if let Some(rows) = server_rows {
             out["server_rows_received"] = json!(rows);

@@ -1,0 +1,357 @@
+//! Benchmarks of the event path and the pipeline (`cargo bench -p telemetry-client`).
+//!
+//! A small std-only harness (no criterion / divan: they would add a large dev-dependency tree
+//! to a 2-core CI machine for four numbers): each benchmark takes many samples and prints the
+//! median, plus one machine-readable `BENCH name|median|target|met` line that
+//! `cargo xtask bench` turns into `target/bench-report.md`.
+//! `TELEMETRY_BENCH_QUICK=1` takes fewer samples.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use telemetry_client::flags::ClientPreset;
+use telemetry_client::types::config::{DisableSwitch, TelemetryConfig};
+use telemetry_client::types::event::{
+    ConnectionInfo, EventKind, StatementCompletion, TelemetryEvent, TelemetryRow,
+};
+use telemetry_client::types::host::Host;
+use telemetry_client::types::row::{self, ChunkStats, StatementSummary};
+use telemetry_client::types::traits::{
+    AuthProvider, BatchSink, BoxFuture, FlagAnswer, FlagError, FlagSource, HttpRequest,
+    HttpResponse, HttpTransport, StaticToken, TransportError,
+};
+use telemetry_client::types::wire::{OperationType, StatementType, TelemetryRequest};
+use telemetry_client::{Connection, ConnectionOptions, ProviderOptions, TelemetryClientProvider};
+
+fn quick() -> bool {
+    std::env::var_os("TELEMETRY_BENCH_QUICK").is_some()
+}
+
+fn samples() -> usize {
+    if quick() { 11 } else { 51 }
+}
+
+/// Median of `samples()` runs of `f`, each returning (elapsed, units of work).
+fn median_per_unit(mut f: impl FnMut() -> (Duration, u64)) -> f64 {
+    let _ = f(); // warm-up
+    let mut v: Vec<f64> = (0..samples())
+        .map(|_| {
+            let (d, n) = f();
+            d.as_nanos() as f64 / n.max(1) as f64
+        })
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn report(name: &str, value: String, target: &str, met: bool) {
+    println!(
+        "{name:<48} median {value:>14}   target {target:<14} {}",
+        if met { "met" } else { "NOT MET" }
+    );
+    println!(
+        "BENCH {name}|{value}|{target}|{}",
+        if met { "yes" } else { "no" }
+    );
+}
+
+struct Ok200;
+impl HttpTransport for Ok200 {
+    fn send(&self, _: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+        Box::pin(async {
+            Ok(HttpResponse {
+                status: 200,
+                headers: vec![],
+                body: vec![],
+            })
+        })
+    }
+}
+
+struct Flag(bool);
+impl FlagSource for Flag {
+    fn fetch<'a>(
+        &'a self,
+        _: &'a Host,
+        _: Option<&'a dyn AuthProvider>,
+    ) -> BoxFuture<'a, Result<FlagAnswer, FlagError>> {
+        let enabled = self.0;
+        Box::pin(async move { Ok(FlagAnswer { enabled, ttl: None }) })
+    }
+}
+
+fn provider(enabled: bool, flag: bool) -> TelemetryClientProvider {
+    let mut o = ProviderOptions::new("Bench", "1.0.0", ClientPreset::jdbc());
+    o.config.enabled = enabled;
+    o.config.queue_capacity = 1 << 20;
+    o.config.max_pending_rows = 1 << 20;
+    o.config.batch_size = 1000;
+    o.transport = Some(Arc::new(Ok200));
+    o.flag_source = Some(Arc::new(Flag(flag)));
+    o.switch = Some(DisableSwitch::Unset);
+    TelemetryClientProvider::new(o)
+}
+
+fn connect(p: &TelemetryClientProvider) -> Connection {
+    p.connect(ConnectionOptions {
+        auth: Some(Arc::new(StaticToken::new("t"))),
+        ..ConnectionOptions::new("bench.example")
+    })
+}
+
+fn wait_until(mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+const ITERS: u64 = 100_000;
+
+fn bench_disabled() {
+    let p = provider(false, true);
+    let c = connect(&p);
+    let ns = median_per_unit(|| {
+        let t = Instant::now();
+        for _ in 0..ITERS {
+            black_box(&c).opened(black_box(Duration::from_millis(1)));
+        }
+        (t.elapsed(), ITERS)
+    });
+    report(
+        "event, telemetry disabled (config)",
+        format!("{ns:.2} ns"),
+        "<= 2 ns",
+        ns <= 2.0,
+    );
+
+    let p = provider(true, false);
+    let c = connect(&p);
+    wait_until(|| !c.is_enabled());
+    let ns = median_per_unit(|| {
+        let t = Instant::now();
+        for _ in 0..ITERS {
+            black_box(&c).opened(black_box(Duration::from_millis(1)));
+        }
+        (t.elapsed(), ITERS)
+    });
+    report(
+        "event, telemetry disabled (server flag off)",
+        format!("{ns:.2} ns"),
+        "<= 2 ns",
+        ns <= 2.0,
+    );
+}
+
+/// One statement lifecycle: start, three chunks, completion (5 events).
+fn lifecycle(c: &Connection, id: &str) {
+    let s = c.statement(id, StatementType::Query, OperationType::ExecuteStatement);
+    for _ in 0..3 {
+        s.chunk(Duration::from_millis(3), 1 << 20, true);
+    }
+    s.complete(StatementCompletion::default());
+}
+
+fn bench_enabled() -> f64 {
+    let p = provider(true, true);
+    let c = connect(&p);
+    wait_until(|| {
+        p.host_stats("bench.example")
+            .is_some_and(|h| h.flag == telemetry_client::types::traits::FlagState::Enabled)
+    });
+    const STATEMENTS: u64 = 2000;
+    let ids: Vec<String> = (0..STATEMENTS).map(|i| format!("statement-{i}")).collect();
+    let mut total = 0u64;
+    let ns = median_per_unit(|| {
+        let t = Instant::now();
+        for id in &ids {
+            lifecycle(&c, id);
+        }
+        let d = t.elapsed();
+        total += STATEMENTS * 5;
+        let want = total + 5 * STATEMENTS; // warm-up included in the first sample
+        wait_until(|| {
+            p.host_stats("bench.example")
+                .is_some_and(|h| h.aggregator.events_received + 5 * STATEMENTS >= want)
+        });
+        (d, STATEMENTS * 5)
+    });
+    let drops = p.stats().events_dropped;
+    report(
+        "event, telemetry enabled (5-event statement)",
+        format!("{ns:.1} ns"),
+        "<= 100 ns",
+        ns <= 100.0,
+    );
+    if drops > 0 {
+        println!("  note: {drops} events dropped (queue full) during the run");
+    }
+    ns
+}
+
+fn bench_channel_floor() -> f64 {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<[u64; 8]>(1 << 20);
+    let consumer = std::thread::spawn(move || while rx.blocking_recv().is_some() {});
+    let ns = median_per_unit(|| {
+        let t = Instant::now();
+        for i in 0..10_000u64 {
+            let _ = tx.try_send(black_box([i; 8]));
+        }
+        (t.elapsed(), 10_000)
+    });
+    drop(tx);
+    let _ = consumer.join();
+    report(
+        "floor: bare bounded-channel send (tokio mpsc)",
+        format!("{ns:.1} ns"),
+        "-",
+        true,
+    );
+    ns
+}
+
+struct NullSink;
+impl BatchSink for NullSink {
+    fn export(&self, batch: Vec<TelemetryRow>) -> BoxFuture<'_, ()> {
+        drop(black_box(batch));
+        Box::pin(async {})
+    }
+}
+
+fn bench_aggregation() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let conn = Arc::new(ConnectionInfo::new(
+        Host::parse("bench.example", false).expect("host"),
+        "Bench/1.0",
+    ));
+    const STATEMENTS: usize = 20_000;
+    let ids: Vec<Arc<str>> = (0..STATEMENTS)
+        .map(|i| Arc::from(format!("s{i}").as_str()))
+        .collect();
+    let config = TelemetryConfig {
+        enabled: true,
+        queue_capacity: STATEMENTS * 6,
+        max_pending_rows: STATEMENTS * 2,
+        batch_size: 1000,
+        ..TelemetryConfig::default()
+    };
+    let ns = median_per_unit(|| {
+        let agg = telemetry_aggregator_spawn(&rt, &config);
+        for id in &ids {
+            let ev = |kind| TelemetryEvent {
+                connection: conn.clone(),
+                timestamp_millis: 0,
+                kind,
+            };
+            agg.emit(ev(EventKind::StatementStarted {
+                statement_id: id.clone(),
+                statement_type: StatementType::Query,
+                operation_type: OperationType::ExecuteStatement,
+            }));
+            for _ in 0..3 {
+                agg.emit(ev(EventKind::ChunkDownloaded {
+                    statement_id: id.clone(),
+                    latency_ms: 5,
+                    bytes: 10,
+                    compressed: true,
+                }));
+            }
+            agg.emit(ev(EventKind::StatementCompleted {
+                statement_id: id.clone(),
+                completion: StatementCompletion::default(),
+            }));
+        }
+        // The queue is full of events; time only the background task folding them.
+        let t = Instant::now();
+        rt.block_on(agg.flush());
+        (t.elapsed(), (STATEMENTS * 5) as u64)
+    });
+    let per_sec = 1e9 / ns;
+    report(
+        "aggregation throughput",
+        format!("{:.2} M events/s", per_sec / 1e6),
+        ">= 2 M/s",
+        per_sec >= 2e6,
+    );
+}
+
+fn telemetry_aggregator_spawn(
+    rt: &tokio::runtime::Runtime,
+    config: &TelemetryConfig,
+) -> telemetry_aggregator::Aggregator {
+    telemetry_aggregator::Aggregator::spawn(config, Arc::new(NullSink), rt.handle())
+}
+
+fn bench_serialisation() {
+    let mut conn = ConnectionInfo::new(
+        Host::parse("bench.example", false).expect("host"),
+        "Bench/1.0",
+    );
+    conn.workspace_id = Some(1234567890123456);
+    conn.session_id = Some("01ef-0000-session".into());
+    let mut chunks = ChunkStats::default();
+    chunks.record(30, 1 << 20, true);
+    chunks.record(50, 1 << 20, false);
+    let logs: Vec<_> = (0..100)
+        .map(|i| {
+            row::statement_row(
+                &conn,
+                &StatementSummary {
+                    statement_id: format!("01ef-statement-{i}"),
+                    started_at_millis: 1_767_225_600_000,
+                    statement_type: StatementType::Query,
+                    operation_type: OperationType::ExecuteStatement,
+                    latency_ms: 412,
+                    completion: StatementCompletion {
+                        poll_count: Some(3),
+                        chunks_present: Some(2),
+                        ..Default::default()
+                    },
+                    chunks,
+                    error: None,
+                },
+            )
+        })
+        .collect();
+    let ns = median_per_unit(|| {
+        let t = Instant::now();
+        for _ in 0..50 {
+            let body = TelemetryRequest::from_logs(0, logs.iter())
+                .and_then(|r| serde_json::to_vec(&r))
+                .expect("serialises");
+            black_box(body);
+        }
+        (t.elapsed(), 50 * 100)
+    });
+    let per_sec = 1e9 / ns;
+    report(
+        "serialisation: rows into a request body",
+        format!("{:.0} k rows/s", per_sec / 1e3),
+        ">= 300 k/s",
+        per_sec >= 3e5,
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run quickly then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("(not invoked by cargo bench: skipping)");
+        return;
+    }
+    bench_disabled();
+    let enabled = bench_enabled();
+    let floor = bench_channel_floor();
+    let ratio = enabled / floor;
+    report(
+        "enabled event / channel floor",
+        format!("{ratio:.2}x"),
+        "<= 3x",
+        ratio <= 3.0,
+    );
+    bench_aggregation();
+    bench_serialisation();
+}
