@@ -206,7 +206,7 @@ fn bench(args: &[String]) -> Result {
     let out = root().join("target").join("bench-report.md");
     let mut report = String::from("# Benchmark report\n\n");
     let mut bench_cmd = cargo();
-    bench_cmd.args(["bench", "--workspace", "--locked", "--bench", "*"]);
+    bench_cmd.args(["bench", "--workspace", "--locked", "--benches"]);
     if quick {
         bench_cmd.env("TELEMETRY_BENCH_QUICK", "1");
     }

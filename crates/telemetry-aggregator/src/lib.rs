@@ -3,8 +3,10 @@
 //! Turns a driver's [`TelemetryEvent`]s into the rows of spec section 3 and hands them in
 //! batches to a [`BatchSink`] (the exporter in production, a recording sink in tests).
 //!
-//! - **Intake**: [`Aggregator::emit`] is a non-blocking push into a bounded queue; a full
-//!   queue drops the event and counts it. Nothing else runs on the caller's thread.
+//! - **Intake**: [`Aggregator::emit`] is a non-blocking push into a bounded lock-free queue; a
+//!   full queue drops the event and counts it. Nothing else runs on the caller's thread: the
+//!   push does not wake the background task (a wake can cost a syscall), which drains the queue
+//!   every few milliseconds, or at once when the queue passes a high-water mark.
 //! - **Aggregation**: one background task owns all state. Connection open / close become rows
 //!   at once. Statement events are folded per statement (chunk statistics, compression, poll
 //!   count, latency) into one row on completion. A statement never completed is still
@@ -56,6 +58,8 @@ mod task;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use telemetry_types::config::TelemetryConfig;
 use telemetry_types::event::TelemetryEvent;
@@ -67,6 +71,31 @@ use tokio::time::Instant;
 pub use stats::AggregatorStats;
 use stats::Counters;
 
+/// How often the background task drains the intake when nothing wakes it.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The queue between producers and the background task.
+pub(crate) struct Intake {
+    queue: crossbeam_queue::ArrayQueue<TelemetryEvent>,
+    closed: AtomicBool,
+    wake: tokio::sync::Notify,
+    high_water: usize,
+}
+
+impl Intake {
+    pub(crate) fn pop(&self) -> Option<TelemetryEvent> {
+        self.queue.pop()
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await;
+    }
+}
+
 enum Control {
     Flush(oneshot::Sender<()>),
     Close {
@@ -77,7 +106,7 @@ enum Control {
 
 /// The producer side of the pipeline and the handle on its background task.
 pub struct Aggregator {
-    events: mpsc::Sender<TelemetryEvent>,
+    intake: Arc<Intake>,
     control: mpsc::UnboundedSender<Control>,
     counters: Arc<Counters>,
 }
@@ -94,30 +123,40 @@ impl Aggregator {
     /// Starts the background task on `runtime`. `config` should be valid
     /// ([`TelemetryConfig::validate`]); zero sizes are raised to 1.
     pub fn spawn(config: &TelemetryConfig, sink: Arc<dyn BatchSink>, runtime: &Handle) -> Self {
-        let (events, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let capacity = config.queue_capacity.max(1);
+        let intake = Arc::new(Intake {
+            queue: crossbeam_queue::ArrayQueue::new(capacity),
+            closed: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            high_water: (capacity / 2).clamp(1, config.batch_size.max(1) * 4),
+        });
         let (control, control_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
         runtime.spawn(task::run(
             config.clone(),
             sink,
-            rx,
+            intake.clone(),
             control_rx,
             counters.clone(),
         ));
         Self {
-            events,
+            intake,
             control,
             counters,
         }
     }
 
-    /// Queues one event without blocking. A full queue or a closed aggregator drops it and
-    /// counts the drop.
+    /// Queues one event without blocking or waking anything (unless the queue passes its
+    /// high-water mark). A full queue or a closed aggregator drops it and counts the drop.
     #[inline]
     pub fn emit(&self, event: TelemetryEvent) {
-        if let Err(e) = self.events.try_send(event) {
-            self.counters
-                .count_rejected_emit(matches!(e, mpsc::error::TrySendError::Full(_)));
+        let intake = &*self.intake;
+        if intake.closed.load(Ordering::Acquire) {
+            self.counters.count_rejected_emit(false);
+        } else if intake.queue.push(event).is_err() {
+            self.counters.count_rejected_emit(true);
+        } else if intake.queue.len() >= intake.high_water {
+            intake.wake.notify_one();
         }
     }
 

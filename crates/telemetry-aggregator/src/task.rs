@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::Control;
 use crate::stats::Counters;
+use crate::{Control, DRAIN_INTERVAL, Intake};
 
 type StatementKey = (u64, StatementId);
 
@@ -49,7 +49,7 @@ struct State {
 pub(crate) async fn run(
     config: TelemetryConfig,
     sink: Arc<dyn telemetry_types::traits::BatchSink>,
-    mut events: mpsc::Receiver<TelemetryEvent>,
+    events: Arc<Intake>,
     mut control: mpsc::UnboundedReceiver<Control>,
     counters: Arc<Counters>,
 ) {
@@ -60,6 +60,8 @@ pub(crate) async fn run(
         (config.statement_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut sweep_tick = tokio::time::interval_at(Instant::now() + sweep_every, sweep_every);
     sweep_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut drain_tick = tokio::time::interval_at(Instant::now() + DRAIN_INTERVAL, DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let close_timeout = config.close_timeout;
     let mut s = State {
         config,
@@ -76,18 +78,18 @@ pub(crate) async fn run(
             biased;
             ctrl = control.recv() => match ctrl {
                 Some(Control::Flush(reply)) => {
-                    s.drain(&mut events);
+                    s.drain(&events);
                     s.flush_all(None).await;
                     let _ = reply.send(());
                 }
                 Some(Control::Close { deadline, done }) => {
-                    s.close(&mut events, deadline).await;
+                    s.close(&events, deadline).await;
                     let _ = done.send(());
                     return;
                 }
                 None => {
                     // The aggregator was dropped without close: close with the default deadline.
-                    s.close(&mut events, Instant::now() + close_timeout).await;
+                    s.close(&events, Instant::now() + close_timeout).await;
                     return;
                 }
             },
@@ -97,18 +99,8 @@ pub(crate) async fn run(
                     s.start_flush();
                 }
             }
-            event = events.recv() => match event {
-                Some(event) => {
-                    s.fold(event);
-                    if s.pending.len() >= s.config.batch_size {
-                        s.start_flush();
-                    }
-                }
-                None => {
-                    s.close(&mut events, Instant::now() + close_timeout).await;
-                    return;
-                }
-            },
+            _ = events.woken() => s.drain_and_flush(&events),
+            _ = drain_tick.tick() => s.drain_and_flush(&events),
             _ = flush_tick.tick() => s.start_flush(),
             _ = sweep_tick.tick() => s.evict_expired(),
         }
@@ -117,9 +109,19 @@ pub(crate) async fn run(
 }
 
 impl State {
-    fn drain(&mut self, events: &mut mpsc::Receiver<TelemetryEvent>) {
-        while let Ok(event) = events.try_recv() {
+    fn drain(&mut self, events: &Intake) {
+        while let Some(event) = events.pop() {
             self.fold(event);
+            if self.pending.len() >= self.config.batch_size {
+                self.start_flush();
+            }
+        }
+    }
+
+    fn drain_and_flush(&mut self, events: &Intake) {
+        self.drain(events);
+        if self.pending.len() >= self.config.batch_size {
+            self.start_flush();
         }
     }
 
@@ -384,8 +386,12 @@ impl State {
         }
     }
 
-    async fn close(&mut self, events: &mut mpsc::Receiver<TelemetryEvent>, deadline: Instant) {
+    async fn close(&mut self, events: &Intake, deadline: Instant) {
+        // Producers that already passed the closed check may still push for a moment: yield
+        // once so they finish, then drain. (A push racing past this is counted by nobody; the
+        // window is a few instructions of a thread emitting while its host closes.)
         events.close();
+        tokio::task::yield_now().await;
         self.drain(events);
         let open: Vec<StatementKey> = self.order.values().cloned().collect();
         for key in open {

@@ -109,39 +109,25 @@ fn wait_until(mut done: impl FnMut() -> bool) {
 
 const ITERS: u64 = 100_000;
 
-fn bench_disabled() {
-    let p = provider(false, true);
-    let c = connect(&p);
+/// Median cost of `connection.opened(..)` on a disabled path.
+fn bench_disabled_path(name: &str, c: &Connection) {
     let ns = median_per_unit(|| {
         let t = Instant::now();
         for _ in 0..ITERS {
-            black_box(&c).opened(black_box(Duration::from_millis(1)));
+            black_box(c).opened(black_box(Duration::from_millis(1)));
         }
         (t.elapsed(), ITERS)
     });
-    report(
-        "event, telemetry disabled (config)",
-        format!("{ns:.2} ns"),
-        "<= 2 ns",
-        ns <= 2.0,
-    );
+    report(name, format!("{ns:.2} ns"), "<= 2 ns", ns <= 2.0);
+}
 
+fn bench_disabled() {
+    let p = provider(false, true);
+    bench_disabled_path("event, telemetry disabled (config)", &connect(&p));
     let p = provider(true, false);
     let c = connect(&p);
     wait_until(|| !c.is_enabled());
-    let ns = median_per_unit(|| {
-        let t = Instant::now();
-        for _ in 0..ITERS {
-            black_box(&c).opened(black_box(Duration::from_millis(1)));
-        }
-        (t.elapsed(), ITERS)
-    });
-    report(
-        "event, telemetry disabled (server flag off)",
-        format!("{ns:.2} ns"),
-        "<= 2 ns",
-        ns <= 2.0,
-    );
+    bench_disabled_path("event, telemetry disabled (server flag off)", &c);
 }
 
 /// One statement lifecycle: start, three chunks, completion (5 events).

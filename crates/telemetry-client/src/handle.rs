@@ -115,7 +115,10 @@ impl Connection {
         operation_type: OperationType,
     ) -> Statement {
         let Some(l) = self.live() else {
-            return Statement { live: None };
+            return Statement {
+                live: None,
+                started: std::time::Instant::now(),
+            };
         };
         let id: StatementId = Arc::from(statement_id);
         l.emit(EventKind::StatementStarted {
@@ -125,6 +128,7 @@ impl Connection {
         });
         Statement {
             live: Some((l.clone(), id)),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -188,6 +192,7 @@ impl Drop for Connection {
 /// [`complete`](Self::complete) or, as abandoned, on drop.
 pub struct Statement {
     live: Option<(Arc<Live>, StatementId)>,
+    started: std::time::Instant,
 }
 
 impl fmt::Debug for Statement {
@@ -229,8 +234,13 @@ impl Statement {
     }
 
     /// The statement finished (or was closed); fields the driver does not know stay `None`.
-    pub fn complete(mut self, completion: StatementCompletion) {
+    ///
+    /// The latency is measured from [`Connection::statement`] unless `completion` has one.
+    pub fn complete(mut self, mut completion: StatementCompletion) {
         if let Some((l, id)) = self.live.take() {
+            completion
+                .latency_ms
+                .get_or_insert_with(|| millis(self.started.elapsed()));
             l.emit(EventKind::StatementCompleted {
                 statement_id: id,
                 completion,
@@ -246,6 +256,7 @@ impl Drop for Statement {
                 statement_id: id,
                 completion: StatementCompletion {
                     abandoned: true,
+                    latency_ms: Some(millis(self.started.elapsed())),
                     ..StatementCompletion::default()
                 },
             });
