@@ -147,7 +147,13 @@ async fn one_client_per_host_shared_and_ref_counted() {
     p.wait_closed().await;
     assert_eq!(p.host_count(), 0);
     assert_eq!(p.stats().clients_closed, 3);
-    assert_eq!(f.1.load(Ordering::SeqCst), 3, "one flag look-up per client");
+    // At most one look-up per client; the last client may be released before its background
+    // look-up starts (the look-up is then cancelled, as it should be).
+    let lookups = f.1.load(Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&lookups),
+        "one flag look-up per client: {lookups}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
