@@ -80,6 +80,17 @@ pub(crate) struct Intake {
     closed: AtomicBool,
     wake: tokio::sync::Notify,
     high_water: usize,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Intake {
+    /// An event pushed by a producer racing the final drain of `close` is still counted.
+    fn drop(&mut self) {
+        let left = self.queue.len() as u64;
+        if left > 0 {
+            Counters::add(&self.counters.dropped_after_close, left);
+        }
+    }
 }
 
 impl Intake {
@@ -124,14 +135,15 @@ impl Aggregator {
     /// ([`TelemetryConfig::validate`]); zero sizes are raised to 1.
     pub fn spawn(config: &TelemetryConfig, sink: Arc<dyn BatchSink>, runtime: &Handle) -> Self {
         let capacity = config.queue_capacity.max(1);
+        let counters = Arc::new(Counters::default());
         let intake = Arc::new(Intake {
             queue: crossbeam_queue::ArrayQueue::new(capacity),
             closed: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             high_water: (capacity / 2).clamp(1, config.batch_size.max(1) * 4),
+            counters: counters.clone(),
         });
         let (control, control_rx) = mpsc::unbounded_channel();
-        let counters = Arc::new(Counters::default());
         runtime.spawn(task::run(
             config.clone(),
             sink,

@@ -388,8 +388,8 @@ impl State {
 
     async fn close(&mut self, events: &Intake, deadline: Instant) {
         // Producers that already passed the closed check may still push for a moment: yield
-        // once so they finish, then drain. (A push racing past this is counted by nobody; the
-        // window is a few instructions of a thread emitting while its host closes.)
+        // once so they finish, then drain. A push racing past this stays in the queue and is
+        // counted as dropped after close when the intake is dropped.
         events.close();
         tokio::task::yield_now().await;
         self.drain(events);

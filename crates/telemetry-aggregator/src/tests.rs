@@ -630,3 +630,21 @@ async fn accounting_identity_holds_for_random_workloads() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_event_racing_the_final_drain_is_still_counted() {
+    let (agg, _sink) = spawn(config());
+    let c = conn();
+    agg.close(Instant::now() + Duration::from_secs(1)).await;
+    // What a producer that passed the closed check just before close would leave behind.
+    assert!(
+        agg.intake
+            .queue
+            .push(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }))
+            .is_ok()
+    );
+    let counters = agg.counters.clone();
+    drop(agg);
+    settle().await;
+    assert_eq!(counters.snapshot().dropped_after_close, 1);
+}

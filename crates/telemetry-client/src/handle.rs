@@ -115,10 +115,7 @@ impl Connection {
         operation_type: OperationType,
     ) -> Statement {
         let Some(l) = self.live() else {
-            return Statement {
-                live: None,
-                started: std::time::Instant::now(),
-            };
+            return Statement { live: None };
         };
         let id: StatementId = Arc::from(statement_id);
         l.emit(EventKind::StatementStarted {
@@ -127,8 +124,7 @@ impl Connection {
             operation_type,
         });
         Statement {
-            live: Some((l.clone(), id)),
-            started: std::time::Instant::now(),
+            live: Some((l.clone(), id, std::time::Instant::now())),
         }
     }
 
@@ -191,14 +187,13 @@ impl Drop for Connection {
 /// One statement's telemetry (RAII): reports `StatementCompleted` exactly once, on
 /// [`complete`](Self::complete) or, as abandoned, on drop.
 pub struct Statement {
-    live: Option<(Arc<Live>, StatementId)>,
-    started: std::time::Instant,
+    live: Option<(Arc<Live>, StatementId, std::time::Instant)>,
 }
 
 impl fmt::Debug for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.live {
-            Some((_, id)) => f.debug_tuple("Statement").field(id).finish(),
+            Some((_, id, _)) => f.debug_tuple("Statement").field(id).finish(),
             None => f.write_str("Statement(disabled)"),
         }
     }
@@ -207,12 +202,12 @@ impl fmt::Debug for Statement {
 impl Statement {
     /// The statement's id, if telemetry is on.
     pub fn id(&self) -> Option<&str> {
-        self.live.as_ref().map(|(_, id)| &**id)
+        self.live.as_ref().map(|(_, id, _)| &**id)
     }
 
     /// A CloudFetch chunk was downloaded.
     pub fn chunk(&self, latency: Duration, bytes: u64, compressed: bool) {
-        if let Some((l, id)) = &self.live {
+        if let Some((l, id, _)) = &self.live {
             l.emit(EventKind::ChunkDownloaded {
                 statement_id: id.clone(),
                 latency_ms: i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
@@ -225,7 +220,7 @@ impl Statement {
     /// An error on this statement. A terminal one ends the statement's row and is flushed at
     /// once; others are reported with the statement.
     pub fn error(&self, error: DriverError) {
-        if let Some((l, id)) = &self.live {
+        if let Some((l, id, _)) = &self.live {
             l.emit(EventKind::Error {
                 statement_id: Some(id.clone()),
                 error,
@@ -237,10 +232,10 @@ impl Statement {
     ///
     /// The latency is measured from [`Connection::statement`] unless `completion` has one.
     pub fn complete(mut self, mut completion: StatementCompletion) {
-        if let Some((l, id)) = self.live.take() {
+        if let Some((l, id, started)) = self.live.take() {
             completion
                 .latency_ms
-                .get_or_insert_with(|| millis(self.started.elapsed()));
+                .get_or_insert_with(|| millis(started.elapsed()));
             l.emit(EventKind::StatementCompleted {
                 statement_id: id,
                 completion,
@@ -251,12 +246,12 @@ impl Statement {
 
 impl Drop for Statement {
     fn drop(&mut self) {
-        if let Some((l, id)) = self.live.take() {
+        if let Some((l, id, started)) = self.live.take() {
             l.emit(EventKind::StatementCompleted {
                 statement_id: id,
                 completion: StatementCompletion {
                     abandoned: true,
-                    latency_ms: Some(millis(self.started.elapsed())),
+                    latency_ms: Some(millis(started.elapsed())),
                     ..StatementCompletion::default()
                 },
             });
