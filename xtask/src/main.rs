@@ -247,9 +247,9 @@ fn bench(args: &[String]) -> Result {
             "--json",
         ])
         .args(if quick {
-            vec!["--statements", "50"]
+            vec!["--statements", "300"]
         } else {
-            vec!["--statements", "200"]
+            vec!["--statements", "1000", "--rounds", "9"]
         })
         .output()
         .map_err(|e| format!("telemetry-sim: cannot start: {e}"))?;
