@@ -58,13 +58,19 @@ impl AggregatorStats {
         self.dropped_pending_cap + self.dropped_shutdown
     }
 
-    /// Drops by reason, as `(reason, count)` pairs with stable names.
-    pub fn drops(&self) -> [(&'static str, u64); 6] {
+    /// Event drops by reason, as `(reason, count)` pairs with stable names.
+    pub fn event_drops(&self) -> [(&'static str, u64); 4] {
         [
             ("queue_full", self.dropped_queue_full),
             ("after_close", self.dropped_after_close),
             ("unknown_statement", self.dropped_unknown_statement),
             ("error_cap", self.dropped_error_cap),
+        ]
+    }
+
+    /// Row drops by reason, as `(reason, count)` pairs with stable names.
+    pub fn row_drops(&self) -> [(&'static str, u64); 2] {
+        [
             ("pending_cap", self.dropped_pending_cap),
             ("shutdown", self.dropped_shutdown),
         ]

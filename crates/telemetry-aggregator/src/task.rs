@@ -99,8 +99,8 @@ pub(crate) async fn run(
                     s.start_flush();
                 }
             }
-            _ = events.woken() => s.drain_and_flush(&events),
-            _ = drain_tick.tick() => s.drain_and_flush(&events),
+            _ = events.woken() => s.drain(&events),
+            _ = drain_tick.tick() => s.drain(&events),
             _ = flush_tick.tick() => s.start_flush(),
             _ = sweep_tick.tick() => s.evict_expired(),
         }
@@ -115,13 +115,6 @@ impl State {
             if self.pending.len() >= self.config.batch_size {
                 self.start_flush();
             }
-        }
-    }
-
-    fn drain_and_flush(&mut self, events: &Intake) {
-        self.drain(events);
-        if self.pending.len() >= self.config.batch_size {
-            self.start_flush();
         }
     }
 

@@ -625,7 +625,11 @@ async fn accounting_identity_holds_for_random_workloads() {
         assert_eq!(st.rows_delivered as usize, sink.rows().len(), "seed {seed}");
         assert_eq!((st.pending_rows, st.in_flight_statements), (0, 0));
         assert_eq!(
-            st.drops().iter().map(|(_, n)| n).sum::<u64>(),
+            st.event_drops()
+                .iter()
+                .chain(&st.row_drops())
+                .map(|(_, n)| n)
+                .sum::<u64>(),
             st.events_dropped() + st.rows_dropped()
         );
     }

@@ -66,7 +66,8 @@
 //! ```
 //!
 //! `provider.stats()` reports what happened to every event: emitted, exported, and dropped by
-//! reason. Logs go through `tracing` at debug level (`RUST_LOG=telemetry=debug` or similar).
+//! reason. Logs go through `tracing` at debug level, under the crates' targets
+//! (`RUST_LOG=telemetry_export=debug,telemetry_flags=debug,telemetry_aggregator=debug`).
 #![deny(missing_docs)]
 
 mod handle;

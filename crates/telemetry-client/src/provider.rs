@@ -218,13 +218,11 @@ impl ProviderStats {
         self.export_requests += export.requests;
         self.export_retries += export.retries;
         self.breaker_openings += export.breaker.openings;
-        for (reason, n) in agg.drops() {
-            let map = if matches!(reason, "pending_cap" | "shutdown") {
-                &mut self.rows_dropped
-            } else {
-                &mut self.events_dropped_by_reason
-            };
-            *map.entry(reason).or_default() += n;
+        for (reason, n) in agg.event_drops() {
+            *self.events_dropped_by_reason.entry(reason).or_default() += n;
+        }
+        for (reason, n) in agg.row_drops() {
+            *self.rows_dropped.entry(reason).or_default() += n;
         }
         for (reason, n) in &export.rows_dropped {
             *self.rows_dropped.entry(reason.as_str()).or_default() += n;

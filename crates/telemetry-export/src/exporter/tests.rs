@@ -299,11 +299,57 @@ async fn disabled_flag_means_zero_requests() {
     assert_eq!(e.stats().dropped(DropReason::FlagDisabled), 4);
 }
 
+/// A flag not known yet, that becomes `answer` after `after` (never, if `None`).
+struct LateGate {
+    answer: FlagState,
+    after: Option<Duration>,
+}
+
+impl FlagGate for LateGate {
+    fn state(&self) -> FlagState {
+        FlagState::Unknown
+    }
+    fn wait(&self, timeout: Duration) -> BoxFuture<'_, FlagState> {
+        Box::pin(async move {
+            match self.after {
+                Some(after) if after <= timeout => {
+                    tokio::time::sleep(after).await;
+                    self.answer
+                }
+                _ => {
+                    tokio::time::sleep(timeout).await;
+                    FlagState::Unknown
+                }
+            }
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_flag_waits_for_the_answer() {
+    let t = Scripted::new(vec![]);
+    let gate = LateGate {
+        answer: FlagState::Enabled,
+        after: Some(Duration::from_secs(3)),
+    };
+    let e = exporter_with(t.clone(), Arc::new(gate), config());
+    let started = Instant::now();
+    e.export(rows(&conn_with(Some("tok")), 1)).await;
+    assert_eq!(Instant::now() - started, Duration::from_secs(3));
+    assert_eq!((t.count(), e.stats().rows_exported), (1, 1));
+}
+
 #[tokio::test(start_paused = true)]
 async fn unknown_flag_waits_up_to_the_bound_then_drops() {
     let t = Scripted::new(vec![]);
-    let e = exporter_with(t.clone(), Arc::new(FixedGate(FlagState::Unknown)), config());
+    let gate = LateGate {
+        answer: FlagState::Enabled,
+        after: None,
+    };
+    let e = exporter_with(t.clone(), Arc::new(gate), config());
+    let started = Instant::now();
     e.export(rows(&conn_with(Some("tok")), 1)).await;
+    assert_eq!(Instant::now() - started, config().flag_wait_timeout);
     assert_eq!(t.count(), 0);
     assert_eq!(e.stats().dropped(DropReason::FlagUnknown), 1);
 }
