@@ -308,9 +308,10 @@ async fn many_connections_lose_nothing_when_healthy() {
     let mock = MockWorkspace::start(&flag_name()).await.unwrap();
     let mut o = options();
     o.config.close_timeout = Duration::from_secs(10);
-    o.config.max_pending_rows = 5000;
-    // 32 threads emit ~35 000 events as fast as they can (no driver work between them): the
-    // queue must hold the burst. With real statements the default 10 000 is plenty.
+    // 32 threads emit ~35 000 events (~7 000 rows) as fast as they can, with no driver work
+    // between them: the queue and the pending rows must hold the whole burst while one batch
+    // at a time goes out. With real statements the defaults (10 000 / 500) are plenty.
+    o.config.max_pending_rows = 10_000;
     o.config.queue_capacity = 50_000;
     let p = TelemetryClientProvider::new(o);
     let w = Workload {
