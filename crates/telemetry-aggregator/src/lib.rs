@@ -44,7 +44,7 @@
 //! let sink = Arc::new(Recorder::default());
 //! let agg = Aggregator::spawn(&TelemetryConfig::default(), sink.clone(), &tokio::runtime::Handle::current());
 //! let conn = Arc::new(ConnectionInfo::new(Host::parse("a.example", false).unwrap(), "ua"));
-//! agg.emit(TelemetryEvent { connection: conn, timestamp_millis: 0,
+//! agg.emit(TelemetryEvent { connection: conn, at: None,
 //!     kind: EventKind::ConnectionOpened { latency_ms: 12 } });
 //! agg.close(tokio::time::Instant::now() + std::time::Duration::from_secs(2)).await;
 //! assert_eq!(sink.0.lock().unwrap().len(), 1);

@@ -8,6 +8,7 @@ use telemetry_types::event::{
     ConnectionInfo, DriverError, EventKind, StatementCompletion, StatementId, TelemetryEvent,
     TelemetryRow,
 };
+use telemetry_types::id::WallClock;
 use telemetry_types::row::{self, ChunkStats, StatementSummary};
 use telemetry_types::wire::{OperationType, StatementType};
 use tokio::sync::mpsc;
@@ -110,10 +111,22 @@ pub(crate) async fn run(
 
 impl State {
     fn drain(&mut self, events: &Intake) {
-        while let Some(event) = events.pop() {
-            self.fold(event);
+        let Some(mut event) = events.pop() else {
+            return;
+        };
+        // One clock reading dates the whole batch (events wait at most a drain interval).
+        let clock = Clock {
+            wall: WallClock::now(),
+            now: Instant::now(),
+        };
+        loop {
+            self.fold(event, &clock);
             if self.pending.len() >= self.config.batch_size {
                 self.start_flush();
+            }
+            match events.pop() {
+                Some(next) => event = next,
+                None => return,
             }
         }
     }
@@ -145,13 +158,14 @@ impl State {
         });
     }
 
-    fn fold(&mut self, event: TelemetryEvent) {
+    fn fold(&mut self, event: TelemetryEvent, clock: &Clock) {
         Counters::add(&self.counters.events_received, 1);
         let TelemetryEvent {
             connection,
-            timestamp_millis,
+            at,
             kind,
         } = event;
+        let timestamp_millis = at.map_or(clock.wall.millis(), |at| clock.wall.millis_at(at));
         let fate = match kind {
             EventKind::ConnectionOpened { latency_ms }
             | EventKind::ConnectionClosed { latency_ms } => {
@@ -178,7 +192,7 @@ impl State {
                     Statement {
                         seq,
                         connection,
-                        started: Instant::now(),
+                        started: clock.now,
                         started_at_millis: timestamp_millis,
                         statement_type,
                         operation_type,
@@ -398,6 +412,14 @@ impl State {
         }
         self.publish_gauges();
     }
+}
+
+/// The clocks read once per drain.
+struct Clock {
+    /// Dates events (their `at`, or this reading when they have none).
+    wall: WallClock,
+    /// The runtime's clock, for statement time-to-live.
+    now: Instant,
 }
 
 /// What became of one event.

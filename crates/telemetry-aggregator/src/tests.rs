@@ -59,7 +59,7 @@ fn conn() -> Arc<ConnectionInfo> {
 fn ev(c: &Arc<ConnectionInfo>, kind: EventKind) -> TelemetryEvent {
     TelemetryEvent {
         connection: c.clone(),
-        timestamp_millis: 1000,
+        at: None,
         kind,
     }
 }
@@ -159,6 +159,50 @@ async fn connection_rows_are_immediate_and_statements_buffered_until_complete() 
     assert_eq!(d.sql_statement_id.as_deref(), Some("s1"));
     assert_eq!(d.operation_latency_ms, Some(42));
     assert_eq!(op(&rows[2]), Some(OperationType::DeleteSession));
+}
+
+fn timestamp(row: &TelemetryRow) -> i64 {
+    row.log.context.client_context.timestamp_millis
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_are_dated_by_the_event_instant_or_by_the_drain() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    let at = |ago_ms: u64| TelemetryEvent {
+        at: Some(std::time::Instant::now() - Duration::from_millis(ago_ms)),
+        ..ev(&c, EventKind::ConnectionOpened { latency_ms: 1 })
+    };
+    let before = telemetry_types::id::now_millis();
+    agg.emit(at(60_000));
+    agg.emit(TelemetryEvent {
+        at: Some(std::time::Instant::now() - Duration::from_millis(30_000)),
+        ..ev(&c, start("s"))
+    });
+    agg.emit(ev(&c, complete("s")));
+    agg.emit(TelemetryEvent {
+        at: Some(std::time::Instant::now() - Duration::from_millis(10_000)),
+        ..ev(&c, error(None, ErrorClass::Unknown))
+    });
+    agg.emit(ev(&c, EventKind::ConnectionClosed { latency_ms: 1 }));
+    agg.flush().await;
+    let after = telemetry_types::id::now_millis();
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 4);
+    // The wall clock is real (only tokio's clock is paused): allow the test's own run time.
+    let dated = |row: &TelemetryRow, ago: i64| {
+        let t = timestamp(row);
+        assert!(
+            (before - ago..=after - ago).contains(&t),
+            "{t} not within {}..={}",
+            before - ago,
+            after - ago
+        );
+    };
+    dated(&rows[0], 60_000);
+    dated(&rows[1], 30_000); // the statement row: its start, not its completion
+    dated(&rows[2], 10_000);
+    dated(&rows[3], 0); // no instant: the drain's reading
 }
 
 #[tokio::test(start_paused = true)]

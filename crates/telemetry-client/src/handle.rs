@@ -1,17 +1,18 @@
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use telemetry_types::event::{
     ConnectionInfo, DriverError, EventKind, StatementCompletion, StatementId, TelemetryEvent,
 };
-use telemetry_types::id::now_millis;
 use telemetry_types::wire::{OperationType, StatementType};
 
 use crate::provider::{HostClient, TelemetryClientProvider, flag_off};
 
 struct Live {
+    /// The host's flag state, here rather than behind `client` to save a load per event.
+    flag_state: Arc<AtomicU8>,
     provider: TelemetryClientProvider,
     info: Arc<ConnectionInfo>,
     client: Arc<HostClient>,
@@ -19,13 +20,37 @@ struct Live {
 }
 
 impl Live {
-    #[inline]
-    fn emit(&self, kind: EventKind) {
+    /// Queues one event. `at` dates the row it starts (see [`TelemetryEvent::at`]); events
+    /// that date nothing pass `None` and cost no clock reading. Not `#[inline]`: the public
+    /// methods inline only their enabled check into the driver; the queue push stays here.
+    fn emit(&self, at: Option<Instant>, kind: EventKind) {
         self.client.aggregator.emit(TelemetryEvent {
             connection: self.info.clone(),
-            timestamp_millis: now_millis(),
+            at,
             kind,
         });
+    }
+
+    fn start_statement(
+        self: &Arc<Self>,
+        statement_id: &str,
+        statement_type: StatementType,
+        operation_type: OperationType,
+    ) -> Statement {
+        let id: StatementId = Arc::from(statement_id);
+        // One clock reading: the row's date and the latency's origin.
+        let started = Instant::now();
+        self.emit(
+            Some(started),
+            EventKind::StatementStarted {
+                statement_id: id.clone(),
+                statement_type,
+                operation_type,
+            },
+        );
+        Statement {
+            live: Some((self.clone(), id, started)),
+        }
     }
 
     fn release(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
@@ -65,6 +90,7 @@ impl Connection {
     ) -> Self {
         Self {
             live: Some(Arc::new(Live {
+                flag_state: client.flag_state.clone(),
                 provider,
                 info,
                 client,
@@ -76,65 +102,69 @@ impl Connection {
     /// The live state if telemetry may be sent: one atomic load of the host's flag.
     #[inline]
     fn live(&self) -> Option<&Arc<Live>> {
-        self.live
-            .as_ref()
-            .filter(|l| !flag_off(&l.client.flag_state))
+        self.live.as_ref().filter(|l| !flag_off(&l.flag_state))
     }
 
     /// Whether this connection reports telemetry (not off by config, override, env switch or
     /// the server's flag). While the flag is not yet known this is `true`: events are kept
     /// and sent or discarded once it is.
+    #[inline]
     pub fn is_enabled(&self) -> bool {
         self.live().is_some()
     }
 
     /// The session was opened; `latency` is the open call's own duration.
+    #[inline]
     pub fn opened(&self, latency: Duration) {
         if let Some(l) = self.live() {
-            l.emit(EventKind::ConnectionOpened {
-                latency_ms: millis(latency),
-            });
+            l.emit(
+                Some(Instant::now()),
+                EventKind::ConnectionOpened {
+                    latency_ms: millis(latency),
+                },
+            );
         }
     }
 
     /// The session was closed; `latency` is the close call's own duration.
+    #[inline]
     pub fn closed(&self, latency: Duration) {
         if let Some(l) = self.live() {
-            l.emit(EventKind::ConnectionClosed {
-                latency_ms: millis(latency),
-            });
+            l.emit(
+                Some(Instant::now()),
+                EventKind::ConnectionClosed {
+                    latency_ms: millis(latency),
+                },
+            );
         }
     }
 
     /// A statement started. The returned handle reports its chunks, errors and completion;
     /// dropped without [`Statement::complete`], it reports the statement as abandoned.
+    #[inline]
     pub fn statement(
         &self,
         statement_id: &str,
         statement_type: StatementType,
         operation_type: OperationType,
     ) -> Statement {
-        let Some(l) = self.live() else {
-            return Statement { live: None };
-        };
-        let id: StatementId = Arc::from(statement_id);
-        l.emit(EventKind::StatementStarted {
-            statement_id: id.clone(),
-            statement_type,
-            operation_type,
-        });
-        Statement {
-            live: Some((l.clone(), id, std::time::Instant::now())),
+        match self.live() {
+            Some(l) => l.start_statement(statement_id, statement_type, operation_type),
+            None => Statement { live: None },
         }
     }
 
     /// An error not tied to a statement (or whose statement is not tracked).
+    #[inline]
     pub fn error(&self, error: DriverError) {
         if let Some(l) = self.live() {
-            l.emit(EventKind::Error {
-                statement_id: None,
-                error,
-            });
+            l.emit(
+                Some(Instant::now()),
+                EventKind::Error {
+                    statement_id: None,
+                    error,
+                },
+            );
         }
     }
 
@@ -187,7 +217,7 @@ impl Drop for Connection {
 /// One statement's telemetry (RAII): reports `StatementCompleted` exactly once, on
 /// [`complete`](Self::complete) or, as abandoned, on drop.
 pub struct Statement {
-    live: Option<(Arc<Live>, StatementId, std::time::Instant)>,
+    live: Option<(Arc<Live>, StatementId, Instant)>,
 }
 
 impl fmt::Debug for Statement {
@@ -206,55 +236,75 @@ impl Statement {
     }
 
     /// A CloudFetch chunk was downloaded.
+    #[inline]
     pub fn chunk(&self, latency: Duration, bytes: u64, compressed: bool) {
         if let Some((l, id, _)) = &self.live {
-            l.emit(EventKind::ChunkDownloaded {
-                statement_id: id.clone(),
-                latency_ms: i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
-                bytes,
-                compressed,
-            });
+            l.emit(
+                None,
+                EventKind::ChunkDownloaded {
+                    statement_id: id.clone(),
+                    latency_ms: i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
+                    bytes,
+                    compressed,
+                },
+            );
         }
     }
 
     /// An error on this statement. A terminal one ends the statement's row and is flushed at
     /// once; others are reported with the statement.
+    #[inline]
     pub fn error(&self, error: DriverError) {
         if let Some((l, id, _)) = &self.live {
-            l.emit(EventKind::Error {
-                statement_id: Some(id.clone()),
-                error,
-            });
+            l.emit(
+                Some(Instant::now()),
+                EventKind::Error {
+                    statement_id: Some(id.clone()),
+                    error,
+                },
+            );
         }
     }
 
     /// The statement finished (or was closed); fields the driver does not know stay `None`.
     ///
     /// The latency is measured from [`Connection::statement`] unless `completion` has one.
-    pub fn complete(mut self, mut completion: StatementCompletion) {
-        if let Some((l, id, started)) = self.live.take() {
-            completion
-                .latency_ms
-                .get_or_insert_with(|| millis(started.elapsed()));
-            l.emit(EventKind::StatementCompleted {
+    #[inline]
+    pub fn complete(mut self, completion: StatementCompletion) {
+        if let Some(live) = self.live.take() {
+            Self::report(live, completion);
+        }
+    }
+
+    /// Reports the completion (latency measured from the start unless given); out of line.
+    fn report(
+        (l, id, started): (Arc<Live>, StatementId, Instant),
+        mut completion: StatementCompletion,
+    ) {
+        completion
+            .latency_ms
+            .get_or_insert_with(|| millis(started.elapsed()));
+        l.emit(
+            None,
+            EventKind::StatementCompleted {
                 statement_id: id,
                 completion,
-            });
-        }
+            },
+        );
     }
 }
 
 impl Drop for Statement {
+    #[inline]
     fn drop(&mut self) {
-        if let Some((l, id, started)) = self.live.take() {
-            l.emit(EventKind::StatementCompleted {
-                statement_id: id,
-                completion: StatementCompletion {
+        if let Some(live) = self.live.take() {
+            Self::report(
+                live,
+                StatementCompletion {
                     abandoned: true,
-                    latency_ms: Some(millis(started.elapsed())),
                     ..StatementCompletion::default()
                 },
-            });
+            );
         }
     }
 }

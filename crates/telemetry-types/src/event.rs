@@ -6,6 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::classify::{ErrorClass, classify_driver_error};
 use crate::host::Host;
@@ -84,8 +85,13 @@ impl fmt::Debug for ConnectionInfo {
 pub struct TelemetryEvent {
     /// The connection it happened on.
     pub connection: Arc<ConnectionInfo>,
-    /// Wall-clock time of the event, ms since the epoch.
-    pub timestamp_millis: i64,
+    /// When it happened, for the events that date a row: a connection opened or closed, a
+    /// statement started, an error. `None` (chunks, completions: they date nothing) lets the
+    /// background task use the time it takes the event. An [`Instant`], not a wall time, so a
+    /// statement's start costs the driver one clock reading for both its date and its latency;
+    /// the background task dates instants with one [`WallClock`](crate::id::WallClock)
+    /// reading per batch.
+    pub at: Option<Instant>,
     /// What happened.
     pub kind: EventKind,
 }
