@@ -225,11 +225,11 @@ impl State {
             EventKind::StatementCompleted {
                 statement_id,
                 completion,
-            } => Fate::from_known(self.complete(&(connection.id, statement_id), completion, None)),
+            } => Fate::from_known(self.complete(&(connection.id, statement_id), *completion, None)),
             EventKind::Error {
                 statement_id,
                 error,
-            } => self.error(connection, timestamp_millis, statement_id, error),
+            } => self.error(connection, timestamp_millis, statement_id, *error),
         };
         let counter = match fate {
             Fate::Folded => &self.counters.events_folded,

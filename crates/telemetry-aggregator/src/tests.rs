@@ -84,19 +84,19 @@ fn chunk(id: &str, latency_ms: i64, compressed: bool) -> EventKind {
 fn complete(id: &str) -> EventKind {
     EventKind::StatementCompleted {
         statement_id: id.into(),
-        completion: StatementCompletion {
+        completion: Box::new(StatementCompletion {
             latency_ms: Some(42),
             execution_result: Some(ExecutionResultFormat::ExternalLinks),
             poll_count: Some(2),
             ..Default::default()
-        },
+        }),
     }
 }
 
 fn error(id: Option<&str>, class: ErrorClass) -> EventKind {
     EventKind::Error {
         statement_id: id.map(Into::into),
-        error: DriverError::new("E", "msg").with_class(class),
+        error: Box::new(DriverError::new("E", "msg").with_class(class)),
     }
 }
 
@@ -282,7 +282,7 @@ async fn latency_measured_when_driver_gives_none() {
         &c,
         EventKind::StatementCompleted {
             statement_id: "s".into(),
-            completion: StatementCompletion::default(),
+            completion: Box::default(),
         },
     ));
     agg.flush().await;

@@ -262,7 +262,7 @@ fn bench_aggregation() {
             }
             agg.emit(ev(EventKind::StatementCompleted {
                 statement_id: id.clone(),
-                completion: StatementCompletion::default(),
+                completion: Box::default(),
             }));
         }
         // The queue is full of events; time only the background task folding them.

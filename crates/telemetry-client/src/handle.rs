@@ -162,7 +162,7 @@ impl Connection {
                 Some(Instant::now()),
                 EventKind::Error {
                     statement_id: None,
-                    error,
+                    error: Box::new(error),
                 },
             );
         }
@@ -260,7 +260,7 @@ impl Statement {
                 Some(Instant::now()),
                 EventKind::Error {
                     statement_id: Some(id.clone()),
-                    error,
+                    error: Box::new(error),
                 },
             );
         }
@@ -288,7 +288,7 @@ impl Statement {
             None,
             EventKind::StatementCompleted {
                 statement_id: id,
-                completion,
+                completion: Box::new(completion),
             },
         );
     }

@@ -98,6 +98,9 @@ pub struct TelemetryEvent {
 
 /// The kinds of events a driver reports. Exhaustive on purpose: the aggregator must fold
 /// every kind, so a new kind is a compile error there rather than a silent drop.
+///
+/// Kept to 40 bytes (an event to 64) so that one event is about one cache line of the
+/// queue: the two large payloads, which come once per statement at most, are boxed.
 #[derive(Debug, Clone)]
 pub enum EventKind {
     /// The session was opened; `latency_ms` is the open call's own duration.
@@ -135,14 +138,14 @@ pub enum EventKind {
         /// The statement.
         statement_id: StatementId,
         /// How it ended.
-        completion: StatementCompletion,
+        completion: Box<StatementCompletion>,
     },
     /// An error the driver saw.
     Error {
         /// The statement it belongs to, if any.
         statement_id: Option<StatementId>,
         /// The error.
-        error: DriverError,
+        error: Box<DriverError>,
     },
 }
 
@@ -250,6 +253,12 @@ mod tests {
         assert!(b.credentials_key().is_some());
         let dbg = format!("{b:?}");
         assert!(dbg.contains("has_credentials: true"));
+    }
+
+    #[test]
+    fn an_event_is_about_one_cache_line() {
+        assert!(std::mem::size_of::<EventKind>() <= 40);
+        assert!(std::mem::size_of::<TelemetryEvent>() <= 64);
     }
 
     #[test]
