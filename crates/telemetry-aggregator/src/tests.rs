@@ -466,6 +466,29 @@ async fn queue_full_drop_counted() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_task_drains_before_its_tick_only_past_half_the_queue() {
+    let (agg, _sink) = spawn(TelemetryConfig {
+        queue_capacity: 10,
+        ..config()
+    });
+    let c = conn();
+    let run_without_time_passing = || async {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    };
+    run_without_time_passing().await;
+    for _ in 0..4 {
+        agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    }
+    run_without_time_passing().await;
+    assert_eq!(agg.stats().events_received, 0, "below the mark: waits for the tick");
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    run_without_time_passing().await;
+    assert_eq!(agg.stats().events_received, 5, "at the mark: drained at once");
+}
+
+#[tokio::test(start_paused = true)]
 async fn pending_cap_drop_keeps_errors() {
     let (agg, sink) = spawn(TelemetryConfig {
         batch_size: 2,
