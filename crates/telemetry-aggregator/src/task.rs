@@ -296,6 +296,8 @@ impl State {
         let latency_ms = completion
             .latency_ms
             .unwrap_or_else(|| u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let mut chunks = st.chunks;
+        chunks.merge(&completion.chunks);
         let summary = StatementSummary {
             statement_id: key.1.to_string(),
             started_at_millis: st.started_at_millis,
@@ -303,7 +305,7 @@ impl State {
             operation_type: st.operation_type,
             latency_ms,
             completion,
-            chunks: st.chunks,
+            chunks,
             error,
         };
         let log = row::statement_row(&st.connection, &summary);

@@ -482,10 +482,18 @@ async fn the_task_drains_before_its_tick_only_past_half_the_queue() {
         agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
     }
     run_without_time_passing().await;
-    assert_eq!(agg.stats().events_received, 0, "below the mark: waits for the tick");
+    assert_eq!(
+        agg.stats().events_received,
+        0,
+        "below the mark: waits for the tick"
+    );
     agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
     run_without_time_passing().await;
-    assert_eq!(agg.stats().events_received, 5, "at the mark: drained at once");
+    assert_eq!(
+        agg.stats().events_received,
+        5,
+        "at the mark: drained at once"
+    );
 }
 
 #[tokio::test(start_paused = true)]

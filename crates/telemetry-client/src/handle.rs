@@ -1,11 +1,12 @@
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use telemetry_types::event::{
     ConnectionInfo, DriverError, EventKind, StatementCompletion, StatementId, TelemetryEvent,
 };
+use telemetry_types::row::ChunkStats;
 use telemetry_types::wire::{OperationType, StatementType};
 
 use crate::provider::{HostClient, TelemetryClientProvider, flag_off};
@@ -49,7 +50,12 @@ impl Live {
             },
         );
         Statement {
-            live: Some((self.clone(), id, started)),
+            live: Some(LiveStatement {
+                live: self.clone(),
+                id,
+                started,
+                chunks: FoldedChunks::default(),
+            }),
         }
     }
 
@@ -216,14 +222,68 @@ impl Drop for Connection {
 
 /// One statement's telemetry (RAII): reports `StatementCompleted` exactly once, on
 /// [`complete`](Self::complete) or, as abandoned, on drop.
+///
+/// `Send + Sync`: CloudFetch download threads may share it to report their chunks.
 pub struct Statement {
-    live: Option<(Arc<Live>, StatementId, Instant)>,
+    live: Option<LiveStatement>,
+}
+
+struct LiveStatement {
+    live: Arc<Live>,
+    id: StatementId,
+    started: Instant,
+    /// Chunks fold here and ride with the completion: a chunk costs a few atomic operations
+    /// on the handle, not an event through the queue (a CloudFetch result can have thousands).
+    chunks: FoldedChunks,
+}
+
+/// [`ChunkStats`] folded lock-free, so download threads sharing a statement never wait on
+/// each other (counters wrap only past 2^32 chunks or 2^64 bytes).
+#[derive(Default)]
+struct FoldedChunks {
+    iterated: AtomicU32,
+    bytes: AtomicU64,
+    compressed: AtomicBool,
+    /// First positive latency; 0 until there is one.
+    initial: AtomicI64,
+    /// Largest positive latency; 0 until there is one.
+    slowest: AtomicI64,
+    sum: AtomicI64,
+}
+
+impl FoldedChunks {
+    fn record(&self, latency_ms: i64, bytes: u64, compressed: bool) {
+        self.iterated.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if compressed {
+            self.compressed.store(true, Ordering::Relaxed);
+        }
+        if latency_ms > 0 {
+            let _ =
+                self.initial
+                    .compare_exchange(0, latency_ms, Ordering::Relaxed, Ordering::Relaxed);
+            self.slowest.fetch_max(latency_ms, Ordering::Relaxed);
+            self.sum.fetch_add(latency_ms, Ordering::Relaxed);
+        }
+    }
+
+    fn into_stats(self) -> ChunkStats {
+        let positive = |v: i64| (v > 0).then_some(v);
+        ChunkStats {
+            iterated: self.iterated.into_inner(),
+            initial_latency_ms: positive(self.initial.into_inner()),
+            slowest_latency_ms: positive(self.slowest.into_inner()),
+            sum_latency_ms: self.sum.into_inner(),
+            compressed: self.compressed.into_inner(),
+            bytes: self.bytes.into_inner(),
+        }
+    }
 }
 
 impl fmt::Debug for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.live {
-            Some((_, id, _)) => f.debug_tuple("Statement").field(id).finish(),
+            Some(s) => f.debug_tuple("Statement").field(&s.id).finish(),
             None => f.write_str("Statement(disabled)"),
         }
     }
@@ -232,34 +292,33 @@ impl fmt::Debug for Statement {
 impl Statement {
     /// The statement's id, if telemetry is on.
     pub fn id(&self) -> Option<&str> {
-        self.live.as_ref().map(|(_, id, _)| &**id)
+        self.live.as_ref().map(|s| &*s.id)
     }
 
-    /// A CloudFetch chunk was downloaded.
+    /// A CloudFetch chunk was downloaded. Folded into the statement's chunk statistics,
+    /// which are sent with its completion.
     #[inline]
     pub fn chunk(&self, latency: Duration, bytes: u64, compressed: bool) {
-        if let Some((l, id, _)) = &self.live {
-            l.emit(
-                None,
-                EventKind::ChunkDownloaded {
-                    statement_id: id.clone(),
-                    latency_ms: i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
-                    bytes,
-                    compressed,
-                },
+        if let Some(s) = &self.live {
+            s.chunks.record(
+                i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
+                bytes,
+                compressed,
             );
         }
     }
 
     /// An error on this statement. A terminal one ends the statement's row and is flushed at
-    /// once; others are reported with the statement.
+    /// once (without the chunks reported so far: they ride with the completion, which then
+    /// finds the statement already reported and is counted as `unknown_statement`); others
+    /// are reported with the statement.
     #[inline]
     pub fn error(&self, error: DriverError) {
-        if let Some((l, id, _)) = &self.live {
-            l.emit(
+        if let Some(s) = &self.live {
+            s.live.emit(
                 Some(Instant::now()),
                 EventKind::Error {
-                    statement_id: Some(id.clone()),
+                    statement_id: Some(s.id.clone()),
                     error: Box::new(error),
                 },
             );
@@ -276,18 +335,19 @@ impl Statement {
         }
     }
 
-    /// Reports the completion (latency measured from the start unless given); out of line.
-    fn report(
-        (l, id, started): (Arc<Live>, StatementId, Instant),
-        mut completion: StatementCompletion,
-    ) {
+    /// Reports the completion (latency measured from the start unless given, the folded
+    /// chunks added to any the driver put in); out of line.
+    fn report(s: LiveStatement, mut completion: StatementCompletion) {
         completion
             .latency_ms
-            .get_or_insert_with(|| millis(started.elapsed()));
-        l.emit(
+            .get_or_insert_with(|| millis(s.started.elapsed()));
+        let mut chunks = s.chunks.into_stats();
+        chunks.merge(&completion.chunks);
+        completion.chunks = chunks;
+        s.live.emit(
             None,
             EventKind::StatementCompleted {
-                statement_id: id,
+                statement_id: s.id,
                 completion: Box::new(completion),
             },
         );

@@ -8,7 +8,10 @@
 //!
 //! Telemetry never hurts the driver: every method here is synchronous, never waits on the
 //! network, never returns an error and never panics; when telemetry is off it costs one
-//! branch or one atomic load. Whether a connection reports is decided, in this order, by the
+//! branch or one atomic load. When it is on, an event is one push into a lock-free queue
+//! (statement start, completion, errors, connection open / close); a CloudFetch chunk is not
+//! an event at all but a few atomic operations on its statement's handle, and its statistics
+//! ride with the completion. Whether a connection reports is decided, in this order, by the
 //! `DATABRICKS_TELEMETRY_DISABLED` environment switch, the connection's `enabled` override,
 //! `config.enabled` (default `false`: opt-in), and the server's feature flag.
 //!

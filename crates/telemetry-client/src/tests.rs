@@ -174,7 +174,18 @@ async fn close_flushes_everything_with_the_right_fields() {
     assert_eq!(d["session_id"], "sess");
     assert_eq!(d["system_configuration"]["driver_name"], "TestDriver");
     assert_eq!(d["system_configuration"]["runtime_name"], "Rust");
+    // The statement's chunks were folded by its handle and rode with its completion.
+    let statement: serde_json::Value =
+        serde_json::from_str(body["protoLogs"][1].as_str().unwrap()).unwrap();
+    let op = &statement["entry"]["sql_driver_log"]["sql_operation"];
+    assert_eq!(op["chunk_details"]["total_chunks_iterated"], 2);
+    assert_eq!(op["chunk_details"]["initial_chunk_latency_millis"], 10);
+    assert_eq!(op["chunk_details"]["slowest_chunk_latency_millis"], 20);
+    assert_eq!(op["chunk_details"]["sum_chunks_download_time_millis"], 30);
+    assert_eq!(op["is_compressed"], true);
     let s = p.stats();
+    // Events: opened, statement started, statement completed, error, closed (chunks are
+    // folded in the statement handle, not queued).
     assert_eq!(
         (
             s.events_emitted,
@@ -182,7 +193,7 @@ async fn close_flushes_everything_with_the_right_fields() {
             s.rows_exported,
             s.total_rows_dropped()
         ),
-        (7, 4, 4, 0)
+        (5, 4, 4, 0)
     );
 }
 
@@ -380,4 +391,35 @@ async fn an_endpoint_failing_every_request_hurts_nothing() {
         .map(|r| String::from_utf8_lossy(&r.body).into_owned())
         .collect();
     assert!(!bodies.contains("hunter2"), "secrets are redacted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_from_several_threads_ride_with_an_abandoned_statement() {
+    let (server, f) = (FakeServer::new(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    let s = c.statement("s1", StatementType::Query, OperationType::ExecuteStatement);
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let s = &s;
+            scope.spawn(move || {
+                for i in 0..250u64 {
+                    s.chunk(Duration::from_millis(1 + (t * 250 + i) % 7), 10, t == 3);
+                }
+            });
+        }
+    });
+    drop(s); // never completed: reported as abandoned, chunks included
+    c.close().await;
+    let req = server.requests.lock().unwrap()[0].clone();
+    let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+    let row: serde_json::Value =
+        serde_json::from_str(body["protoLogs"][0].as_str().unwrap()).unwrap();
+    let op = &row["entry"]["sql_driver_log"]["sql_operation"];
+    assert_eq!(op["chunk_details"]["total_chunks_iterated"], 1000);
+    assert_eq!(op["chunk_details"]["slowest_chunk_latency_millis"], 7);
+    let sum: u64 = (0..1000u64).map(|n| 1 + n % 7).sum();
+    assert_eq!(op["chunk_details"]["sum_chunks_download_time_millis"], sum);
+    assert_eq!(op["is_compressed"], true);
+    assert_eq!(p.stats().events_emitted, 2);
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use crate::classify::{ErrorClass, classify_driver_error};
 use crate::host::Host;
+use crate::row::ChunkStats;
 use crate::traits::AuthProvider;
 use crate::wire::{
     AuthType, DriverConnectionParameters, DriverSystemConfiguration, ExecutionResultFormat,
@@ -172,6 +173,10 @@ pub struct StatementCompletion {
     pub is_internal_call: Option<bool>,
     /// Whether the statement ended without the driver completing it (cancelled, dropped).
     pub abandoned: bool,
+    /// CloudFetch chunks folded before the completion was sent: `telemetry-client`'s
+    /// statement handle folds its chunks here instead of queueing an event per chunk. The
+    /// aggregator merges them with any [`EventKind::ChunkDownloaded`] it received.
+    pub chunks: ChunkStats,
 }
 
 /// An error reported by the driver. The message is redacted before it leaves the process.

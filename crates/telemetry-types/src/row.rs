@@ -52,6 +52,28 @@ impl ChunkStats {
             self.sum_latency_ms = self.sum_latency_ms.saturating_add(latency_ms);
         }
     }
+
+    /// Folds in the statistics of chunks that came after `self`'s (so `self`'s initial
+    /// latency, if any, stays the initial one).
+    ///
+    /// ```
+    /// use telemetry_types::row::ChunkStats;
+    /// let (mut a, mut b) = (ChunkStats::default(), ChunkStats::default());
+    /// a.record(0, 1, false);
+    /// b.record(40, 2, true);
+    /// b.record(10, 3, false);
+    /// a.merge(&b);
+    /// assert_eq!((a.iterated, a.bytes, a.initial_latency_ms, a.slowest_latency_ms, a.sum_latency_ms, a.compressed),
+    ///            (3, 6, Some(40), Some(40), 50, true));
+    /// ```
+    pub fn merge(&mut self, later: &ChunkStats) {
+        self.iterated = self.iterated.saturating_add(later.iterated);
+        self.bytes = self.bytes.saturating_add(later.bytes);
+        self.compressed |= later.compressed;
+        self.initial_latency_ms = self.initial_latency_ms.or(later.initial_latency_ms);
+        self.slowest_latency_ms = self.slowest_latency_ms.max(later.slowest_latency_ms);
+        self.sum_latency_ms = self.sum_latency_ms.saturating_add(later.sum_latency_ms);
+    }
 }
 
 /// Everything known about one statement when its row is built.
@@ -189,5 +211,30 @@ pub fn strip_for_unauthenticated(log: &mut TelemetryFrontendLog) {
     d.auth_type = None;
     if let Some(e) = d.error_info.as_mut() {
         e.stack_trace.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChunkStats;
+
+    #[test]
+    fn merging_a_split_sequence_equals_recording_it_whole() {
+        let chunks: Vec<(i64, u64, bool)> = (0..12)
+            .map(|i| ((i * 37 % 11) as i64 - 3, i as u64 * 100, i % 5 == 3))
+            .collect();
+        let mut whole = ChunkStats::default();
+        chunks.iter().for_each(|&(l, b, c)| whole.record(l, b, c));
+        for split in 0..=chunks.len() {
+            let (mut earlier, mut later) = (ChunkStats::default(), ChunkStats::default());
+            chunks[..split]
+                .iter()
+                .for_each(|&(l, b, c)| earlier.record(l, b, c));
+            chunks[split..]
+                .iter()
+                .for_each(|&(l, b, c)| later.record(l, b, c));
+            earlier.merge(&later);
+            assert_eq!(earlier, whole, "split at {split}");
+        }
     }
 }
