@@ -111,22 +111,17 @@ pub(crate) async fn run(
 
 impl State {
     fn drain(&mut self, events: &Intake) {
-        let Some(mut event) = events.pop() else {
-            return;
-        };
-        // One clock reading dates the whole batch (events wait at most a drain interval).
-        let clock = Clock {
-            wall: WallClock::now(),
-            now: Instant::now(),
-        };
-        loop {
-            self.fold(event, &clock);
+        // One clock reading dates the whole batch (events wait at most a drain interval);
+        // none when the queue is empty.
+        let mut clock = None;
+        while let Some(event) = events.pop() {
+            let clock = clock.get_or_insert_with(|| Clock {
+                wall: WallClock::now(),
+                now: Instant::now(),
+            });
+            self.fold(event, clock);
             if self.pending.len() >= self.config.batch_size {
                 self.start_flush();
-            }
-            match events.pop() {
-                Some(next) => event = next,
-                None => return,
             }
         }
     }
