@@ -4,7 +4,6 @@
 //! server on 127.0.0.1 that validates payloads and injects faults), the driver-like
 //! [`workload`] the `telemetry-sim` binary and the integration tests run through the public
 //! `telemetry-client` API.
-#![deny(missing_docs)]
 
 pub mod mock;
 pub mod workload;

@@ -101,6 +101,14 @@ pub struct MockWorkspace {
     task: JoinHandle<()>,
 }
 
+impl std::fmt::Debug for MockWorkspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockWorkspace")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl MockWorkspace {
     /// Starts on a free port of 127.0.0.1, on the current tokio runtime, serving `flag_name`
     /// as `"true"` with a 900 s TTL.

@@ -139,12 +139,15 @@ fn coverage() -> Result {
     )?;
     let text =
         std::fs::read_to_string(&json).map_err(|e| format!("reading {}: {e}", json.display()))?;
-    let table = crate_coverage(&text)?;
+    let table = crate_coverage(&text, &root())?;
     report(&table)
 }
 
-/// Sums covered / total lines per `crates/<name>/` from an llvm-cov JSON export.
-fn crate_coverage(json: &str) -> Result<BTreeMap<String, (u64, u64)>> {
+/// Sums covered / total lines per library crate (a top-level `telemetry-*` folder of the
+/// workspace at `root`) from an llvm-cov JSON export.
+fn crate_coverage(json: &str, root: &Path) -> Result<BTreeMap<String, (u64, u64)>> {
+    let root = root.to_string_lossy().replace('\\', "/");
+    let root = root.trim_end_matches('/');
     let v: serde_json::Value =
         serde_json::from_str(json).map_err(|e| format!("coverage json: {e}"))?;
     let files = v["data"][0]["files"]
@@ -156,10 +159,14 @@ fn crate_coverage(json: &str) -> Result<BTreeMap<String, (u64, u64)>> {
             .as_str()
             .unwrap_or_default()
             .replace('\\', "/");
-        let Some(rest) = name.split("/crates/").nth(1) else {
+        let Some(rest) = name.strip_prefix(root).and_then(|r| r.strip_prefix('/')) else {
             continue;
         };
-        let Some(krate) = rest.split('/').next() else {
+        let Some(krate) = rest
+            .split('/')
+            .next()
+            .filter(|k| k.starts_with("telemetry-"))
+        else {
             continue;
         };
         let lines = &f["summary"]["lines"];
@@ -292,18 +299,24 @@ mod tests {
     #[test]
     fn sums_lines_per_crate_and_applies_floors() {
         let json = r#"{"data":[{"files":[
-            {"filename":"/w/crates/telemetry-types/src/a.rs","summary":{"lines":{"covered":8,"count":10}}},
-            {"filename":"/w/crates/telemetry-types/src/b.rs","summary":{"lines":{"covered":2,"count":10}}},
-            {"filename":"/w/crates/telemetry-breaker/src/lib.rs","summary":{"lines":{"covered":95,"count":100}}},
+            {"filename":"/w/telemetry-types/src/a.rs","summary":{"lines":{"covered":8,"count":10}}},
+            {"filename":"/w/telemetry-types/src/b.rs","summary":{"lines":{"covered":2,"count":10}}},
+            {"filename":"/w/telemetry-breaker/src/lib.rs","summary":{"lines":{"covered":95,"count":100}}},
             {"filename":"/w/xtask/src/main.rs","summary":{"lines":{"covered":0,"count":100}}}
         ]}]}"#;
-        let t = crate_coverage(json).unwrap();
+        let t = crate_coverage(json, Path::new("/w")).unwrap();
         assert_eq!(t["telemetry-types"], (10, 20));
         assert_eq!(t["telemetry-breaker"], (95, 100));
         assert_eq!(t.len(), 2);
         let err = report(&t).unwrap_err();
         assert!(err.contains("telemetry-types 50.0 %"), "{err}");
         assert!(!err.contains("breaker"));
-        assert!(crate_coverage("{}").is_err());
+        assert!(crate_coverage("{}", Path::new("/w")).is_err());
+        // Files outside the workspace (registry sources) and non-library folders are skipped.
+        let outside = r#"{"data":[{"files":[
+            {"filename":"/elsewhere/telemetry-types/src/a.rs","summary":{"lines":{"covered":1,"count":1}}},
+            {"filename":"/w/tests/src/mock.rs","summary":{"lines":{"covered":1,"count":1}}}
+        ]}]}"#;
+        assert!(crate_coverage(outside, Path::new("/w")).is_err());
     }
 }

@@ -110,6 +110,17 @@ pub struct ConnectionOptions {
     pub client_app_name: Option<String>,
 }
 
+impl fmt::Debug for ConnectionOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionOptions")
+            .field("host", &self.host)
+            .field("has_credentials", &self.auth.is_some())
+            .field("auth_type", &self.auth_type)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ConnectionOptions {
     /// Options for `host` with nothing else set.
     pub fn new(host: impl Into<String>) -> Self {

@@ -24,7 +24,6 @@
 //! assert_eq!(json["items"], serde_json::json!([]));
 //! assert!(json["protoLogs"][0].is_string());
 //! ```
-#![deny(missing_docs)]
 
 pub mod classify;
 pub mod config;

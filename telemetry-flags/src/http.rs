@@ -97,7 +97,7 @@ pub fn reduce_version(version: &str) -> String {
 }
 
 /// Largest feature-flag response body read; a larger one means "disabled".
-pub const MAX_FLAG_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_FLAG_BODY_BYTES: usize = 64 * 1024;
 
 /// Fetches the telemetry flag over HTTP:
 /// `GET <host>/api/2.0/connector-service/feature-flags/<client type>/<MAJOR.MINOR.PATCH>`.
