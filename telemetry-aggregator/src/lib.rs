@@ -15,43 +15,36 @@
 //! - **Errors**: a terminal error completes its statement and flushes at once; other errors
 //!   are kept on their statement (at most `max_errors_per_statement`) and reported with it;
 //!   an error without a (known) statement becomes a standalone row.
+//! - **Settings**: [`AggregatorConfig`], with its defaults and bounds.
 //! - **Batching**: a flush starts when pending rows reach `batch_size`, on the flush interval,
 //!   on a terminal error, on [`flush`](Aggregator::flush) and on [`close`](Aggregator::close).
 //!   At most one batch is in the sink at a time. Pending rows are capped; past the cap the
 //!   oldest non-error row is dropped.
-//! - **Accounting**: every event ends folded or in a counted drop, and every row ends handed
-//!   to the sink or in a counted drop ([`AggregatorStats`]).
+//! - **Accounting**: every event ends folded or in a drop counted by its
+//!   [`DropReason`](telemetry_types::drops::DropReason), and every row ends handed to the sink
+//!   or in a counted drop ([`AggregatorStats`]).
 //!
 //! ```
-//! use std::sync::{Arc, Mutex};
-//! use telemetry_aggregator::Aggregator;
-//! use telemetry_types::config::TelemetryConfig;
-//! use telemetry_types::event::{ConnectionInfo, EventKind, TelemetryEvent, TelemetryRow};
+//! use telemetry_aggregator::{Aggregator, AggregatorConfig};
+//! use telemetry_types::connection::ConnectionInfo;
+//! use telemetry_types::event::{EventKind, TelemetryEvent};
 //! use telemetry_types::host::Host;
-//! use telemetry_types::traits::{BatchSink, BoxFuture};
-//!
-//! #[derive(Default)]
-//! struct Recorder(Mutex<Vec<TelemetryRow>>);
-//! impl BatchSink for Recorder {
-//!     fn export(&self, batch: Vec<TelemetryRow>) -> BoxFuture<'_, ()> {
-//!         self.0.lock().unwrap().extend(batch);
-//!         Box::pin(async {})
-//!     }
-//! }
+//! use telemetry_types::testing::RecordingSink;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let sink = Arc::new(Recorder::default());
-//! let agg = Aggregator::spawn(&TelemetryConfig::default(), sink.clone(), &tokio::runtime::Handle::current());
-//! let conn = Arc::new(ConnectionInfo::new(Host::parse("a.example", false).unwrap(), "ua"));
+//! let sink = RecordingSink::new();
+//! let agg = Aggregator::spawn(&AggregatorConfig::default(), sink.clone(), &tokio::runtime::Handle::current());
+//! let conn = std::sync::Arc::new(ConnectionInfo::new(Host::parse("a.example", false).unwrap(), "ua"));
 //! agg.emit(TelemetryEvent { connection: conn, at: None,
 //!     kind: EventKind::ConnectionOpened { latency_ms: 12 } });
 //! agg.close(tokio::time::Instant::now() + std::time::Duration::from_secs(2)).await;
-//! assert_eq!(sink.0.lock().unwrap().len(), 1);
+//! assert_eq!(sink.rows().len(), 1);
 //! assert_eq!(agg.stats().rows_delivered, 1);
 //! # }
 //! ```
 
+mod config;
 mod stats;
 mod task;
 
@@ -60,18 +53,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use telemetry_types::config::TelemetryConfig;
+use telemetry_types::drops::DropReason;
 use telemetry_types::event::TelemetryEvent;
-use telemetry_types::traits::BatchSink;
+use telemetry_types::sink::BatchSink;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+pub use config::AggregatorConfig;
 pub use stats::AggregatorStats;
 use stats::Counters;
 
 /// How often the background task drains the intake when nothing wakes it.
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The queue between producers and the background task.
 pub(crate) struct Intake {
@@ -87,7 +81,7 @@ impl Drop for Intake {
     fn drop(&mut self) {
         let left = self.queue.len() as u64;
         if left > 0 {
-            Counters::add(&self.counters.dropped_after_close, left);
+            self.counters.count_drop(DropReason::AfterClose, left);
         }
     }
 }
@@ -131,8 +125,8 @@ impl fmt::Debug for Aggregator {
 
 impl Aggregator {
     /// Starts the background task on `runtime`. `config` should be valid
-    /// ([`TelemetryConfig::validate`]); zero sizes are raised to 1.
-    pub fn spawn(config: &TelemetryConfig, sink: Arc<dyn BatchSink>, runtime: &Handle) -> Self {
+    /// ([`AggregatorConfig::validate`]); zero sizes are raised to 1.
+    pub fn spawn(config: &AggregatorConfig, sink: Arc<dyn BatchSink>, runtime: &Handle) -> Self {
         let capacity = config.queue_capacity.max(1);
         let counters = Arc::new(Counters::default());
         let intake = Arc::new(Intake {
@@ -166,9 +160,9 @@ impl Aggregator {
     pub fn emit(&self, event: TelemetryEvent) {
         let intake = &*self.intake;
         if intake.closed.load(Ordering::Acquire) {
-            self.counters.count_rejected_emit(false);
+            self.counters.count_drop(DropReason::AfterClose, 1);
         } else if intake.queue.push(event).is_err() {
-            self.counters.count_rejected_emit(true);
+            self.counters.count_drop(DropReason::QueueFull, 1);
         } else if intake.queue.len() >= intake.high_water {
             intake.wake.notify_one();
         }

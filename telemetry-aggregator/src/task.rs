@@ -3,18 +3,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use telemetry_types::classify::ErrorClass;
-use telemetry_types::config::TelemetryConfig;
-use telemetry_types::event::{
-    ConnectionInfo, DriverError, EventKind, StatementCompletion, StatementId, TelemetryEvent,
-    TelemetryRow,
-};
-use telemetry_types::id::WallClock;
-use telemetry_types::row::{self, ChunkStats, StatementSummary};
-use telemetry_types::wire::{OperationType, StatementType};
+use telemetry_types::clock::WallClock;
+use telemetry_types::connection::ConnectionInfo;
+use telemetry_types::drops::DropReason;
+use telemetry_types::event::{DriverError, EventKind, StatementEnd, StatementId, TelemetryEvent};
+use telemetry_types::row::{self, SessionChange, StatementSummary, TelemetryRow};
+use telemetry_types::sink::BatchSink;
+use telemetry_types::wire::{OperationType, StatementType, TelemetryFrontendLog};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::config::AggregatorConfig;
 use crate::stats::Counters;
 use crate::{Control, DRAIN_INTERVAL, Intake};
 
@@ -27,7 +27,6 @@ struct Statement {
     started_at_millis: i64,
     statement_type: StatementType,
     operation_type: OperationType,
-    chunks: ChunkStats,
     errors: Vec<(i64, DriverError)>,
 }
 
@@ -37,8 +36,8 @@ struct InFlight {
 }
 
 struct State {
-    config: TelemetryConfig,
-    sink: Arc<dyn telemetry_types::traits::BatchSink>,
+    config: AggregatorConfig,
+    sink: Arc<dyn BatchSink>,
     counters: Arc<Counters>,
     statements: HashMap<StatementKey, Statement>,
     order: BTreeMap<u64, StatementKey>,
@@ -48,8 +47,8 @@ struct State {
 }
 
 pub(crate) async fn run(
-    config: TelemetryConfig,
-    sink: Arc<dyn telemetry_types::traits::BatchSink>,
+    config: AggregatorConfig,
+    sink: Arc<dyn BatchSink>,
     events: Arc<Intake>,
     mut control: mpsc::UnboundedReceiver<Control>,
     counters: Arc<Counters>,
@@ -137,14 +136,14 @@ impl State {
     fn push_row(
         &mut self,
         connection: Arc<ConnectionInfo>,
-        log: telemetry_types::wire::TelemetryFrontendLog,
+        log: TelemetryFrontendLog,
     ) {
         let is_error = log.driver_log().error_info.is_some();
         Counters::add(&self.counters.rows_produced, 1);
         if self.pending.len() >= self.config.max_pending_rows {
             let victim = self.pending.iter().position(|r| !r.is_error).unwrap_or(0);
             self.pending.remove(victim);
-            Counters::add(&self.counters.dropped_pending_cap, 1);
+            self.counters.count_drop(DropReason::PendingCap, 1);
         }
         self.pending.push_back(TelemetryRow {
             log,
@@ -162,12 +161,11 @@ impl State {
         } = event;
         let timestamp_millis = at.map_or(clock.wall.millis(), |at| clock.wall.millis_at(at));
         let fate = match kind {
-            EventKind::ConnectionOpened { latency_ms }
-            | EventKind::ConnectionClosed { latency_ms } => {
-                let opened = matches!(kind, EventKind::ConnectionOpened { .. });
-                let log = row::connection_row(&connection, timestamp_millis, opened, latency_ms);
-                self.push_row(connection, log);
-                Fate::Folded
+            EventKind::ConnectionOpened { latency_ms } => {
+                self.session_row(connection, timestamp_millis, SessionChange::Opened, latency_ms)
+            }
+            EventKind::ConnectionClosed { latency_ms } => {
+                self.session_row(connection, timestamp_millis, SessionChange::Closed, latency_ms)
             }
             EventKind::StatementStarted {
                 statement_id,
@@ -177,7 +175,7 @@ impl State {
                 let key = (connection.id, statement_id);
                 if self.statements.contains_key(&key) {
                     // A reused id: report the earlier statement before starting again.
-                    self.complete(&key, abandoned(), None);
+                    self.abandon(&key);
                 }
                 let seq = self.next_seq;
                 self.next_seq += 1;
@@ -191,7 +189,6 @@ impl State {
                         started_at_millis: timestamp_millis,
                         statement_type,
                         operation_type,
-                        chunks: ChunkStats::default(),
                         errors: Vec::new(),
                     },
                 );
@@ -201,37 +198,34 @@ impl State {
                     };
                     let oldest = oldest.clone();
                     Counters::add(&self.counters.evicted_cap, 1);
-                    self.complete(&oldest, abandoned(), None);
+                    self.abandon(&oldest);
                 }
-                Fate::Folded
+                EventFate::Folded
             }
-            EventKind::ChunkDownloaded {
-                statement_id,
-                latency_ms,
-                bytes,
-                compressed,
-            } => match self.statements.get_mut(&(connection.id, statement_id)) {
-                Some(st) => {
-                    st.chunks.record(latency_ms, bytes, compressed);
-                    Fate::Folded
-                }
-                None => Fate::Unknown,
-            },
-            EventKind::StatementCompleted {
-                statement_id,
-                completion,
-            } => Fate::from_known(self.complete(&(connection.id, statement_id), *completion, None)),
+            EventKind::StatementEnded { statement_id, end } => {
+                EventFate::from_known(self.complete(&(connection.id, statement_id), |_| *end, None))
+            }
             EventKind::Error {
                 statement_id,
                 error,
             } => self.error(connection, timestamp_millis, statement_id, *error),
         };
-        let counter = match fate {
-            Fate::Folded => &self.counters.events_folded,
-            Fate::Unknown => &self.counters.dropped_unknown_statement,
-            Fate::ErrorCap => &self.counters.dropped_error_cap,
-        };
-        Counters::add(counter, 1);
+        match fate {
+            EventFate::Folded => Counters::add(&self.counters.events_folded, 1),
+            EventFate::Dropped(reason) => self.counters.count_drop(reason, 1),
+        }
+    }
+
+    fn session_row(
+        &mut self,
+        connection: Arc<ConnectionInfo>,
+        timestamp_millis: i64,
+        change: SessionChange,
+        latency_ms: u64,
+    ) -> EventFate {
+        let log = row::connection_row(&connection, timestamp_millis, change, latency_ms);
+        self.push_row(connection, log);
+        EventFate::Folded
     }
 
     fn error(
@@ -240,25 +234,25 @@ impl State {
         timestamp_millis: i64,
         statement_id: Option<StatementId>,
         error: DriverError,
-    ) -> Fate {
+    ) -> EventFate {
         let terminal = error.class == ErrorClass::Terminal;
         let key = statement_id.map(|id| (connection.id, id));
         match key {
             Some(key) if self.statements.contains_key(&key) => {
                 if terminal {
-                    self.complete(&key, StatementCompletion::default(), Some(error));
+                    self.complete(&key, |latency_ms| measured_end(latency_ms, false), Some(error));
                     self.start_flush();
-                    return Fate::Folded;
+                    return EventFate::Folded;
                 }
                 let cap = self.config.max_errors_per_statement;
                 let Some(st) = self.statements.get_mut(&key) else {
-                    return Fate::Unknown;
+                    return EventFate::Dropped(DropReason::UnknownStatement);
                 };
                 if st.errors.len() >= cap {
-                    return Fate::ErrorCap;
+                    return EventFate::Dropped(DropReason::ErrorCap);
                 }
                 st.errors.push((timestamp_millis, error));
-                Fate::Folded
+                EventFate::Folded
             }
             key => {
                 let log = row::error_row(
@@ -271,36 +265,36 @@ impl State {
                 if terminal {
                     self.start_flush();
                 }
-                Fate::Folded
+                EventFate::Folded
             }
         }
     }
 
-    /// Removes a statement and emits its row (plus one row per kept error). Returns whether
-    /// the statement existed.
+    /// Reports a statement that never ended, with the latency measured here.
+    fn abandon(&mut self, key: &StatementKey) -> bool {
+        self.complete(key, |latency_ms| measured_end(latency_ms, true), None)
+    }
+
+    /// Removes a statement and emits its row (plus one row per kept error); `end` gets the
+    /// latency measured here, for ends that did not come from the statement's handle.
+    /// Returns whether the statement existed.
     fn complete(
         &mut self,
         key: &StatementKey,
-        completion: StatementCompletion,
+        end: impl FnOnce(u64) -> StatementEnd,
         error: Option<DriverError>,
     ) -> bool {
         let Some(st) = self.statements.remove(key) else {
             return false;
         };
         self.order.remove(&st.seq);
-        let latency_ms = completion
-            .latency_ms
-            .unwrap_or_else(|| u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX));
-        let mut chunks = st.chunks;
-        chunks.merge(&completion.chunks);
+        let measured = u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let summary = StatementSummary {
             statement_id: key.1.to_string(),
             started_at_millis: st.started_at_millis,
             statement_type: st.statement_type,
             operation_type: st.operation_type,
-            latency_ms,
-            completion,
-            chunks,
+            end: end(measured),
             error,
         };
         let log = row::statement_row(&st.connection, &summary);
@@ -325,7 +319,7 @@ impl State {
                 break;
             }
             Counters::add(&self.counters.evicted_ttl, 1);
-            self.complete(&key, abandoned(), None);
+            self.abandon(&key);
         }
         if self.pending.len() >= self.config.batch_size {
             self.start_flush();
@@ -357,7 +351,7 @@ impl State {
             } else {
                 // The sink panicked or was cancelled: its rows are lost.
                 tracing::debug!(rows = f.rows, "telemetry sink task failed; rows dropped");
-                Counters::add(&self.counters.dropped_shutdown, f.rows);
+                self.counters.count_drop(DropReason::Shutdown, f.rows);
             }
         }
     }
@@ -378,7 +372,7 @@ impl State {
                     }
                     None => {
                         f.handle.abort();
-                        Counters::add(&self.counters.dropped_shutdown, f.rows);
+                        self.counters.count_drop(DropReason::Shutdown, f.rows);
                         return false;
                     }
                 }
@@ -399,12 +393,12 @@ impl State {
         self.drain(events);
         let open: Vec<StatementKey> = self.order.values().cloned().collect();
         for key in open {
-            self.complete(&key, abandoned(), None);
+            self.abandon(&key);
         }
         if !self.flush_all(Some(deadline)).await {
             let left = self.pending.len() as u64;
             self.pending.clear();
-            Counters::add(&self.counters.dropped_shutdown, left);
+            self.counters.count_drop(DropReason::Shutdown, left);
             tracing::debug!(rows = left, "telemetry close deadline passed; rows dropped");
         }
         self.publish_gauges();
@@ -420,21 +414,26 @@ struct Clock {
 }
 
 /// What became of one event.
-enum Fate {
+enum EventFate {
     Folded,
-    Unknown,
-    ErrorCap,
+    Dropped(DropReason),
 }
 
-impl Fate {
+impl EventFate {
     fn from_known(known: bool) -> Self {
-        if known { Self::Folded } else { Self::Unknown }
+        if known {
+            Self::Folded
+        } else {
+            Self::Dropped(DropReason::UnknownStatement)
+        }
     }
 }
 
-fn abandoned() -> StatementCompletion {
-    StatementCompletion {
-        abandoned: true,
-        ..StatementCompletion::default()
+/// The end of a statement whose handle did not report one: only the latency measured here.
+fn measured_end(latency_ms: u64, abandoned: bool) -> StatementEnd {
+    StatementEnd {
+        latency_ms,
+        abandoned,
+        ..StatementEnd::default()
     }
 }

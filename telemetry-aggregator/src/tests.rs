@@ -1,53 +1,23 @@
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use telemetry_types::BoxFuture;
 use telemetry_types::classify::ErrorClass;
-use telemetry_types::config::TelemetryConfig;
+use telemetry_types::clock::now_millis;
+use telemetry_types::connection::ConnectionInfo;
+use telemetry_types::drops::DropReason;
 use telemetry_types::event::{
-    ConnectionInfo, DriverError, EventKind, StatementCompletion, TelemetryEvent, TelemetryRow,
+    ChunkStats, DriverError, EventKind, StatementCompletion, StatementEnd, TelemetryEvent,
 };
 use telemetry_types::host::Host;
-use telemetry_types::traits::{BatchSink, BoxFuture};
+use telemetry_types::row::TelemetryRow;
+use telemetry_types::sink::BatchSink;
+use telemetry_types::testing::RecordingSink;
 use telemetry_types::wire::{ExecutionResultFormat, OperationType, StatementType};
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use super::*;
-
-#[derive(Default)]
-struct Recorder {
-    batches: Mutex<Vec<Vec<TelemetryRow>>>,
-    hang: AtomicBool,
-}
-
-impl Recorder {
-    fn rows(&self) -> Vec<TelemetryRow> {
-        self.batches
-            .lock()
-            .unwrap()
-            .iter()
-            .flatten()
-            .cloned()
-            .collect()
-    }
-    fn batch_sizes(&self) -> Vec<usize> {
-        self.batches.lock().unwrap().iter().map(Vec::len).collect()
-    }
-}
-
-impl BatchSink for Recorder {
-    fn export(&self, batch: Vec<TelemetryRow>) -> BoxFuture<'_, ()> {
-        let hang = self.hang.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if hang {
-                // Longer than any close deadline used here.
-                tokio::time::sleep(Duration::from_secs(10)).await;
-            }
-            self.batches.lock().unwrap().push(batch);
-        })
-    }
-}
 
 fn conn() -> Arc<ConnectionInfo> {
     Arc::new(ConnectionInfo::new(
@@ -72,25 +42,29 @@ fn start(id: &str) -> EventKind {
     }
 }
 
-fn chunk(id: &str, latency_ms: i64, compressed: bool) -> EventKind {
-    EventKind::ChunkDownloaded {
+/// The end of a statement whose handle folded `chunks` (latency, compressed).
+fn end_with_chunks(id: &str, chunks: &[(i64, bool)]) -> EventKind {
+    let mut stats = ChunkStats::default();
+    for &(latency_ms, compressed) in chunks {
+        stats.record(latency_ms, 100, compressed);
+    }
+    EventKind::StatementEnded {
         statement_id: id.into(),
-        latency_ms,
-        bytes: 100,
-        compressed,
+        end: Box::new(StatementEnd {
+            latency_ms: 42,
+            abandoned: false,
+            chunks: stats,
+            completion: StatementCompletion {
+                execution_result: Some(ExecutionResultFormat::ExternalLinks),
+                poll_count: Some(2),
+                ..Default::default()
+            },
+        }),
     }
 }
 
 fn complete(id: &str) -> EventKind {
-    EventKind::StatementCompleted {
-        statement_id: id.into(),
-        completion: Box::new(StatementCompletion {
-            latency_ms: Some(42),
-            execution_result: Some(ExecutionResultFormat::ExternalLinks),
-            poll_count: Some(2),
-            ..Default::default()
-        }),
-    }
+    end_with_chunks(id, &[])
 }
 
 fn error(id: Option<&str>, class: ErrorClass) -> EventKind {
@@ -100,15 +74,12 @@ fn error(id: Option<&str>, class: ErrorClass) -> EventKind {
     }
 }
 
-fn config() -> TelemetryConfig {
-    TelemetryConfig {
-        enabled: true,
-        ..TelemetryConfig::default()
-    }
+fn config() -> AggregatorConfig {
+    AggregatorConfig::default()
 }
 
-fn spawn(config: TelemetryConfig) -> (Aggregator, Arc<Recorder>) {
-    let sink = Arc::new(Recorder::default());
+fn spawn(config: AggregatorConfig) -> (Aggregator, Arc<RecordingSink>) {
+    let sink = RecordingSink::new();
     (
         Aggregator::spawn(&config, sink.clone(), &Handle::current()),
         sink,
@@ -139,7 +110,6 @@ async fn connection_rows_are_immediate_and_statements_buffered_until_complete() 
     let c = conn();
     agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 5 }));
     agg.emit(ev(&c, start("s1")));
-    agg.emit(ev(&c, chunk("s1", 10, false)));
     settle().await;
     let st = agg.stats();
     assert_eq!(
@@ -173,7 +143,7 @@ async fn rows_are_dated_by_the_event_instant_or_by_the_drain() {
         at: Some(std::time::Instant::now() - Duration::from_millis(ago_ms)),
         ..ev(&c, EventKind::ConnectionOpened { latency_ms: 1 })
     };
-    let before = telemetry_types::id::now_millis();
+    let before = now_millis();
     agg.emit(at(60_000));
     agg.emit(TelemetryEvent {
         at: Some(std::time::Instant::now() - Duration::from_millis(30_000)),
@@ -186,7 +156,7 @@ async fn rows_are_dated_by_the_event_instant_or_by_the_drain() {
     });
     agg.emit(ev(&c, EventKind::ConnectionClosed { latency_ms: 1 }));
     agg.flush().await;
-    let after = telemetry_types::id::now_millis();
+    let after = now_millis();
     let rows = sink.rows();
     assert_eq!(rows.len(), 4);
     // The wall clock is real (only tokio's clock is paused): allow the test's own run time.
@@ -211,18 +181,14 @@ async fn aggregates_by_statement_id_with_chunk_statistics() {
     let c = conn();
     agg.emit(ev(&c, start("a")));
     agg.emit(ev(&c, start("b")));
-    for (lat, comp) in [
-        (0, false),
-        (-5, false),
-        (30, true),
-        (70, false),
-        (20, false),
-    ] {
-        agg.emit(ev(&c, chunk("a", lat, comp)));
-    }
-    agg.emit(ev(&c, chunk("b", 5, false)));
-    agg.emit(ev(&c, complete("a")));
-    agg.emit(ev(&c, complete("b")));
+    agg.emit(ev(
+        &c,
+        end_with_chunks(
+            "a",
+            &[(0, false), (-5, false), (30, true), (70, false), (20, false)],
+        ),
+    ));
+    agg.emit(ev(&c, end_with_chunks("b", &[(5, false)])));
     agg.flush().await;
     let rows = sink.rows();
     assert_eq!(rows.len(), 2);
@@ -252,8 +218,7 @@ async fn same_id_on_two_connections_are_two_statements() {
     let (c1, c2) = (conn(), conn());
     agg.emit(ev(&c1, start("s")));
     agg.emit(ev(&c2, start("s")));
-    agg.emit(ev(&c1, chunk("s", 10, false)));
-    agg.emit(ev(&c1, complete("s")));
+    agg.emit(ev(&c1, end_with_chunks("s", &[(10, false)])));
     agg.emit(ev(&c2, complete("s")));
     agg.flush().await;
     let rows = sink.rows();
@@ -272,20 +237,13 @@ async fn same_id_on_two_connections_are_two_statements() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn latency_measured_when_driver_gives_none() {
+async fn latency_measured_for_a_statement_open_at_close() {
     let (agg, sink) = spawn(config());
     let c = conn();
     agg.emit(ev(&c, start("s")));
     settle().await;
     tokio::time::advance(Duration::from_millis(1500)).await;
-    agg.emit(ev(
-        &c,
-        EventKind::StatementCompleted {
-            statement_id: "s".into(),
-            completion: Box::default(),
-        },
-    ));
-    agg.flush().await;
+    agg.close(Instant::now() + Duration::from_secs(1)).await;
     // Measured between the task's receipts: exact to the drain interval.
     let latency = sink.rows()[0]
         .log
@@ -298,7 +256,7 @@ async fn latency_measured_when_driver_gives_none() {
 
 #[tokio::test(start_paused = true)]
 async fn batch_size_flush() {
-    let (agg, sink) = spawn(TelemetryConfig {
+    let (agg, sink) = spawn(AggregatorConfig {
         batch_size: 3,
         max_pending_rows: 10,
         ..config()
@@ -347,12 +305,12 @@ async fn terminal_error_flushes_at_once_and_completes_its_statement() {
     // A late completion for it is counted, not turned into a row.
     agg.emit(ev(&c, complete("s")));
     agg.flush().await;
-    assert_eq!(agg.stats().dropped_unknown_statement, 1);
+    assert_eq!(agg.stats().dropped.get(DropReason::UnknownStatement), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn retryable_errors_ride_with_their_statement_capped() {
-    let (agg, sink) = spawn(TelemetryConfig {
+    let (agg, sink) = spawn(AggregatorConfig {
         max_errors_per_statement: 2,
         ..config()
     });
@@ -373,7 +331,7 @@ async fn retryable_errors_ride_with_their_statement_capped() {
             .iter()
             .all(|r| r.is_error && r.log.driver_log().sql_statement_id.as_deref() == Some("s"))
     );
-    assert_eq!(agg.stats().dropped_error_cap, 1);
+    assert_eq!(agg.stats().dropped.get(DropReason::ErrorCap), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -417,7 +375,7 @@ async fn ttl_eviction_reports_the_statement() {
 
 #[tokio::test(start_paused = true)]
 async fn cap_eviction_reports_the_oldest() {
-    let (agg, sink) = spawn(TelemetryConfig {
+    let (agg, sink) = spawn(AggregatorConfig {
         max_in_flight_statements: 2,
         ..config()
     });
@@ -449,7 +407,7 @@ async fn reused_statement_id_reports_the_earlier_one() {
 
 #[tokio::test(start_paused = true)]
 async fn queue_full_drop_counted() {
-    let (agg, _sink) = spawn(TelemetryConfig {
+    let (agg, _sink) = spawn(AggregatorConfig {
         queue_capacity: 4,
         ..config()
     });
@@ -460,14 +418,14 @@ async fn queue_full_drop_counted() {
     }
     agg.flush().await;
     let st = agg.stats();
-    assert_eq!(st.dropped_queue_full, 6);
+    assert_eq!(st.dropped.get(DropReason::QueueFull), 6);
     assert_eq!(st.events_received, 4);
     assert_eq!(st.events_emitted(), 10);
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_task_drains_before_its_tick_only_past_half_the_queue() {
-    let (agg, _sink) = spawn(TelemetryConfig {
+    let (agg, _sink) = spawn(AggregatorConfig {
         queue_capacity: 10,
         ..config()
     });
@@ -498,13 +456,13 @@ async fn the_task_drains_before_its_tick_only_past_half_the_queue() {
 
 #[tokio::test(start_paused = true)]
 async fn pending_cap_drop_keeps_errors() {
-    let (agg, sink) = spawn(TelemetryConfig {
+    let (agg, sink) = spawn(AggregatorConfig {
         batch_size: 2,
         max_pending_rows: 3,
         ..config()
     });
     let c = conn();
-    sink.hang.store(true, Ordering::SeqCst);
+    sink.set_delay(Some(Duration::from_secs(10)));
     // First two rows go into the (hanging) sink; the next ones pile up.
     agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
     agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 2 }));
@@ -516,11 +474,11 @@ async fn pending_cap_drop_keeps_errors() {
     settle().await;
     let st = agg.stats();
     assert_eq!(st.pending_rows, 3);
-    assert_eq!(st.dropped_pending_cap, 3);
+    assert_eq!(st.dropped.get(DropReason::PendingCap), 3);
     agg.close(Instant::now() + Duration::from_secs(1)).await;
     let st = agg.stats();
     assert_eq!(
-        st.dropped_shutdown,
+        st.dropped.get(DropReason::Shutdown),
         2 + 3,
         "in-flight batch and pending rows lost at the deadline"
     );
@@ -529,21 +487,21 @@ async fn pending_cap_drop_keeps_errors() {
 
 #[tokio::test(start_paused = true)]
 async fn pending_cap_keeps_the_error_row() {
-    let (agg, sink) = spawn(TelemetryConfig {
+    let (agg, sink) = spawn(AggregatorConfig {
         batch_size: 1,
         max_pending_rows: 2,
         ..config()
     });
     let c = conn();
-    sink.hang.store(true, Ordering::SeqCst);
+    sink.set_delay(Some(Duration::from_secs(10)));
     agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
     settle().await;
     agg.emit(ev(&c, error(None, ErrorClass::Unknown)));
     agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 2 }));
     agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 3 }));
     settle().await;
-    sink.hang.store(false, Ordering::SeqCst);
-    assert_eq!(agg.stats().dropped_pending_cap, 1);
+    sink.set_delay(None);
+    assert_eq!(agg.stats().dropped.get(DropReason::PendingCap), 1);
     // The slow batch ends; the rest follow.
     tokio::time::advance(Duration::from_secs(10)).await;
     agg.close(Instant::now() + Duration::from_secs(1)).await;
@@ -551,7 +509,7 @@ async fn pending_cap_keeps_the_error_row() {
     assert_eq!(rows.len(), 3);
     assert!(rows[1].is_error, "the error row survived the cap");
     assert_eq!(rows[2].log.driver_log().operation_latency_ms, Some(3));
-    assert_eq!(agg.stats().dropped_shutdown, 0);
+    assert_eq!(agg.stats().dropped.get(DropReason::Shutdown), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -560,7 +518,6 @@ async fn close_drains_completes_open_statements_and_flushes_nothing_twice() {
     let c = conn();
     agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
     agg.emit(ev(&c, start("open")));
-    agg.emit(ev(&c, chunk("open", 9, true)));
     agg.close(Instant::now() + Duration::from_secs(2)).await;
     let rows = sink.rows();
     assert_eq!(rows.len(), 2);
@@ -579,7 +536,7 @@ async fn close_drains_completes_open_statements_and_flushes_nothing_twice() {
 #[tokio::test(start_paused = true)]
 async fn close_respects_the_deadline_with_a_hanging_sink() {
     let (agg, sink) = spawn(config());
-    sink.hang.store(true, Ordering::SeqCst);
+    sink.set_delay(Some(Duration::from_secs(10)));
     let c = conn();
     for _ in 0..5 {
         agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
@@ -588,7 +545,7 @@ async fn close_respects_the_deadline_with_a_hanging_sink() {
     agg.close(started + Duration::from_secs(2)).await;
     assert!(Instant::now() - started <= Duration::from_millis(2050));
     let st = agg.stats();
-    assert_eq!(st.dropped_shutdown, 5);
+    assert_eq!(st.dropped.get(DropReason::Shutdown), 5);
     assert_eq!(st.rows_delivered, 0);
 }
 
@@ -599,7 +556,7 @@ async fn events_after_close_are_counted_not_processed() {
     agg.close(Instant::now() + Duration::from_secs(1)).await;
     agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
     settle().await;
-    assert_eq!(agg.stats().dropped_after_close, 1);
+    assert_eq!(agg.stats().dropped.get(DropReason::AfterClose), 1);
     assert!(sink.rows().is_empty());
 }
 
@@ -630,7 +587,7 @@ async fn a_panicking_sink_is_contained() {
     agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
     agg.close(Instant::now() + Duration::from_secs(1)).await;
     let st = agg.stats();
-    assert_eq!(st.dropped_shutdown, 2);
+    assert_eq!(st.dropped.get(DropReason::Shutdown), 2);
     assert_eq!(st.rows_produced, st.rows_delivered + st.rows_dropped());
     assert!(format!("{agg:?}").contains("rows_produced"));
 }
@@ -646,7 +603,7 @@ async fn accounting_identity_holds_for_random_workloads() {
             x ^= x << 17;
             x % n
         };
-        let cfg = TelemetryConfig {
+        let cfg = AggregatorConfig {
             batch_size: 1 + rnd(10) as usize,
             max_pending_rows: 10 + rnd(20) as usize,
             queue_capacity: 5 + rnd(50) as usize,
@@ -663,7 +620,7 @@ async fn accounting_identity_holds_for_random_workloads() {
             let kind = match rnd(8) {
                 0 => EventKind::ConnectionOpened { latency_ms: 1 },
                 1 | 2 => start(&id),
-                3 | 4 => chunk(&id, rnd(100) as i64 - 10, rnd(2) == 0),
+                3 | 4 => end_with_chunks(&id, &[(rnd(100) as i64 - 10, rnd(2) == 0)]),
                 5 => complete(&id),
                 6 => error(
                     Some(&id),
@@ -689,7 +646,9 @@ async fn accounting_identity_holds_for_random_workloads() {
         assert_eq!(st.events_emitted(), emitted, "seed {seed}");
         assert_eq!(
             st.events_received,
-            st.events_folded + st.dropped_unknown_statement + st.dropped_error_cap,
+            st.events_folded
+                + st.dropped.get(DropReason::UnknownStatement)
+                + st.dropped.get(DropReason::ErrorCap),
             "seed {seed}"
         );
         assert_eq!(
@@ -700,11 +659,7 @@ async fn accounting_identity_holds_for_random_workloads() {
         assert_eq!(st.rows_delivered as usize, sink.rows().len(), "seed {seed}");
         assert_eq!((st.pending_rows, st.in_flight_statements), (0, 0));
         assert_eq!(
-            st.event_drops()
-                .iter()
-                .chain(&st.row_drops())
-                .map(|(_, n)| n)
-                .sum::<u64>(),
+            st.dropped.total(),
             st.events_dropped() + st.rows_dropped()
         );
     }
@@ -725,5 +680,5 @@ async fn an_event_racing_the_final_drain_is_still_counted() {
     let counters = agg.counters.clone();
     drop(agg);
     settle().await;
-    assert_eq!(counters.snapshot().dropped_after_close, 1);
+    assert_eq!(counters.snapshot().dropped.get(DropReason::AfterClose), 1);
 }

@@ -1,85 +1,18 @@
-//! The driver-facing event vocabulary and the rows events become.
+//! The driver-facing event vocabulary: what a driver reports, on its own thread, for the
+//! background task to fold into rows.
 //!
 //! A connection's identity lives once in an [`Arc<ConnectionInfo>`]; each event carries a
 //! clone of that `Arc` (one atomic increment, no allocation) and a small [`EventKind`].
 
-use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::classify::{ErrorClass, classify_driver_error};
-use crate::host::Host;
-use crate::row::ChunkStats;
-use crate::traits::AuthProvider;
-use crate::wire::{
-    AuthType, DriverConnectionParameters, DriverSystemConfiguration, ExecutionResultFormat,
-    OperationType, StatementType, TelemetryFrontendLog,
-};
+use crate::connection::ConnectionInfo;
+use crate::wire::{ExecutionResultFormat, OperationType, StatementType};
 
 /// A statement id, shared between the handle and its events without copying the text.
 pub type StatementId = Arc<str>;
-
-static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Who produced an event: one driver connection.
-pub struct ConnectionInfo {
-    /// Process-unique id, used to key statements and group rows by credentials.
-    pub id: u64,
-    /// The normalised workspace host.
-    pub host: Host,
-    /// From `?o=<digits>` or `/o/<digits>/` in the HTTP path only.
-    pub workspace_id: Option<i64>,
-    /// The server's session id, once known.
-    pub session_id: Option<String>,
-    /// The driver's user agent (already redacted).
-    pub user_agent: String,
-    /// How the connection authenticates.
-    pub auth_type: Option<AuthType>,
-    /// Sent on `CREATE_SESSION` rows only.
-    pub system_configuration: Option<DriverSystemConfiguration>,
-    /// Sent on `CREATE_SESSION` rows only.
-    pub connection_params: Option<DriverConnectionParameters>,
-    /// The connection's credentials; `None` sends to the unauthenticated endpoint.
-    pub auth: Option<Arc<dyn AuthProvider>>,
-}
-
-impl ConnectionInfo {
-    /// A connection to `host` with nothing else known.
-    pub fn new(host: Host, user_agent: impl Into<String>) -> Self {
-        Self {
-            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
-            host,
-            workspace_id: None,
-            session_id: None,
-            user_agent: user_agent.into(),
-            auth_type: None,
-            system_configuration: None,
-            connection_params: None,
-            auth: None,
-        }
-    }
-
-    /// The identity of the credentials: rows with equal keys may share a request.
-    pub fn credentials_key(&self) -> Option<usize> {
-        self.auth
-            .as_ref()
-            .map(|a| Arc::as_ptr(a) as *const () as usize)
-    }
-}
-
-impl fmt::Debug for ConnectionInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectionInfo")
-            .field("id", &self.id)
-            .field("host", &self.host)
-            .field("workspace_id", &self.workspace_id)
-            .field("session_id", &self.session_id)
-            .field("auth_type", &self.auth_type)
-            .field("has_credentials", &self.auth.is_some())
-            .finish_non_exhaustive()
-    }
-}
 
 /// One thing that happened in the driver.
 #[derive(Debug, Clone)]
@@ -90,7 +23,7 @@ pub struct TelemetryEvent {
     /// statement started, an error. `None` (chunks, completions: they date nothing) lets the
     /// background task use the time it takes the event. An [`Instant`], not a wall time, so a
     /// statement's start costs the driver one clock reading for both its date and its latency;
-    /// the background task dates instants with one [`WallClock`](crate::id::WallClock)
+    /// the background task dates instants with one [`WallClock`](crate::clock::WallClock)
     /// reading per batch.
     pub at: Option<Instant>,
     /// What happened.
@@ -123,23 +56,14 @@ pub enum EventKind {
         /// The operation (`EXECUTE_STATEMENT`, `LIST_TABLES`, ...).
         operation_type: OperationType,
     },
-    /// A CloudFetch chunk was downloaded.
-    ChunkDownloaded {
-        /// The statement.
-        statement_id: StatementId,
-        /// Download latency; non-positive values are ignored in the statistics.
-        latency_ms: i64,
-        /// Bytes downloaded.
-        bytes: u64,
-        /// Whether the chunk was compressed.
-        compressed: bool,
-    },
-    /// A statement finished (successfully or not) or was closed / cancelled / dropped.
-    StatementCompleted {
+    /// A statement finished (successfully or not) or was closed / cancelled / dropped. Its
+    /// CloudFetch chunks ride here: the statement handle folds them as they come, so chunks
+    /// take one route and are never events of their own.
+    StatementEnded {
         /// The statement.
         statement_id: StatementId,
         /// How it ended.
-        completion: Box<StatementCompletion>,
+        end: Box<StatementEnd>,
     },
     /// An error the driver saw.
     Error {
@@ -150,11 +74,9 @@ pub enum EventKind {
     },
 }
 
-/// How a statement ended. All fields optional; the aggregator fills in what it measured.
+/// What the driver tells about a statement as it completes. All fields optional.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatementCompletion {
-    /// Start to completion, if the driver measured it (else the aggregator's measure is used).
-    pub latency_ms: Option<u64>,
     /// How the result came back.
     pub execution_result: Option<ExecutionResultFormat>,
     /// Status polls made while waiting for the result.
@@ -171,12 +93,85 @@ pub struct StatementCompletion {
     pub result_consumption_latency_ms: Option<u64>,
     /// Whether the statement was an internal call of the driver.
     pub is_internal_call: Option<bool>,
-    /// Whether the statement ended without the driver completing it (cancelled, dropped).
+}
+
+/// How a statement ended: what the driver told and what its handle measured. Built by the
+/// statement handle, or by the aggregator for a statement that never ended (evicted, open at
+/// close).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatementEnd {
+    /// Start to end.
+    pub latency_ms: u64,
+    /// Whether the statement ended without the driver completing it (dropped, evicted).
     pub abandoned: bool,
-    /// CloudFetch chunks folded before the completion was sent: `telemetry-client`'s
-    /// statement handle folds its chunks here instead of queueing an event per chunk. The
-    /// aggregator merges them with any [`EventKind::ChunkDownloaded`] it received.
+    /// Its CloudFetch chunks.
     pub chunks: ChunkStats,
+    /// What the driver told.
+    pub completion: StatementCompletion,
+}
+
+/// CloudFetch chunk statistics of one statement (spec 2.3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkStats {
+    /// Chunks downloaded.
+    pub iterated: u32,
+    /// First chunk with a positive latency.
+    pub initial_latency_ms: Option<i64>,
+    /// Largest positive latency.
+    pub slowest_latency_ms: Option<i64>,
+    /// Sum of positive latencies.
+    pub sum_latency_ms: i64,
+    /// True if any chunk was compressed.
+    pub compressed: bool,
+    /// Bytes downloaded (kept for statistics; not a wire field).
+    pub bytes: u64,
+}
+
+impl ChunkStats {
+    /// Folds one chunk in.
+    ///
+    /// ```
+    /// use telemetry_types::event::ChunkStats;
+    /// let mut s = ChunkStats::default();
+    /// for (lat, c) in [(0, false), (30, true), (50, false), (-1, false)] { s.record(lat, 10, c); }
+    /// assert_eq!((s.iterated, s.initial_latency_ms, s.slowest_latency_ms, s.sum_latency_ms, s.compressed),
+    ///            (4, Some(30), Some(50), 80, true));
+    /// ```
+    pub fn record(&mut self, latency_ms: i64, bytes: u64, compressed: bool) {
+        self.iterated = self.iterated.saturating_add(1);
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.compressed |= compressed;
+        if latency_ms > 0 {
+            self.initial_latency_ms.get_or_insert(latency_ms);
+            self.slowest_latency_ms = Some(
+                self.slowest_latency_ms
+                    .map_or(latency_ms, |s| s.max(latency_ms)),
+            );
+            self.sum_latency_ms = self.sum_latency_ms.saturating_add(latency_ms);
+        }
+    }
+
+    /// Folds in the statistics of chunks that came after `self`'s (so `self`'s initial
+    /// latency, if any, stays the initial one).
+    ///
+    /// ```
+    /// use telemetry_types::event::ChunkStats;
+    /// let (mut a, mut b) = (ChunkStats::default(), ChunkStats::default());
+    /// a.record(0, 1, false);
+    /// b.record(40, 2, true);
+    /// b.record(10, 3, false);
+    /// a.merge(&b);
+    /// assert_eq!((a.iterated, a.bytes, a.initial_latency_ms, a.slowest_latency_ms, a.sum_latency_ms, a.compressed),
+    ///            (3, 6, Some(40), Some(40), 50, true));
+    /// ```
+    pub fn merge(&mut self, later: &ChunkStats) {
+        self.iterated = self.iterated.saturating_add(later.iterated);
+        self.bytes = self.bytes.saturating_add(later.bytes);
+        self.compressed |= later.compressed;
+        self.initial_latency_ms = self.initial_latency_ms.or(later.initial_latency_ms);
+        self.slowest_latency_ms = self.slowest_latency_ms.max(later.slowest_latency_ms);
+        self.sum_latency_ms = self.sum_latency_ms.saturating_add(later.sum_latency_ms);
+    }
 }
 
 /// An error reported by the driver. The message is redacted before it leaves the process.
@@ -226,38 +221,28 @@ impl DriverError {
     }
 }
 
-/// One log ready to export, with the connection it belongs to (for credentials grouping and
-/// the unauthenticated-endpoint privacy rules).
-#[derive(Debug, Clone)]
-pub struct TelemetryRow {
-    /// The log.
-    pub log: TelemetryFrontendLog,
-    /// Its connection.
-    pub connection: Arc<ConnectionInfo>,
-    /// Error rows are kept longest when the pending buffer overflows.
-    pub is_error: bool,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traits::StaticToken;
 
     #[test]
-    fn connection_ids_unique_and_credentials_key_by_provider() {
-        let host = Host::parse("a.example", false).unwrap();
-        let a = ConnectionInfo::new(host.clone(), "ua");
-        let mut b = ConnectionInfo::new(host.clone(), "ua");
-        assert_ne!(a.id, b.id);
-        assert_eq!(a.credentials_key(), None);
-        let token: Arc<dyn AuthProvider> = Arc::new(StaticToken::new("t"));
-        b.auth = Some(token.clone());
-        let mut c = ConnectionInfo::new(host, "ua");
-        c.auth = Some(token);
-        assert_eq!(b.credentials_key(), c.credentials_key());
-        assert!(b.credentials_key().is_some());
-        let dbg = format!("{b:?}");
-        assert!(dbg.contains("has_credentials: true"));
+    fn merging_a_split_sequence_equals_recording_it_whole() {
+        let chunks: Vec<(i64, u64, bool)> = (0..12)
+            .map(|i| ((i * 37 % 11) as i64 - 3, i as u64 * 100, i % 5 == 3))
+            .collect();
+        let mut whole = ChunkStats::default();
+        chunks.iter().for_each(|&(l, b, c)| whole.record(l, b, c));
+        for split in 0..=chunks.len() {
+            let (mut earlier, mut later) = (ChunkStats::default(), ChunkStats::default());
+            chunks[..split]
+                .iter()
+                .for_each(|&(l, b, c)| earlier.record(l, b, c));
+            chunks[split..]
+                .iter()
+                .for_each(|&(l, b, c)| later.record(l, b, c));
+            earlier.merge(&later);
+            assert_eq!(earlier, whole, "split at {split}");
+        }
     }
 
     #[test]

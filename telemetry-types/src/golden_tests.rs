@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::event::{ConnectionInfo, DriverError, StatementCompletion};
+use crate::auth::StaticToken;
+use crate::connection::ConnectionInfo;
+use crate::event::{ChunkStats, DriverError, StatementCompletion, StatementEnd};
 use crate::host::Host;
-use crate::row::{self, ChunkStats, StatementSummary};
-use crate::traits::StaticToken;
+use crate::row::{self, SessionChange, StatementSummary};
 use crate::wire::*;
 
 const TS: i64 = 1_767_225_600_000;
@@ -75,8 +76,11 @@ fn statement_summary(error: Option<DriverError>) -> StatementSummary {
         started_at_millis: TS,
         statement_type: StatementType::Query,
         operation_type: OperationType::ExecuteStatement,
-        latency_ms: 412,
-        completion: StatementCompletion {
+        end: StatementEnd {
+            latency_ms: 412,
+            abandoned: false,
+            chunks,
+            completion: StatementCompletion {
             execution_result: Some(ExecutionResultFormat::ExternalLinks),
             poll_count: Some(3),
             poll_latency_ms: Some(90),
@@ -85,16 +89,15 @@ fn statement_summary(error: Option<DriverError>) -> StatementSummary {
             result_ready_latency_ms: Some(200),
             result_consumption_latency_ms: Some(150),
             is_internal_call: Some(false),
-            ..Default::default()
+            },
         },
-        chunks,
         error,
     }
 }
 
 #[test]
 fn golden_create_session_row() {
-    let v = to_json(&row::connection_row(&conn(), TS, true, 412));
+    let v = to_json(&row::connection_row(&conn(), TS, SessionChange::Opened, 412));
     assert_eq!(
         v,
         json!({
@@ -124,7 +127,7 @@ fn golden_create_session_row() {
 
 #[test]
 fn golden_delete_session_row_has_no_configuration() {
-    let v = to_json(&row::connection_row(&conn(), TS, false, 7));
+    let v = to_json(&row::connection_row(&conn(), TS, SessionChange::Closed, 7));
     assert_eq!(
         v["entry"],
         json!({"sql_driver_log": {
@@ -201,7 +204,7 @@ fn golden_error_row_is_redacted() {
 fn golden_unauthenticated_variant() {
     let err = DriverError::new("E", "boom");
     for mut log in [
-        row::connection_row(&conn(), TS, true, 1),
+        row::connection_row(&conn(), TS, SessionChange::Opened, 1),
         row::statement_row(&conn(), &statement_summary(Some(err.clone()))),
         row::error_row(&conn(), TS, Some("s"), &err),
     ] {
@@ -227,8 +230,8 @@ fn golden_unauthenticated_variant() {
 #[test]
 fn request_body_shape_and_round_trip() {
     let logs = [
-        row::connection_row(&conn(), TS, true, 1),
-        row::connection_row(&conn(), TS, false, 2),
+        row::connection_row(&conn(), TS, SessionChange::Opened, 1),
+        row::connection_row(&conn(), TS, SessionChange::Closed, 2),
     ];
     let req = TelemetryRequest::from_logs(TS + 5, logs.iter()).unwrap();
     let v = serde_json::to_value(&req).unwrap();

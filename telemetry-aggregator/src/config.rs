@@ -1,0 +1,162 @@
+//! The aggregator's settings: declared, defaulted and validated here, and nowhere else.
+//!
+//! Defaults follow the Node.js driver (batch 100, flush every 5 s, 500 pending rows, 5000
+//! statements in flight for at most 1 h, 2 s to close).
+
+use std::time::Duration;
+
+use telemetry_types::validation::ConfigError;
+
+/// How the aggregator batches and bounds what it holds.
+///
+/// ```
+/// use telemetry_aggregator::AggregatorConfig;
+/// let mut config = AggregatorConfig::default();
+/// config.batch_size = 50;
+/// config.validate().unwrap();
+/// config.batch_size = 0;
+/// assert!(config.validate().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AggregatorConfig {
+    /// Rows per batch; reaching it starts a flush. Default 100; 1..=10 000.
+    pub batch_size: usize,
+    /// Pending rows are flushed at least this often. Default 5 s; 1 ms..=1 h.
+    pub flush_interval: Duration,
+    /// Rows waiting to be exported, at most; past it the oldest non-error row is dropped.
+    /// Default 500; `batch_size..=1 000 000`.
+    pub max_pending_rows: usize,
+    /// Statements being aggregated, at most; past it the oldest is reported early.
+    /// Default 5000; 1..=1 000 000.
+    pub max_in_flight_statements: usize,
+    /// A statement never ended is reported after this long. Default 1 h; 1 s..=7 days.
+    pub statement_ttl: Duration,
+    /// Retryable errors kept on one statement, at most. Default 10; 0..=1000.
+    pub max_errors_per_statement: usize,
+    /// How long closing waits for the final flush when the aggregator is dropped without
+    /// [`close`](crate::Aggregator::close). Default 2 s; 0..=10 min.
+    pub close_timeout: Duration,
+    /// Events buffered between the driver and the background task. Default 10 000;
+    /// 1..=1 000 000.
+    pub queue_capacity: usize,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            flush_interval: Duration::from_secs(5),
+            max_pending_rows: 500,
+            max_in_flight_statements: 5000,
+            statement_ttl: Duration::from_secs(3600),
+            max_errors_per_statement: 10,
+            close_timeout: Duration::from_secs(2),
+            queue_capacity: 10_000,
+        }
+    }
+}
+
+impl AggregatorConfig {
+    /// Checks every value against its bounds; the first one out of range is the error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        const MILLION: usize = 1_000_000;
+        ConfigError::check_range(self.batch_size, 1, 10_000, "batch_size", "must be in 1..=10000")?;
+        ConfigError::check_range(
+            self.flush_interval,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+            "flush_interval",
+            "must be in 1 ms..=1 h",
+        )?;
+        ConfigError::check_range(
+            self.max_pending_rows,
+            self.batch_size,
+            MILLION,
+            "max_pending_rows",
+            "must be in batch_size..=1000000",
+        )?;
+        ConfigError::check_range(
+            self.max_in_flight_statements,
+            1,
+            MILLION,
+            "max_in_flight_statements",
+            "must be in 1..=1000000",
+        )?;
+        ConfigError::check_range(
+            self.statement_ttl,
+            Duration::from_secs(1),
+            Duration::from_secs(7 * 24 * 3600),
+            "statement_ttl",
+            "must be in 1 s..=7 days",
+        )?;
+        ConfigError::check_range(
+            self.max_errors_per_statement,
+            0,
+            1000,
+            "max_errors_per_statement",
+            "must be at most 1000",
+        )?;
+        ConfigError::check_range(
+            self.close_timeout,
+            Duration::ZERO,
+            Duration::from_secs(600),
+            "close_timeout",
+            "must be at most 10 min",
+        )?;
+        ConfigError::check_range(
+            self.queue_capacity,
+            1,
+            MILLION,
+            "queue_capacity",
+            "must be in 1..=1000000",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = AggregatorConfig::default();
+        assert_eq!(c.batch_size, 100);
+        assert_eq!(c.flush_interval, Duration::from_secs(5));
+        assert_eq!(c.max_pending_rows, 500);
+        assert_eq!(c.max_in_flight_statements, 5000);
+        assert_eq!(c.statement_ttl, Duration::from_secs(3600));
+        assert_eq!(c.max_errors_per_statement, 10);
+        assert_eq!(c.close_timeout, Duration::from_secs(2));
+        assert_eq!(c.queue_capacity, 10_000);
+        c.validate().unwrap();
+    }
+
+    fn with(f: impl FnOnce(&mut AggregatorConfig)) -> AggregatorConfig {
+        let mut c = AggregatorConfig::default();
+        f(&mut c);
+        c
+    }
+
+    #[rstest]
+    #[case(with(|c| c.batch_size = 0), "batch_size")]
+    #[case(with(|c| c.batch_size = 10_001), "batch_size")]
+    #[case(with(|c| c.flush_interval = Duration::ZERO), "flush_interval")]
+    #[case(with(|c| c.flush_interval = Duration::MAX), "flush_interval")]
+    #[case(with(|c| c.max_pending_rows = 99), "max_pending_rows")]
+    #[case(with(|c| c.max_pending_rows = usize::MAX), "max_pending_rows")]
+    #[case(with(|c| c.max_in_flight_statements = 0), "max_in_flight_statements")]
+    #[case(with(|c| c.statement_ttl = Duration::ZERO), "statement_ttl")]
+    #[case(with(|c| c.statement_ttl = Duration::MAX), "statement_ttl")]
+    #[case(with(|c| c.max_errors_per_statement = 1001), "max_errors_per_statement")]
+    #[case(with(|c| c.close_timeout = Duration::MAX), "close_timeout")]
+    #[case(with(|c| c.queue_capacity = 0), "queue_capacity")]
+    fn out_of_range_is_rejected(#[case] config: AggregatorConfig, #[case] field: &str) {
+        let err = config.validate().unwrap_err();
+        let ConfigError::Invalid { field: got, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*got, field);
+    }
+}

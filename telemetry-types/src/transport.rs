@@ -1,0 +1,104 @@
+//! The HTTP transport trait and its request, response and error types, independent of any
+//! HTTP stack (the exporter and the flag source both send through it).
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::BoxFuture;
+use crate::classify::TransportErrorKind;
+
+/// HTTP method of a [`HttpRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    /// GET (feature flags).
+    Get,
+    /// POST (export).
+    Post,
+}
+
+/// One HTTP request, independent of any HTTP stack.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    /// The method.
+    pub method: HttpMethod,
+    /// Absolute URL.
+    pub url: String,
+    /// Headers in order; names as given.
+    pub headers: Vec<(String, String)>,
+    /// Request body (empty for GET).
+    pub body: Vec<u8>,
+    /// Whole-request deadline, connect included.
+    pub timeout: Duration,
+    /// The transport stops reading (with [`TransportErrorKind::BodyTooLarge`]) past this many
+    /// response-body bytes.
+    pub max_response_bytes: usize,
+}
+
+/// One HTTP response.
+#[derive(Debug, Clone, Default)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers (names lower-case).
+    pub headers: Vec<(String, String)>,
+    /// Body, at most the request's `max_response_bytes`.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header with this name, case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A transport-level failure (no HTTP status was received).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{kind:?}: {message}")]
+pub struct TransportError {
+    /// What kind of failure, for classification.
+    pub kind: TransportErrorKind,
+    /// Human-readable detail (never contains headers or bodies).
+    pub message: String,
+}
+
+impl TransportError {
+    /// A new transport error.
+    pub fn new(kind: TransportErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Sends HTTP requests. A driver implements it to reuse its own HTTP stack (proxy, custom TLS).
+///
+/// Contract: resolves within `request.timeout` (plus scheduling slack), never panics, reads at
+/// most `max_response_bytes` of body, and maps every failure to a [`TransportError`].
+pub trait HttpTransport: Send + Sync + 'static {
+    /// Sends one request.
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_header_lookup_is_case_insensitive() {
+        let r = HttpResponse {
+            status: 429,
+            headers: vec![("retry-after".into(), "3".into())],
+            body: vec![],
+        };
+        assert_eq!(r.header("Retry-After"), Some("3"));
+        assert_eq!(r.header("x"), None);
+        let e = TransportError::new(TransportErrorKind::Timeout, "slow");
+        assert!(e.to_string().contains("slow"));
+    }
+}
