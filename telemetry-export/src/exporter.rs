@@ -5,86 +5,29 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use telemetry_breaker::{BreakerConfig, BreakerStats, CircuitBreaker, FailurePolicy, Outcome};
+use telemetry_breaker::{CircuitBreaker, Outcome};
+use telemetry_types::BoxFuture;
+use telemetry_types::auth::AuthProvider;
 use telemetry_types::classify::{ErrorClass, classify_http_status, classify_transport};
-use telemetry_types::config::TelemetryConfig;
-use telemetry_types::event::TelemetryRow;
+use telemetry_types::clock::now_millis;
+use telemetry_types::drops::{DropCounters, DropCounts, DropReason};
+use telemetry_types::flag::{FlagGate, FlagState};
 use telemetry_types::host::Host;
-use telemetry_types::id::{now_millis, random_up_to};
-use telemetry_types::row::strip_for_unauthenticated;
-use telemetry_types::traits::{
-    AuthProvider, BatchSink, BoxFuture, FlagGate, FlagState, HttpMethod, HttpRequest, HttpTransport,
-};
+use telemetry_types::redact::redact;
+use telemetry_types::row::{TelemetryRow, strip_for_unauthenticated};
+use telemetry_types::sink::BatchSink;
+use telemetry_types::transport::{HttpMethod, HttpRequest, HttpTransport};
 use telemetry_types::wire::TelemetryRequest;
+
+use crate::config::ExportConfig;
+use crate::retry::{Retry, retry_with_backoff};
 
 /// Path of the authenticated endpoint.
 pub const AUTH_PATH: &str = "/telemetry-ext";
 /// Path of the unauthenticated endpoint.
 pub const UNAUTH_PATH: &str = "/telemetry-unauth";
 /// Largest export response body read (only for debug logging).
-pub const MAX_EXPORT_RESPONSE_BYTES: usize = 64 * 1024;
-
-/// Why rows were not exported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DropReason {
-    /// The feature flag says no (or the off switch is set).
-    FlagDisabled,
-    /// The feature flag was still unknown after the wait bound.
-    FlagUnknown,
-    /// The host's breaker is open: no request was made.
-    BreakerOpen,
-    /// A 4xx answer (after retries, if it was 429).
-    Http4xx,
-    /// A 5xx answer after retries.
-    Http5xx,
-    /// Another non-2xx status.
-    HttpOther,
-    /// The transport failed (after retries, if retryable).
-    Transport,
-    /// The body could not be serialised.
-    Serialization,
-}
-
-impl DropReason {
-    /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 8] = [
-        Self::FlagDisabled,
-        Self::FlagUnknown,
-        Self::BreakerOpen,
-        Self::Http4xx,
-        Self::Http5xx,
-        Self::HttpOther,
-        Self::Transport,
-        Self::Serialization,
-    ];
-
-    /// Stable snake-case name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::FlagDisabled => "flag_disabled",
-            Self::FlagUnknown => "flag_unknown",
-            Self::BreakerOpen => "breaker_open",
-            Self::Http4xx => "http_4xx",
-            Self::Http5xx => "http_5xx",
-            Self::HttpOther => "http_other",
-            Self::Transport => "transport",
-            Self::Serialization => "serialization",
-        }
-    }
-
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
-    }
-
-    fn for_status(status: u16) -> Self {
-        match status {
-            400..=499 => Self::Http4xx,
-            500..=599 => Self::Http5xx,
-            _ => Self::HttpOther,
-        }
-    }
-}
+const MAX_EXPORT_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// A snapshot of the exporter's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,28 +40,25 @@ pub struct ExportStats {
     pub retries: u64,
     /// Rows accepted by the server (2xx).
     pub rows_exported: u64,
-    /// Rows dropped, by reason (all reasons present, zero or not).
-    pub rows_dropped: Vec<(DropReason, u64)>,
+    /// Rows dropped, by reason.
+    pub rows_dropped: DropCounts,
     /// Requests sent to the unauthenticated endpoint.
     pub unauthenticated_requests: u64,
     /// The last failure, redacted.
     pub last_error: Option<String>,
     /// The host's breaker.
-    pub breaker: BreakerStats,
+    pub breaker: telemetry_breaker::BreakerStats,
 }
 
 impl ExportStats {
     /// Rows dropped, all reasons.
     pub fn total_dropped(&self) -> u64 {
-        self.rows_dropped.iter().map(|(_, n)| n).sum()
+        self.rows_dropped.total()
     }
 
     /// Rows dropped for one reason.
     pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.rows_dropped
-            .iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, n)| *n)
+        self.rows_dropped.get(reason)
     }
 }
 
@@ -129,22 +69,9 @@ struct Counters {
     retries: AtomicU64,
     rows_exported: AtomicU64,
     unauthenticated_requests: AtomicU64,
-    dropped: [AtomicU64; DropReason::ALL.len()],
+    dropped: DropCounters,
     last_error: Mutex<Option<String>>,
     warned_terminal: AtomicBool,
-}
-
-/// The breaker settings of a telemetry config.
-pub fn breaker_config(config: &TelemetryConfig) -> BreakerConfig {
-    BreakerConfig {
-        policy: FailurePolicy::Consecutive {
-            threshold: config.breaker.failure_threshold,
-        },
-        open_duration: config.breaker.open_duration,
-        max_open_duration: config.max_retry_after.max(config.breaker.open_duration),
-        half_open_max_probes: config.breaker.half_open_probes,
-        success_threshold: config.breaker.success_threshold,
-    }
 }
 
 /// Sends one host's batches to its telemetry endpoint. Implements [`BatchSink`].
@@ -152,10 +79,11 @@ pub fn breaker_config(config: &TelemetryConfig) -> BreakerConfig {
 /// Per batch: ask the flag gate (wait up to `flag_wait_timeout` while unknown; drop unless
 /// enabled), group rows by the credentials of their connection, then per group build the
 /// body, pick the endpoint (`/telemetry-ext` with credentials, `/telemetry-unauth` without,
-/// with the privacy rules applied) and send it through the host's breaker with retries.
+/// with the privacy rules applied) and send it through the host's breaker, which sees the
+/// request and its retries as one call.
 pub struct DatabricksExporter {
     host: Host,
-    config: TelemetryConfig,
+    config: ExportConfig,
     transport: Arc<dyn HttpTransport>,
     breaker: CircuitBreaker,
     gate: Arc<dyn FlagGate>,
@@ -179,14 +107,20 @@ struct Group {
     rows: Vec<TelemetryRow>,
 }
 
-enum Attempts {
-    Sent,
-    Failed {
-        reason: DropReason,
-        class: ErrorClass,
-        retry_after: Option<Duration>,
-        error: String,
-    },
+/// Why one attempt (or, after its retries, one request) failed.
+struct SendFailure {
+    reason: DropReason,
+    class: ErrorClass,
+    /// The server's `Retry-After`, already bounded by the policy's cap.
+    retry_after: Option<Duration>,
+    error: String,
+}
+
+impl SendFailure {
+    /// A caller-side refusal (auth, bad request): says nothing about the endpoint's health.
+    fn is_refusal(&self) -> bool {
+        self.reason == DropReason::Http4xx && self.class == ErrorClass::Terminal
+    }
 }
 
 impl DatabricksExporter {
@@ -194,7 +128,7 @@ impl DatabricksExporter {
     /// the host); `gate` is the host's feature flag.
     pub fn new(
         host: Host,
-        config: TelemetryConfig,
+        config: ExportConfig,
         transport: Arc<dyn HttpTransport>,
         breaker: CircuitBreaker,
         gate: Arc<dyn FlagGate>,
@@ -232,10 +166,7 @@ impl DatabricksExporter {
             requests: c.requests.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
             rows_exported: c.rows_exported.load(Ordering::Relaxed),
-            rows_dropped: DropReason::ALL
-                .iter()
-                .map(|r| (*r, c.dropped[r.index()].load(Ordering::Relaxed)))
-                .collect(),
+            rows_dropped: c.dropped.snapshot(),
             unauthenticated_requests: c.unauthenticated_requests.load(Ordering::Relaxed),
             last_error: c
                 .last_error
@@ -247,7 +178,7 @@ impl DatabricksExporter {
     }
 
     fn drop_rows(&self, reason: DropReason, rows: usize, error: Option<String>) {
-        self.counters.dropped[reason.index()].fetch_add(rows as u64, Ordering::Relaxed);
+        self.counters.dropped.add(reason, rows as u64);
         tracing::debug!(host = %self.host, reason = reason.as_str(), rows, error = error.as_deref().unwrap_or(""), "telemetry rows dropped");
         if let Some(e) = error {
             *self
@@ -338,93 +269,82 @@ impl DatabricksExporter {
             UNAUTH_PATH
         };
         let url = format!("{}{}", self.host.base_url(), path);
-        let Ok(permit) = self.breaker.try_acquire() else {
-            return self.drop_rows(DropReason::BreakerOpen, n, None);
+        let request = HttpRequest {
+            method: HttpMethod::Post,
+            url,
+            headers,
+            body,
+            timeout: self.config.request_timeout,
+            max_response_bytes: MAX_EXPORT_RESPONSE_BYTES,
         };
-        match self.attempts(&url, headers, body).await {
-            Attempts::Sent => {
-                permit.success();
+        let sent = self
+            .breaker
+            .call_with(self.send_with_retries(&request), |result| match result {
+                Ok(()) => Outcome::Success,
+                Err(f) if f.is_refusal() => Outcome::Ignored,
+                Err(f) => Outcome::Failure {
+                    retry_after: f.retry_after,
+                },
+            })
+            .await;
+        match sent {
+            Err(_rejected) => self.drop_rows(DropReason::BreakerOpen, n, None),
+            Ok(Ok(())) => {
                 self.counters
                     .rows_exported
                     .fetch_add(n as u64, Ordering::Relaxed);
             }
-            Attempts::Failed {
-                reason,
-                class,
-                retry_after,
-                error,
-            } => {
-                if reason == DropReason::Http4xx && class == ErrorClass::Terminal {
-                    // A caller-side problem (auth, bad request), not an outage.
-                    permit.record(Outcome::Ignored);
-                    if !self.counters.warned_terminal.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(host = %self.host, error = %error, "telemetry endpoint refused the request; telemetry rows are dropped (logged once)");
-                    }
-                } else {
-                    permit.record(Outcome::Failure { retry_after });
+            Ok(Err(failure)) => {
+                if failure.is_refusal()
+                    && !self.counters.warned_terminal.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(host = %self.host, error = %failure.error, "telemetry endpoint refused the request; telemetry rows are dropped (logged once)");
                 }
-                self.drop_rows(reason, n, Some(error));
+                self.drop_rows(failure.reason, n, Some(failure.error));
             }
         }
     }
 
     /// The first try and up to `max_retries` retries of one request.
-    async fn attempts(&self, url: &str, headers: Vec<(String, String)>, body: Vec<u8>) -> Attempts {
-        let mut attempt = 0u32;
-        loop {
-            self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let result = self
-                .transport
-                .send(HttpRequest {
-                    method: HttpMethod::Post,
-                    url: url.to_owned(),
-                    headers: headers.clone(),
-                    body: body.clone(),
-                    timeout: self.config.request_timeout,
-                    max_response_bytes: MAX_EXPORT_RESPONSE_BYTES,
-                })
-                .await;
-            let (reason, class, retry_after, error) = match result {
-                Ok(resp) if (200..300).contains(&resp.status) => {
-                    tracing::debug!(host = %self.host, status = resp.status, body = %String::from_utf8_lossy(&resp.body), "telemetry batch exported");
-                    return Attempts::Sent;
-                }
-                Ok(resp) => {
-                    let retry_after = resp
-                        .header("retry-after")
-                        .and_then(parse_retry_after)
-                        .map(|d| d.min(self.config.max_retry_after));
-                    (
-                        DropReason::for_status(resp.status),
-                        classify_http_status(resp.status),
-                        retry_after,
-                        format!("HTTP {}", resp.status),
-                    )
-                }
-                Err(e) => (
-                    DropReason::Transport,
-                    classify_transport(e.kind),
-                    None,
-                    telemetry_types::redact::redact(&e.to_string()),
-                ),
-            };
-            if class != ErrorClass::Retryable || attempt >= self.config.max_retries {
-                return Attempts::Failed {
-                    reason,
-                    class,
-                    retry_after,
-                    error,
-                };
+    async fn send_with_retries(&self, request: &HttpRequest) -> Result<(), SendFailure> {
+        retry_with_backoff(
+            &self.config.retry,
+            || self.send_once(request.clone()),
+            |result| match result {
+                Err(f) if f.class == ErrorClass::Retryable => Retry::After(f.retry_after),
+                _ => Retry::Stop,
+            },
+            |attempt, wait| {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(host = %self.host, attempt, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "telemetry export retry");
+            },
+        )
+        .await
+    }
+
+    /// One attempt, classified.
+    async fn send_once(&self, request: HttpRequest) -> Result<(), SendFailure> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        match self.transport.send(request).await {
+            Ok(resp) if (200..300).contains(&resp.status) => {
+                tracing::debug!(host = %self.host, status = resp.status, body = %String::from_utf8_lossy(&resp.body), "telemetry batch exported");
+                Ok(())
             }
-            let backoff = self.config.backoff.delay(attempt)
-                + Duration::from_millis(
-                    random_up_to(self.config.backoff.jitter.as_millis() as u64),
-                );
-            let wait = retry_after.map_or(backoff, |r| r.max(backoff));
-            tracing::debug!(host = %self.host, error = %error, attempt, wait_ms = wait.as_millis() as u64, "telemetry export retry");
-            tokio::time::sleep(wait).await;
-            attempt += 1;
-            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            Ok(resp) => Err(SendFailure {
+                reason: DropReason::for_status(resp.status),
+                class: classify_http_status(resp.status),
+                retry_after: resp
+                    .header("retry-after")
+                    .and_then(parse_retry_after)
+                    .map(|d| d.min(self.config.retry.max_retry_after)),
+                error: format!("HTTP {}", resp.status),
+            }),
+            Err(e) => Err(SendFailure {
+                reason: DropReason::Transport,
+                class: classify_transport(e.kind),
+                retry_after: None,
+                error: redact(&e.to_string()),
+            }),
         }
     }
 }

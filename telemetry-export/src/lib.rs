@@ -11,24 +11,27 @@
 //!   for one host. It asks the feature flag first, groups rows by the credentials of their
 //!   connection (one tenant's rows never ride another's token), posts to `/telemetry-ext` with
 //!   credentials or `/telemetry-unauth` without (no correlation ids, no configuration, empty
-//!   stack traces), retries retryable failures with capped exponential backoff and jitter
-//!   (honouring `Retry-After` as a floor), and wraps each request's retries in the host's
-//!   circuit breaker (`telemetry-breaker`). Terminal 4xx answers do not count as outages.
-//! - Every failure is swallowed, counted by [`DropReason`] and logged at debug.
+//!   stack traces), and sends each request through the host's circuit breaker
+//!   (`telemetry-breaker`'s `call_with`), the request and its retries counting as one call.
+//!   Terminal 4xx answers do not count as outages.
+//! - [`retry_with_backoff`]: retries with capped exponential backoff and jitter under a
+//!   [`RetryPolicy`], honouring `Retry-After` as a floor.
+//! - [`ExportConfig`]: the exporter's settings, defaults and bounds.
+//! - Every failure is swallowed, counted by its
+//!   [`DropReason`](telemetry_types::drops::DropReason) and logged at debug.
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use telemetry_breaker::CircuitBreaker;
-//! use telemetry_export::{DatabricksExporter, HyperTransport, breaker_config};
-//! use telemetry_types::{config::TelemetryConfig, host::Host, traits::{FixedGate, FlagState}};
+//! use telemetry_breaker::{BreakerConfig, CircuitBreaker};
+//! use telemetry_export::{DatabricksExporter, ExportConfig, HyperTransport};
+//! use telemetry_types::{flag::{FixedGate, FlagState}, host::Host};
 //!
-//! let config = TelemetryConfig { enabled: true, ..TelemetryConfig::default() };
 //! let host = Host::parse("my-workspace.cloud.databricks.com", false).unwrap();
 //! let exporter = DatabricksExporter::new(
 //!     host.clone(),
-//!     config.clone(),
+//!     ExportConfig::default(),
 //!     Arc::new(HyperTransport::new().unwrap()),
-//!     CircuitBreaker::new(host.to_string(), breaker_config(&config)),
+//!     CircuitBreaker::new(host.to_string(), BreakerConfig::default()),
 //!     Arc::new(FixedGate(FlagState::Enabled)),
 //!     "MyDriver/1.0.0",
 //! );
@@ -36,11 +39,12 @@
 //! # let _ = exporter;
 //! ```
 
+mod config;
 mod exporter;
+mod retry;
 mod transport;
 
-pub use exporter::{
-    AUTH_PATH, DatabricksExporter, DropReason, ExportStats, MAX_EXPORT_RESPONSE_BYTES, UNAUTH_PATH,
-    breaker_config, parse_retry_after,
-};
+pub use config::ExportConfig;
+pub use exporter::{AUTH_PATH, DatabricksExporter, ExportStats, UNAUTH_PATH, parse_retry_after};
+pub use retry::{Retry, RetryPolicy, retry_with_backoff};
 pub use transport::{HyperTransport, TransportBuildError, TransportOptions};

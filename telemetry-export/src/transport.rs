@@ -14,8 +14,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use telemetry_types::classify::TransportErrorKind;
-use telemetry_types::traits::{
-    BoxFuture, HttpMethod, HttpRequest, HttpResponse, HttpTransport, TransportError,
+use telemetry_types::BoxFuture;
+use telemetry_types::transport::{
+    HttpMethod, HttpRequest, HttpResponse, HttpTransport, TransportError,
 };
 
 /// Settings of [`HyperTransport`].

@@ -5,36 +5,33 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use httpmock::prelude::*;
-use telemetry_breaker::CircuitBreaker;
-use telemetry_export::{
-    DatabricksExporter, DropReason, HyperTransport, TransportOptions, breaker_config,
-};
-use telemetry_types::config::TelemetryConfig;
-use telemetry_types::event::{ConnectionInfo, DriverError, TelemetryRow};
+use telemetry_breaker::{BreakerConfig, CircuitBreaker};
+use telemetry_export::{DatabricksExporter, ExportConfig, HyperTransport, TransportOptions};
+use telemetry_types::auth::{AuthProvider, StaticToken};
+use telemetry_types::connection::ConnectionInfo;
+use telemetry_types::drops::DropReason;
+use telemetry_types::event::DriverError;
+use telemetry_types::flag::{FixedGate, FlagState};
 use telemetry_types::host::Host;
-use telemetry_types::row;
-use telemetry_types::traits::{AuthProvider, BatchSink, FixedGate, FlagState, StaticToken};
+use telemetry_types::row::{self, TelemetryRow};
+use telemetry_types::sink::BatchSink;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-fn config() -> TelemetryConfig {
-    TelemetryConfig {
-        enabled: true,
-        request_timeout: Duration::from_millis(500),
-        max_retries: 1,
-        allow_insecure_loopback: true,
-        ..TelemetryConfig::default()
-    }
+fn config() -> ExportConfig {
+    let mut c = ExportConfig::default();
+    c.request_timeout = Duration::from_millis(500);
+    c.retry.max_retries = 1;
+    c
 }
 
 fn exporter(base: &str, transport: HyperTransport) -> DatabricksExporter {
     let host = Host::parse(base, true).unwrap();
-    let cfg = config();
     DatabricksExporter::new(
         host.clone(),
-        cfg.clone(),
+        config(),
         Arc::new(transport),
-        CircuitBreaker::new(host.to_string(), breaker_config(&cfg)),
+        CircuitBreaker::new(host.to_string(), BreakerConfig::default()),
         Arc::new(FixedGate(FlagState::Enabled)),
         "TestDriver/1.0",
     )
@@ -203,7 +200,7 @@ async fn tls_to_a_plain_http_port_fails_cleanly() {
 
 #[tokio::test]
 async fn oversized_response_body_is_cut() {
-    use telemetry_types::traits::{HttpMethod, HttpRequest, HttpTransport};
+    use telemetry_types::transport::{HttpMethod, HttpRequest, HttpTransport};
     let server = MockServer::start_async().await;
     server
         .mock_async(|when, then| {

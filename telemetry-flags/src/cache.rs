@@ -4,28 +4,35 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use telemetry_types::config::DisableSwitch;
+use telemetry_types::BoxFuture;
+use telemetry_types::auth::AuthProvider;
+use telemetry_types::flag::{FlagGate, FlagSource, FlagState};
 use telemetry_types::host::Host;
-use telemetry_types::traits::{AuthProvider, BoxFuture, FlagGate, FlagSource, FlagState};
+use telemetry_types::validation::ConfigError;
+
+use crate::switch::DisableSwitch;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-/// Settings of the cache.
+/// Settings of the cache: declared, defaulted and validated here.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FlagCacheConfig {
-    /// How long an answer is kept when the server gives no TTL. Default 15 min.
+    /// How long an answer is kept when the server gives no TTL. Default 15 min; 1 s..=1 day.
     pub default_ttl: Duration,
-    /// Lower clamp of a server TTL. Default 60 s.
+    /// Lower clamp of a server TTL. Default 60 s; 1 s..=`max_ttl`.
     pub min_ttl: Duration,
-    /// Upper clamp of a server TTL. Default 3600 s.
+    /// Upper clamp of a server TTL. Default 3600 s; at most 1 day.
     pub max_ttl: Duration,
-    /// Wait before retrying after a failed look-up; doubles each time. Default 60 s.
+    /// Wait before retrying after a failed look-up; doubles each time. Default 60 s;
+    /// 1 s..=`max_failure_backoff`.
     pub failure_backoff: Duration,
-    /// Largest failure backoff. Default 15 min.
+    /// Largest failure backoff. Default 15 min; at most 1 day.
     pub max_failure_backoff: Duration,
-    /// Guard around one look-up, in case a source ignores its own timeout. Default 15 s.
+    /// Guard around one look-up, in case a source ignores its own timeout. Default 15 s;
+    /// 1 s..=10 min.
     pub fetch_guard: Duration,
     /// The off switch; [`FlagCacheConfig::default`] reads it from the environment.
     pub switch: DisableSwitch,
@@ -46,6 +53,42 @@ impl Default for FlagCacheConfig {
 }
 
 impl FlagCacheConfig {
+    /// Checks every value against its bounds; the first one out of range is the error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        const SECOND: Duration = Duration::from_secs(1);
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        ConfigError::check_range(self.default_ttl, SECOND, DAY, "flag_ttl", "must be in 1 s..=1 day")?;
+        ConfigError::check_range(self.max_ttl, SECOND, DAY, "flags.max_ttl", "must be in 1 s..=1 day")?;
+        ConfigError::check_range(
+            self.min_ttl,
+            SECOND,
+            self.max_ttl,
+            "flags.min_ttl",
+            "must be in 1 s..=max_ttl",
+        )?;
+        ConfigError::check_range(
+            self.max_failure_backoff,
+            SECOND,
+            DAY,
+            "flags.max_failure_backoff",
+            "must be in 1 s..=1 day",
+        )?;
+        ConfigError::check_range(
+            self.failure_backoff,
+            SECOND,
+            self.max_failure_backoff,
+            "flags.failure_backoff",
+            "must be in 1 s..=max_failure_backoff",
+        )?;
+        ConfigError::check_range(
+            self.fetch_guard,
+            SECOND,
+            Duration::from_secs(600),
+            "flags.fetch_guard",
+            "must be in 1 s..=10 min",
+        )
+    }
+
     /// The TTL to use for a server's answer.
     pub fn effective_ttl(&self, server_ttl: Option<Duration>) -> Duration {
         server_ttl.map_or(self.default_ttl, |t| {
@@ -132,7 +175,7 @@ impl FeatureFlagCache {
             tracing::warn!(
                 value = %value,
                 "{} has an unrecognised value and is ignored (use 1, true, yes or on)",
-                telemetry_types::config::DISABLE_ENV_VAR
+                crate::switch::DISABLE_ENV_VAR
             );
         }
         Self {
@@ -260,8 +303,8 @@ async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<Fa
         let fetch = inner.source.fetch(&ctx.host, auth.as_deref());
         let result = match tokio::time::timeout(config.fetch_guard, fetch).await {
             Ok(r) => r,
-            Err(_) => Err(telemetry_types::traits::FlagError::Transport(
-                telemetry_types::traits::TransportError::new(
+            Err(_) => Err(telemetry_types::flag::FlagError::Transport(
+                telemetry_types::transport::TransportError::new(
                     telemetry_types::classify::TransportErrorKind::Timeout,
                     "feature-flag look-up timed out",
                 ),
@@ -308,6 +351,25 @@ async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<Fa
     }
 }
 
+/// A read-only view of one host's flag answer: one atomic load per question. It does not
+/// keep the host's context alive (a [`FlagHandle`] does).
+#[derive(Debug, Clone)]
+pub struct FlagView(Arc<AtomicU8>);
+
+impl FlagView {
+    /// The current answer.
+    #[inline]
+    pub fn state(&self) -> FlagState {
+        FlagState::from_u8(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Whether the answer is [`FlagState::Disabled`] (not merely unknown yet).
+    #[inline]
+    pub fn is_off(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == FlagState::Disabled as u8
+    }
+}
+
 /// A reference on one host's feature-flag context; dropping it releases the reference.
 pub struct FlagHandle {
     cache: FeatureFlagCache,
@@ -334,10 +396,9 @@ impl FlagHandle {
         FlagState::from_u8(self.ctx.state.load(Ordering::Acquire))
     }
 
-    /// The atomic behind [`state`](Self::state), for hot paths that keep their own pointer
-    /// (values are `FlagState as u8`).
-    pub fn state_cell(&self) -> Arc<AtomicU8> {
-        self.ctx.state.clone()
+    /// A read-only view of the answer for hot paths that keep their own pointer.
+    pub fn view(&self) -> FlagView {
+        FlagView(self.ctx.state.clone())
     }
 
     /// Waits until the answer is known, at most `timeout`; returns what is known then.

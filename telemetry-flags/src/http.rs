@@ -3,11 +3,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use telemetry_types::BoxFuture;
+use telemetry_types::auth::AuthProvider;
+use telemetry_types::flag::{FlagAnswer, FlagError, FlagSource};
 use telemetry_types::host::Host;
-use telemetry_types::traits::{
-    AuthProvider, BoxFuture, FlagAnswer, FlagError, FlagSource, HttpMethod, HttpRequest,
-    HttpTransport,
-};
+use telemetry_types::transport::{HttpMethod, HttpRequest, HttpTransport};
 
 /// A client type and flag name pair (spec section 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,14 +73,7 @@ impl ClientPreset {
 
 /// Reduces a version to `MAJOR.MINOR.PATCH` (the server answers 404 to suffixes such as
 /// `-oss`). Missing parts are 0.
-///
-/// ```
-/// use telemetry_flags::reduce_version;
-/// assert_eq!(reduce_version("1.2.3-oss"), "1.2.3");
-/// assert_eq!(reduce_version("v2.10"), "2.10.0");
-/// assert_eq!(reduce_version("3.0.1.4+build"), "3.0.1");
-/// ```
-pub fn reduce_version(version: &str) -> String {
+pub(crate) fn reduce_version(version: &str) -> String {
     let v = version.trim().trim_start_matches(['v', 'V']);
     let mut parts = [0u64; 3];
     for (slot, piece) in parts.iter_mut().zip(v.split('.')) {

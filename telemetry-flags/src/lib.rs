@@ -13,27 +13,23 @@
 //!   (1 min, doubling, at most the default TTL), never on the caller's path.
 //! - Answers are cached for 15 minutes, or the server's `ttl_seconds` clamped to 60..3600 s;
 //!   one background task per host refreshes at expiry, so concurrent readers share one request.
-//! - `DATABRICKS_TELEMETRY_DISABLED=1|true|yes|on` turns everything off without any request.
-//! - [`HttpFlagSource`] fetches over any [`HttpTransport`](telemetry_types::traits::HttpTransport).
+//! - `DATABRICKS_TELEMETRY_DISABLED=1|true|yes|on` ([`DisableSwitch`]) turns everything off
+//!   without any request.
+//! - [`FlagCacheConfig`] holds the cache's settings, defaults and bounds.
+//! - [`HttpFlagSource`] fetches over any [`HttpTransport`](telemetry_types::transport::HttpTransport).
 //!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use telemetry_flags::{FeatureFlagCache, FlagCacheConfig};
+//! use telemetry_types::flag::FlagState;
 //! use telemetry_types::host::Host;
-//! use telemetry_types::traits::{BoxFuture, AuthProvider, FlagAnswer, FlagError, FlagSource, FlagState};
-//!
-//! struct AlwaysOn;
-//! impl FlagSource for AlwaysOn {
-//!     fn fetch<'a>(&'a self, _: &'a Host, _: Option<&'a dyn AuthProvider>)
-//!         -> BoxFuture<'a, Result<FlagAnswer, FlagError>> {
-//!         Box::pin(async { Ok(FlagAnswer { enabled: true, ttl: None }) })
-//!     }
-//! }
+//! use telemetry_types::testing::ScriptedFlagSource;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let cache = FeatureFlagCache::new(Arc::new(AlwaysOn), FlagCacheConfig::default(),
+//! let source = ScriptedFlagSource::fixed(true); // or `HttpFlagSource` over a transport
+//! let cache = FeatureFlagCache::new(source, FlagCacheConfig::default(),
 //!     tokio::runtime::Handle::current());
 //! let host = Host::parse("my-workspace.cloud.databricks.com", false).unwrap();
 //! let handle = cache.acquire(&host, None);            // never waits
@@ -45,7 +41,9 @@
 
 mod cache;
 mod http;
+mod switch;
 
-pub use cache::{FeatureFlagCache, FlagCacheConfig, FlagCacheStats, FlagHandle};
-pub use http::{ClientPreset, HttpFlagSource, reduce_version};
-pub use telemetry_types::traits::FlagState;
+pub use cache::{FeatureFlagCache, FlagCacheConfig, FlagCacheStats, FlagHandle, FlagView};
+pub use http::{ClientPreset, HttpFlagSource};
+pub use switch::{DISABLE_ENV_VAR, DisableSwitch};
+pub use telemetry_types::flag::FlagState;

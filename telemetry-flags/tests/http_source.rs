@@ -8,7 +8,8 @@ use rstest::rstest;
 use telemetry_export::HyperTransport;
 use telemetry_flags::{ClientPreset, HttpFlagSource};
 use telemetry_types::host::Host;
-use telemetry_types::traits::{FlagError, FlagSource, StaticToken};
+use telemetry_types::auth::StaticToken;
+use telemetry_types::flag::{FlagError, FlagSource};
 
 const FLAG: &str = "databricks.partnerplatform.clientConfigsFeatureFlags.enableTelemetryForJdbc";
 

@@ -108,6 +108,12 @@ impl ScriptedTransport {
         t
     }
 
+    /// From now on, answers every request with `reply` (the rest of the script is dropped).
+    pub fn set_reply(&self, reply: Reply) {
+        lock(&self.script).clear();
+        *lock(&self.last) = Some(reply);
+    }
+
     /// Whether later requests hang.
     pub fn set_hang(&self, hang: bool) {
         self.hang.store(hang, Ordering::SeqCst);
@@ -385,6 +391,10 @@ mod tests {
         .map(|r| r.map(|r| r.status).unwrap_or(0))
         .collect();
         assert_eq!(codes, [503, 429, 429]);
+        t.set_reply(Ok(status(201)));
+        assert_eq!(t.send(request()).await.map(|r| r.status).ok(), Some(201));
+        assert_eq!(t.count(), 4);
+        t.count.store(3, Ordering::SeqCst);
         assert_eq!(t.count(), 3);
         assert_eq!(t.rows(), 6);
         assert_eq!(t.times().len(), 3);

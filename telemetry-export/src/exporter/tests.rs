@@ -1,109 +1,41 @@
-use std::collections::VecDeque;
-use std::sync::atomic::AtomicUsize;
-
 use rstest::rstest;
 use serde_json::Value;
+use telemetry_breaker::{BreakerConfig, BreakerState};
+use telemetry_types::auth::StaticToken;
 use telemetry_types::classify::TransportErrorKind;
-use telemetry_types::event::{ConnectionInfo, DriverError};
+use telemetry_types::connection::ConnectionInfo;
+use telemetry_types::event::DriverError;
+use telemetry_types::flag::FixedGate;
 use telemetry_types::row;
-use telemetry_types::traits::{FixedGate, HttpResponse, StaticToken, TransportError};
+use telemetry_types::testing::{LateGate, ScriptedTransport, status, with_retry_after};
+use telemetry_types::transport::TransportError;
 use tokio::time::Instant;
 
 use super::*;
 
-type Reply = Result<HttpResponse, TransportError>;
-
-/// Records requests; answers from a script (the last answer repeats).
-struct Scripted {
-    script: Mutex<VecDeque<Reply>>,
-    last: Mutex<Option<Reply>>,
-    requests: Mutex<Vec<(Instant, HttpRequest)>>,
-}
-
-impl Scripted {
-    fn new(replies: Vec<Reply>) -> Arc<Self> {
-        Arc::new(Self {
-            script: Mutex::new(replies.into()),
-            last: Mutex::new(None),
-            requests: Mutex::new(Vec::new()),
-        })
-    }
-    fn count(&self) -> usize {
-        self.requests.lock().unwrap().len()
-    }
-    fn bodies(&self) -> Vec<Value> {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, r)| serde_json::from_slice(&r.body).unwrap())
-            .collect()
-    }
-    fn times(&self) -> Vec<Instant> {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(t, _)| *t)
-            .collect()
-    }
-}
-
-impl HttpTransport for Scripted {
-    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
-        self.requests
-            .lock()
-            .unwrap()
-            .push((Instant::now(), request));
-        let reply = match self.script.lock().unwrap().pop_front() {
-            Some(r) => {
-                *self.last.lock().unwrap() = Some(r.clone());
-                r
-            }
-            None => self
-                .last
-                .lock()
-                .unwrap()
-                .clone()
-                .unwrap_or_else(|| Ok(status(200))),
-        };
-        Box::pin(async move { reply })
-    }
-}
-
-fn status(code: u16) -> HttpResponse {
-    HttpResponse {
-        status: code,
-        headers: vec![],
-        body: b"{}".to_vec(),
-    }
-}
-
-fn with_retry_after(code: u16, value: &str) -> HttpResponse {
-    HttpResponse {
-        status: code,
-        headers: vec![("retry-after".into(), value.into())],
-        body: vec![],
-    }
-}
+type Scripted = ScriptedTransport;
 
 fn host() -> Host {
     Host::parse("a.example", false).unwrap()
 }
 
-fn config() -> TelemetryConfig {
-    TelemetryConfig {
-        enabled: true,
-        ..TelemetryConfig::default()
-    }
+fn config() -> ExportConfig {
+    ExportConfig::default()
 }
 
 fn exporter_with(
     transport: Arc<Scripted>,
     gate: Arc<dyn FlagGate>,
-    config: TelemetryConfig,
+    config: ExportConfig,
 ) -> DatabricksExporter {
-    let breaker = CircuitBreaker::new("a.example", breaker_config(&config));
+    // As the facade configures it: open for 60 s, at most as long as a Retry-After honoured.
+    let breaker = CircuitBreaker::new(
+        "a.example",
+        BreakerConfig {
+            max_open_duration: Duration::from_secs(60),
+            ..BreakerConfig::default()
+        },
+    );
     DatabricksExporter::new(host(), config, transport, breaker, gate, "TestDriver/1.0")
 }
 
@@ -147,7 +79,7 @@ async fn success_counts_rows() {
         (s.requests, s.rows_exported, s.total_dropped(), s.batches),
         (1, 3, 0, 1)
     );
-    let req = &t.requests.lock().unwrap()[0].1;
+    let req = &t.requests()[0];
     assert_eq!(req.url, "https://a.example/telemetry-ext");
     assert_eq!(req.method, HttpMethod::Post);
     assert_eq!(req.timeout, Duration::from_secs(10));
@@ -258,16 +190,14 @@ async fn retry_after_is_a_floor_and_bounded() {
 #[tokio::test(start_paused = true)]
 async fn breaker_opens_then_sends_nothing_until_timeout_then_probe_closes() {
     let t = Scripted::new(vec![Ok(status(500))]);
-    let cfg = TelemetryConfig {
-        max_retries: 0,
-        ..config()
-    };
+    let mut cfg = config();
+    cfg.retry.max_retries = 0;
     let e = exporter_with(t.clone(), Arc::new(FixedGate(FlagState::Enabled)), cfg);
     let c = conn_with(Some("tok"));
     for _ in 0..5 {
         e.export(rows(&c, 1)).await;
     }
-    assert_eq!(e.breaker().state(), telemetry_breaker::BreakerState::Open);
+    assert_eq!(e.breaker().state(), BreakerState::Open);
     assert_eq!(t.count(), 5);
     for _ in 0..20 {
         e.export(rows(&c, 2)).await;
@@ -275,11 +205,11 @@ async fn breaker_opens_then_sends_nothing_until_timeout_then_probe_closes() {
     assert_eq!(t.count(), 5, "no request while open");
     assert_eq!(e.stats().dropped(DropReason::BreakerOpen), 40);
     // Endpoint recovers; after the open period two probes close the breaker.
-    *t.last.lock().unwrap() = Some(Ok(status(200)));
+    t.set_reply(Ok(status(200)));
     tokio::time::advance(Duration::from_secs(60)).await;
     e.export(rows(&c, 1)).await;
     e.export(rows(&c, 1)).await;
-    assert_eq!(e.breaker().state(), telemetry_breaker::BreakerState::Closed);
+    assert_eq!(e.breaker().state(), BreakerState::Closed);
     e.export(rows(&c, 1)).await;
     let s = e.stats();
     assert_eq!(s.rows_exported, 3);
@@ -297,32 +227,6 @@ async fn disabled_flag_means_zero_requests() {
     e.export(rows(&conn_with(Some("tok")), 4)).await;
     assert_eq!(t.count(), 0);
     assert_eq!(e.stats().dropped(DropReason::FlagDisabled), 4);
-}
-
-/// A flag not known yet, that becomes `answer` after `after` (never, if `None`).
-struct LateGate {
-    answer: FlagState,
-    after: Option<Duration>,
-}
-
-impl FlagGate for LateGate {
-    fn state(&self) -> FlagState {
-        FlagState::Unknown
-    }
-    fn wait(&self, timeout: Duration) -> BoxFuture<'_, FlagState> {
-        Box::pin(async move {
-            match self.after {
-                Some(after) if after <= timeout => {
-                    tokio::time::sleep(after).await;
-                    self.answer
-                }
-                _ => {
-                    tokio::time::sleep(timeout).await;
-                    FlagState::Unknown
-                }
-            }
-        })
-    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -360,7 +264,7 @@ async fn unauthenticated_rows_carry_no_ids_config_or_stack_trace_and_no_token() 
     let e =
         exporter(t.clone()).with_extra_headers(vec![("x-databricks-org-id".into(), "42".into())]);
     e.export(rows(&conn_with(None), 2)).await;
-    let req = t.requests.lock().unwrap()[0].1.clone();
+    let req = t.requests()[0].clone();
     assert_eq!(req.url, "https://a.example/telemetry-unauth");
     assert!(
         req.headers
@@ -384,13 +288,13 @@ async fn authenticated_export_off_forces_unauth_endpoint() {
     let e = exporter_with(
         t.clone(),
         Arc::new(FixedGate(FlagState::Enabled)),
-        TelemetryConfig {
+        ExportConfig {
             authenticated_export: false,
             ..config()
         },
     );
     e.export(rows(&conn_with(Some("tok")), 1)).await;
-    let req = t.requests.lock().unwrap()[0].1.clone();
+    let req = t.requests()[0].clone();
     assert!(req.url.ends_with(UNAUTH_PATH));
     assert!(!String::from_utf8_lossy(&req.body).contains("sess"));
     assert!(req.headers.iter().all(|(_, v)| !v.contains("tok")));
@@ -406,7 +310,7 @@ async fn two_tenants_rows_never_share_a_request() {
     batch.extend(rows(&b, 3));
     batch.extend(rows(&a, 1));
     e.export(batch).await;
-    let reqs = t.requests.lock().unwrap().clone();
+    let reqs = t.requests();
     assert_eq!(reqs.len(), 2);
     let auth = |r: &HttpRequest| {
         r.headers
@@ -414,11 +318,10 @@ async fn two_tenants_rows_never_share_a_request() {
             .find(|(k, _)| k == "Authorization")
             .map(|(_, v)| v.clone())
     };
-    assert_eq!(auth(&reqs[0].1).as_deref(), Some("Bearer token-a"));
-    assert_eq!(auth(&reqs[1].1).as_deref(), Some("Bearer token-b"));
+    assert_eq!(auth(&reqs[0]).as_deref(), Some("Bearer token-a"));
+    assert_eq!(auth(&reqs[1]).as_deref(), Some("Bearer token-b"));
     assert!(
         reqs[0]
-            .1
             .headers
             .contains(&("x-databricks-org-id".into(), "42".into()))
     );
@@ -435,7 +338,7 @@ async fn body_shape_and_headers() {
     e.export(rows(&conn_with(Some("tok")), 2)).await;
     e.export(Vec::new()).await; // nothing to do
     assert_eq!(t.count(), 1);
-    let req = t.requests.lock().unwrap()[0].1.clone();
+    let req = t.requests()[0].clone();
     for (k, v) in [
         ("Content-Type", "application/json"),
         ("Accept", "application/json"),
@@ -454,23 +357,15 @@ async fn body_shape_and_headers() {
     assert_eq!(first.driver_log().sql_statement_id.as_deref(), Some("st0"));
 }
 
-/// An auth provider that has no credentials at the moment: the unauthenticated endpoint.
-struct NoCreds(AtomicUsize);
-impl AuthProvider for NoCreds {
-    fn auth_headers(&self) -> BoxFuture<'_, Option<Vec<(String, String)>>> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async { None })
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn provider_without_credentials_falls_back_to_unauth() {
     let t = Scripted::new(vec![]);
     let e = exporter(t.clone());
     let mut c = ConnectionInfo::new(host(), "ua");
-    c.auth = Some(Arc::new(NoCreds(AtomicUsize::new(0))));
+    // A provider with no credentials at the moment.
+    c.auth = Some(Arc::new(StaticToken::new("")));
     e.export(rows(&Arc::new(c), 1)).await;
-    assert!(t.requests.lock().unwrap()[0].1.url.ends_with(UNAUTH_PATH));
+    assert!(t.requests()[0].url.ends_with(UNAUTH_PATH));
 }
 
 #[rstest]
@@ -488,23 +383,4 @@ fn future_http_date_is_a_delay() {
     let when = SystemTime::now() + Duration::from_secs(120);
     let d = parse_retry_after(&httpdate::fmt_http_date(when)).unwrap();
     assert!(d > Duration::from_secs(110) && d <= Duration::from_secs(120));
-}
-
-#[test]
-fn reason_names_are_stable() {
-    let names: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "flag_disabled",
-            "flag_unknown",
-            "breaker_open",
-            "http_4xx",
-            "http_5xx",
-            "http_other",
-            "transport",
-            "serialization"
-        ]
-    );
-    assert_eq!(DropReason::for_status(302), DropReason::HttpOther);
 }

@@ -1,63 +1,12 @@
-use std::sync::atomic::AtomicUsize;
 
 use rstest::rstest;
-use telemetry_types::traits::{FlagAnswer, FlagError, StaticToken};
+use telemetry_types::auth::StaticToken;
+use telemetry_types::flag::{FlagAnswer, FlagError};
+use telemetry_types::testing::{Answer, ScriptedFlagSource};
 
 use super::*;
 
-type Answer = Result<FlagAnswer, FlagError>;
-
-/// A scripted source: answers with `answer(n)` for the n-th request, after `delay`.
-struct Scripted {
-    requests: AtomicUsize,
-    delay: Option<Duration>,
-    answer: Box<dyn Fn(usize) -> Answer + Send + Sync>,
-    saw_auth: AtomicUsize,
-}
-
-impl Scripted {
-    fn new(answer: impl Fn(usize) -> Answer + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Self {
-            requests: AtomicUsize::new(0),
-            delay: None,
-            answer: Box::new(answer),
-            saw_auth: AtomicUsize::new(0),
-        })
-    }
-    fn slow(
-        delay: Duration,
-        answer: impl Fn(usize) -> Answer + Send + Sync + 'static,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            requests: AtomicUsize::new(0),
-            delay: Some(delay),
-            answer: Box::new(answer),
-            saw_auth: AtomicUsize::new(0),
-        })
-    }
-    fn count(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-}
-
-impl FlagSource for Scripted {
-    fn fetch<'a>(
-        &'a self,
-        _host: &'a Host,
-        auth: Option<&'a dyn AuthProvider>,
-    ) -> BoxFuture<'a, Answer> {
-        let n = self.requests.fetch_add(1, Ordering::SeqCst);
-        if auth.is_some() {
-            self.saw_auth.fetch_add(1, Ordering::SeqCst);
-        }
-        Box::pin(async move {
-            if let Some(d) = self.delay {
-                tokio::time::sleep(d).await;
-            }
-            (self.answer)(n)
-        })
-    }
-}
+type Scripted = ScriptedFlagSource;
 
 fn on(ttl: Option<u64>) -> Answer {
     Ok(FlagAnswer {
@@ -113,11 +62,14 @@ async fn shared_context_for_two_acquirers_and_removal_at_zero() {
     let first = c.acquire(&h, None);
     let second = c.acquire(&h, Some(Arc::new(StaticToken::new("t"))));
     assert_eq!(c.ref_count(&h), 2);
-    assert!(Arc::ptr_eq(&first.state_cell(), &second.state_cell()));
+    let view = second.view();
+    assert_eq!(view.state(), FlagState::Unknown);
     first.resolve(Duration::from_secs(1)).await;
+    assert_eq!(view.state(), FlagState::Enabled, "views read the one shared answer");
+    assert!(!view.is_off());
     assert_eq!(src.count(), 1, "one look-up for both");
     assert_eq!(
-        src.saw_auth.load(Ordering::SeqCst),
+        src.count_with_auth(),
         1,
         "latest acquirer's credentials used"
     );
@@ -208,7 +160,7 @@ async fn single_request_for_100_concurrent_resolves() {
 #[case(Err(FlagError::Status(404)))]
 #[case(Err(FlagError::Status(500)))]
 #[case(Err(FlagError::Malformed("bad".into())))]
-#[case(Err(FlagError::Transport(telemetry_types::traits::TransportError::new(
+#[case(Err(FlagError::Transport(telemetry_types::transport::TransportError::new(
     telemetry_types::classify::TransportErrorKind::Timeout,
     "t"
 ))))]
@@ -307,12 +259,7 @@ async fn env_switch_forbids_any_request() {
 
 #[tokio::test(start_paused = true)]
 async fn endpoint_that_never_answers_adds_no_wait() {
-    let src = Arc::new(Scripted {
-        requests: AtomicUsize::new(0),
-        delay: Some(Duration::from_secs(1_000_000)),
-        answer: Box::new(|_| on(None)),
-        saw_auth: AtomicUsize::new(0),
-    });
+    let src = Scripted::slow(Duration::from_secs(1_000_000), |_| on(None));
     let c = FeatureFlagCache::new(
         src.clone(),
         FlagCacheConfig {
@@ -362,4 +309,20 @@ fn effective_ttl_clamps() {
         c.effective_ttl(Some(Duration::from_secs(7200))),
         Duration::from_secs(3600)
     );
+}
+
+#[rstest]
+#[case(|c: &mut FlagCacheConfig| c.default_ttl = Duration::ZERO, "flag_ttl")]
+#[case(|c: &mut FlagCacheConfig| c.default_ttl = Duration::MAX, "flag_ttl")]
+#[case(|c: &mut FlagCacheConfig| c.max_ttl = Duration::MAX, "flags.max_ttl")]
+#[case(|c: &mut FlagCacheConfig| c.min_ttl = Duration::from_secs(7200), "flags.min_ttl")]
+#[case(|c: &mut FlagCacheConfig| c.max_failure_backoff = Duration::MAX, "flags.max_failure_backoff")]
+#[case(|c: &mut FlagCacheConfig| c.failure_backoff = Duration::ZERO, "flags.failure_backoff")]
+#[case(|c: &mut FlagCacheConfig| c.fetch_guard = Duration::MAX, "flags.fetch_guard")]
+fn config_out_of_range_is_rejected(#[case] set: fn(&mut FlagCacheConfig), #[case] field: &str) {
+    config().validate().unwrap();
+    let mut c = config();
+    set(&mut c);
+    let err = c.validate().unwrap_err();
+    assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
 }

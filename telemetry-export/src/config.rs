@@ -1,0 +1,103 @@
+//! The exporter's settings: declared, defaulted and validated here.
+
+use std::time::Duration;
+
+use telemetry_types::validation::ConfigError;
+
+use crate::retry::RetryPolicy;
+
+/// How the exporter sends a host's batches.
+///
+/// ```
+/// use telemetry_export::ExportConfig;
+/// let mut config = ExportConfig::default();
+/// config.retry.max_retries = 0; // the breaker alone, as the Go driver does
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExportConfig {
+    /// Retries of one request and the waits between them.
+    pub retry: RetryPolicy,
+    /// Timeout of one HTTP request (connect included). Default 10 s; 1 ms..=5 min.
+    pub request_timeout: Duration,
+    /// How long a batch waits for a feature-flag answer not yet known. Default 10 s;
+    /// at most 10 min.
+    pub flag_wait_timeout: Duration,
+    /// Send with the connection's credentials to `/telemetry-ext` when it has some; `false`
+    /// always uses `/telemetry-unauth`. Default `true`.
+    pub authenticated_export: bool,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(10),
+            flag_wait_timeout: Duration::from_secs(10),
+            authenticated_export: true,
+        }
+    }
+}
+
+impl ExportConfig {
+    /// Checks every value against its bounds; the first one out of range is the error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.retry.validate()?;
+        ConfigError::check_range(
+            self.request_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(300),
+            "request_timeout",
+            "must be in 1 ms..=5 min",
+        )?;
+        ConfigError::check_range(
+            self.flag_wait_timeout,
+            Duration::ZERO,
+            Duration::from_secs(600),
+            "flag_wait_timeout",
+            "must be at most 10 min",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_bounds() {
+        let c = ExportConfig::default();
+        assert_eq!(c.retry.max_retries, 3);
+        assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.flag_wait_timeout, Duration::from_secs(10));
+        assert!(c.authenticated_export);
+        c.validate().unwrap();
+        for (bad, field) in [
+            (
+                ExportConfig {
+                    request_timeout: Duration::ZERO,
+                    ..c.clone()
+                },
+                "request_timeout",
+            ),
+            (
+                ExportConfig {
+                    request_timeout: Duration::MAX,
+                    ..c.clone()
+                },
+                "request_timeout",
+            ),
+            (
+                ExportConfig {
+                    flag_wait_timeout: Duration::MAX,
+                    ..c.clone()
+                },
+                "flag_wait_timeout",
+            ),
+        ] {
+            let err = bad.validate().unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+}
