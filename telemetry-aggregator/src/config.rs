@@ -61,7 +61,13 @@ impl AggregatorConfig {
     /// Checks every value against its bounds; the first one out of range is the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
         const MILLION: usize = 1_000_000;
-        ConfigError::check_range(self.batch_size, 1, 10_000, "batch_size", "must be in 1..=10000")?;
+        ConfigError::check_range(
+            self.batch_size,
+            1,
+            10_000,
+            "batch_size",
+            "must be in 1..=10000",
+        )?;
         ConfigError::check_range(
             self.flush_interval,
             Duration::from_millis(1),

@@ -21,7 +21,7 @@
 //!   At most one batch is in the sink at a time. Pending rows are capped; past the cap the
 //!   oldest non-error row is dropped.
 //! - **Accounting**: every event ends folded or in a drop counted by its
-//!   [`DropReason`](telemetry_types::drops::DropReason), and every row ends handed to the sink
+//!   [`DropReason`], and every row ends handed to the sink
 //!   or in a counted drop ([`AggregatorStats`]).
 //!
 //! ```

@@ -133,11 +133,7 @@ impl State {
         Counters::set(&self.counters.pending_rows, self.pending.len() as u64);
     }
 
-    fn push_row(
-        &mut self,
-        connection: Arc<ConnectionInfo>,
-        log: TelemetryFrontendLog,
-    ) {
+    fn push_row(&mut self, connection: Arc<ConnectionInfo>, log: TelemetryFrontendLog) {
         let is_error = log.driver_log().error_info.is_some();
         Counters::add(&self.counters.rows_produced, 1);
         if self.pending.len() >= self.config.max_pending_rows {
@@ -161,12 +157,18 @@ impl State {
         } = event;
         let timestamp_millis = at.map_or(clock.wall.millis(), |at| clock.wall.millis_at(at));
         let fate = match kind {
-            EventKind::ConnectionOpened { latency_ms } => {
-                self.session_row(connection, timestamp_millis, SessionChange::Opened, latency_ms)
-            }
-            EventKind::ConnectionClosed { latency_ms } => {
-                self.session_row(connection, timestamp_millis, SessionChange::Closed, latency_ms)
-            }
+            EventKind::ConnectionOpened { latency_ms } => self.session_row(
+                connection,
+                timestamp_millis,
+                SessionChange::Opened,
+                latency_ms,
+            ),
+            EventKind::ConnectionClosed { latency_ms } => self.session_row(
+                connection,
+                timestamp_millis,
+                SessionChange::Closed,
+                latency_ms,
+            ),
             EventKind::StatementStarted {
                 statement_id,
                 statement_type,
@@ -240,7 +242,11 @@ impl State {
         match key {
             Some(key) if self.statements.contains_key(&key) => {
                 if terminal {
-                    self.complete(&key, |latency_ms| measured_end(latency_ms, false), Some(error));
+                    self.complete(
+                        &key,
+                        |latency_ms| measured_end(latency_ms, false),
+                        Some(error),
+                    );
                     self.start_flush();
                     return EventFate::Folded;
                 }

@@ -185,7 +185,13 @@ async fn aggregates_by_statement_id_with_chunk_statistics() {
         &c,
         end_with_chunks(
             "a",
-            &[(0, false), (-5, false), (30, true), (70, false), (20, false)],
+            &[
+                (0, false),
+                (-5, false),
+                (30, true),
+                (70, false),
+                (20, false),
+            ],
         ),
     ));
     agg.emit(ev(&c, end_with_chunks("b", &[(5, false)])));
@@ -658,10 +664,7 @@ async fn accounting_identity_holds_for_random_workloads() {
         );
         assert_eq!(st.rows_delivered as usize, sink.rows().len(), "seed {seed}");
         assert_eq!((st.pending_rows, st.in_flight_statements), (0, 0));
-        assert_eq!(
-            st.dropped.total(),
-            st.events_dropped() + st.rows_dropped()
-        );
+        assert_eq!(st.dropped.total(), st.events_dropped() + st.rows_dropped());
     }
 }
 

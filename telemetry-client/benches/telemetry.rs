@@ -10,19 +10,16 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use telemetry_client::flags::ClientPreset;
-use telemetry_client::types::config::{DisableSwitch, TelemetryConfig};
-use telemetry_client::types::event::{
-    ConnectionInfo, EventKind, StatementCompletion, TelemetryEvent, TelemetryRow,
+use telemetry_aggregator::{Aggregator, AggregatorConfig};
+use telemetry_client::{
+    AuthType, ClientPreset, Connection, ConnectionOptions, DisableSwitch, Host, OperationType,
+    ProviderOptions, StatementCompletion, StatementType, StaticToken, TelemetryClientProvider,
 };
-use telemetry_client::types::host::Host;
-use telemetry_client::types::row::{self, ChunkStats, StatementSummary};
-use telemetry_client::types::traits::{
-    AuthProvider, BatchSink, BoxFuture, FlagAnswer, FlagError, FlagSource, HttpRequest,
-    HttpResponse, HttpTransport, StaticToken, TransportError,
-};
-use telemetry_client::types::wire::{OperationType, StatementType, TelemetryRequest};
-use telemetry_client::{Connection, ConnectionOptions, ProviderOptions, TelemetryClientProvider};
+use telemetry_types::connection::ConnectionInfo;
+use telemetry_types::event::{ChunkStats, EventKind, StatementEnd, TelemetryEvent};
+use telemetry_types::row::{self, StatementSummary};
+use telemetry_types::testing::{RecordingSink, ScriptedFlagSource, ScriptedTransport};
+use telemetry_types::wire::TelemetryRequest;
 
 fn quick() -> bool {
     std::env::var_os("TELEMETRY_BENCH_QUICK").is_some()
@@ -56,48 +53,23 @@ fn report(name: &str, value: String, target: &str, met: bool) {
     );
 }
 
-struct Ok200;
-impl HttpTransport for Ok200 {
-    fn send(&self, _: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
-        Box::pin(async {
-            Ok(HttpResponse {
-                status: 200,
-                headers: vec![],
-                body: vec![],
-            })
-        })
-    }
-}
-
-struct Flag(bool);
-impl FlagSource for Flag {
-    fn fetch<'a>(
-        &'a self,
-        _: &'a Host,
-        _: Option<&'a dyn AuthProvider>,
-    ) -> BoxFuture<'a, Result<FlagAnswer, FlagError>> {
-        let enabled = self.0;
-        Box::pin(async move { Ok(FlagAnswer { enabled, ttl: None }) })
-    }
-}
-
 fn provider(enabled: bool, flag: bool) -> TelemetryClientProvider {
     let mut o = ProviderOptions::new("Bench", "1.0.0", ClientPreset::jdbc());
     o.config.enabled = enabled;
-    o.config.queue_capacity = 1 << 20;
-    o.config.max_pending_rows = 1 << 20;
-    o.config.batch_size = 1000;
-    o.transport = Some(Arc::new(Ok200));
-    o.flag_source = Some(Arc::new(Flag(flag)));
+    o.config.aggregation.queue_capacity = 1_000_000;
+    o.config.aggregation.max_pending_rows = 1_000_000;
+    o.config.aggregation.batch_size = 1000;
+    o.transport = Some(ScriptedTransport::counting(200));
+    o.flag_source = Some(ScriptedFlagSource::fixed(flag));
     o.switch = Some(DisableSwitch::Unset);
     TelemetryClientProvider::new(o)
 }
 
 fn connect(p: &TelemetryClientProvider) -> Connection {
-    p.connect(ConnectionOptions {
-        auth: Some(Arc::new(StaticToken::new("t"))),
-        ..ConnectionOptions::new("bench.example")
-    })
+    p.connect(
+        ConnectionOptions::new("bench.example")
+            .with_auth(Arc::new(StaticToken::new("t")), AuthType::Pat),
+    )
 }
 
 fn wait_until(mut done: impl FnMut() -> bool) {
@@ -146,7 +118,7 @@ fn bench_enabled(name: &str, chunks: usize) -> f64 {
     let c = connect(&p);
     wait_until(|| {
         p.host_stats("bench.example")
-            .is_some_and(|h| h.flag == telemetry_client::types::traits::FlagState::Enabled)
+            .is_some_and(|h| h.flag == telemetry_client::FlagState::Enabled)
     });
     const STATEMENTS: u64 = 2000;
     let ids: Vec<String> = (0..STATEMENTS).map(|i| format!("statement-{i}")).collect();
@@ -167,7 +139,7 @@ fn bench_enabled(name: &str, chunks: usize) -> f64 {
         });
         (d, STATEMENTS * (chunks as u64 + 2))
     });
-    let drops = p.stats().events_dropped;
+    let drops = p.stats().events_dropped();
     report(name, format!("{ns:.1} ns"), "<= 100 ns", ns <= 100.0);
     if drops > 0 {
         println!("  note: {drops} events dropped (queue full) during the run");
@@ -189,7 +161,8 @@ fn bench_channel_floor() -> f64 {
                     Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return,
                 }
             }
-            std::thread::sleep(telemetry_aggregator::DRAIN_INTERVAL);
+            // The aggregator's intake drains on a 10 ms tick; the floor drains the same way.
+            std::thread::sleep(Duration::from_millis(10));
         }
     });
     let ns = median_per_unit(|| {
@@ -210,14 +183,6 @@ fn bench_channel_floor() -> f64 {
     ns
 }
 
-struct NullSink;
-impl BatchSink for NullSink {
-    fn export(&self, batch: Vec<TelemetryRow>) -> BoxFuture<'_, ()> {
-        drop(black_box(batch));
-        Box::pin(async {})
-    }
-}
-
 fn bench_aggregation() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -231,13 +196,14 @@ fn bench_aggregation() {
     let ids: Vec<Arc<str>> = (0..STATEMENTS)
         .map(|i| Arc::from(format!("s{i}").as_str()))
         .collect();
-    let config = TelemetryConfig {
-        enabled: true,
-        queue_capacity: STATEMENTS * 6,
-        max_pending_rows: STATEMENTS * 2,
-        batch_size: 1000,
-        ..TelemetryConfig::default()
-    };
+    let mut config = AggregatorConfig::default();
+    config.queue_capacity = STATEMENTS * 2;
+    config.max_pending_rows = STATEMENTS * 2;
+    config.batch_size = 1000;
+    let mut chunks = ChunkStats::default();
+    for _ in 0..3 {
+        chunks.record(5, 10, true);
+    }
     let ns = median_per_unit(|| {
         let agg = telemetry_aggregator_spawn(&rt, &config);
         for id in &ids {
@@ -251,23 +217,20 @@ fn bench_aggregation() {
                 statement_type: StatementType::Query,
                 operation_type: OperationType::ExecuteStatement,
             }));
-            for _ in 0..3 {
-                agg.emit(ev(EventKind::ChunkDownloaded {
-                    statement_id: id.clone(),
-                    latency_ms: 5,
-                    bytes: 10,
-                    compressed: true,
-                }));
-            }
-            agg.emit(ev(EventKind::StatementCompleted {
+            // Its three chunks, folded by the handle, ride with the end.
+            agg.emit(ev(EventKind::StatementEnded {
                 statement_id: id.clone(),
-                completion: Box::default(),
+                end: Box::new(StatementEnd {
+                    latency_ms: 20,
+                    chunks,
+                    ..StatementEnd::default()
+                }),
             }));
         }
         // The queue is full of events; time only the background task folding them.
         let t = Instant::now();
         rt.block_on(agg.flush());
-        (t.elapsed(), (STATEMENTS * 5) as u64)
+        (t.elapsed(), (STATEMENTS * 2) as u64)
     });
     let per_sec = 1e9 / ns;
     report(
@@ -280,9 +243,9 @@ fn bench_aggregation() {
 
 fn telemetry_aggregator_spawn(
     rt: &tokio::runtime::Runtime,
-    config: &TelemetryConfig,
-) -> telemetry_aggregator::Aggregator {
-    telemetry_aggregator::Aggregator::spawn(config, Arc::new(NullSink), rt.handle())
+    config: &AggregatorConfig,
+) -> Aggregator {
+    Aggregator::spawn(config, RecordingSink::discarding(), rt.handle())
 }
 
 fn bench_serialisation() {
@@ -304,13 +267,16 @@ fn bench_serialisation() {
                     started_at_millis: 1_767_225_600_000,
                     statement_type: StatementType::Query,
                     operation_type: OperationType::ExecuteStatement,
-                    latency_ms: 412,
-                    completion: StatementCompletion {
-                        poll_count: Some(3),
-                        chunks_present: Some(2),
-                        ..Default::default()
+                    end: StatementEnd {
+                        latency_ms: 412,
+                        abandoned: false,
+                        chunks,
+                        completion: StatementCompletion {
+                            poll_count: Some(3),
+                            chunks_present: Some(2),
+                            ..Default::default()
+                        },
                     },
-                    chunks,
                     error: None,
                 },
             )

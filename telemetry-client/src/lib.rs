@@ -6,25 +6,41 @@
 //! from `telemetry-export`, a circuit breaker from `telemetry-breaker`), reference-counted by
 //! the connections that use it.
 //!
+//! ```text
+//!  driver threads                      background runtime (own thread, or the caller's)
+//!  --------------                      -------------------------------------------------
+//!  Connection / Statement handles
+//!    | event (one push, never waits)
+//!    v
+//!  bounded lock-free queue  ---drain--->  aggregator task: fold per statement -> rows
+//!                                           | batch (size, interval, terminal error,
+//!                                           v        flush, close)
+//!                                         exporter: flag gate (telemetry-flags)
+//!                                           -> group by credentials
+//!                                           -> breaker.call_with( retry_with_backoff(
+//!                                                  HttpTransport::send ) )
+//!                                           -> POST /telemetry-ext | /telemetry-unauth
+//! ```
+//!
 //! Telemetry never hurts the driver: every method here is synchronous, never waits on the
 //! network, never returns an error and never panics; when telemetry is off it costs one
 //! branch or one atomic load. When it is on, an event is one push into a lock-free queue
-//! (statement start, completion, errors, connection open / close); a CloudFetch chunk is not
+//! (statement start and end, errors, connection open / close); a CloudFetch chunk is not
 //! an event at all but a few atomic operations on its statement's handle, and its statistics
-//! ride with the completion. Whether a connection reports is decided, in this order, by the
-//! `DATABRICKS_TELEMETRY_DISABLED` environment switch, the connection's `enabled` override,
-//! `config.enabled` (default `false`: opt-in), and the server's feature flag.
+//! ride with the statement's end. Whether a connection reports is decided, in this order, by
+//! the `DATABRICKS_TELEMETRY_DISABLED` environment switch, the connection's `enabled`
+//! override, `config.enabled` (default `false`: opt-in), and the server's feature flag.
 //!
 //! ## Wiring it into a driver
 //!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use telemetry_client::{ConnectionOptions, ProviderOptions, TelemetryClientProvider};
-//! use telemetry_client::flags::ClientPreset;
-//! use telemetry_client::types::event::{DriverError, StatementCompletion};
-//! use telemetry_client::types::traits::StaticToken;
-//! use telemetry_client::types::wire::{AuthType, ExecutionResultFormat, OperationType, StatementType};
+//! use telemetry_client::{
+//!     AuthType, ClientPreset, ConnectionOptions, DriverError, ExecutionResultFormat,
+//!     OperationType, ProviderOptions, StatementCompletion, StatementType, StaticToken,
+//!     TelemetryClientProvider,
+//! };
 //!
 //! // Once per process (or driver instance). No runtime needed: background work runs on a
 //! // dedicated thread unless `options.runtime` hands one in.
@@ -34,17 +50,16 @@
 //!     ClientPreset::new("MY_RUST_DRIVER", "databricks.partnerplatform.clientConfigsFeatureFlags.enableTelemetryForMyRustDriver"),
 //! );
 //! options.config.enabled = true;
-//! # options.switch = Some(telemetry_client::types::config::DisableSwitch::Disabled); // doc test: no network
+//! # options.switch = Some(telemetry_client::DisableSwitch::Disabled); // doc test: no network
 //! let provider = TelemetryClientProvider::new(options);
 //!
 //! // Per connection, once the session is open.
-//! let connection = provider.connect(ConnectionOptions {
-//!     http_path: Some("/sql/1.0/warehouses/abc?o=1234567890123456".into()),
-//!     session_id: Some("01ef-session".into()),
-//!     auth: Some(Arc::new(StaticToken::new("dapi-example"))),
-//!     auth_type: Some(AuthType::Pat),
-//!     ..ConnectionOptions::new("https://my-workspace.cloud.databricks.com")
-//! });
+//! let mut conn_options = ConnectionOptions::new("https://my-workspace.cloud.databricks.com");
+//! conn_options.http_path = Some("/sql/1.0/warehouses/abc?o=1234567890123456".into());
+//! conn_options.session_id = Some("01ef-session".into());
+//! conn_options.auth = Some(Arc::new(StaticToken::new("dapi-example")));
+//! conn_options.auth_type = Some(AuthType::Pat);
+//! let connection = provider.connect(conn_options);
 //! connection.opened(Duration::from_millis(420));
 //!
 //! // A statement with CloudFetch chunks.
@@ -69,39 +84,67 @@
 //! ```
 //!
 //! `provider.stats()` reports what happened to every event: emitted, exported, and dropped by
-//! reason. Logs go through `tracing` at debug level, under the crates' targets
-//! (`RUST_LOG=telemetry_export=debug,telemetry_flags=debug,telemetry_aggregator=debug`).
+//! [`DropReason`]. Logs go through `tracing` at debug level, under the crates' targets
+//! (`RUST_LOG=telemetry_client=debug,telemetry_export=debug,telemetry_flags=debug,telemetry_aggregator=debug`).
+//!
+//! With the `testing` feature, `telemetry_client::testing` re-exports the test doubles of every trait (a
+//! scripted transport and flag source, a recording sink).
 
-mod handle;
+mod config;
+mod connection;
+mod emitter;
+mod options;
 mod provider;
+mod registry;
+mod runtime;
+mod statement;
+mod stats;
 mod sysinfo;
 
-pub use handle::{Connection, Statement};
-pub use provider::{
-    ConnectionOptions, HostStats, HostStatsSummary, ProviderOptions, ProviderStats,
-    TelemetryClientProvider,
-};
+// The handles and how to make them.
+pub use config::TelemetryConfig;
+pub use connection::Connection;
+pub use options::{ConnectionOptions, ProviderOptions};
+pub use provider::TelemetryClientProvider;
+pub use statement::Statement;
 pub use sysinfo::{default_system_configuration, workspace_id_from_http_path};
 
-/// The shared vocabulary (events, wire model, config, traits), re-exported.
-pub use telemetry_types as types;
+// What a driver reports.
+pub use telemetry_types::classify::ErrorClass;
+pub use telemetry_types::event::{DriverError, StatementCompletion};
+pub use telemetry_types::wire::{
+    AuthType, DriverConnectionParameters, DriverSystemConfiguration, ExecutionResultFormat,
+    HostDetails, OperationType, StatementType,
+};
 
-/// Feature-flag presets and sources, re-exported.
-pub mod flags {
-    pub use telemetry_flags::{ClientPreset, FlagCacheConfig, HttpFlagSource};
-}
+// The components' settings.
+pub use telemetry_aggregator::AggregatorConfig;
+pub use telemetry_breaker::{BreakerConfig, FailurePolicy};
+pub use telemetry_export::{ExportConfig, RetryPolicy};
+pub use telemetry_flags::{ClientPreset, DISABLE_ENV_VAR, DisableSwitch, FlagCacheConfig};
+pub use telemetry_types::validation::ConfigError;
 
-/// Statistics of the parts, re-exported.
-pub mod stats {
-    pub use telemetry_aggregator::AggregatorStats;
-    pub use telemetry_breaker::{BreakerState, BreakerStats};
-    pub use telemetry_export::{DropReason, ExportStats};
-}
+// The driver's own HTTP stack, credentials and flag source.
+pub use telemetry_export::{HyperTransport, TransportBuildError, TransportOptions};
+pub use telemetry_types::BoxFuture;
+pub use telemetry_types::auth::{AuthProvider, StaticToken};
+pub use telemetry_types::classify::TransportErrorKind;
+pub use telemetry_types::flag::{FlagAnswer, FlagError, FlagSource, FlagState};
+pub use telemetry_types::host::Host;
+pub use telemetry_types::transport::{
+    HttpMethod, HttpRequest, HttpResponse, HttpTransport, TransportError,
+};
 
-/// The default HTTP transport, re-exported (for custom roots or timeouts).
-pub mod transport {
-    pub use telemetry_export::{HyperTransport, TransportOptions};
-}
+// Statistics.
+pub use stats::{HostStats, HostStatsSummary, ProviderStats};
+pub use telemetry_aggregator::AggregatorStats;
+pub use telemetry_breaker::{BreakerState, BreakerStats};
+pub use telemetry_export::ExportStats;
+pub use telemetry_types::drops::{DropCounts, DropReason, DropUnit};
+
+/// Test doubles of every trait (feature `testing`).
+#[cfg(feature = "testing")]
+pub use telemetry_types::testing;
 
 #[cfg(test)]
 mod tests;

@@ -1,91 +1,17 @@
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use telemetry_types::config::DisableSwitch;
-use telemetry_types::event::{DriverError, StatementCompletion};
-use telemetry_types::host::Host;
-use telemetry_types::traits::{
-    AuthProvider, BoxFuture, FlagAnswer, FlagError, FlagSource, HttpRequest, HttpResponse,
-    HttpTransport, StaticToken, TransportError,
-};
-use telemetry_types::wire::{OperationType, StatementType};
+use telemetry_types::testing::{ScriptedFlagSource, ScriptedTransport};
 
 use super::*;
-use crate::flags::ClientPreset;
 
-/// Answers every export with `status` (or hangs), recording rows per request.
-struct FakeServer {
-    status: u16,
-    hang: bool,
-    requests: Mutex<Vec<HttpRequest>>,
-}
-
-impl FakeServer {
-    fn new(status: u16) -> Arc<Self> {
-        Arc::new(Self {
-            status,
-            hang: false,
-            requests: Mutex::new(Vec::new()),
-        })
-    }
-    fn hanging() -> Arc<Self> {
-        Arc::new(Self {
-            status: 200,
-            hang: true,
-            requests: Mutex::new(Vec::new()),
-        })
-    }
-    fn count(&self) -> usize {
-        self.requests.lock().unwrap().len()
-    }
-    fn rows(&self) -> usize {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-                v["protoLogs"].as_array().unwrap().len()
-            })
-            .sum()
-    }
-}
-
-impl HttpTransport for FakeServer {
-    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
-        self.requests.lock().unwrap().push(request);
-        Box::pin(async move {
-            if self.hang {
-                std::future::pending::<()>().await;
-            }
-            Ok(HttpResponse {
-                status: self.status,
-                headers: vec![],
-                body: vec![],
-            })
-        })
-    }
-}
-
-struct Flag(bool, AtomicUsize);
-
-impl FlagSource for Flag {
-    fn fetch<'a>(
-        &'a self,
-        _: &'a Host,
-        _: Option<&'a dyn AuthProvider>,
-    ) -> BoxFuture<'a, Result<FlagAnswer, FlagError>> {
-        self.1.fetch_add(1, Ordering::SeqCst);
-        let enabled = self.0;
-        Box::pin(async move { Ok(FlagAnswer { enabled, ttl: None }) })
-    }
-}
+type FakeServer = ScriptedTransport;
+type Flag = ScriptedFlagSource;
 
 fn options(server: &Arc<FakeServer>, flag: &Arc<Flag>) -> ProviderOptions {
     let mut o = ProviderOptions::new("TestDriver", "1.0.0", ClientPreset::jdbc());
     o.config.enabled = true;
-    o.config.close_timeout = Duration::from_millis(500);
+    o.config.aggregation.close_timeout = Duration::from_millis(500);
     o.transport = Some(server.clone());
     o.flag_source = Some(flag.clone());
     o.switch = Some(DisableSwitch::Unset);
@@ -93,7 +19,7 @@ fn options(server: &Arc<FakeServer>, flag: &Arc<Flag>) -> ProviderOptions {
 }
 
 fn flag(enabled: bool) -> Arc<Flag> {
-    Arc::new(Flag(enabled, AtomicUsize::new(0)))
+    Flag::fixed(enabled)
 }
 
 fn conn_opts(host: &str) -> ConnectionOptions {
@@ -118,7 +44,7 @@ fn workload(c: &Connection) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_per_host_shared_and_ref_counted() {
-    let (server, f) = (FakeServer::new(200), flag(true));
+    let (server, f) = (FakeServer::always(200), flag(true));
     let p = TelemetryClientProvider::new(ProviderOptions {
         runtime: Some(tokio::runtime::Handle::current()),
         ..options(&server, &f)
@@ -149,7 +75,7 @@ async fn one_client_per_host_shared_and_ref_counted() {
     assert_eq!(p.stats().clients_closed, 3);
     // At most one look-up per client; the last client may be released before its background
     // look-up starts (the look-up is then cancelled, as it should be).
-    let lookups = f.1.load(Ordering::SeqCst);
+    let lookups = f.count();
     assert!(
         (2..=3).contains(&lookups),
         "one flag look-up per client: {lookups}"
@@ -158,13 +84,13 @@ async fn one_client_per_host_shared_and_ref_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_flushes_everything_with_the_right_fields() {
-    let (server, f) = (FakeServer::new(200), flag(true));
+    let (server, f) = (FakeServer::always(200), flag(true));
     let p = TelemetryClientProvider::new(options(&server, &f));
     let c = p.connect(conn_opts("a.example"));
     workload(&c);
     c.close().await;
     assert_eq!(server.rows(), 4);
-    let req = server.requests.lock().unwrap()[0].clone();
+    let req = server.requests()[0].clone();
     assert_eq!(req.url, "https://a.example/telemetry-ext");
     let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
     let first: serde_json::Value =
@@ -199,7 +125,7 @@ async fn close_flushes_everything_with_the_right_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_close_with_others_alive_flushes_its_rows() {
-    let (server, f) = (FakeServer::new(200), flag(true));
+    let (server, f) = (FakeServer::always(200), flag(true));
     let p = TelemetryClientProvider::new(options(&server, &f));
     let keep = p.connect(conn_opts("a.example"));
     let c = p.connect(conn_opts("a.example"));
@@ -212,7 +138,7 @@ async fn connection_close_with_others_alive_flushes_its_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_costs_nothing_and_sends_nothing() {
-    let (server, f) = (FakeServer::new(200), flag(true));
+    let (server, f) = (FakeServer::always(200), flag(true));
     let mut o = options(&server, &f);
     o.config.enabled = false;
     let p = TelemetryClientProvider::new(o);
@@ -225,7 +151,7 @@ async fn disabled_costs_nothing_and_sends_nothing() {
     c.close().await;
     assert_eq!(p.host_count(), 0);
     assert_eq!(server.count(), 0);
-    assert_eq!(f.1.load(Ordering::SeqCst), 0);
+    assert_eq!(f.count(), 0);
     assert_eq!(p.stats(), ProviderStats::default());
     assert_eq!(
         format!("{:?}", p.connect(conn_opts("a.example"))),
@@ -235,7 +161,7 @@ async fn disabled_costs_nothing_and_sends_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn override_beats_config_and_flag() {
-    let (server, f) = (FakeServer::new(200), flag(true));
+    let (server, f) = (FakeServer::always(200), flag(true));
     let p = TelemetryClientProvider::new(options(&server, &f));
     let off = p.connect(ConnectionOptions {
         enabled: Some(false),
@@ -258,7 +184,7 @@ async fn override_beats_config_and_flag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_switch_beats_everything() {
-    let (server, f) = (FakeServer::new(200), flag(true));
+    let (server, f) = (FakeServer::always(200), flag(true));
     let mut o = options(&server, &f);
     o.switch = Some(DisableSwitch::Disabled);
     let p = TelemetryClientProvider::new(o);
@@ -269,12 +195,12 @@ async fn env_switch_beats_everything() {
     assert!(!c.is_enabled());
     workload(&c);
     c.close().await;
-    assert_eq!((server.count(), f.1.load(Ordering::SeqCst)), (0, 0));
+    assert_eq!((server.count(), f.count()), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_flag_off_sends_nothing_and_turns_the_hot_path_off() {
-    let (server, f) = (FakeServer::new(200), flag(false));
+    let (server, f) = (FakeServer::always(200), flag(false));
     let p = TelemetryClientProvider::new(options(&server, &f));
     let c = p.connect(conn_opts("a.example"));
     workload(&c); // may be queued before the flag is known: dropped at export
@@ -296,7 +222,7 @@ async fn server_flag_off_sends_nothing_and_turns_the_hot_path_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_host_is_a_disabled_connection() {
-    let (server, f) = (FakeServer::new(200), flag(true));
+    let (server, f) = (FakeServer::always(200), flag(true));
     let p = TelemetryClientProvider::new(options(&server, &f));
     for bad in ["", "http://a.example", "user@a.example", "a.example/path"] {
         assert!(!p.connect(conn_opts(bad)).is_enabled(), "{bad}");
@@ -308,7 +234,7 @@ async fn invalid_host_is_a_disabled_connection() {
 
 #[test]
 fn works_without_a_runtime() {
-    let (server, f) = (FakeServer::new(200), flag(true));
+    let (server, f) = (FakeServer::always(200), flag(true));
     let p = TelemetryClientProvider::new(options(&server, &f));
     let c = p.connect(conn_opts("a.example"));
     workload(&c);
@@ -321,7 +247,7 @@ fn works_without_a_runtime() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn works_on_a_current_thread_runtime_and_drops_inside_it() {
-    let (server, f) = (FakeServer::new(200), flag(true));
+    let (server, f) = (FakeServer::always(200), flag(true));
     let p = TelemetryClientProvider::new(ProviderOptions {
         runtime: Some(tokio::runtime::Handle::current()),
         ..options(&server, &f)
@@ -349,16 +275,16 @@ async fn close_returns_by_its_deadline_when_the_endpoint_hangs() {
     let took = started.elapsed();
     assert!(took < Duration::from_millis(1500), "took {took:?}");
     let s = p.stats();
-    assert_eq!(s.rows_dropped.get("shutdown"), Some(&4));
+    assert_eq!(s.dropped.get(DropReason::Shutdown), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_failing_every_request_hurts_nothing() {
-    let (server, f) = (FakeServer::new(500), flag(true));
+    let (server, f) = (FakeServer::always(500), flag(true));
     let mut o = options(&server, &f);
-    o.config.max_retries = 0;
-    o.config.batch_size = 5;
-    o.config.max_pending_rows = 50;
+    o.config.export.retry.max_retries = 0;
+    o.config.aggregation.batch_size = 5;
+    o.config.aggregation.max_pending_rows = 50;
     let p = TelemetryClientProvider::new(o);
     let conns: Vec<_> = (0..4).map(|_| p.connect(conn_opts("a.example"))).collect();
     for c in &conns {
@@ -378,15 +304,10 @@ async fn an_endpoint_failing_every_request_hurts_nothing() {
     let s = p.stats();
     assert_eq!(s.rows_exported, 0);
     assert!(s.breaker_openings >= 1);
-    assert!(
-        s.rows_dropped.get("breaker_open").copied().unwrap_or(0) > 0,
-        "{s:?}"
-    );
+    assert!(s.dropped.get(DropReason::BreakerOpen) > 0, "{s:?}");
     assert_eq!(s.rows_produced, s.total_rows_dropped(), "{s:?}");
     let bodies: String = server
-        .requests
-        .lock()
-        .unwrap()
+        .requests()
         .iter()
         .map(|r| String::from_utf8_lossy(&r.body).into_owned())
         .collect();
@@ -395,7 +316,7 @@ async fn an_endpoint_failing_every_request_hurts_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_from_several_threads_ride_with_an_abandoned_statement() {
-    let (server, f) = (FakeServer::new(200), flag(true));
+    let (server, f) = (FakeServer::always(200), flag(true));
     let p = TelemetryClientProvider::new(options(&server, &f));
     let c = p.connect(conn_opts("a.example"));
     let s = c.statement("s1", StatementType::Query, OperationType::ExecuteStatement);
@@ -411,7 +332,7 @@ async fn chunks_from_several_threads_ride_with_an_abandoned_statement() {
     });
     drop(s); // never completed: reported as abandoned, chunks included
     c.close().await;
-    let req = server.requests.lock().unwrap()[0].clone();
+    let req = server.requests()[0].clone();
     let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
     let row: serde_json::Value =
         serde_json::from_str(body["protoLogs"][0].as_str().unwrap()).unwrap();

@@ -2,12 +2,12 @@
 //!
 //! Delivers batches of telemetry rows to a Databricks workspace (spec sections 1, 3, 5).
 //!
-//! - [`HyperTransport`]: the default [`HttpTransport`](telemetry_types::traits::HttpTransport)
+//! - [`HyperTransport`]: the default [`HttpTransport`](telemetry_types::transport::HttpTransport)
 //!   on hyper 1, hyper-util's pooled client and hyper-rustls (webpki roots; OS roots with the
 //!   `native-roots` feature; extra roots for corporate CAs), HTTP/1.1 keep-alive, 10 s connect
 //!   and request timeouts, capped response bodies. It connects directly: a driver that needs a
 //!   proxy or its own TLS stack implements the transport trait over its own client.
-//! - [`DatabricksExporter`]: the aggregator's [`BatchSink`](telemetry_types::traits::BatchSink)
+//! - [`DatabricksExporter`]: the aggregator's [`BatchSink`](telemetry_types::sink::BatchSink)
 //!   for one host. It asks the feature flag first, groups rows by the credentials of their
 //!   connection (one tenant's rows never ride another's token), posts to `/telemetry-ext` with
 //!   credentials or `/telemetry-unauth` without (no correlation ids, no configuration, empty

@@ -78,7 +78,9 @@ impl RetryPolicy {
     /// The delay before retry number `attempt` (0 = first retry), without jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        self.backoff_base.saturating_mul(factor).min(self.backoff_max)
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_max)
     }
 
     /// The wait before retry `attempt`: backoff plus jitter, or a longer (bounded)
@@ -172,8 +174,14 @@ mod tests {
             ..RetryPolicy::default()
         };
         assert_eq!(p.wait(0, None), Duration::from_millis(100));
-        assert_eq!(p.wait(0, Some(Duration::from_secs(7))), Duration::from_secs(7));
-        assert_eq!(p.wait(3, Some(Duration::from_millis(1))), Duration::from_millis(800));
+        assert_eq!(
+            p.wait(0, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            p.wait(3, Some(Duration::from_millis(1))),
+            Duration::from_millis(800)
+        );
         assert_eq!(p.wait(0, Some(Duration::MAX)), Duration::from_secs(60));
         let huge = RetryPolicy {
             backoff_base: Duration::MAX,
@@ -222,7 +230,10 @@ mod tests {
         assert_eq!((last, tries), (503, 3));
         assert_eq!(
             waits,
-            [(0, Duration::from_millis(100)), (1, Duration::from_millis(200))]
+            [
+                (0, Duration::from_millis(100)),
+                (1, Duration::from_millis(200))
+            ]
         );
         assert_eq!(started.elapsed(), Duration::from_millis(300));
     }

@@ -13,8 +13,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
-use telemetry_types::classify::TransportErrorKind;
 use telemetry_types::BoxFuture;
+use telemetry_types::classify::TransportErrorKind;
 use telemetry_types::transport::{
     HttpMethod, HttpRequest, HttpResponse, HttpTransport, TransportError,
 };

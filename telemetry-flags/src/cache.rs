@@ -57,8 +57,20 @@ impl FlagCacheConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         const SECOND: Duration = Duration::from_secs(1);
         const DAY: Duration = Duration::from_secs(24 * 3600);
-        ConfigError::check_range(self.default_ttl, SECOND, DAY, "flag_ttl", "must be in 1 s..=1 day")?;
-        ConfigError::check_range(self.max_ttl, SECOND, DAY, "flags.max_ttl", "must be in 1 s..=1 day")?;
+        ConfigError::check_range(
+            self.default_ttl,
+            SECOND,
+            DAY,
+            "flag_ttl",
+            "must be in 1 s..=1 day",
+        )?;
+        ConfigError::check_range(
+            self.max_ttl,
+            SECOND,
+            DAY,
+            "flags.max_ttl",
+            "must be in 1 s..=1 day",
+        )?;
         ConfigError::check_range(
             self.min_ttl,
             SECOND,

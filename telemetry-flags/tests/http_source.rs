@@ -7,9 +7,9 @@ use httpmock::prelude::*;
 use rstest::rstest;
 use telemetry_export::HyperTransport;
 use telemetry_flags::{ClientPreset, HttpFlagSource};
-use telemetry_types::host::Host;
 use telemetry_types::auth::StaticToken;
 use telemetry_types::flag::{FlagError, FlagSource};
+use telemetry_types::host::Host;
 
 const FLAG: &str = "databricks.partnerplatform.clientConfigsFeatureFlags.enableTelemetryForJdbc";
 

@@ -81,14 +81,14 @@ fn statement_summary(error: Option<DriverError>) -> StatementSummary {
             abandoned: false,
             chunks,
             completion: StatementCompletion {
-            execution_result: Some(ExecutionResultFormat::ExternalLinks),
-            poll_count: Some(3),
-            poll_latency_ms: Some(90),
-            retry_count: Some(1),
-            chunks_present: Some(4),
-            result_ready_latency_ms: Some(200),
-            result_consumption_latency_ms: Some(150),
-            is_internal_call: Some(false),
+                execution_result: Some(ExecutionResultFormat::ExternalLinks),
+                poll_count: Some(3),
+                poll_latency_ms: Some(90),
+                retry_count: Some(1),
+                chunks_present: Some(4),
+                result_ready_latency_ms: Some(200),
+                result_consumption_latency_ms: Some(150),
+                is_internal_call: Some(false),
             },
         },
         error,
@@ -97,7 +97,12 @@ fn statement_summary(error: Option<DriverError>) -> StatementSummary {
 
 #[test]
 fn golden_create_session_row() {
-    let v = to_json(&row::connection_row(&conn(), TS, SessionChange::Opened, 412));
+    let v = to_json(&row::connection_row(
+        &conn(),
+        TS,
+        SessionChange::Opened,
+        412,
+    ));
     assert_eq!(
         v,
         json!({

@@ -103,14 +103,13 @@ pub fn statement_row(conn: &ConnectionInfo, s: &StatementSummary) -> TelemetryFr
     let d = log.driver_log_mut();
     d.sql_statement_id = Some(s.statement_id.clone());
     d.operation_latency_ms = Some(to_i64(s.end.latency_ms));
-    let chunk_details =
-        (chunks.iterated > 0 || c.chunks_present.is_some()).then(|| ChunkDetails {
-            total_chunks_present: c.chunks_present.map(i64::from),
-            total_chunks_iterated: Some(i64::from(chunks.iterated)),
-            initial_chunk_latency_millis: chunks.initial_latency_ms,
-            slowest_chunk_latency_millis: chunks.slowest_latency_ms,
-            sum_chunks_download_time_millis: Some(chunks.sum_latency_ms),
-        });
+    let chunk_details = (chunks.iterated > 0 || c.chunks_present.is_some()).then(|| ChunkDetails {
+        total_chunks_present: c.chunks_present.map(i64::from),
+        total_chunks_iterated: Some(i64::from(chunks.iterated)),
+        initial_chunk_latency_millis: chunks.initial_latency_ms,
+        slowest_chunk_latency_millis: chunks.slowest_latency_ms,
+        sum_chunks_download_time_millis: Some(chunks.sum_latency_ms),
+    });
     let result_latency = (c.result_ready_latency_ms.is_some()
         || c.result_consumption_latency_ms.is_some())
     .then(|| ResultLatency {

@@ -5,12 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use telemetry_client::types::event::{DriverError, StatementCompletion};
-use telemetry_client::types::traits::{AuthProvider, StaticToken};
-use telemetry_client::types::wire::{
-    AuthType, ExecutionResultFormat, OperationType, StatementType,
+use telemetry_client::{
+    AuthType, ConnectionOptions, DriverError, ExecutionResultFormat, OperationType,
+    StatementCompletion, StatementType, StaticToken, TelemetryClientProvider,
 };
-use telemetry_client::{ConnectionOptions, TelemetryClientProvider};
 
 /// The shape of a run.
 #[derive(Debug, Clone)]
@@ -112,22 +110,15 @@ fn connection(
     w: &Workload,
     index: usize,
 ) -> WorkloadReport {
-    let auth = w
-        .token
-        .clone()
-        .map(|t| Arc::new(StaticToken::new(t)) as Arc<dyn AuthProvider>);
+    let mut options = ConnectionOptions::new(host)
+        .with_http_path(http_path)
+        .with_session_id(format!("sim-session-{index}"));
+    match w.token.clone() {
+        Some(t) => options = options.with_auth(Arc::new(StaticToken::new(t)), AuthType::Pat),
+        None => options.auth_type = Some(AuthType::Unknown),
+    }
     let open_started = Instant::now();
-    let conn = provider.connect(ConnectionOptions {
-        http_path: Some(http_path.to_owned()),
-        session_id: Some(format!("sim-session-{index}")),
-        auth_type: Some(if auth.is_some() {
-            AuthType::Pat
-        } else {
-            AuthType::Unknown
-        }),
-        auth,
-        ..ConnectionOptions::new(host)
-    });
+    let conn = provider.connect(options);
     conn.opened(open_started.elapsed());
     let mut r = WorkloadReport {
         events: 1,

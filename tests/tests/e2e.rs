@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use telemetry_client::flags::ClientPreset;
-use telemetry_client::types::config::DisableSwitch;
-use telemetry_client::types::event::{DriverError, StatementCompletion};
-use telemetry_client::types::traits::{AuthProvider, StaticToken};
-use telemetry_client::types::wire::{OperationType, StatementType};
-use telemetry_client::{ConnectionOptions, ProviderOptions, TelemetryClientProvider};
+use telemetry_client::{
+    AuthType, ClientPreset, ConnectionOptions, DisableSwitch, DriverError, DropReason,
+    FailurePolicy, OperationType, ProviderOptions, StatementCompletion, StatementType, StaticToken,
+    TelemetryClientProvider,
+};
 use telemetry_tests::mock::{Fault, MockWorkspace};
 use telemetry_tests::workload::{self, Workload};
 
@@ -21,19 +20,19 @@ fn options() -> ProviderOptions {
     let mut o = ProviderOptions::new("E2EDriver", "3.1.4-oss", ClientPreset::jdbc());
     o.config.enabled = true;
     o.config.allow_insecure_loopback = true;
-    o.config.close_timeout = Duration::from_millis(1500);
-    o.config.request_timeout = Duration::from_millis(1000);
+    o.config.aggregation.close_timeout = Duration::from_millis(1500);
+    o.config.export.request_timeout = Duration::from_millis(1000);
     o.switch = Some(DisableSwitch::Unset);
     o
 }
 
 fn connect(p: &TelemetryClientProvider, base: &str) -> telemetry_client::Connection {
-    p.connect(ConnectionOptions {
-        http_path: Some("/sql/protocolv1/o/555/0123-abc".into()),
-        session_id: Some("e2e-session".into()),
-        auth: Some(Arc::new(StaticToken::new("e2e-token")) as Arc<dyn AuthProvider>),
-        ..ConnectionOptions::new(base)
-    })
+    p.connect(
+        ConnectionOptions::new(base)
+            .with_http_path("/sql/protocolv1/o/555/0123-abc")
+            .with_session_id("e2e-session")
+            .with_auth(Arc::new(StaticToken::new("e2e-token")), AuthType::Pat),
+    )
 }
 
 async fn run_workload(
@@ -150,10 +149,7 @@ async fn one_client_shared_by_many_connections_and_override() {
     let base = mock.base_url();
     let p = TelemetryClientProvider::new(options());
     let conns: Vec<_> = (0..10).map(|_| connect(&p, &base)).collect();
-    let off = p.connect(ConnectionOptions {
-        enabled: Some(false),
-        ..ConnectionOptions::new(base.clone())
-    });
+    let off = p.connect(ConnectionOptions::new(base.clone()).with_enabled(false));
     assert!(!off.is_enabled());
     assert_eq!(p.ref_count(&base), 10);
     assert_eq!(p.host_count(), 1);
@@ -176,12 +172,10 @@ async fn one_client_shared_by_many_connections_and_override() {
         "the overridden connection sent nothing"
     );
     // Defaults: opt-in.
-    let defaults = ProviderOptions::new("D", "1.0.0", ClientPreset::jdbc());
+    let mut defaults = ProviderOptions::new("D", "1.0.0", ClientPreset::jdbc());
     assert!(!defaults.config.enabled);
-    let p2 = TelemetryClientProvider::new(ProviderOptions {
-        switch: Some(DisableSwitch::Unset),
-        ..defaults
-    });
+    defaults.switch = Some(DisableSwitch::Unset);
+    let p2 = TelemetryClientProvider::new(defaults);
     assert!(!p2.connect(ConnectionOptions::new(base)).is_enabled());
 }
 
@@ -212,9 +206,9 @@ async fn breaker_stops_requests_during_an_outage_and_they_resume() {
     let mock = MockWorkspace::start(&flag_name()).await.unwrap();
     mock.set_fault(Fault::Fail500);
     let mut o = options();
-    o.config.max_retries = 0;
-    o.config.batch_size = 1;
-    o.config.breaker.failure_threshold = 3;
+    o.config.export.retry.max_retries = 0;
+    o.config.aggregation.batch_size = 1;
+    o.config.breaker.policy = FailurePolicy::Consecutive { threshold: 3 };
     o.config.breaker.open_duration = Duration::from_millis(400);
     o.config.breaker.success_threshold = 1;
     let p = TelemetryClientProvider::new(o);
@@ -224,15 +218,7 @@ async fn breaker_stops_requests_during_an_outage_and_they_resume() {
         keep.opened(Duration::ZERO);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while p
-        .stats()
-        .rows_dropped
-        .get("breaker_open")
-        .copied()
-        .unwrap_or(0)
-        == 0
-        && Instant::now() < deadline
-    {
+    while p.stats().dropped.get(DropReason::BreakerOpen) == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let during = mock.export_requests();
@@ -257,7 +243,7 @@ async fn close_returns_within_its_deadline_when_the_endpoint_hangs() {
     let mock = MockWorkspace::start(&flag_name()).await.unwrap();
     mock.set_fault(Fault::Hang);
     let mut o = options();
-    o.config.request_timeout = Duration::from_secs(10);
+    o.config.export.request_timeout = Duration::from_secs(10);
     let p = TelemetryClientProvider::new(o);
     let c = connect(&p, &mock.base_url());
     c.opened(Duration::ZERO);
@@ -265,7 +251,7 @@ async fn close_returns_within_its_deadline_when_the_endpoint_hangs() {
     c.close().await;
     let took = started.elapsed();
     assert!(took < Duration::from_millis(2500), "took {took:?}");
-    assert_eq!(p.stats().rows_dropped.get("shutdown"), Some(&1));
+    assert_eq!(p.stats().dropped.get(DropReason::Shutdown), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,7 +266,7 @@ async fn telemetry_errors_never_reach_the_driver() {
         let mock = MockWorkspace::start(&flag_name()).await.unwrap();
         mock.set_fault(fault.clone());
         let mut o = options();
-        o.config.close_timeout = Duration::from_millis(300);
+        o.config.aggregation.close_timeout = Duration::from_millis(300);
         let p = TelemetryClientProvider::new(o);
         let report = run_workload(
             &p,
@@ -307,12 +293,12 @@ async fn telemetry_errors_never_reach_the_driver() {
 async fn many_connections_lose_nothing_when_healthy() {
     let mock = MockWorkspace::start(&flag_name()).await.unwrap();
     let mut o = options();
-    o.config.close_timeout = Duration::from_secs(10);
+    o.config.aggregation.close_timeout = Duration::from_secs(10);
     // 32 threads emit ~35 000 events (~7 000 rows) as fast as they can, with no driver work
     // between them: the queue and the pending rows must hold the whole burst while one batch
     // at a time goes out. With real statements the defaults (10 000 / 500) are plenty.
-    o.config.max_pending_rows = 10_000;
-    o.config.queue_capacity = 50_000;
+    o.config.aggregation.max_pending_rows = 10_000;
+    o.config.aggregation.queue_capacity = 50_000;
     let p = TelemetryClientProvider::new(o);
     let w = Workload {
         connections: 32,
@@ -325,7 +311,7 @@ async fn many_connections_lose_nothing_when_healthy() {
     let report = run_workload(&p, &mock.base_url(), w).await;
     let s = p.stats();
     assert_eq!(s.total_rows_dropped(), 0, "{s:?}");
-    assert_eq!(s.events_dropped, 0);
+    assert_eq!(s.events_dropped(), 0);
     assert_eq!(mock.rows_received(), report.expected_rows);
     assert_eq!(mock.rejected(), 0);
 }

@@ -1,4 +1,3 @@
-
 use rstest::rstest;
 use telemetry_types::auth::StaticToken;
 use telemetry_types::flag::{FlagAnswer, FlagError};
@@ -65,7 +64,11 @@ async fn shared_context_for_two_acquirers_and_removal_at_zero() {
     let view = second.view();
     assert_eq!(view.state(), FlagState::Unknown);
     first.resolve(Duration::from_secs(1)).await;
-    assert_eq!(view.state(), FlagState::Enabled, "views read the one shared answer");
+    assert_eq!(
+        view.state(),
+        FlagState::Enabled,
+        "views read the one shared answer"
+    );
     assert!(!view.is_off());
     assert_eq!(src.count(), 1, "one look-up for both");
     assert_eq!(
@@ -160,10 +163,12 @@ async fn single_request_for_100_concurrent_resolves() {
 #[case(Err(FlagError::Status(404)))]
 #[case(Err(FlagError::Status(500)))]
 #[case(Err(FlagError::Malformed("bad".into())))]
-#[case(Err(FlagError::Transport(telemetry_types::transport::TransportError::new(
-    telemetry_types::classify::TransportErrorKind::Timeout,
-    "t"
-))))]
+#[case(
+    Err(FlagError::Transport(telemetry_types::transport::TransportError::new(
+        telemetry_types::classify::TransportErrorKind::Timeout,
+        "t"
+    )))
+)]
 #[case(Ok(FlagAnswer { enabled: false, ttl: None }))]
 #[tokio::test(start_paused = true)]
 async fn failures_mean_disabled(#[case] answer: Answer) {

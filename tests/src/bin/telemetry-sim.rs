@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use telemetry_client::flags::ClientPreset;
-use telemetry_client::types::config::DisableSwitch;
+use telemetry_client::{ClientPreset, DisableSwitch};
 use telemetry_client::{ProviderOptions, ProviderStats, TelemetryClientProvider};
 use telemetry_tests::mock::{Fault, MockWorkspace};
 use telemetry_tests::workload::{self, Workload, WorkloadReport};
@@ -153,10 +152,11 @@ fn provider(args: &Args, enabled: bool) -> TelemetryClientProvider {
         ClientPreset::new(args.client_type.clone(), args.flag_name.clone()),
     );
     o.config.enabled = enabled;
-    o.config.batch_size = args.batch_size;
-    o.config.max_pending_rows = o.config.max_pending_rows.max(args.batch_size * 5);
-    o.config.flush_interval = Duration::from_millis(args.flush_interval_ms);
-    o.config.close_timeout = Duration::from_millis(args.close_timeout_ms);
+    let agg = &mut o.config.aggregation;
+    agg.batch_size = args.batch_size;
+    agg.max_pending_rows = agg.max_pending_rows.max(args.batch_size * 5);
+    agg.flush_interval = Duration::from_millis(args.flush_interval_ms);
+    agg.close_timeout = Duration::from_millis(args.close_timeout_ms);
     o.config.allow_insecure_loopback = true;
     o.switch = Some(DisableSwitch::from_env());
     TelemetryClientProvider::new(o)
@@ -324,11 +324,9 @@ fn main() -> ExitCode {
     let (report, stats) = run_once(&args, &host, !args.no_telemetry, true);
     let server_rows = mock.as_ref().map(MockWorkspace::rows_received);
     let dropped: BTreeMap<&str, u64> = stats
-        .rows_dropped
+        .dropped
         .iter()
-        .chain(stats.events_dropped_by_reason.iter())
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, v)| (*k, *v))
+        .map(|(reason, n)| (reason.as_str(), n))
         .collect();
     println!(
         "telemetry-sim against {}{}",

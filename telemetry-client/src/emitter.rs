@@ -1,0 +1,40 @@
+//! The core a connection handle and its statements share: the connection's identity, its
+//! lease on the host client, and the one method that queues an event.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use telemetry_types::connection::ConnectionInfo;
+use telemetry_types::event::{EventKind, TelemetryEvent};
+
+use crate::registry::HostLease;
+
+/// One live connection's event source.
+pub(crate) struct Emitter {
+    pub(crate) info: Arc<ConnectionInfo>,
+    pub(crate) lease: HostLease,
+}
+
+impl Emitter {
+    /// Whether events may be queued: the host's flag is not off (one atomic load).
+    #[inline]
+    pub(crate) fn is_on(&self) -> bool {
+        !self.lease.flag_off()
+    }
+
+    /// Queues one event. `at` dates the row it starts (see [`TelemetryEvent::at`]); events
+    /// that date nothing pass `None` and cost no clock reading. Not `#[inline]`: the public
+    /// methods inline only their enabled check into the driver; the queue push stays here.
+    pub(crate) fn emit(&self, at: Option<Instant>, kind: EventKind) {
+        self.lease.emit(TelemetryEvent {
+            connection: self.info.clone(),
+            at,
+            kind,
+        });
+    }
+}
+
+/// Whole milliseconds, saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,168 @@
+//! What a driver hands in: the provider's options once, a connection's identity per
+//! connection.
+
+use std::fmt;
+use std::sync::Arc;
+
+use telemetry_flags::{ClientPreset, DisableSwitch};
+use telemetry_types::auth::AuthProvider;
+use telemetry_types::flag::FlagSource;
+use telemetry_types::transport::HttpTransport;
+use telemetry_types::wire::{AuthType, DriverConnectionParameters, DriverSystemConfiguration};
+use tokio::runtime::Handle;
+
+use crate::config::TelemetryConfig;
+
+/// How a provider is set up. Start from [`ProviderOptions::new`] and override fields.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ProviderOptions {
+    /// Pipeline settings. `enabled` defaults to `false`: turn it on here or per connection.
+    pub config: TelemetryConfig,
+    /// The driver's name (`system_configuration.driver_name`, user agent).
+    pub driver_name: String,
+    /// The driver's version (`MAJOR.MINOR.PATCH` is used for the flag look-up).
+    pub driver_version: String,
+    /// The user agent sent; default `<driver_name>/<driver_version>`. Redacted before use.
+    pub user_agent: Option<String>,
+    /// Client type and flag name of the feature-flag look-up.
+    pub flag_preset: ClientPreset,
+    /// Run background work on this runtime instead of a dedicated thread.
+    pub runtime: Option<Handle>,
+    /// The HTTP stack (proxy, custom TLS); default [`HyperTransport`](crate::HyperTransport).
+    pub transport: Option<Arc<dyn HttpTransport>>,
+    /// Where flags come from; default HTTP over the transport.
+    pub flag_source: Option<Arc<dyn FlagSource>>,
+    /// The off switch; default read from `DATABRICKS_TELEMETRY_DISABLED`.
+    pub switch: Option<DisableSwitch>,
+    /// `system_configuration`; default [`default_system_configuration`](crate::default_system_configuration).
+    pub system_configuration: Option<DriverSystemConfiguration>,
+    /// Headers added to authenticated export requests (e.g. `x-databricks-org-id`).
+    pub extra_headers: Vec<(String, String)>,
+}
+
+impl fmt::Debug for ProviderOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderOptions")
+            .field("config", &self.config)
+            .field("driver_name", &self.driver_name)
+            .field("driver_version", &self.driver_version)
+            .field("flag_preset", &self.flag_preset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProviderOptions {
+    /// Defaults for a driver called `driver_name` at `driver_version`, looking up `flag_preset`.
+    pub fn new(
+        driver_name: impl Into<String>,
+        driver_version: impl Into<String>,
+        flag_preset: ClientPreset,
+    ) -> Self {
+        Self {
+            config: TelemetryConfig::default(),
+            driver_name: driver_name.into(),
+            driver_version: driver_version.into(),
+            user_agent: None,
+            flag_preset,
+            runtime: None,
+            transport: None,
+            flag_source: None,
+            switch: None,
+            system_configuration: None,
+            extra_headers: Vec::new(),
+        }
+    }
+}
+
+/// One connection's identity, given to
+/// [`TelemetryClientProvider::connect`](crate::TelemetryClientProvider::connect).
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct ConnectionOptions {
+    /// The workspace host as the driver has it (`https://...`, any case, port 443 or not).
+    pub host: String,
+    /// The warehouse / cluster HTTP path (the workspace id is read from it, nothing else).
+    pub http_path: Option<String>,
+    /// The server's session id.
+    pub session_id: Option<String>,
+    /// The connection's credentials; `None` reports to the unauthenticated endpoint.
+    pub auth: Option<Arc<dyn AuthProvider>>,
+    /// How the connection authenticates.
+    pub auth_type: Option<AuthType>,
+    /// `driver_connection_params` of the `CREATE_SESSION` row.
+    pub connection_params: Option<DriverConnectionParameters>,
+    /// Per-connection override of `config.enabled`: `Some(false)` turns telemetry off for this
+    /// connection whatever the flag says; `Some(true)` opts in when the config does not.
+    pub enabled: Option<bool>,
+    /// `system_configuration.client_app_name`.
+    pub client_app_name: Option<String>,
+}
+
+impl fmt::Debug for ConnectionOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionOptions")
+            .field("host", &self.host)
+            .field("has_credentials", &self.auth.is_some())
+            .field("auth_type", &self.auth_type)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionOptions {
+    /// Options for `host` with nothing else set.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use telemetry_client::{AuthType, ConnectionOptions, StaticToken};
+    /// let options = ConnectionOptions::new("https://my-workspace.cloud.databricks.com")
+    ///     .with_http_path("/sql/1.0/warehouses/abc?o=42")
+    ///     .with_session_id("01ef-session")
+    ///     .with_auth(Arc::new(StaticToken::new("dapi-example")), AuthType::Pat);
+    /// assert_eq!(options.session_id.as_deref(), Some("01ef-session"));
+    /// ```
+    pub fn new(host: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The warehouse / cluster HTTP path.
+    pub fn with_http_path(mut self, http_path: impl Into<String>) -> Self {
+        self.http_path = Some(http_path.into());
+        self
+    }
+
+    /// The server's session id.
+    pub fn with_session_id(mut self, session_id: impl Into<String>) -> Self {
+        self.session_id = Some(session_id.into());
+        self
+    }
+
+    /// The connection's credentials and how it authenticates.
+    pub fn with_auth(mut self, auth: Arc<dyn AuthProvider>, auth_type: AuthType) -> Self {
+        self.auth = Some(auth);
+        self.auth_type = Some(auth_type);
+        self
+    }
+
+    /// `driver_connection_params` of the `CREATE_SESSION` row.
+    pub fn with_connection_params(mut self, params: DriverConnectionParameters) -> Self {
+        self.connection_params = Some(params);
+        self
+    }
+
+    /// Overrides `config.enabled` for this connection.
+    pub fn with_enabled(mut self, enabled: bool) -> Self {
+        self.enabled = Some(enabled);
+        self
+    }
+
+    /// `system_configuration.client_app_name`.
+    pub fn with_client_app_name(mut self, name: impl Into<String>) -> Self {
+        self.client_app_name = Some(name.into());
+        self
+    }
+}

@@ -1,0 +1,251 @@
+//! The live host clients: one per workspace host, shared by that host's connections through
+//! leases, closed (final flush, bounded) when the last lease is released.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use telemetry_aggregator::Aggregator;
+use telemetry_breaker::{BreakerLease, BreakerState};
+use telemetry_export::DatabricksExporter;
+use telemetry_flags::{FlagHandle, FlagView};
+use telemetry_types::event::TelemetryEvent;
+use telemetry_types::host::Host;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::stats::{HostStats, HostStatsSummary, ProviderStats};
+
+/// Everything one host's telemetry needs, shared by that host's connections.
+pub(crate) struct HostClient {
+    pub(crate) host: Host,
+    pub(crate) aggregator: Aggregator,
+    pub(crate) exporter: Arc<DatabricksExporter>,
+    pub(crate) flag: Arc<FlagHandle>,
+    pub(crate) _breaker: BreakerLease<String>,
+}
+
+impl HostClient {
+    fn stats(&self, connections: usize) -> HostStats {
+        HostStats {
+            host: self.host.to_string(),
+            connections,
+            flag: self.flag.state(),
+            aggregator: self.aggregator.stats(),
+            export: self.exporter.stats(),
+        }
+    }
+}
+
+struct Entry {
+    client: Arc<HostClient>,
+    leases: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code in these critical sections panics; a poisoned lock still holds consistent data.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The host clients of one provider, counted by the leases their connections hold, and the
+/// statistics of the clients already closed.
+pub(crate) struct HostRegistry {
+    runtime: Handle,
+    close_timeout: Duration,
+    hosts: Mutex<HashMap<Host, Entry>>,
+    retired: Mutex<ProviderStats>,
+    closing: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl HostRegistry {
+    pub(crate) fn new(runtime: Handle, close_timeout: Duration) -> Self {
+        Self {
+            runtime,
+            close_timeout,
+            hosts: Mutex::new(HashMap::new()),
+            retired: Mutex::new(ProviderStats::default()),
+            closing: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A lease on `host`'s client, built by `create` if the host has none.
+    pub(crate) fn lease(
+        self: &Arc<Self>,
+        host: &Host,
+        create: impl FnOnce() -> HostClient,
+    ) -> HostLease {
+        let mut hosts = lock(&self.hosts);
+        let client = match hosts.get_mut(host) {
+            Some(e) => {
+                e.leases += 1;
+                e.client.clone()
+            }
+            None => {
+                let client = Arc::new(create());
+                lock(&self.retired).clients_created += 1;
+                tracing::debug!(host = %host, "telemetry client created");
+                hosts.insert(
+                    host.clone(),
+                    Entry {
+                        client: client.clone(),
+                        leases: 1,
+                    },
+                );
+                client
+            }
+        };
+        HostLease {
+            flag: client.flag.view(),
+            client,
+            registry: self.clone(),
+            released: AtomicBool::new(false),
+        }
+    }
+
+    /// Gives one lease back; the last one closes the host's client (final flush, bounded by
+    /// the close timeout). Returns the close's completion signal if this was the last.
+    fn release(self: &Arc<Self>, client: &Arc<HostClient>) -> Option<oneshot::Receiver<()>> {
+        let mut hosts = lock(&self.hosts);
+        let entry = hosts.get_mut(&client.host)?;
+        if !Arc::ptr_eq(&entry.client, client) {
+            return None;
+        }
+        entry.leases -= 1;
+        if entry.leases > 0 {
+            return None;
+        }
+        let entry = hosts.remove(&client.host)?;
+        drop(hosts);
+        let (tx, rx) = oneshot::channel();
+        let registry = self.clone();
+        let client = entry.client;
+        let task = self.runtime.spawn(async move {
+            client
+                .aggregator
+                .close(deadline_after(registry.close_timeout))
+                .await;
+            let mut retired = lock(&registry.retired);
+            retired.add(&client.aggregator.stats(), &client.exporter.stats());
+            retired.clients_closed += 1;
+            drop(retired);
+            tracing::debug!(host = %client.host, "telemetry client closed");
+            let _ = tx.send(());
+        });
+        let mut closing = lock(&self.closing);
+        closing.retain(|h| !h.is_finished());
+        closing.push(task);
+        Some(rx)
+    }
+
+    /// Connections holding `host`.
+    pub(crate) fn lease_count(&self, host: &Host) -> usize {
+        lock(&self.hosts).get(host).map_or(0, |e| e.leases)
+    }
+
+    /// Hosts with a live client.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.hosts).len()
+    }
+
+    /// Statistics of one live host.
+    pub(crate) fn host_stats(&self, host: &Host) -> Option<HostStats> {
+        lock(&self.hosts)
+            .get(host)
+            .map(|e| e.client.stats(e.leases))
+    }
+
+    /// Totals over every host client, live and closed.
+    pub(crate) fn stats(&self) -> ProviderStats {
+        let mut total = lock(&self.retired).clone();
+        for e in lock(&self.hosts).values() {
+            let s = e.client.stats(e.leases);
+            total.add(&s.aggregator, &s.export);
+            total.hosts.push(HostStatsSummary {
+                host: s.host,
+                connections: e.leases,
+                flag: s.flag,
+                breaker: s.export.breaker.state.unwrap_or(BreakerState::Closed),
+            });
+        }
+        total
+    }
+
+    /// The closes in progress (taken: the caller waits for them).
+    pub(crate) fn take_closing(&self) -> Vec<JoinHandle<()>> {
+        lock(&self.closing).drain(..).collect()
+    }
+}
+
+/// `timeout` from now, or far in the future if that is past what the clock can hold.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    // A year past now fits any clock's range (an Instant spans centuries), so the fallback
+    // cannot overflow.
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// What a connection holds of its host: the shared client, the flag view its hot path reads,
+/// and what closing needs (the runtime, the close timeout). Released once, explicitly or on
+/// drop.
+pub(crate) struct HostLease {
+    client: Arc<HostClient>,
+    flag: FlagView,
+    registry: Arc<HostRegistry>,
+    released: AtomicBool,
+}
+
+impl HostLease {
+    /// Whether the host's flag says no (one atomic load).
+    #[inline]
+    pub(crate) fn flag_off(&self) -> bool {
+        self.flag.is_off()
+    }
+
+    /// Queues one event for the host's background task.
+    pub(crate) fn emit(&self, event: TelemetryEvent) {
+        self.client.aggregator.emit(event);
+    }
+
+    /// The runtime background work runs on.
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.registry.runtime
+    }
+
+    /// How long a close waits for its flush.
+    pub(crate) fn close_timeout(&self) -> Duration {
+        self.registry.close_timeout
+    }
+
+    /// Gives the lease back (once; later calls do nothing). Returns the close's completion
+    /// signal if it was the host's last lease.
+    pub(crate) fn release(&self) -> Option<oneshot::Receiver<()>> {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        self.registry.release(&self.client)
+    }
+
+    /// Flushes the host's rows so far, within the close timeout, on the background runtime;
+    /// the returned signal fires when done. For a connection that closes while others keep
+    /// the host.
+    pub(crate) fn flush_within_close_timeout(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let client = self.client.clone();
+        let timeout = self.close_timeout();
+        self.runtime().spawn(async move {
+            let _ = tokio::time::timeout(timeout, client.aggregator.flush()).await;
+            let _ = tx.send(());
+        });
+        rx
+    }
+}
+
+impl Drop for HostLease {
+    fn drop(&mut self) {
+        let _ = self.release();
+    }
+}

@@ -1,0 +1,84 @@
+//! Where background work runs: the caller's runtime, or one the provider starts on its own
+//! thread and stops when the provider goes.
+
+use std::sync::Mutex;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// The runtime of a provider's background work, and the switch that stops it if the
+/// provider owns it.
+pub(crate) struct BackgroundRuntime {
+    pub(crate) handle: Handle,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl BackgroundRuntime {
+    /// The caller's runtime, or one of our own.
+    pub(crate) fn new(handle: Option<Handle>) -> Self {
+        let (handle, stop) = match handle {
+            Some(h) => (h, None),
+            None => own_runtime(),
+        };
+        Self {
+            handle,
+            stop: Mutex::new(stop),
+        }
+    }
+
+    /// The stop switch of an owned runtime (taken once); `None` for a caller's runtime.
+    pub(crate) fn take_stop(&self) -> Option<oneshot::Sender<()>> {
+        self.stop.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Starts the provider's own runtime: one thread, current-thread runtime, alive until the
+/// returned sender fires (or is dropped).
+fn own_runtime() -> (Handle, Option<oneshot::Sender<()>>) {
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("databricks-telemetry".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::debug!(error = %e, "telemetry runtime could not start");
+                    return;
+                }
+            };
+            let _ = handle_tx.send(rt.handle().clone());
+            rt.block_on(async move {
+                let _ = stop_rx.await;
+            });
+            rt.shutdown_background();
+        });
+    match spawned.ok().and_then(|_| handle_rx.recv().ok()) {
+        Some(handle) => (handle, Some(stop_tx)),
+        None => {
+            // No thread or no runtime: fall back to the caller's runtime if there is one, else
+            // a runtime that is never driven (telemetry then does nothing, harmlessly).
+            let handle = Handle::try_current().unwrap_or_else(|_| idle_runtime());
+            (handle, None)
+        }
+    }
+}
+
+/// A handle to a runtime nobody drives: spawned tasks never run. Only reached if the OS
+/// refuses a thread; telemetry is then inert rather than failing the driver.
+fn idle_runtime() -> Handle {
+    static IDLE: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    IDLE.get_or_init(|| tokio::runtime::Builder::new_current_thread().build().ok())
+        .as_ref()
+        .map(|rt| rt.handle().clone())
+        .unwrap_or_else(|| {
+            // Both the thread and a bare runtime failed: the process is out of resources.
+            // Handle::current panics outside a runtime, so this is the one place we cannot
+            // continue; it is unreachable in practice (building a runtime without I/O or
+            // timers only allocates).
+            Handle::current()
+        })
+}

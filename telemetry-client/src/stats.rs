@@ -1,0 +1,83 @@
+//! What the provider reports about every event: emitted, exported, dropped by reason.
+
+use telemetry_aggregator::AggregatorStats;
+use telemetry_breaker::BreakerState;
+use telemetry_export::ExportStats;
+use telemetry_types::drops::{DropCounts, DropUnit};
+use telemetry_types::flag::FlagState;
+
+/// Statistics of one host's telemetry client.
+#[derive(Debug, Clone)]
+pub struct HostStats {
+    /// The normalised host.
+    pub host: String,
+    /// Connections holding it.
+    pub connections: usize,
+    /// The feature flag.
+    pub flag: FlagState,
+    /// Aggregation counters.
+    pub aggregator: AggregatorStats,
+    /// Export counters (breaker included).
+    pub export: ExportStats,
+}
+
+/// Totals over every host client the provider has had (live and closed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderStats {
+    /// Events the driver emitted while telemetry was on.
+    pub events_emitted: u64,
+    /// Rows built.
+    pub rows_produced: u64,
+    /// Rows the server accepted.
+    pub rows_exported: u64,
+    /// Events and rows dropped, by reason (aggregator and exporter together).
+    pub dropped: DropCounts,
+    /// HTTP export requests (every attempt).
+    pub export_requests: u64,
+    /// Retries among them.
+    pub export_retries: u64,
+    /// Times a host's breaker opened.
+    pub breaker_openings: u64,
+    /// Host clients created.
+    pub clients_created: u64,
+    /// Host clients closed.
+    pub clients_closed: u64,
+    /// Live host clients, one entry each.
+    pub hosts: Vec<HostStatsSummary>,
+}
+
+/// A live host in [`ProviderStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStatsSummary {
+    /// The normalised host.
+    pub host: String,
+    /// Connections holding it.
+    pub connections: usize,
+    /// The feature flag.
+    pub flag: FlagState,
+    /// The export breaker's state.
+    pub breaker: BreakerState,
+}
+
+impl ProviderStats {
+    /// Events dropped before becoming rows, all reasons.
+    pub fn events_dropped(&self) -> u64 {
+        self.dropped.total_of(DropUnit::Event)
+    }
+
+    /// Rows dropped, all reasons.
+    pub fn total_rows_dropped(&self) -> u64 {
+        self.dropped.total_of(DropUnit::Row)
+    }
+
+    pub(crate) fn add(&mut self, agg: &AggregatorStats, export: &ExportStats) {
+        self.events_emitted += agg.events_emitted();
+        self.rows_produced += agg.rows_produced;
+        self.rows_exported += export.rows_exported;
+        self.export_requests += export.requests;
+        self.export_retries += export.retries;
+        self.breaker_openings += export.breaker.openings;
+        self.dropped.merge(&agg.dropped);
+        self.dropped.merge(&export.rows_dropped);
+    }
+}
