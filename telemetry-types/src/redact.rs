@@ -9,7 +9,7 @@
 pub const REDACTED: &str = "[REDACTED]";
 
 /// The longest `stack_trace` sent, in characters.
-pub const MAX_STACK_TRACE_CHARS: usize = 2048;
+pub(crate) const MAX_STACK_TRACE_CHARS: usize = 2048;
 
 const SECRET_KEY_SUFFIXES: &[&str] = &[
     "password", "passwd", "pwd", "token", "secret", "api_key", "apikey", "api-key",
