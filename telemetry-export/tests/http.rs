@@ -208,6 +208,12 @@ async fn oversized_response_body_is_cut() {
             then.status(200).body("x".repeat(10_000));
         })
         .await;
+    server
+        .mock_async(|when, then| {
+            when.path("/big-error");
+            then.status(503).body("x".repeat(10_000));
+        })
+        .await;
     let t = HyperTransport::new().unwrap();
     let req = |max| HttpRequest {
         method: HttpMethod::Get,
@@ -217,12 +223,25 @@ async fn oversized_response_body_is_cut() {
         timeout: Duration::from_secs(2),
         max_response_bytes: max,
     };
-    let err = t.send(req(100)).await.unwrap_err();
+    // A 2xx is an answer whatever its body: cut, not failed.
+    let cut = t.send(req(100)).await.unwrap();
+    assert_eq!(
+        (cut.status, cut.body.len(), cut.body_truncated),
+        (200, 100, true)
+    );
+    let err = t
+        .send(HttpRequest {
+            url: server.url("/big-error"),
+            ..req(100)
+        })
+        .await
+        .unwrap_err();
     assert_eq!(
         err.kind,
         telemetry_types::classify::TransportErrorKind::BodyTooLarge
     );
-    assert_eq!(t.send(req(20_000)).await.unwrap().body.len(), 10_000);
+    let whole = t.send(req(20_000)).await.unwrap();
+    assert_eq!((whole.body.len(), whole.body_truncated), (10_000, false));
     let bad = HttpRequest {
         url: "not a url".into(),
         ..req(10)

@@ -176,11 +176,15 @@ impl HttpFlagSource {
     fn parse(&self, body: &[u8]) -> Result<FlagAnswer, FlagError> {
         let parsed: FlagsBody =
             serde_json::from_slice(body).map_err(|e| FlagError::Malformed(e.to_string()))?;
-        let enabled = parsed
+        // Every entry of the flag must say "true": a duplicate that says anything else wins,
+        // since sending when the server may have meant no is the worse mistake.
+        let mut entries = parsed
             .flags
             .iter()
-            .find(|f| f.name == self.preset.flag_name)
-            .is_some_and(|f| f.value.trim().eq_ignore_ascii_case("true"));
+            .filter(|f| f.name == self.preset.flag_name)
+            .peekable();
+        let enabled = entries.peek().is_some()
+            && entries.all(|f| f.value.trim().eq_ignore_ascii_case("true"));
         Ok(FlagAnswer {
             enabled,
             ttl: parsed.ttl_seconds.map(Duration::from_secs),
@@ -218,6 +222,11 @@ impl FlagSource for HttpFlagSource {
             if !(200..300).contains(&response.status) {
                 return Err(FlagError::Status(response.status));
             }
+            if response.body_truncated {
+                return Err(FlagError::Malformed(format!(
+                    "body over {MAX_FLAG_BODY_BYTES} bytes"
+                )));
+            }
             self.parse(&response.body)
         })
     }
@@ -227,6 +236,28 @@ impl FlagSource for HttpFlagSource {
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    #[rstest]
+    #[case(r#"[{"name":"F","value":"true"}]"#, true)]
+    #[case(r#"[{"name":"F","value":" TRUE "}]"#, true)]
+    #[case(r#"[{"name":"F","value":"true"},{"name":"F","value":"false"}]"#, false)]
+    #[case(r#"[{"name":"F","value":"false"},{"name":"F","value":"true"}]"#, false)]
+    #[case(r#"[{"name":"F","value":"true"},{"name":"F","value":"true"}]"#, true)]
+    #[case(r#"[{"name":"G","value":"true"}]"#, false)]
+    #[case(r#"[]"#, false)]
+    fn every_entry_of_the_flag_must_say_true(#[case] flags: &str, #[case] enabled: bool) {
+        let source = HttpFlagSource::new(
+            telemetry_types::testing::ScriptedTransport::always(200),
+            ClientPreset::new("X", "F"),
+            "1.0.0",
+            "ua",
+        );
+        let body = format!(r#"{{"flags":{flags}}}"#);
+        assert_eq!(
+            source.parse(body.as_bytes()).map(|a| a.enabled),
+            Ok(enabled)
+        );
+    }
 
     #[rstest]
     #[case("1.2.3", "1.2.3")]

@@ -106,7 +106,10 @@ async fn oversized_body_and_timeout_are_errors() {
         .fetch(&host(&server), None)
         .await
         .unwrap_err();
-    assert!(matches!(err, FlagError::Transport(_)), "{err:?}");
+    assert!(
+        matches!(&err, FlagError::Malformed(m) if m.contains("body over")),
+        "{err:?}"
+    );
 
     let slow = MockServer::start_async().await;
     slow.mock_async(|when, then| {

@@ -29,6 +29,10 @@ pub enum HostError {
     /// A port that is not a number in 1..=65535.
     #[error("invalid port")]
     Port,
+    /// Not a host name (empty or over-long labels, characters a name cannot hold) nor a
+    /// bracketed IPv6 address.
+    #[error("not a valid host name or address")]
+    InvalidName,
 }
 
 /// The scheme used to reach a host.
@@ -94,9 +98,13 @@ impl Host {
             return Err(HostError::Path);
         }
         let (name, port) = split_port(rest)?;
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        // Unicode lower case: one host however the driver capitalised it.
+        let name = name.trim_end_matches('.').to_lowercase();
         if name.is_empty() || name == "[]" {
             return Err(HostError::Empty);
+        }
+        if !valid_name(&name) {
+            return Err(HostError::InvalidName);
         }
         let port = match (scheme, port) {
             (Scheme::Https, Some(443)) | (Scheme::Http, Some(80)) => None,
@@ -161,6 +169,24 @@ impl fmt::Display for Host {
     }
 }
 
+/// A bracketed IPv6 address, or dot-separated labels of 1..=63 letters, digits, `-` or `_`
+/// (Unicode letters and digits allowed: IDN spellings), at most 253 bytes in all.
+fn valid_name(name: &str) -> bool {
+    if let Some(inner) = name.strip_prefix('[') {
+        return inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
 fn split_port(rest: &str) -> Result<(&str, Option<u16>), HostError> {
     // Bracketed IPv6 literal: `[::1]:8080`.
     let colon = if rest.starts_with('[') {
@@ -210,6 +236,8 @@ mod tests {
     #[case("http://LOCALHOST:9", "http://localhost:9")]
     #[case("http://[::1]:8080/", "http://[::1]:8080")]
     #[case("[::1]:8443", "https://[::1]:8443")]
+    #[case("MY-WÖRKSPACE.example", "https://my-wörkspace.example")]
+    #[case("my-wörkspace.example", "https://my-wörkspace.example")]
     fn normalises(#[case] input: &str, #[case] expected: &str) {
         assert_eq!(Host::parse(input, true).unwrap().base_url(), expected);
     }
@@ -234,6 +262,13 @@ mod tests {
     #[case("[::1", HostError::InvalidCharacter)]
     #[case("http://host.example", HostError::InsecureNotAllowed)]
     #[case("http://10.0.0.1:80", HostError::InsecureNotAllowed)]
+    #[case("h:443:443", HostError::InvalidName)]
+    #[case("[::1]evil.com", HostError::InvalidName)]
+    #[case("[::1]evil.com:443", HostError::InvalidName)]
+    #[case("[nothex]", HostError::InvalidName)]
+    #[case("a..b", HostError::InvalidName)]
+    #[case(".a.example", HostError::InvalidName)]
+    #[case("a*b.example", HostError::InvalidName)]
     fn rejects(#[case] input: &str, #[case] expected: HostError) {
         assert_eq!(Host::parse(input, true), Err(expected));
     }

@@ -35,6 +35,7 @@ pub fn status(status: u16) -> HttpResponse {
         status,
         headers: vec![],
         body: b"{}".to_vec(),
+        body_truncated: false,
     }
 }
 
@@ -44,6 +45,7 @@ pub fn with_retry_after(status: u16, value: &str) -> HttpResponse {
         status,
         headers: vec![("retry-after".into(), value.into())],
         body: vec![],
+        body_truncated: false,
     }
 }
 

@@ -30,8 +30,10 @@ pub struct HttpRequest {
     pub body: Vec<u8>,
     /// Whole-request deadline, connect included.
     pub timeout: Duration,
-    /// The transport stops reading (with [`TransportErrorKind::BodyTooLarge`]) past this many
-    /// response-body bytes.
+    /// The transport stops reading past this many response-body bytes: a 2xx answer is
+    /// returned with its body cut there ([`HttpResponse::body_truncated`]; only the status
+    /// of an export matters), any other status fails with
+    /// [`TransportErrorKind::BodyTooLarge`].
     pub max_response_bytes: usize,
 }
 
@@ -44,6 +46,8 @@ pub struct HttpResponse {
     pub headers: Vec<(String, String)>,
     /// Body, at most the request's `max_response_bytes`.
     pub body: Vec<u8>,
+    /// Whether the body was cut at `max_response_bytes`.
+    pub body_truncated: bool,
 }
 
 impl HttpResponse {
@@ -95,6 +99,7 @@ mod tests {
             status: 429,
             headers: vec![("retry-after".into(), "3".into())],
             body: vec![],
+            body_truncated: false,
         };
         assert_eq!(r.header("Retry-After"), Some("3"));
         assert_eq!(r.header("x"), None);
