@@ -531,6 +531,7 @@ async fn close_drains_completes_open_statements_and_flushes_nothing_twice() {
         rows[1].log.driver_log().sql_statement_id.as_deref(),
         Some("open")
     );
+    assert_eq!(op(&rows[1]), Some(OperationType::CloseStatement));
     assert!(agg.is_closed());
     // Idempotent: a second close and a flush after close do nothing.
     agg.close(Instant::now() + Duration::from_secs(2)).await;

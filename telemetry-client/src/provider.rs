@@ -15,7 +15,7 @@ use telemetry_types::classify::TransportErrorKind;
 use telemetry_types::connection::ConnectionInfo;
 use telemetry_types::flag::{FlagAnswer, FlagError, FlagSource};
 use telemetry_types::host::Host;
-use telemetry_types::redact::redact;
+use telemetry_types::redact::redact_user_agent;
 use telemetry_types::transport::{HttpRequest, HttpResponse, HttpTransport, TransportError};
 use telemetry_types::wire::DriverSystemConfiguration;
 use tokio::sync::oneshot;
@@ -81,7 +81,7 @@ impl TelemetryClientProvider {
                 None
             }
         });
-        let user_agent = redact(
+        let user_agent = redact_user_agent(
             &options
                 .user_agent
                 .clone()

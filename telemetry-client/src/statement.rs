@@ -65,7 +65,7 @@ struct LiveStatement {
 }
 
 /// [`ChunkStats`] folded lock-free, so download threads sharing a statement never wait on
-/// each other (counters wrap only past 2^32 chunks or 2^64 bytes).
+/// each other. Every count saturates, as [`ChunkStats::record`] does.
 #[derive(Default)]
 struct FoldedChunks {
     iterated: AtomicU32,
@@ -80,8 +80,12 @@ struct FoldedChunks {
 
 impl FoldedChunks {
     fn record(&self, latency_ms: i64, bytes: u64, compressed: bool) {
-        self.iterated.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let _ = self.iterated.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_add(1))
+        });
+        let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_add(bytes))
+        });
         if compressed {
             self.compressed.store(true, Ordering::Relaxed);
         }
@@ -90,7 +94,9 @@ impl FoldedChunks {
                 self.initial
                     .compare_exchange(0, latency_ms, Ordering::Relaxed, Ordering::Relaxed);
             self.slowest.fetch_max(latency_ms, Ordering::Relaxed);
-            self.sum.fetch_add(latency_ms, Ordering::Relaxed);
+            let _ = self.sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(latency_ms))
+            });
         }
     }
 
@@ -189,5 +195,23 @@ impl Drop for Statement {
         if let Some(live) = self.live.take() {
             live.end(StatementCompletion::default(), true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folded_chunks_saturate_like_chunk_stats() {
+        let folded = FoldedChunks::default();
+        let mut whole = ChunkStats::default();
+        for (latency, bytes) in [(i64::MAX, u64::MAX), (i64::MAX, 7), (5, u64::MAX)] {
+            folded.record(latency, bytes, false);
+            whole.record(latency, bytes, false);
+        }
+        let got = folded.into_stats();
+        assert_eq!(got, whole);
+        assert_eq!((got.sum_latency_ms, got.bytes), (i64::MAX, u64::MAX));
     }
 }

@@ -342,5 +342,29 @@ async fn chunks_from_several_threads_ride_with_an_abandoned_statement() {
     let sum: u64 = (0..1000u64).map(|n| 1 + n % 7).sum();
     assert_eq!(op["chunk_details"]["sum_chunks_download_time_millis"], sum);
     assert_eq!(op["is_compressed"], true);
+    assert_eq!(
+        op["operation_detail"]["operation_type"], "CLOSE_STATEMENT",
+        "a dropped statement does not look completed"
+    );
     assert_eq!(p.stats().events_emitted, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newline_in_the_user_agent_is_removed_not_fatal() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let mut o = options(&server, &f);
+    o.user_agent = Some("Driver/1.0\r\nX-Injected: yes".into());
+    let p = TelemetryClientProvider::new(o);
+    let c = p.connect(conn_opts("a.example"));
+    assert!(c.is_enabled());
+    workload(&c);
+    c.close().await;
+    let req = &server.requests()[0];
+    let ua = req
+        .headers
+        .iter()
+        .find(|(k, _)| k == "User-Agent")
+        .map(|(_, v)| v.clone());
+    assert_eq!(ua.as_deref(), Some("Driver/1.0  X-Injected: yes"));
+    assert_eq!(server.rows(), 4);
 }

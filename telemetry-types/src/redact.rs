@@ -40,6 +40,25 @@ pub fn redact_truncated(text: &str, max_chars: usize) -> String {
     out
 }
 
+/// Longest user agent sent, in characters.
+const MAX_USER_AGENT_CHARS: usize = 256;
+
+/// A user agent fit for a header: redacted, every control character (a newline would make
+/// the header invalid and every request fail) replaced by a space, trimmed and capped.
+///
+/// ```
+/// use telemetry_types::redact::redact_user_agent;
+/// assert_eq!(redact_user_agent("MyDriver/1.0\r\n(token=abc)"), "MyDriver/1.0  (token=[REDACTED])");
+/// ```
+pub fn redact_user_agent(text: &str) -> String {
+    let mut out: String = redact(text)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    truncate_chars(&mut out, MAX_USER_AGENT_CHARS);
+    out.trim().to_owned()
+}
+
 /// Truncates `s` to at most `max_chars` characters.
 pub fn truncate_chars(s: &mut String, max_chars: usize) {
     if let Some((idx, _)) = s.char_indices().nth(max_chars) {

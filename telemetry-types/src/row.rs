@@ -122,7 +122,12 @@ pub fn statement_row(conn: &ConnectionInfo, s: &StatementSummary) -> TelemetryFr
         execution_result: c.execution_result,
         retry_count: c.retry_count.map(i64::from),
         operation_detail: Some(OperationDetail {
-            operation_type: Some(s.operation_type),
+            // A statement that never completed says so with the server's own value.
+            operation_type: Some(if s.end.abandoned {
+                OperationType::CloseStatement
+            } else {
+                s.operation_type
+            }),
             n_operation_status_calls: c.poll_count.map(i64::from),
             operation_status_latency_millis: c.poll_latency_ms.map(to_i64),
             is_internal_call: c.is_internal_call,

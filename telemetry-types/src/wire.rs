@@ -362,6 +362,11 @@ wire_enum! {
         #[allow(missing_docs)] CreateSession = "CREATE_SESSION",
         #[allow(missing_docs)] DeleteSession = "DELETE_SESSION",
         #[allow(missing_docs)] ExecuteStatement = "EXECUTE_STATEMENT",
+        #[allow(missing_docs)] ExecuteStatementAsync = "EXECUTE_STATEMENT_ASYNC",
+        /// A statement closed (or its handle dropped) before it completed.
+        CloseStatement = "CLOSE_STATEMENT",
+        /// A statement cancelled before it completed.
+        CancelStatement = "CANCEL_STATEMENT",
         #[allow(missing_docs)] ListTypeInfo = "LIST_TYPE_INFO",
         #[allow(missing_docs)] ListCatalogs = "LIST_CATALOGS",
         #[allow(missing_docs)] ListSchemas = "LIST_SCHEMAS",
@@ -369,6 +374,10 @@ wire_enum! {
         #[allow(missing_docs)] ListTableTypes = "LIST_TABLE_TYPES",
         #[allow(missing_docs)] ListColumns = "LIST_COLUMNS",
         #[allow(missing_docs)] ListFunctions = "LIST_FUNCTIONS",
+        #[allow(missing_docs)] ListPrimaryKeys = "LIST_PRIMARY_KEYS",
+        #[allow(missing_docs)] ListImportedKeys = "LIST_IMPORTED_KEYS",
+        #[allow(missing_docs)] ListExportedKeys = "LIST_EXPORTED_KEYS",
+        #[allow(missing_docs)] ListCrossReferences = "LIST_CROSS_REFERENCES",
         /// Anything else: never a made-up value.
         Unspecified = "TYPE_UNSPECIFIED",
     }
