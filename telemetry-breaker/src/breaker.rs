@@ -182,6 +182,15 @@ pub enum CallError<E> {
     Inner(E),
 }
 
+/// How a call was let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// CLOSED: an ordinary call.
+    Normal,
+    /// HALF_OPEN: one of the few probes that decide whether the breaker closes.
+    Probe,
+}
+
 /// How a protected call ended, as far as the breaker is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -483,8 +492,42 @@ impl CircuitBreaker {
     where
         F: Future<Output = T>,
     {
+        self.call_admitted(|_| fut, classify).await
+    }
+
+    /// [`call_with`](Self::call_with) for calls that behave differently as a HALF_OPEN
+    /// probe: `make` learns how the call was admitted (a probe should be a single attempt,
+    /// without retries of its own) and builds the future only once admitted.
+    ///
+    /// ```
+    /// use telemetry_breaker::{Admission, BreakerConfig, CircuitBreaker, Outcome};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let breaker = CircuitBreaker::new("api", BreakerConfig::default());
+    /// let attempts = breaker
+    ///     .call_admitted(
+    ///         |admission| async move { if admission == Admission::Probe { 1 } else { 4 } },
+    ///         |_| Outcome::Success,
+    ///     )
+    ///     .await;
+    /// assert_eq!(attempts, Ok(4));
+    /// # }
+    /// ```
+    pub async fn call_admitted<T, F>(
+        &self,
+        make: impl FnOnce(Admission) -> F,
+        classify: impl FnOnce(&T) -> Outcome,
+    ) -> Result<T, Rejected>
+    where
+        F: Future<Output = T>,
+    {
         let permit = self.try_acquire()?;
-        let out = fut.await;
+        let admission = if permit.is_probe() {
+            Admission::Probe
+        } else {
+            Admission::Normal
+        };
+        let out = make(admission).await;
         permit.record(classify(&out));
         Ok(out)
     }

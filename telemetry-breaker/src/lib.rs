@@ -52,7 +52,7 @@ mod breaker;
 mod registry;
 
 pub use breaker::{
-    BreakerConfig, BreakerConfigError, BreakerState, BreakerStats, CallError, CircuitBreaker,
-    FailurePolicy, Outcome, Permit, Rejected,
+    Admission, BreakerConfig, BreakerConfigError, BreakerState, BreakerStats, CallError,
+    CircuitBreaker, FailurePolicy, Outcome, Permit, Rejected,
 };
 pub use registry::{BreakerLease, CircuitBreakerRegistry};

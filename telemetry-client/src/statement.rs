@@ -80,12 +80,16 @@ struct FoldedChunks {
 
 impl FoldedChunks {
     fn record(&self, latency_ms: i64, bytes: u64, compressed: bool) {
-        let _ = self.iterated.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            Some(n.saturating_add(1))
-        });
-        let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            Some(n.saturating_add(bytes))
-        });
+        let _ = self
+            .iterated
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(1))
+            });
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(bytes))
+            });
         if compressed {
             self.compressed.store(true, Ordering::Relaxed);
         }
@@ -94,9 +98,11 @@ impl FoldedChunks {
                 self.initial
                     .compare_exchange(0, latency_ms, Ordering::Relaxed, Ordering::Relaxed);
             self.slowest.fetch_max(latency_ms, Ordering::Relaxed);
-            let _ = self.sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_add(latency_ms))
-            });
+            let _ = self
+                .sum
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_add(latency_ms))
+                });
         }
     }
 

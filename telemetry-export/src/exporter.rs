@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use telemetry_breaker::{CircuitBreaker, Outcome};
+use telemetry_breaker::{Admission, CircuitBreaker, Outcome};
 use telemetry_types::BoxFuture;
 use telemetry_types::auth::AuthProvider;
 use telemetry_types::classify::{ErrorClass, classify_http_status, classify_transport};
@@ -20,7 +20,7 @@ use telemetry_types::transport::{HttpMethod, HttpRequest, HttpTransport};
 use telemetry_types::wire::TelemetryRequest;
 
 use crate::config::ExportConfig;
-use crate::retry::{Retry, retry_with_backoff};
+use crate::retry::{Retry, RetryPolicy, retry_with_backoff};
 
 /// Path of the authenticated endpoint.
 pub const AUTH_PATH: &str = "/telemetry-ext";
@@ -111,7 +111,7 @@ struct Group {
 struct SendFailure {
     reason: DropReason,
     class: ErrorClass,
-    /// The server's `Retry-After`, already bounded by the policy's cap.
+    /// The server's `Retry-After`, as it asked.
     retry_after: Option<Duration>,
     error: String,
 }
@@ -279,13 +279,16 @@ impl DatabricksExporter {
         };
         let sent = self
             .breaker
-            .call_with(self.send_with_retries(&request), |result| match result {
-                Ok(()) => Outcome::Success,
-                Err(f) if f.is_refusal() => Outcome::Ignored,
-                Err(f) => Outcome::Failure {
-                    retry_after: f.retry_after,
+            .call_admitted(
+                |admission| self.send_with_retries(&request, admission),
+                |result| match result {
+                    Ok(()) => Outcome::Success,
+                    Err(f) if f.is_refusal() => Outcome::Ignored,
+                    Err(f) => Outcome::Failure {
+                        retry_after: f.retry_after,
+                    },
                 },
-            })
+            )
             .await;
         match sent {
             Err(_rejected) => self.drop_rows(DropReason::BreakerOpen, n, None),
@@ -305,10 +308,26 @@ impl DatabricksExporter {
         }
     }
 
-    /// The first try and up to `max_retries` retries of one request.
-    async fn send_with_retries(&self, request: &HttpRequest) -> Result<(), SendFailure> {
+    /// The first try and up to `max_retries` retries of one request; a breaker's probe is a
+    /// single attempt (its answer decides the breaker, and retries would hold the probe slot).
+    async fn send_with_retries(
+        &self,
+        request: &HttpRequest,
+        admission: Admission,
+    ) -> Result<(), SendFailure> {
+        let probe_policy;
+        let policy = match admission {
+            Admission::Probe => {
+                probe_policy = RetryPolicy {
+                    max_retries: 0,
+                    ..self.config.retry.clone()
+                };
+                &probe_policy
+            }
+            _ => &self.config.retry,
+        };
         retry_with_backoff(
-            &self.config.retry,
+            policy,
             || self.send_once(request.clone()),
             |result| match result {
                 Err(f) if f.class == ErrorClass::Retryable => Retry::After(f.retry_after),
@@ -333,10 +352,7 @@ impl DatabricksExporter {
             Ok(resp) => Err(SendFailure {
                 reason: DropReason::for_status(resp.status),
                 class: classify_http_status(resp.status),
-                retry_after: resp
-                    .header("retry-after")
-                    .and_then(parse_retry_after)
-                    .map(|d| d.min(self.config.retry.max_retry_after)),
+                retry_after: resp.header("retry-after").and_then(parse_retry_after),
                 error: format!("HTTP {}", resp.status),
             }),
             Err(e) => Err(SendFailure {

@@ -1,6 +1,11 @@
 //! Retrying one request: a small [`RetryPolicy`], a classification of each attempt's result
 //! that carries the server's `Retry-After`, and [`retry_with_backoff`], in the spirit of
 //! opentelemetry-otlp's `retry_with_backoff`.
+//!
+//! A request's retries are bounded in time as well as in number: a batch in retry holds one of
+//! its host's export slots, so a server asking for more than `max_retry_after`, or waits adding
+//! up to more than `max_total_wait`, end the retries (the breaker still hears the
+//! `Retry-After`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -25,8 +30,11 @@ pub struct RetryPolicy {
     pub backoff_max: Duration,
     /// Random extra delay, uniformly up to this. Default 100 ms; at most 1 min.
     pub jitter: Duration,
-    /// Upper bound on a server's `Retry-After`. Default 60 s; at most 1 h.
+    /// Longest `Retry-After` a retry waits for; a longer one ends the retries. Default 60 s;
+    /// at most 1 h.
     pub max_retry_after: Duration,
+    /// Longest time all the waits of one request may add up to. Default 15 s; at most 1 h.
+    pub max_total_wait: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -37,6 +45,7 @@ impl Default for RetryPolicy {
             backoff_max: Duration::from_secs(1),
             jitter: Duration::from_millis(100),
             max_retry_after: Duration::from_secs(60),
+            max_total_wait: Duration::from_secs(15),
         }
     }
 }
@@ -72,6 +81,13 @@ impl RetryPolicy {
             Duration::from_secs(3600),
             "max_retry_after",
             "must be at most 1 h",
+        )?;
+        ConfigError::check_range(
+            self.max_total_wait,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+            "max_total_wait",
+            "must be at most 1 h",
         )
     }
 
@@ -83,14 +99,17 @@ impl RetryPolicy {
             .min(self.backoff_max)
     }
 
-    /// The wait before retry `attempt`: backoff plus jitter, or a longer (bounded)
-    /// `Retry-After`.
-    fn wait(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    /// The wait before retry `attempt`: backoff plus jitter, or a longer `Retry-After`;
+    /// `None` when the server asks for more than `max_retry_after`.
+    fn wait(&self, attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
+        if retry_after.is_some_and(|r| r > self.max_retry_after) {
+            return None;
+        }
         let jitter_ms = u64::try_from(self.jitter.as_millis()).unwrap_or(u64::MAX);
         let backoff = self
             .backoff(attempt)
             .saturating_add(Duration::from_millis(random_up_to(jitter_ms)));
-        retry_after.map_or(backoff, |r| r.min(self.max_retry_after).max(backoff))
+        Some(retry_after.map_or(backoff, |r| r.max(backoff)))
     }
 }
 
@@ -103,8 +122,9 @@ pub enum Retry {
     After(Option<Duration>),
 }
 
-/// Runs `attempt` until `classify` says [`Retry::Stop`] or `policy.max_retries` retries are
-/// spent, sleeping (tokio time) between tries; returns the last result. `on_retry` sees the
+/// Runs `attempt` until `classify` says [`Retry::Stop`], `policy.max_retries` retries are
+/// spent, or the next wait is not allowed (a `Retry-After` over `max_retry_after`, or waits
+/// past `max_total_wait`), sleeping (tokio time) between tries; returns the last result. `on_retry` sees the
 /// number of each retry and its wait, for counting and logging.
 ///
 /// ```
@@ -134,17 +154,25 @@ where
     Fut: Future<Output = T>,
 {
     let mut retries = 0u32;
+    let mut waited = Duration::ZERO;
     loop {
         let result = attempt().await;
-        match classify(&result) {
-            Retry::After(retry_after) if retries < policy.max_retries => {
-                let wait = policy.wait(retries, retry_after);
-                on_retry(retries, wait);
-                tokio::time::sleep(wait).await;
-                retries += 1;
-            }
-            _ => return result,
+        let Retry::After(retry_after) = classify(&result) else {
+            return result;
+        };
+        if retries >= policy.max_retries {
+            return result;
         }
+        let Some(wait) = policy
+            .wait(retries, retry_after)
+            .filter(|w| waited.saturating_add(*w) <= policy.max_total_wait)
+        else {
+            return result;
+        };
+        on_retry(retries, wait);
+        tokio::time::sleep(wait).await;
+        waited = waited.saturating_add(wait);
+        retries += 1;
     }
 }
 
@@ -168,28 +196,29 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_a_floor_bounded_by_its_cap() {
+    fn retry_after_is_a_floor_and_past_its_cap_ends_the_retries() {
         let p = RetryPolicy {
             jitter: Duration::ZERO,
             ..RetryPolicy::default()
         };
-        assert_eq!(p.wait(0, None), Duration::from_millis(100));
-        assert_eq!(
-            p.wait(0, Some(Duration::from_secs(7))),
-            Duration::from_secs(7)
-        );
-        assert_eq!(
-            p.wait(3, Some(Duration::from_millis(1))),
-            Duration::from_millis(800)
-        );
-        assert_eq!(p.wait(0, Some(Duration::MAX)), Duration::from_secs(60));
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(p.wait(0, None), ms(100));
+        assert_eq!(p.wait(0, ms(7000)), ms(7000));
+        assert_eq!(p.wait(3, ms(1)), ms(800));
+        assert_eq!(p.wait(0, ms(60_000)), ms(60_000));
+        assert_eq!(p.wait(0, ms(60_001)), None);
+        assert_eq!(p.wait(0, Some(Duration::MAX)), None);
         let huge = RetryPolicy {
             backoff_base: Duration::MAX,
             backoff_max: Duration::MAX,
             jitter: Duration::MAX,
             ..RetryPolicy::default()
         };
-        assert_eq!(huge.wait(5, None), Duration::MAX, "saturates, never panics");
+        assert_eq!(
+            huge.wait(5, None),
+            Some(Duration::MAX),
+            "saturates, never panics"
+        );
     }
 
     #[rstest]
@@ -198,6 +227,7 @@ mod tests {
     #[case(RetryPolicy { backoff_max: Duration::MAX, ..RetryPolicy::default() }, "backoff_max")]
     #[case(RetryPolicy { jitter: Duration::MAX, ..RetryPolicy::default() }, "jitter")]
     #[case(RetryPolicy { max_retry_after: Duration::MAX, ..RetryPolicy::default() }, "max_retry_after")]
+    #[case(RetryPolicy { max_total_wait: Duration::MAX, ..RetryPolicy::default() }, "max_total_wait")]
     fn out_of_range_is_rejected(#[case] policy: RetryPolicy, #[case] field: &str) {
         let err = policy.validate().unwrap_err();
         let ConfigError::Invalid { field: got, .. } = &err else {
@@ -236,5 +266,29 @@ mod tests {
             ]
         );
         assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_waits_of_one_request_are_bounded_in_total() {
+        let policy = RetryPolicy {
+            max_retries: 10,
+            jitter: Duration::ZERO,
+            max_total_wait: Duration::from_secs(10),
+            ..RetryPolicy::default()
+        };
+        let mut tries = 0;
+        let started = tokio::time::Instant::now();
+        retry_with_backoff(
+            &policy,
+            || {
+                tries += 1;
+                async {}
+            },
+            |_| Retry::After(Some(Duration::from_secs(4))),
+            |_, _| {},
+        )
+        .await;
+        assert_eq!(tries, 3, "4 s + 4 s fit in 10 s, a third wait does not");
+        assert_eq!(started.elapsed(), Duration::from_secs(8));
     }
 }
