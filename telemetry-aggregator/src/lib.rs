@@ -200,7 +200,10 @@ impl Aggregator {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> AggregatorStats {
-        self.counters.snapshot()
+        AggregatorStats {
+            queued_events: self.intake.queue.len() as u64,
+            ..self.counters.snapshot()
+        }
     }
 }
 

@@ -31,12 +31,15 @@ pub struct AggregatorStats {
     pub in_flight_statements: u64,
     /// Rows waiting now.
     pub pending_rows: u64,
+    /// Events in the intake queue now, not yet taken by the background task.
+    pub queued_events: u64,
 }
 
 impl AggregatorStats {
     /// Every event the driver emitted while this aggregator existed.
     pub fn events_emitted(&self) -> u64 {
         self.events_received
+            + self.queued_events
             + self.dropped.get(DropReason::QueueFull)
             + self.dropped.get(DropReason::AfterClose)
     }
@@ -64,6 +67,7 @@ macro_rules! counters {
                 AggregatorStats {
                     $($name: self.$name.load(Ordering::Relaxed),)+
                     dropped: self.dropped.snapshot(),
+                    queued_events: 0,
                 }
             }
         }

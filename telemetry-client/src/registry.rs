@@ -50,14 +50,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The clients released but still closing, and the totals of those closed: one lock, so that
+/// a client's counters move from one to the other at once.
+#[derive(Default)]
+struct Released {
+    closing: Vec<Arc<HostClient>>,
+    retired: ProviderStats,
+}
+
 /// The host clients of one provider, counted by the leases their connections hold, and the
-/// statistics of the clients already closed.
+/// statistics of the clients released. Lock order: `hosts`, then `released`.
 pub(crate) struct HostRegistry {
     runtime: Handle,
     close_timeout: Duration,
     hosts: Mutex<HashMap<Host, Entry>>,
-    retired: Mutex<ProviderStats>,
-    closing: Mutex<Vec<JoinHandle<()>>>,
+    released: Mutex<Released>,
+    close_tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl HostRegistry {
@@ -66,8 +74,8 @@ impl HostRegistry {
             runtime,
             close_timeout,
             hosts: Mutex::new(HashMap::new()),
-            retired: Mutex::new(ProviderStats::default()),
-            closing: Mutex::new(Vec::new()),
+            released: Mutex::new(Released::default()),
+            close_tasks: Mutex::new(Vec::new()),
         }
     }
 
@@ -85,7 +93,7 @@ impl HostRegistry {
             }
             None => {
                 let client = Arc::new(create());
-                lock(&self.retired).clients_created += 1;
+                lock(&self.released).retired.clients_created += 1;
                 tracing::debug!(host = %host, "telemetry client created");
                 hosts.insert(
                     host.clone(),
@@ -118,6 +126,8 @@ impl HostRegistry {
             return None;
         }
         let entry = hosts.remove(&client.host)?;
+        // Still under the hosts lock: stats see the client live or closing, never neither.
+        lock(&self.released).closing.push(entry.client.clone());
         drop(hosts);
         let (tx, rx) = oneshot::channel();
         let registry = self.clone();
@@ -127,16 +137,19 @@ impl HostRegistry {
                 .aggregator
                 .close(deadline_after(registry.close_timeout))
                 .await;
-            let mut retired = lock(&registry.retired);
-            retired.add(&client.aggregator.stats(), &client.exporter.stats());
-            retired.clients_closed += 1;
-            drop(retired);
+            let mut released = lock(&registry.released);
+            released.closing.retain(|c| !Arc::ptr_eq(c, &client));
+            released
+                .retired
+                .add(&client.aggregator.stats(), &client.exporter.stats());
+            released.retired.clients_closed += 1;
+            drop(released);
             tracing::debug!(host = %client.host, "telemetry client closed");
             let _ = tx.send(());
         });
-        let mut closing = lock(&self.closing);
-        closing.retain(|h| !h.is_finished());
-        closing.push(task);
+        let mut tasks = lock(&self.close_tasks);
+        tasks.retain(|h| !h.is_finished());
+        tasks.push(task);
         Some(rx)
     }
 
@@ -157,10 +170,16 @@ impl HostRegistry {
             .map(|e| e.client.stats(e.leases))
     }
 
-    /// Totals over every host client, live and closed.
+    /// Totals over every host client: live, closing and closed.
     pub(crate) fn stats(&self) -> ProviderStats {
-        let mut total = lock(&self.retired).clone();
-        for e in lock(&self.hosts).values() {
+        let hosts = lock(&self.hosts);
+        let released = lock(&self.released);
+        let mut total = released.retired.clone();
+        for c in &released.closing {
+            total.add(&c.aggregator.stats(), &c.exporter.stats());
+        }
+        drop(released);
+        for e in hosts.values() {
             let s = e.client.stats(e.leases);
             total.add(&s.aggregator, &s.export);
             total.hosts.push(HostStatsSummary {
@@ -175,7 +194,7 @@ impl HostRegistry {
 
     /// The closes in progress (taken: the caller waits for them).
     pub(crate) fn take_closing(&self) -> Vec<JoinHandle<()>> {
-        lock(&self.closing).drain(..).collect()
+        lock(&self.close_tasks).drain(..).collect()
     }
 }
 

@@ -368,3 +368,20 @@ async fn a_newline_in_the_user_agent_is_removed_not_fatal() {
     assert_eq!(ua.as_deref(), Some("Driver/1.0  X-Injected: yes"));
     assert_eq!(server.rows(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_host_keeps_its_counters_in_the_stats() {
+    let (server, f) = (FakeServer::hanging(), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    workload(&c);
+    drop(c); // the close now waits on the hanging endpoint, up to the close timeout
+    assert_eq!(p.host_count(), 0);
+    let s = p.stats();
+    assert_eq!(s.events_emitted, 5, "closing, not vanished: {s:?}");
+    assert_eq!(s.clients_closed, 0);
+    p.wait_closed().await;
+    let s = p.stats();
+    assert_eq!((s.events_emitted, s.clients_closed), (5, 1));
+    assert_eq!(s.rows_produced, s.total_rows_dropped());
+}
