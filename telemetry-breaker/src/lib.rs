@@ -55,4 +55,4 @@ pub use breaker::{
     Admission, BreakerConfig, BreakerConfigError, BreakerState, BreakerStats, CallError,
     CircuitBreaker, FailurePolicy, Outcome, Permit, Rejected,
 };
-pub use registry::{BreakerLease, CircuitBreakerRegistry};
+pub use registry::{BreakerLease, CircuitBreakerRegistry, MAX_IDLE_BREAKERS};

@@ -3,7 +3,11 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::breaker::{BreakerConfig, CircuitBreaker};
+use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+
+/// Breakers without a lease (open or half-open ones, kept until they close) a registry keeps
+/// at most; past it the oldest idle ones go.
+pub const MAX_IDLE_BREAKERS: usize = 1024;
 
 struct Entry {
     breaker: CircuitBreaker,
@@ -81,10 +85,23 @@ impl<K: Eq + Hash + Clone + fmt::Display> CircuitBreakerRegistry<K> {
         self.map().get(key).map(|e| e.breaker.clone())
     }
 
-    /// A reference-counted use of `key`'s breaker: the breaker is removed when the last
-    /// lease is dropped.
+    /// A reference-counted use of `key`'s breaker. When the last lease is dropped a closed
+    /// breaker is removed; an open (or half-open) one stays, so that the next user of the key
+    /// (a driver opening one connection per request) still finds it open, until a probe
+    /// closes it. At most [`MAX_IDLE_BREAKERS`] breakers without a lease are kept.
     pub fn lease(&self, key: K) -> BreakerLease<K> {
         let mut map = self.map();
+        if !map.contains_key(&key) {
+            let idle = map.values().filter(|e| e.leases == 0).count();
+            if idle >= MAX_IDLE_BREAKERS {
+                let mut excess = idle + 1 - MAX_IDLE_BREAKERS;
+                map.retain(|_, e| {
+                    let drop = excess > 0 && e.leases == 0;
+                    excess -= usize::from(drop);
+                    !drop
+                });
+            }
+        }
         let entry = self.entry(&mut map, &key);
         entry.leases += 1;
         BreakerLease {
@@ -139,7 +156,7 @@ impl<K: Eq + Hash + Clone + fmt::Display> Drop for BreakerLease<K> {
             // Only the entry this lease belongs to (not one re-created after a remove).
             if Arc::ptr_eq(entry.breaker.inner_arc(), self.breaker.inner_arc()) {
                 entry.leases = entry.leases.saturating_sub(1);
-                if entry.leases == 0 {
+                if entry.leases == 0 && entry.breaker.state() == BreakerState::Closed {
                     map.remove(&self.key);
                 }
             }

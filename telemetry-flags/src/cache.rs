@@ -140,22 +140,27 @@ struct Entry {
     refs: usize,
 }
 
-/// A failure remembered past the removal of a host's context, so that connections opened
-/// one after another do not each trigger a look-up.
+/// A host's last answer (or failure), remembered past the removal of its context until the
+/// answer's TTL (or the failure's backoff) ends: a driver that opens one connection per
+/// request reuses it instead of looking the flag up again.
 #[derive(Clone, Copy)]
-struct FailureMemo {
-    retry_at: Instant,
+struct Memo {
+    state: FlagState,
+    /// When the answer expires: the next look-up is due then.
+    refresh_at: Instant,
+    /// The failure backoff to use after the next failure.
     backoff: Duration,
 }
 
-const MAX_FAILURE_MEMOS: usize = 1024;
+/// Hosts whose answer is remembered, at most; past it the one expiring first goes.
+const MAX_MEMOS: usize = 1024;
 
 struct Inner {
     source: Arc<dyn FlagSource>,
     config: FlagCacheConfig,
     runtime: Handle,
     hosts: Mutex<HashMap<Host, Entry>>,
-    failures: Mutex<HashMap<Host, FailureMemo>>,
+    memos: Mutex<HashMap<Host, Memo>>,
     fetches: AtomicU64,
     failed: AtomicU64,
 }
@@ -196,7 +201,7 @@ impl FeatureFlagCache {
                 config,
                 runtime,
                 hosts: Mutex::new(HashMap::new()),
-                failures: Mutex::new(HashMap::new()),
+                memos: Mutex::new(HashMap::new()),
                 fetches: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
             }),
@@ -229,10 +234,10 @@ impl FeatureFlagCache {
         if self.inner.config.switch.is_disabled() {
             ctx.set(FlagState::Disabled);
         } else {
-            let memo = lock(&self.inner.failures).get(host).copied();
+            let memo = lock(&self.inner.memos).get(host).copied();
             let mut first_fetch = None;
-            if let Some(memo) = memo.filter(|m| m.retry_at > Instant::now()) {
-                ctx.set(FlagState::Disabled);
+            if let Some(memo) = memo.filter(|m| m.refresh_at > Instant::now()) {
+                ctx.set(memo.state);
                 first_fetch = Some(memo);
             }
             let task = self.inner.runtime.spawn(refresh_loop(
@@ -302,12 +307,40 @@ impl FeatureFlagCache {
     }
 }
 
-async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<FailureMemo>) {
+impl Inner {
+    /// Remembers `host`'s answer until `refresh_at`, within [`MAX_MEMOS`] hosts.
+    fn remember(&self, host: &Host, memo: Memo) {
+        let mut memos = lock(&self.memos);
+        if memos.len() >= MAX_MEMOS && !memos.contains_key(host) {
+            let now = Instant::now();
+            memos.retain(|_, m| m.refresh_at > now);
+            if memos.len() >= MAX_MEMOS
+                && let Some(first) = memos
+                    .iter()
+                    .min_by_key(|(_, m)| m.refresh_at)
+                    .map(|(h, _)| h.clone())
+            {
+                memos.remove(&first);
+            }
+        }
+        memos.insert(host.clone(), memo);
+    }
+}
+
+/// `d` from now, or a year from now if the clock cannot hold it (an Instant spans centuries,
+/// so a year always fits).
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<Memo>) {
     let config = &inner.config;
     let mut backoff = config.failure_backoff;
     if let Some(memo) = first {
         backoff = memo.backoff;
-        tokio::time::sleep_until(memo.retry_at).await;
+        tokio::time::sleep_until(memo.refresh_at).await;
     }
     loop {
         inner.fetches.fetch_add(1, Ordering::Relaxed);
@@ -332,8 +365,15 @@ async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<Fa
                 let ttl = config.effective_ttl(answer.ttl);
                 tracing::debug!(host = %ctx.host, state = state.as_str(), ttl_s = ttl.as_secs(), "feature flag fetched");
                 ctx.set(state);
-                lock(&inner.failures).remove(&ctx.host);
                 backoff = config.failure_backoff;
+                inner.remember(
+                    &ctx.host,
+                    Memo {
+                        state,
+                        refresh_at: after(ttl),
+                        backoff,
+                    },
+                );
                 ttl
             }
             Err(err) => {
@@ -341,21 +381,17 @@ async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<Fa
                 tracing::debug!(host = %ctx.host, error = %err, retry_in_s = backoff.as_secs(), "feature-flag look-up failed; telemetry disabled");
                 ctx.set(FlagState::Disabled);
                 let wait = backoff;
-                backoff = (backoff * 2).min(config.max_failure_backoff.max(config.failure_backoff));
-                let mut memos = lock(&inner.failures);
-                if memos.len() >= MAX_FAILURE_MEMOS {
-                    let now = Instant::now();
-                    memos.retain(|_, m| m.retry_at > now);
-                }
-                if memos.len() < MAX_FAILURE_MEMOS {
-                    memos.insert(
-                        ctx.host.clone(),
-                        FailureMemo {
-                            retry_at: Instant::now() + wait,
-                            backoff,
-                        },
-                    );
-                }
+                backoff = backoff
+                    .saturating_mul(2)
+                    .min(config.max_failure_backoff.max(config.failure_backoff));
+                inner.remember(
+                    &ctx.host,
+                    Memo {
+                        state: FlagState::Disabled,
+                        refresh_at: after(wait),
+                        backoff,
+                    },
+                );
                 wait
             }
         };

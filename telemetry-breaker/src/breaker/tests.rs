@@ -313,6 +313,45 @@ async fn registry_leases_remove_at_zero() {
     assert!(format!("{_new:?}").contains("h"));
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_outlives_its_leases_until_it_closes() {
+    let reg = CircuitBreakerRegistry::new(BreakerConfig::default());
+    let lease = reg.lease("h".to_string());
+    for _ in 0..5 {
+        lease.breaker().try_acquire().unwrap().failure();
+    }
+    drop(lease);
+    assert_eq!(reg.len(), 1, "kept while open");
+    // The next user (a new connection) still finds it open: no call goes through.
+    let lease = reg.lease("h".to_string());
+    assert_eq!(lease.breaker().state(), BreakerState::Open);
+    assert!(lease.breaker().try_acquire().is_err());
+    drop(lease);
+    // After the open period two probes close it; then the last lease removes it.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let lease = reg.lease("h".to_string());
+    lease.breaker().try_acquire().unwrap().success();
+    lease.breaker().try_acquire().unwrap().success();
+    assert_eq!(lease.breaker().state(), BreakerState::Closed);
+    drop(lease);
+    assert!(reg.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_breakers_are_bounded() {
+    let reg = CircuitBreakerRegistry::new(BreakerConfig::default());
+    for i in 0..(crate::MAX_IDLE_BREAKERS + 10) {
+        let lease = reg.lease(format!("h{i}"));
+        for _ in 0..5 {
+            lease.breaker().try_acquire().unwrap().failure();
+        }
+    }
+    assert_eq!(reg.len(), crate::MAX_IDLE_BREAKERS);
+    let busy = reg.lease("busy".to_string());
+    assert_eq!(reg.len(), crate::MAX_IDLE_BREAKERS, "an idle one made room");
+    drop(busy);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_stress_keeps_counters_consistent() {
     // Real time with a 1 ms opening, so the breaker cycles through every state many times.

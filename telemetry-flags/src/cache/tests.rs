@@ -331,3 +331,48 @@ fn config_out_of_range_is_rejected(#[case] set: fn(&mut FlagCacheConfig), #[case
     let err = c.validate().unwrap_err();
     assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_answer_outlives_the_connections_until_its_ttl() {
+    let src = Scripted::new(|_| on(Some(600)));
+    let c = cache(src.clone());
+    let h = host("serverless.example");
+    for i in 0..50 {
+        let handle = c.acquire(&h, None);
+        if i > 0 {
+            assert_eq!(
+                handle.state(),
+                FlagState::Enabled,
+                "connection {i}: known at once"
+            );
+        }
+        assert_eq!(
+            handle.resolve(Duration::from_secs(1)).await,
+            FlagState::Enabled
+        );
+        drop(handle);
+        assert_eq!(c.host_count(), 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(src.count(), 1, "one look-up for 50 sequential connections");
+    // Past the TTL the next connection looks the flag up again.
+    tokio::time::advance(Duration::from_secs(600)).await;
+    let handle = c.acquire(&h, None);
+    assert_eq!(handle.state(), FlagState::Unknown);
+    assert_eq!(
+        handle.resolve(Duration::from_secs(1)).await,
+        FlagState::Enabled
+    );
+    assert_eq!(src.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn remembered_answers_are_bounded() {
+    let src = Scripted::new(|_| on(None));
+    let c = cache(src.clone());
+    for i in 0..(MAX_MEMOS + 100) {
+        let handle = c.acquire(&host(&format!("h{i}.example")), None);
+        handle.resolve(Duration::from_secs(1)).await;
+    }
+    assert_eq!(c.inner.memos.lock().unwrap().len(), MAX_MEMOS);
+}
