@@ -323,6 +323,15 @@ impl CircuitBreaker {
         BreakerState::from_u8(self.inner.state.load(Ordering::Acquire))
     }
 
+    /// Whether the breaker remembers nothing worth keeping: CLOSED with no failure counted
+    /// toward opening it. A registry drops only such a breaker when its last user leaves.
+    pub fn is_at_rest(&self) -> bool {
+        let core = self.lock();
+        core.state == BreakerState::Closed
+            && core.consecutive_failures == 0
+            && core.window_failures == 0
+    }
+
     /// Counters and state.
     pub fn stats(&self) -> BreakerStats {
         let c = &self.inner.counters;

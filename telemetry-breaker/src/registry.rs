@@ -3,7 +3,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use crate::breaker::{BreakerConfig, CircuitBreaker};
 
 /// Breakers without a lease (open or half-open ones, kept until they close) a registry keeps
 /// at most; past it the oldest idle ones go.
@@ -85,10 +85,11 @@ impl<K: Eq + Hash + Clone + fmt::Display> CircuitBreakerRegistry<K> {
         self.map().get(key).map(|e| e.breaker.clone())
     }
 
-    /// A reference-counted use of `key`'s breaker. When the last lease is dropped a closed
-    /// breaker is removed; an open (or half-open) one stays, so that the next user of the key
-    /// (a driver opening one connection per request) still finds it open, until a probe
-    /// closes it. At most [`MAX_IDLE_BREAKERS`] breakers without a lease are kept.
+    /// A reference-counted use of `key`'s breaker. When the last lease is dropped a breaker
+    /// at rest ([`CircuitBreaker::is_at_rest`]) is removed; one that is open, half-open or
+    /// counting failures stays, so that the next user of the key (a driver opening one
+    /// connection per request) carries on where the last one left off. At most
+    /// [`MAX_IDLE_BREAKERS`] breakers without a lease are kept.
     pub fn lease(&self, key: K) -> BreakerLease<K> {
         let mut map = self.map();
         if !map.contains_key(&key) {
@@ -156,7 +157,7 @@ impl<K: Eq + Hash + Clone + fmt::Display> Drop for BreakerLease<K> {
             // Only the entry this lease belongs to (not one re-created after a remove).
             if Arc::ptr_eq(entry.breaker.inner_arc(), self.breaker.inner_arc()) {
                 entry.leases = entry.leases.saturating_sub(1);
-                if entry.leases == 0 && entry.breaker.state() == BreakerState::Closed {
+                if entry.leases == 0 && entry.breaker.is_at_rest() {
                     map.remove(&self.key);
                 }
             }

@@ -76,7 +76,7 @@ impl ProviderStats {
         self.rows_exported += export.rows_exported;
         self.export_requests += export.requests;
         self.export_retries += export.retries;
-        self.breaker_openings += export.breaker.openings;
+        self.breaker_openings += export.breaker_openings;
         self.dropped.merge(&agg.dropped);
         self.dropped.merge(&export.rows_dropped);
     }

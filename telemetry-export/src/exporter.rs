@@ -46,8 +46,11 @@ pub struct ExportStats {
     pub unauthenticated_requests: u64,
     /// The last failure, redacted.
     pub last_error: Option<String>,
-    /// The host's breaker.
+    /// The host's breaker (shared with the host's earlier and later exporters).
     pub breaker: telemetry_breaker::BreakerStats,
+    /// Times the host's breaker opened while this exporter existed: the breaker outlives
+    /// exporters, so totals over exporters add these, not `breaker.openings`.
+    pub breaker_openings: u64,
 }
 
 impl ExportStats {
@@ -90,6 +93,8 @@ pub struct DatabricksExporter {
     user_agent: String,
     extra_headers: Vec<(String, String)>,
     counters: Counters,
+    /// The breaker's openings when this exporter was made.
+    openings_before: u64,
 }
 
 impl fmt::Debug for DatabricksExporter {
@@ -138,11 +143,12 @@ impl DatabricksExporter {
             host,
             config,
             transport,
-            breaker,
             gate,
             user_agent: user_agent.into(),
             extra_headers: Vec::new(),
             counters: Counters::default(),
+            openings_before: breaker.stats().openings,
+            breaker,
         }
     }
 
@@ -161,6 +167,7 @@ impl DatabricksExporter {
     /// A snapshot of the counters.
     pub fn stats(&self) -> ExportStats {
         let c = &self.counters;
+        let breaker = self.breaker.stats();
         ExportStats {
             batches: c.batches.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
@@ -173,7 +180,8 @@ impl DatabricksExporter {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
-            breaker: self.breaker.stats(),
+            breaker: breaker.clone(),
+            breaker_openings: breaker.openings.saturating_sub(self.openings_before),
         }
     }
 

@@ -25,6 +25,9 @@ pub struct Workload {
     pub work_us: u64,
     /// Token; `None` reports to the unauthenticated endpoint.
     pub token: Option<String>,
+    /// Connections one after another (a serverless driver: one connection per request)
+    /// instead of all at once.
+    pub sequential: bool,
 }
 
 impl Default for Workload {
@@ -36,6 +39,7 @@ impl Default for Workload {
             error_rate: 0.05,
             work_us: 0,
             token: None,
+            sequential: false,
         }
     }
 }
@@ -81,22 +85,31 @@ pub fn run(
     w: &Workload,
 ) -> WorkloadReport {
     let started = Instant::now();
-    let threads: Vec<_> = (0..w.connections)
-        .map(|c| {
-            let provider = provider.clone();
-            let host = host.to_owned();
-            let http_path = http_path.to_owned();
-            let w = w.clone();
-            std::thread::spawn(move || connection(&provider, &host, &http_path, &w, c))
-        })
-        .collect();
     let mut report = WorkloadReport::default();
-    for t in threads {
-        if let Ok(r) = t.join() {
-            report.events += r.events;
-            report.expected_rows += r.expected_rows;
-            report.errors += r.errors;
-            report.close_max = report.close_max.max(r.close_max);
+    let mut add = |r: WorkloadReport| {
+        report.events += r.events;
+        report.expected_rows += r.expected_rows;
+        report.errors += r.errors;
+        report.close_max = report.close_max.max(r.close_max);
+    };
+    if w.sequential {
+        for c in 0..w.connections {
+            add(connection(provider, host, http_path, w, c));
+        }
+    } else {
+        let threads: Vec<_> = (0..w.connections)
+            .map(|c| {
+                let provider = provider.clone();
+                let host = host.to_owned();
+                let http_path = http_path.to_owned();
+                let w = w.clone();
+                std::thread::spawn(move || connection(&provider, &host, &http_path, &w, c))
+            })
+            .collect();
+        for t in threads {
+            if let Ok(r) = t.join() {
+                add(r);
+            }
         }
     }
     report.elapsed = started.elapsed();

@@ -315,3 +315,38 @@ async fn many_connections_lose_nothing_when_healthy() {
     assert_eq!(mock.rows_received(), report.expected_rows);
     assert_eq!(mock.rejected(), 0);
 }
+
+/// A serverless driver: one connection per request, each closed before the next. The flag is
+/// looked up once, and a failing endpoint opens the breaker once for all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_churn_shares_the_flag_answer_and_the_breaker() {
+    let mock = MockWorkspace::start(&flag_name()).await.unwrap();
+    let p = TelemetryClientProvider::new(options());
+    let w = Workload {
+        connections: 50,
+        statements: 1,
+        error_rate: 0.0,
+        token: Some("e2e-token".into()),
+        sequential: true,
+        ..Workload::default()
+    };
+    let report = run_workload(&p, &mock.base_url(), w.clone()).await;
+    assert_eq!(mock.flag_requests(), 1, "one look-up for 50 connections");
+    assert_eq!(mock.rows_received(), report.expected_rows);
+
+    let failing = MockWorkspace::start(&flag_name()).await.unwrap();
+    failing.set_fault(Fault::Fail500);
+    let mut o = options();
+    o.config.export.retry.max_retries = 0;
+    let p = TelemetryClientProvider::new(o);
+    run_workload(&p, &failing.base_url(), w).await;
+    let s = p.stats();
+    assert_eq!(
+        failing.export_requests(),
+        5,
+        "one breaker's worth (5 consecutive failures), not one per connection: {s:?}"
+    );
+    assert_eq!(s.breaker_openings, 1);
+    assert_eq!(s.rows_produced, s.total_rows_dropped());
+    assert!(s.dropped.get(DropReason::BreakerOpen) > 0);
+}

@@ -338,6 +338,28 @@ async fn an_open_breaker_outlives_its_leases_until_it_closes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn failures_accumulate_across_short_lived_leases() {
+    let reg = CircuitBreakerRegistry::new(BreakerConfig::default());
+    for _ in 0..5 {
+        let lease = reg.lease("h".to_string());
+        lease.breaker().try_acquire().unwrap().failure();
+    }
+    let lease = reg.lease("h".to_string());
+    assert_eq!(
+        lease.breaker().state(),
+        BreakerState::Open,
+        "5 users, 1 failure each"
+    );
+    assert_eq!(lease.breaker().stats().openings, 1);
+    drop(lease);
+    let lease = reg.lease("ok".to_string());
+    assert!(lease.breaker().is_at_rest());
+    lease.breaker().try_acquire().unwrap().success();
+    drop(lease);
+    assert_eq!(reg.len(), 1, "a breaker at rest is not kept");
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_breakers_are_bounded() {
     let reg = CircuitBreakerRegistry::new(BreakerConfig::default());
     for i in 0..(crate::MAX_IDLE_BREAKERS + 10) {

@@ -24,6 +24,8 @@ const USAGE: &str = "usage: telemetry-sim [options]
   --client-type T        feature-flag client type (default OSS_JDBC)
   --flag-name NAME       feature-flag name (default the JDBC telemetry flag)
   --connections N        concurrent connections (default 4)
+  --sequential           open the connections one after another, each closed before the next
+                         (a serverless driver), instead of all at once
   --statements N         statements per connection (default 50)
   --chunks N             CloudFetch chunks per statement (default 3)
   --error-rate F         fraction of statements ending in an error (default 0.05)
@@ -93,6 +95,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args, String> {
             "--connections" => {
                 a.workload.connections = num("--connections", value("--connections")?)?
             }
+            "--sequential" => a.workload.sequential = true,
             "--statements" => a.workload.statements = num("--statements", value("--statements")?)?,
             "--chunks" => a.workload.chunks = num("--chunks", value("--chunks")?)?,
             "--error-rate" => {
@@ -369,6 +372,11 @@ fn main() -> ExitCode {
             m.rejected(),
             m.privacy_violations()
         );
+        println!(
+            "  server saw        {:>10} export requests, {} flag requests",
+            m.export_requests(),
+            m.flag_requests()
+        );
     }
     let peak = peak_rss_kib();
     println!(
@@ -397,6 +405,10 @@ fn main() -> ExitCode {
             out["server_rejected"] = json!(mock.as_ref().map_or(0, MockWorkspace::rejected));
             out["server_privacy_violations"] =
                 json!(mock.as_ref().map_or(0, MockWorkspace::privacy_violations));
+            out["server_export_requests"] =
+                json!(mock.as_ref().map_or(0, MockWorkspace::export_requests));
+            out["server_flag_requests"] =
+                json!(mock.as_ref().map_or(0, MockWorkspace::flag_requests));
         }
         if let Some(c) = compare {
             out["compare"] = c;
