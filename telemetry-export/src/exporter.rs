@@ -180,7 +180,7 @@ impl DatabricksExporter {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
-            breaker: breaker.clone(),
+            breaker,
             breaker_openings: breaker.openings.saturating_sub(self.openings_before),
         }
     }
