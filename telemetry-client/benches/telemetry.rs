@@ -304,6 +304,27 @@ fn bench_serialisation() {
     );
 }
 
+/// Redaction of a 1 MB error text with secrets of every class spread through it (the
+/// background task's cost for a pathological message; driver text is capped before this).
+fn bench_redaction() {
+    let unit = "Query failed at /home/alice/q.sql: Bearer abc123def456 password=hunter2 \
+        https://b.s3.amazonaws.com/x?X-Amz-Signature=00ff bob@example.com WHERE a = 'secret' \
+        AKIAIOSFODNN7EXAMPLE and plain text that says nothing private at all. ";
+    let text = unit.repeat((1 << 20) / unit.len());
+    let ns = median_per_unit(|| {
+        let t = Instant::now();
+        black_box(telemetry_types::redact::redact(black_box(&text)));
+        (t.elapsed(), 1)
+    });
+    let mb_per_s = text.len() as f64 / (ns / 1e9) / 1e6;
+    report(
+        "redaction: 1 MB error text",
+        format!("{mb_per_s:.0} MB/s"),
+        "-",
+        true,
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run quickly then.
     if !std::env::args().any(|a| a == "--bench") {
@@ -331,4 +352,5 @@ fn main() {
     );
     bench_aggregation();
     bench_serialisation();
+    bench_redaction();
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::connection::ConnectionInfo;
+use crate::connection::{ConnectionInfo, MAX_ID_CHARS};
 use crate::event::{DriverError, StatementEnd};
 use crate::random::uuid_v4;
 use crate::redact::{MAX_STACK_TRACE_CHARS, redact_truncated};
@@ -57,12 +57,17 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// A log with the connection's correlation ids and a fresh event id.
+/// A log with the connection's correlation ids (redacted, capped) and a fresh event id.
 pub fn base_log(conn: &ConnectionInfo, timestamp_millis: i64) -> TelemetryFrontendLog {
     let mut log = TelemetryFrontendLog::new(uuid_v4(), timestamp_millis, conn.user_agent.clone());
     log.workspace_id = conn.workspace_id;
-    log.driver_log_mut().session_id = conn.session_id.clone();
+    log.driver_log_mut().session_id = conn.redacted().session_id.clone();
     log
+}
+
+/// A statement id as it may leave the process.
+fn statement_id(id: &str) -> String {
+    redact_truncated(id, MAX_ID_CHARS)
 }
 
 /// The `CREATE_SESSION` or `DELETE_SESSION` row. Only `CREATE_SESSION` carries the system
@@ -78,8 +83,9 @@ pub fn connection_row(
     d.operation_latency_ms = Some(to_i64(latency_ms));
     let operation_type = match change {
         SessionChange::Opened => {
-            d.system_configuration = conn.system_configuration.clone();
-            d.driver_connection_params = conn.connection_params.clone();
+            let redacted = conn.redacted();
+            d.system_configuration = redacted.system_configuration.clone();
+            d.driver_connection_params = redacted.connection_params.clone();
             d.auth_type = conn.auth_type;
             OperationType::CreateSession
         }
@@ -101,7 +107,7 @@ pub fn statement_row(conn: &ConnectionInfo, s: &StatementSummary) -> TelemetryFr
     let c = &s.end.completion;
     let chunks = &s.end.chunks;
     let d = log.driver_log_mut();
-    d.sql_statement_id = Some(s.statement_id.clone());
+    d.sql_statement_id = Some(statement_id(&s.statement_id));
     d.operation_latency_ms = Some(to_i64(s.end.latency_ms));
     let chunk_details = (chunks.iterated > 0 || c.chunks_present.is_some()).then(|| ChunkDetails {
         total_chunks_present: c.chunks_present.map(i64::from),
@@ -148,7 +154,7 @@ pub fn error_row(
 ) -> TelemetryFrontendLog {
     let mut log = base_log(conn, timestamp_millis);
     let d = log.driver_log_mut();
-    d.sql_statement_id = statement_id.map(str::to_owned);
+    d.sql_statement_id = statement_id.map(self::statement_id);
     d.error_info = Some(error_info(error));
     log
 }
