@@ -38,8 +38,13 @@ pub struct AggregatorConfig {
     /// [`close`](crate::Aggregator::close). Default 2 s; 0..=10 min.
     pub close_timeout: Duration,
     /// Events buffered between the driver and the background task. Default 10 000;
-    /// 1..=1 000 000.
+    /// 1..=1 000 000. The queue's memory grows with what it holds, not with its capacity.
     pub queue_capacity: usize,
+    /// Memory the background task may hold for this host, in bytes: in-flight statements
+    /// with their kept errors, and rows waiting for export. Past it older rows make room, then
+    /// new ones are dropped ([`ByteBudget`](telemetry_types::drops::DropReason::ByteBudget)).
+    /// Default 4 MiB; 64 KiB..=1 GiB.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for AggregatorConfig {
@@ -53,6 +58,7 @@ impl Default for AggregatorConfig {
             max_errors_per_statement: 10,
             close_timeout: Duration::from_secs(2),
             queue_capacity: 10_000,
+            max_buffered_bytes: 4 << 20,
         }
     }
 }
@@ -116,6 +122,13 @@ impl AggregatorConfig {
             MILLION,
             "queue_capacity",
             "must be in 1..=1000000",
+        )?;
+        ConfigError::check_range(
+            self.max_buffered_bytes,
+            64 << 10,
+            1 << 30,
+            "max_buffered_bytes",
+            "must be in 64 KiB..=1 GiB",
         )
     }
 }
@@ -158,6 +171,8 @@ mod tests {
     #[case(with(|c| c.max_errors_per_statement = 1001), "max_errors_per_statement")]
     #[case(with(|c| c.close_timeout = Duration::MAX), "close_timeout")]
     #[case(with(|c| c.queue_capacity = 0), "queue_capacity")]
+    #[case(with(|c| c.max_buffered_bytes = 0), "max_buffered_bytes")]
+    #[case(with(|c| c.max_buffered_bytes = usize::MAX), "max_buffered_bytes")]
     fn out_of_range_is_rejected(#[case] config: AggregatorConfig, #[case] field: &str) {
         let err = config.validate().unwrap_err();
         let ConfigError::Invalid { field: got, .. } = &err else {

@@ -3,8 +3,11 @@
 //! Turns a driver's [`TelemetryEvent`]s into the rows of spec section 3 and hands them in
 //! batches to a [`BatchSink`] (the exporter in production, a recording sink in tests).
 //!
-//! - **Intake**: [`Aggregator::emit`] is a non-blocking push into a bounded lock-free queue; a
-//!   full queue drops the event and counts it. Nothing else runs on the caller's thread: the
+//! - **Intake**: [`Aggregator::emit`] is a non-blocking push into a bounded lock-free queue
+//!   whose memory grows with what it holds (an idle host holds almost nothing); a full queue
+//!   drops the event and counts it. Error text is queued as the driver handed it, within the
+//!   byte budget (past it the error is dropped as queue-full), and capped by the background
+//!   task. Nothing else runs on the caller's thread: the
 //!   push does not wake the background task (a wake can cost a syscall), which drains the queue
 //!   every few milliseconds, or at once when the queue passes a high-water mark.
 //! - **Aggregation**: one background task owns all state. Connection open / close become rows
@@ -50,11 +53,11 @@ mod task;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use telemetry_types::drops::DropReason;
-use telemetry_types::event::TelemetryEvent;
+use telemetry_types::event::{EventKind, TelemetryEvent};
 use telemetry_types::sink::BatchSink;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
@@ -67,9 +70,25 @@ use stats::Counters;
 /// How often the background task drains the intake when nothing wakes it.
 pub(crate) const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
+/// The heap bytes of an event's driver text: the error's strings, as allocated (an error
+/// message is queued as the driver handed it and capped by the background task, so that
+/// the driver's thread neither copies nor reallocates it).
+fn text_bytes(event: &TelemetryEvent) -> usize {
+    match &event.kind {
+        EventKind::Error { error, .. } => error.name.capacity() + error.message.capacity(),
+        _ => 0,
+    }
+}
+
 /// The queue between producers and the background task.
 pub(crate) struct Intake {
-    queue: crossbeam_queue::ArrayQueue<TelemetryEvent>,
+    /// Segments allocated as events come and freed as they go.
+    queue: crossbeam_queue::SegQueue<TelemetryEvent>,
+    capacity: usize,
+    /// Bytes of error text queued now (only error events carry text of the driver's size).
+    queued_text: AtomicUsize,
+    /// At most this many bytes of error text are queued; past it errors are dropped.
+    max_queued_text: usize,
     closed: AtomicBool,
     wake: tokio::sync::Notify,
     high_water: usize,
@@ -88,7 +107,12 @@ impl Drop for Intake {
 
 impl Intake {
     pub(crate) fn pop(&self) -> Option<TelemetryEvent> {
-        self.queue.pop()
+        let event = self.queue.pop()?;
+        let text = text_bytes(&event);
+        if text > 0 {
+            self.queued_text.fetch_sub(text, Ordering::Relaxed);
+        }
+        Some(event)
     }
 
     pub(crate) fn close(&self) {
@@ -130,7 +154,10 @@ impl Aggregator {
         let capacity = config.queue_capacity.max(1);
         let counters = Arc::new(Counters::default());
         let intake = Arc::new(Intake {
-            queue: crossbeam_queue::ArrayQueue::new(capacity),
+            queue: crossbeam_queue::SegQueue::new(),
+            capacity,
+            queued_text: AtomicUsize::new(0),
+            max_queued_text: config.max_buffered_bytes,
             closed: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             // Half the queue: at the default 10 000 events and the 10 ms tick a producer must
@@ -161,9 +188,26 @@ impl Aggregator {
         let intake = &*self.intake;
         if intake.closed.load(Ordering::Acquire) {
             self.counters.count_drop(DropReason::AfterClose, 1);
-        } else if intake.queue.push(event).is_err() {
+            return;
+        }
+        // Producers racing past this check may overfill by one event each: the bound is
+        // the capacity plus the number of concurrent producers.
+        let len = intake.queue.len();
+        if len >= intake.capacity {
             self.counters.count_drop(DropReason::QueueFull, 1);
-        } else if intake.queue.len() >= intake.high_water {
+            return;
+        }
+        let text = text_bytes(&event);
+        if text > 0 {
+            let queued = intake.queued_text.fetch_add(text, Ordering::Relaxed);
+            if queued.saturating_add(text) > intake.max_queued_text {
+                intake.queued_text.fetch_sub(text, Ordering::Relaxed);
+                self.counters.count_drop(DropReason::QueueFull, 1);
+                return;
+            }
+        }
+        intake.queue.push(event);
+        if len + 1 >= intake.high_water {
             intake.wake.notify_one();
         }
     }

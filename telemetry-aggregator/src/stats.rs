@@ -19,7 +19,7 @@ pub struct AggregatorStats {
     /// Events and rows dropped, by reason: [`QueueFull`](DropReason::QueueFull),
     /// [`AfterClose`](DropReason::AfterClose), [`UnknownStatement`](DropReason::UnknownStatement),
     /// [`ErrorCap`](DropReason::ErrorCap) (events); [`PendingCap`](DropReason::PendingCap),
-    /// [`Shutdown`](DropReason::Shutdown) (rows).
+    /// [`ByteBudget`](DropReason::ByteBudget), [`Shutdown`](DropReason::Shutdown) (rows).
     pub dropped: DropCounts,
     /// Statements reported early because their TTL passed.
     pub evicted_ttl: u64,
@@ -31,6 +31,9 @@ pub struct AggregatorStats {
     pub in_flight_statements: u64,
     /// Rows waiting now.
     pub pending_rows: u64,
+    /// Bytes held now against the byte budget (in-flight statements, kept errors, pending
+    /// rows).
+    pub buffered_bytes: u64,
     /// Events in the intake queue now, not yet taken by the background task.
     pub queued_events: u64,
 }
@@ -84,6 +87,7 @@ counters!(
     batches,
     in_flight_statements,
     pending_rows,
+    buffered_bytes,
 );
 
 impl Counters {

@@ -7,6 +7,7 @@ use telemetry_types::clock::WallClock;
 use telemetry_types::connection::ConnectionInfo;
 use telemetry_types::drops::DropReason;
 use telemetry_types::event::{DriverError, EventKind, StatementEnd, StatementId, TelemetryEvent};
+use telemetry_types::redact::cap_at_word;
 use telemetry_types::row::{self, SessionChange, StatementSummary, TelemetryRow};
 use telemetry_types::sink::BatchSink;
 use telemetry_types::wire::{OperationType, StatementType, TelemetryFrontendLog};
@@ -28,6 +29,51 @@ struct Statement {
     statement_type: StatementType,
     operation_type: OperationType,
     errors: Vec<(i64, DriverError)>,
+    /// What it holds against the byte budget: its id and its kept errors.
+    bytes: usize,
+}
+
+/// Longest error name kept, in bytes.
+const MAX_ERROR_NAME_BYTES: usize = 1024;
+/// Longest error message kept, in bytes: enough for a 2048-character stack trace after
+/// redaction, small enough that a megabyte message costs little to keep.
+const MAX_ERROR_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// `error` with its strings capped (at a word boundary, so that a secret is never left half
+/// there for redaction to miss).
+fn capped(mut error: DriverError) -> DriverError {
+    if error.name.len() > MAX_ERROR_NAME_BYTES {
+        error.name = cap_at_word(error.name, MAX_ERROR_NAME_BYTES);
+    }
+    if error.message.len() > MAX_ERROR_MESSAGE_BYTES {
+        error.message = cap_at_word(error.message, MAX_ERROR_MESSAGE_BYTES);
+    }
+    error
+}
+
+/// Bookkeeping bytes of one in-flight statement beyond its id.
+const STATEMENT_OVERHEAD: usize = 160;
+
+fn error_bytes(e: &DriverError) -> usize {
+    e.name.len() + e.message.len() + 64
+}
+
+/// An estimate of a pending row's memory: its strings plus a fixed overhead.
+fn row_bytes(row: &TelemetryRow) -> usize {
+    let log = &row.log;
+    let d = log.driver_log();
+    let strings = log.context.client_context.user_agent.len()
+        + d.session_id.as_ref().map_or(0, String::len)
+        + d.sql_statement_id.as_ref().map_or(0, String::len)
+        + d.error_info
+            .as_ref()
+            .map_or(0, |e| e.error_name.len() + e.stack_trace.len())
+        + if d.system_configuration.is_some() || d.driver_connection_params.is_some() {
+            1024
+        } else {
+            0
+        };
+    512 + strings
 }
 
 struct InFlight {
@@ -44,6 +90,9 @@ struct State {
     next_seq: u64,
     pending: VecDeque<TelemetryRow>,
     in_flight: Option<InFlight>,
+    /// Bytes held against `config.max_buffered_bytes`: in-flight statements (with their kept
+    /// errors) and pending rows.
+    held_bytes: usize,
 }
 
 pub(crate) async fn run(
@@ -72,6 +121,7 @@ pub(crate) async fn run(
         next_seq: 0,
         pending: VecDeque::new(),
         in_flight: None,
+        held_bytes: 0,
     };
     loop {
         tokio::select! {
@@ -131,21 +181,50 @@ impl State {
             self.statements.len() as u64,
         );
         Counters::set(&self.counters.pending_rows, self.pending.len() as u64);
+        Counters::set(&self.counters.buffered_bytes, self.held_bytes as u64);
+    }
+
+    fn over_budget(&self, more: usize) -> bool {
+        self.held_bytes.saturating_add(more) > self.config.max_buffered_bytes
+    }
+
+    /// Drops the oldest non-error pending row (the oldest row if all are errors).
+    fn drop_oldest_pending(&mut self) -> bool {
+        let victim = self.pending.iter().position(|r| !r.is_error).unwrap_or(0);
+        match self.pending.remove(victim) {
+            Some(row) => {
+                self.held_bytes = self.held_bytes.saturating_sub(row_bytes(&row));
+                self.counters.count_drop(DropReason::PendingCap, 1);
+                true
+            }
+            None => false,
+        }
     }
 
     fn push_row(&mut self, connection: Arc<ConnectionInfo>, log: TelemetryFrontendLog) {
         let is_error = log.driver_log().error_info.is_some();
         Counters::add(&self.counters.rows_produced, 1);
-        if self.pending.len() >= self.config.max_pending_rows {
-            let victim = self.pending.iter().position(|r| !r.is_error).unwrap_or(0);
-            self.pending.remove(victim);
-            self.counters.count_drop(DropReason::PendingCap, 1);
-        }
-        self.pending.push_back(TelemetryRow {
+        let row = TelemetryRow {
             log,
             connection,
             is_error,
-        });
+        };
+        let bytes = row_bytes(&row);
+        if self.pending.len() >= self.config.max_pending_rows {
+            self.drop_oldest_pending();
+        }
+        // Within the byte budget: older rows make room, else this one goes.
+        while self.over_budget(bytes) && self.pending.iter().any(|r| !r.is_error || is_error) {
+            if !self.drop_oldest_pending() {
+                break;
+            }
+        }
+        if self.over_budget(bytes) {
+            self.counters.count_drop(DropReason::ByteBudget, 1);
+            return;
+        }
+        self.held_bytes += bytes;
+        self.pending.push_back(row);
     }
 
     fn fold(&mut self, event: TelemetryEvent, clock: &Clock) {
@@ -181,6 +260,7 @@ impl State {
                 }
                 let seq = self.next_seq;
                 self.next_seq += 1;
+                let bytes = key.1.len() + STATEMENT_OVERHEAD;
                 self.order.insert(seq, key.clone());
                 self.statements.insert(
                     key,
@@ -192,9 +272,15 @@ impl State {
                         statement_type,
                         operation_type,
                         errors: Vec::new(),
+                        bytes,
                     },
                 );
-                while self.statements.len() > self.config.max_in_flight_statements {
+                self.held_bytes += bytes;
+                // Past the count cap, or the byte budget, the oldest statements are reported
+                // early (their rows then compete for the budget like any other).
+                while self.statements.len() > self.config.max_in_flight_statements
+                    || (self.over_budget(0) && self.statements.len() > 1)
+                {
                     let Some((_, oldest)) = self.order.first_key_value() else {
                         break;
                     };
@@ -210,7 +296,7 @@ impl State {
             EventKind::Error {
                 statement_id,
                 error,
-            } => self.error(connection, timestamp_millis, statement_id, *error),
+            } => self.error(connection, timestamp_millis, statement_id, capped(*error)),
         };
         match fate {
             EventFate::Folded => Counters::add(&self.counters.events_folded, 1),
@@ -251,13 +337,17 @@ impl State {
                     return EventFate::Folded;
                 }
                 let cap = self.config.max_errors_per_statement;
+                let bytes = error_bytes(&error);
+                let over_budget = self.over_budget(bytes);
                 let Some(st) = self.statements.get_mut(&key) else {
                     return EventFate::Dropped(DropReason::UnknownStatement);
                 };
-                if st.errors.len() >= cap {
+                if st.errors.len() >= cap || over_budget {
                     return EventFate::Dropped(DropReason::ErrorCap);
                 }
                 st.errors.push((timestamp_millis, error));
+                st.bytes += bytes;
+                self.held_bytes += bytes;
                 EventFate::Folded
             }
             key => {
@@ -294,6 +384,7 @@ impl State {
             return false;
         };
         self.order.remove(&st.seq);
+        self.held_bytes = self.held_bytes.saturating_sub(st.bytes);
         let measured = u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let summary = StatementSummary {
             statement_id: key.1.to_string(),
@@ -334,7 +425,10 @@ impl State {
 
     fn take_batch(&mut self) -> Vec<TelemetryRow> {
         let n = self.pending.len().min(self.config.batch_size);
-        self.pending.drain(..n).collect()
+        let batch: Vec<TelemetryRow> = self.pending.drain(..n).collect();
+        let bytes: usize = batch.iter().map(row_bytes).sum();
+        self.held_bytes = self.held_bytes.saturating_sub(bytes);
+        batch
     }
 
     /// Starts exporting one batch unless one is already in the sink.
@@ -404,6 +498,7 @@ impl State {
         if !self.flush_all(Some(deadline)).await {
             let left = self.pending.len() as u64;
             self.pending.clear();
+            self.held_bytes = 0;
             self.counters.count_drop(DropReason::Shutdown, left);
             tracing::debug!(rows = left, "telemetry close deadline passed; rows dropped");
         }

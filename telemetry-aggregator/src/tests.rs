@@ -675,14 +675,110 @@ async fn an_event_racing_the_final_drain_is_still_counted() {
     let c = conn();
     agg.close(Instant::now() + Duration::from_secs(1)).await;
     // What a producer that passed the closed check just before close would leave behind.
-    assert!(
-        agg.intake
-            .queue
-            .push(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }))
-            .is_ok()
-    );
+    agg.intake
+        .queue
+        .push(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
     let counters = agg.counters.clone();
     drop(agg);
     settle().await;
     assert_eq!(counters.snapshot().dropped.get(DropReason::AfterClose), 1);
+}
+
+/// Megabyte messages and a hung sink: what the task holds stays within the byte budget, and
+/// every event and row is still accounted for.
+#[tokio::test(start_paused = true)]
+async fn memory_stays_within_the_byte_budget() {
+    let mut cfg = config();
+    cfg.max_buffered_bytes = 256 << 10;
+    cfg.max_pending_rows = 10_000;
+    cfg.queue_capacity = 100_000;
+    let (agg, sink) = spawn(cfg);
+    sink.set_delay(Some(Duration::from_secs(3600)));
+    let c = conn();
+    let big = "x".repeat(100 << 10);
+    let mut emitted = 0u64;
+    for i in 0..200 {
+        let id = format!("s{i}");
+        agg.emit(ev(&c, start(&id)));
+        for _ in 0..3 {
+            agg.emit(ev(
+                &c,
+                EventKind::Error {
+                    statement_id: Some(id.as_str().into()),
+                    error: Box::new(
+                        DriverError::new("E", big.clone()).with_class(ErrorClass::Retryable),
+                    ),
+                },
+            ));
+        }
+        agg.emit(ev(&c, error(None, ErrorClass::Unknown)));
+        emitted += 5;
+        if i % 10 == 0 {
+            settle().await;
+            let held = agg.stats().buffered_bytes;
+            assert!(held <= 256 << 10, "held {held} bytes at statement {i}");
+        }
+    }
+    settle().await;
+    let st = agg.stats();
+    assert!(st.buffered_bytes <= 256 << 10);
+    // Error text beyond the budget is refused at the queue or when kept on its statement.
+    assert!(
+        st.dropped.get(DropReason::QueueFull) + st.dropped.get(DropReason::ErrorCap) > 0,
+        "{st:?}"
+    );
+    agg.close(Instant::now() + Duration::from_secs(1)).await;
+    let st = agg.stats();
+    assert_eq!(st.events_emitted(), emitted);
+    assert_eq!(
+        st.events_received,
+        st.events_folded + st.events_dropped()
+            - st.dropped.get(DropReason::QueueFull)
+            - st.dropped.get(DropReason::AfterClose)
+    );
+    assert_eq!(
+        st.rows_produced,
+        st.rows_delivered + st.rows_dropped(),
+        "{st:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_error_text_is_bounded_and_kept_text_capped() {
+    let mut cfg = config();
+    cfg.max_buffered_bytes = 256 << 10;
+    let (agg, sink) = spawn(cfg);
+    let c = conn();
+    let huge = || DriverError::new("E", "word ".repeat(20_000)).with_class(ErrorClass::Unknown);
+    // Two 100 KB messages fit in the queue's 256 KiB of text; the third and fourth do not.
+    for _ in 0..4 {
+        agg.emit(ev(
+            &c,
+            EventKind::Error {
+                statement_id: None,
+                error: Box::new(huge()),
+            },
+        ));
+    }
+    assert_eq!(agg.stats().dropped.get(DropReason::QueueFull), 2);
+    agg.flush().await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 2);
+    let trace = &rows[0]
+        .log
+        .driver_log()
+        .error_info
+        .as_ref()
+        .unwrap()
+        .stack_trace;
+    assert_eq!(trace.chars().count(), 2048);
+    // The queue's text count came back to zero: another large error is taken.
+    agg.emit(ev(
+        &c,
+        EventKind::Error {
+            statement_id: None,
+            error: Box::new(huge()),
+        },
+    ));
+    assert_eq!(agg.stats().dropped.get(DropReason::QueueFull), 2);
 }

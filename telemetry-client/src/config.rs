@@ -40,6 +40,9 @@ pub struct TelemetryConfig {
     pub flags: FlagCacheConfig,
     /// Permit `http://` for loopback hosts (tests and the local simulator). Default `false`.
     pub allow_insecure_loopback: bool,
+    /// Workspace hosts with a live client, at most; a connection to one more host gets a
+    /// disabled handle (counted in `ProviderStats::hosts_refused`). Default 256; 1..=100 000.
+    pub max_hosts: usize,
 }
 
 impl Default for TelemetryConfig {
@@ -54,6 +57,7 @@ impl Default for TelemetryConfig {
             },
             flags: FlagCacheConfig::default(),
             allow_insecure_loopback: false,
+            max_hosts: 256,
         }
     }
 }
@@ -64,6 +68,13 @@ impl TelemetryConfig {
         self.aggregation.validate()?;
         self.export.validate()?;
         self.flags.validate()?;
+        ConfigError::check_range(
+            self.max_hosts,
+            1,
+            100_000,
+            "max_hosts",
+            "must be in 1..=100000",
+        )?;
         self.breaker.validate().map_err(|e| match e {
             BreakerConfigError::Invalid { field, reason } => ConfigError::Invalid { field, reason },
             _ => ConfigError::Invalid {
@@ -108,5 +119,6 @@ mod tests {
         );
         check(|c| c.flags.default_ttl = Duration::ZERO, "flag_ttl");
         check(|c| c.breaker.success_threshold = 0, "success_threshold");
+        check(|c| c.max_hosts = 0, "max_hosts");
     }
 }

@@ -38,3 +38,32 @@ impl Emitter {
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+/// Longest statement id kept at intake, in bytes (ids are sent capped at 128 characters).
+const MAX_INTAKE_ID_BYTES: usize = 512;
+/// `id`, cut to [`MAX_INTAKE_ID_BYTES`] on a character boundary: one comparison unless the
+/// driver hands in something absurd.
+#[inline]
+pub(crate) fn capped_id(id: &str) -> &str {
+    if id.len() <= MAX_INTAKE_ID_BYTES {
+        return id;
+    }
+    let mut end = MAX_INTAKE_ID_BYTES;
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &id[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_ids_are_capped_at_intake() {
+        let id = "é".repeat(1000);
+        let capped = capped_id(&id);
+        assert!(capped.len() <= MAX_INTAKE_ID_BYTES && id.starts_with(capped));
+        assert_eq!(capped_id("01ef-abc"), "01ef-abc");
+    }
+}

@@ -157,10 +157,16 @@ impl TelemetryClientProvider {
         }
         info.system_configuration = Some(sys);
         info.auth = options.auth.clone();
-        let lease = inner
-            .registry
-            .lease(&host, || inner.host_client(&host, options.auth));
-        Connection::new(Arc::new(info), lease)
+        let lease = inner.registry.lease(&host, inner.config.max_hosts, || {
+            inner.host_client(&host, options.auth)
+        });
+        match lease {
+            Some(lease) => Connection::new(Arc::new(info), lease),
+            None => {
+                tracing::debug!(host = %host, max_hosts = inner.config.max_hosts, "telemetry disabled for a connection: too many hosts");
+                Connection::disabled()
+            }
+        }
     }
 
     fn parse_host(&self, host: &str) -> Option<Host> {

@@ -79,13 +79,19 @@ impl HostRegistry {
         }
     }
 
-    /// A lease on `host`'s client, built by `create` if the host has none.
+    /// A lease on `host`'s client, built by `create` if the host has none; `None` (counted)
+    /// when `max_hosts` other hosts are live.
     pub(crate) fn lease(
         self: &Arc<Self>,
         host: &Host,
+        max_hosts: usize,
         create: impl FnOnce() -> HostClient,
-    ) -> HostLease {
+    ) -> Option<HostLease> {
         let mut hosts = lock(&self.hosts);
+        if hosts.len() >= max_hosts && !hosts.contains_key(host) {
+            lock(&self.released).retired.hosts_refused += 1;
+            return None;
+        }
         let client = match hosts.get_mut(host) {
             Some(e) => {
                 e.leases += 1;
@@ -105,12 +111,12 @@ impl HostRegistry {
                 client
             }
         };
-        HostLease {
+        Some(HostLease {
             flag: client.flag.view(),
             client,
             registry: self.clone(),
             released: AtomicBool::new(false),
-        }
+        })
     }
 
     /// Gives one lease back; the last one closes the host's client (final flush, bounded by

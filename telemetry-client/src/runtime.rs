@@ -40,8 +40,11 @@ fn own_runtime() -> (Handle, Option<oneshot::Sender<()>>) {
     let spawned = std::thread::Builder::new()
         .name("databricks-telemetry".into())
         .spawn(move || {
+            // Blocking threads run DNS look-ups: a few suffice, and an unresolvable host name
+            // must not pile up hundreds of them.
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_blocking_threads(4)
                 .build()
             {
                 Ok(rt) => rt,

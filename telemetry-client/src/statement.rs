@@ -11,7 +11,7 @@ use telemetry_types::event::{
 };
 use telemetry_types::wire::{OperationType, StatementType};
 
-use crate::emitter::{Emitter, millis};
+use crate::emitter::{Emitter, capped_id, millis};
 
 impl Statement {
     /// Starts a statement: one clock reading, the row's date and the latency's origin.
@@ -21,7 +21,7 @@ impl Statement {
         statement_type: StatementType,
         operation_type: OperationType,
     ) -> Self {
-        let id: StatementId = Arc::from(statement_id);
+        let id: StatementId = Arc::from(capped_id(statement_id));
         let started = Instant::now();
         conn.emit(
             Some(started),

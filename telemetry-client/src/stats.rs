@@ -42,6 +42,8 @@ pub struct ProviderStats {
     pub clients_created: u64,
     /// Host clients closed.
     pub clients_closed: u64,
+    /// Connections given a disabled handle because `max_hosts` hosts were live.
+    pub hosts_refused: u64,
     /// Live host clients, one entry each.
     pub hosts: Vec<HostStatsSummary>,
 }

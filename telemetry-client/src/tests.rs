@@ -385,3 +385,22 @@ async fn a_closing_host_keeps_its_counters_in_the_stats() {
     assert_eq!((s.events_emitted, s.clients_closed), (5, 1));
     assert_eq!(s.rows_produced, s.total_rows_dropped());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_are_capped() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let mut o = options(&server, &f);
+    o.config.max_hosts = 3;
+    let p = TelemetryClientProvider::new(o);
+    let live: Vec<_> = (0..3)
+        .map(|i| p.connect(conn_opts(&format!("h{i}.example"))))
+        .collect();
+    assert!(live.iter().all(Connection::is_enabled));
+    let refused = p.connect(conn_opts("h3.example"));
+    assert!(!refused.is_enabled());
+    assert!(
+        p.connect(conn_opts("h0.example")).is_enabled(),
+        "a live host still takes more"
+    );
+    assert_eq!((p.host_count(), p.stats().hosts_refused), (3, 1));
+}

@@ -23,10 +23,13 @@ pub enum DropReason {
     AfterClose,
     /// Event: for a statement not in flight (never started, already ended or evicted).
     UnknownStatement,
-    /// Event: an error past the per-statement cap.
+    /// Event: an error past the per-statement cap (in count, or in the byte budget).
     ErrorCap,
-    /// Row: pending rows hit their cap (the oldest non-error row goes).
+    /// Row: pending rows hit their cap, or the byte budget needed room (the oldest
+    /// non-error row goes).
     PendingCap,
+    /// Row: the host's byte budget is spent even after older rows made room.
+    ByteBudget,
     /// Row: not delivered by the close deadline, or lost with a failed sink task.
     Shutdown,
     /// Row: the feature flag says no (or the off switch is set).
@@ -49,12 +52,13 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         Self::QueueFull,
         Self::AfterClose,
         Self::UnknownStatement,
         Self::ErrorCap,
         Self::PendingCap,
+        Self::ByteBudget,
         Self::Shutdown,
         Self::FlagDisabled,
         Self::FlagUnknown,
@@ -74,6 +78,7 @@ impl DropReason {
             Self::UnknownStatement => "unknown_statement",
             Self::ErrorCap => "error_cap",
             Self::PendingCap => "pending_cap",
+            Self::ByteBudget => "byte_budget",
             Self::Shutdown => "shutdown",
             Self::FlagDisabled => "flag_disabled",
             Self::FlagUnknown => "flag_unknown",

@@ -28,6 +28,9 @@ pub struct Workload {
     /// Connections one after another (a serverless driver: one connection per request)
     /// instead of all at once.
     pub sequential: bool,
+    /// Pad each error message and statement id to this many bytes (0: short ones): a driver
+    /// handing in megabyte strings.
+    pub string_bytes: usize,
 }
 
 impl Default for Workload {
@@ -40,6 +43,7 @@ impl Default for Workload {
             work_us: 0,
             token: None,
             sequential: false,
+            string_bytes: 0,
         }
     }
 }
@@ -138,8 +142,16 @@ fn connection(
         expected_rows: 2,
         ..Default::default()
     };
+    let pad = |text: String| {
+        let missing = w.string_bytes.saturating_sub(text.len());
+        if missing == 0 {
+            text
+        } else {
+            text + &" x".repeat(missing / 2)
+        }
+    };
     for s in 0..w.statements {
-        let id = format!("sim-{index}-{s}");
+        let id = pad(format!("sim-{index}-{s}"));
         let stmt = conn.statement(&id, StatementType::Query, OperationType::ExecuteStatement);
         busy_wait(w.work_us);
         for k in 0..w.chunks {
@@ -153,8 +165,11 @@ fn connection(
         r.expected_rows += 1;
         if is_error(index * w.statements + s, w.error_rate) {
             stmt.error(
-                DriverError::new("SimulatedServerError", "warehouse busy, try again")
-                    .with_http_status(503),
+                DriverError::new(
+                    "SimulatedServerError",
+                    pad("warehouse busy, try again".to_owned()),
+                )
+                .with_http_status(503),
             );
             r.events += 1;
             r.expected_rows += 1;

@@ -29,6 +29,8 @@ const USAGE: &str = "usage: telemetry-sim [options]
   --statements N         statements per connection (default 50)
   --chunks N             CloudFetch chunks per statement (default 3)
   --error-rate F         fraction of statements ending in an error (default 0.05)
+  --string-bytes N       pad error messages and statement ids to N bytes (default 0: short);
+                         shows that megabyte strings stay within the byte budget
   --work-us N            simulated driver work per statement, microseconds (default 0)
   --batch-size N         rows per export request (default 100)
   --flush-interval-ms N  flush interval (default 5000)
@@ -96,6 +98,9 @@ fn parse_args(raw: Vec<String>) -> Result<Args, String> {
                 a.workload.connections = num("--connections", value("--connections")?)?
             }
             "--sequential" => a.workload.sequential = true,
+            "--string-bytes" => {
+                a.workload.string_bytes = num("--string-bytes", value("--string-bytes")?)?
+            }
             "--statements" => a.workload.statements = num("--statements", value("--statements")?)?,
             "--chunks" => a.workload.chunks = num("--chunks", value("--chunks")?)?,
             "--error-rate" => {
