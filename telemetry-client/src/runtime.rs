@@ -32,8 +32,9 @@ impl BackgroundRuntime {
     }
 }
 
-/// Starts the provider's own runtime: one thread, current-thread runtime, alive until the
-/// returned sender fires (or is dropped).
+/// Starts the provider's own runtime: a multi-thread runtime with one worker (so that a
+/// driver's auth provider may call `block_in_place`, which panics on a current-thread
+/// runtime), alive until the returned sender fires (or is dropped).
 fn own_runtime() -> (Handle, Option<oneshot::Sender<()>>) {
     let (handle_tx, handle_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -42,7 +43,9 @@ fn own_runtime() -> (Handle, Option<oneshot::Sender<()>>) {
         .spawn(move || {
             // Blocking threads run DNS look-ups: a few suffice, and an unresolvable host name
             // must not pile up hundreds of them.
-            let rt = match tokio::runtime::Builder::new_current_thread()
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("databricks-telemetry-worker")
                 .enable_all()
                 .max_blocking_threads(4)
                 .build()

@@ -404,3 +404,39 @@ async fn hosts_are_capped() {
     );
     assert_eq!((p.host_count(), p.stats().hosts_refused), (3, 1));
 }
+
+/// An auth provider that blocks the way the ADBC driver's OAuth providers do.
+struct BlockingAuth;
+impl AuthProvider for BlockingAuth {
+    fn auth_headers(&self) -> BoxFuture<'_, Option<Vec<(String, String)>>> {
+        Box::pin(async {
+            let token = tokio::task::block_in_place(|| {
+                std::thread::sleep(Duration::from_millis(20)); // a blocking token refresh
+                "oauth-token".to_owned()
+            });
+            Some(vec![(
+                "Authorization".to_owned(),
+                format!("Bearer {token}"),
+            )])
+        })
+    }
+}
+
+#[test]
+fn an_auth_provider_that_blocks_works_on_the_providers_own_runtime() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(
+        ConnectionOptions::new("a.example").with_auth(Arc::new(BlockingAuth), AuthType::OauthM2m),
+    );
+    workload(&c);
+    c.close_blocking();
+    let s = p.stats();
+    assert_eq!((s.rows_exported, server.rows()), (4, 4), "{s:?}");
+    let auth = server.requests()[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "Authorization")
+        .map(|(_, v)| v.clone());
+    assert_eq!(auth.as_deref(), Some("Bearer oauth-token"));
+}

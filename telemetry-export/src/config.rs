@@ -24,6 +24,10 @@ pub struct ExportConfig {
     /// How long a batch waits for a feature-flag answer not yet known. Default 10 s;
     /// at most 10 min.
     pub flag_wait_timeout: Duration,
+    /// How long a connection's auth provider may take to produce its headers; past it the
+    /// group is sent without credentials (to `/telemetry-unauth`, stripped). Default 5 s;
+    /// 1 ms..=1 min.
+    pub auth_timeout: Duration,
     /// Send with the connection's credentials to `/telemetry-ext` when it has some; `false`
     /// always uses `/telemetry-unauth`. Default `true`.
     pub authenticated_export: bool,
@@ -35,6 +39,7 @@ impl Default for ExportConfig {
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(10),
             flag_wait_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(5),
             authenticated_export: true,
         }
     }
@@ -57,6 +62,13 @@ impl ExportConfig {
             Duration::from_secs(600),
             "flag_wait_timeout",
             "must be at most 10 min",
+        )?;
+        ConfigError::check_range(
+            self.auth_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+            "auth_timeout",
+            "must be in 1 ms..=1 min",
         )
     }
 }

@@ -44,6 +44,8 @@ pub struct ExportStats {
     pub rows_dropped: DropCounts,
     /// Requests sent to the unauthenticated endpoint.
     pub unauthenticated_requests: u64,
+    /// Auth-provider calls that did not answer within `auth_timeout`.
+    pub auth_timeouts: u64,
     /// The last failure, redacted.
     pub last_error: Option<String>,
     /// The host's breaker (shared with the host's earlier and later exporters).
@@ -72,6 +74,7 @@ struct Counters {
     retries: AtomicU64,
     rows_exported: AtomicU64,
     unauthenticated_requests: AtomicU64,
+    auth_timeouts: AtomicU64,
     dropped: DropCounters,
     last_error: Mutex<Option<String>>,
     warned_terminal: AtomicBool,
@@ -175,6 +178,7 @@ impl DatabricksExporter {
             rows_exported: c.rows_exported.load(Ordering::Relaxed),
             rows_dropped: c.dropped.snapshot(),
             unauthenticated_requests: c.unauthenticated_requests.load(Ordering::Relaxed),
+            auth_timeouts: c.auth_timeouts.load(Ordering::Relaxed),
             last_error: c
                 .last_error
                 .lock()
@@ -215,9 +219,14 @@ impl DatabricksExporter {
                 return self.drop_rows(DropReason::FlagUnknown, batch.len(), None);
             }
         }
-        for group in self.group(batch) {
-            self.send_group(group).await;
-        }
+        // Credential groups go out side by side: one tenant's slow or hanging auth provider
+        // (bounded by `auth_timeout`) delays only its own rows.
+        let sends: Vec<BoxFuture<'_, ()>> = self
+            .group(batch)
+            .into_iter()
+            .map(|g| Box::pin(self.send_group(g)) as BoxFuture<'_, ()>)
+            .collect();
+        join_all(sends).await;
     }
 
     /// Splits rows by credentials, keeping order within each group.
@@ -247,7 +256,17 @@ impl DatabricksExporter {
     async fn send_group(&self, group: Group) {
         let n = group.rows.len();
         let auth_headers = match &group.auth {
-            Some(auth) => auth.auth_headers().await,
+            Some(auth) => {
+                match tokio::time::timeout(self.config.auth_timeout, auth.auth_headers()).await {
+                    Ok(headers) => headers,
+                    Err(_) => {
+                        // No credentials in time: the unauthenticated endpoint, stripped.
+                        self.counters.auth_timeouts.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(host = %self.host, timeout_ms = u64::try_from(self.config.auth_timeout.as_millis()).unwrap_or(u64::MAX), "telemetry auth provider did not answer in time");
+                        None
+                    }
+                }
+            }
             None => None,
         };
         let authenticated = auth_headers.is_some();
@@ -371,6 +390,19 @@ impl DatabricksExporter {
             }),
         }
     }
+}
+
+/// Polls every future until all are done (the few credential groups of one batch).
+async fn join_all(mut futures: Vec<BoxFuture<'_, ()>>) {
+    std::future::poll_fn(|cx| {
+        futures.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if futures.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }
 
 impl BatchSink for DatabricksExporter {

@@ -405,3 +405,47 @@ async fn a_half_open_probe_is_one_attempt() {
     assert_eq!(t.count(), 5 * 4 + 1, "the probe is a single request");
     assert_eq!(e.breaker().state(), BreakerState::Open, "and it re-opened");
 }
+
+/// Credentials that never come.
+struct HangingAuth;
+impl AuthProvider for HangingAuth {
+    fn auth_headers(&self) -> BoxFuture<'_, Option<Vec<(String, String)>>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_auth_provider_delays_only_its_own_rows() {
+    let t = Scripted::new(vec![]);
+    let e = exporter(t.clone());
+    let good = conn_with(Some("token-good"));
+    let mut hung = ConnectionInfo::new(host(), "ua");
+    hung.auth = Some(Arc::new(HangingAuth));
+    let hung = Arc::new(hung);
+    let mut batch = rows(&hung, 2);
+    batch.extend(rows(&good, 3));
+    let started = Instant::now();
+    let export = e.export(batch);
+    tokio::pin!(export);
+    // The good tenant's request goes out at once, while the other group waits on its provider.
+    tokio::select! {
+        _ = &mut export => panic!("the hanging group cannot be done yet"),
+        _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+    }
+    assert_eq!(t.count(), 1);
+    assert!(t.requests()[0].url.ends_with(AUTH_PATH));
+    export.await;
+    assert_eq!(
+        Instant::now() - started,
+        Duration::from_secs(5),
+        "bounded by auth_timeout"
+    );
+    let reqs = t.requests();
+    assert_eq!(reqs.len(), 2);
+    assert!(
+        reqs[1].url.ends_with(UNAUTH_PATH),
+        "no credentials in time: unauthenticated"
+    );
+    let s = e.stats();
+    assert_eq!((s.rows_exported, s.auth_timeouts), (5, 1));
+}
