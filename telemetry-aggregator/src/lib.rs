@@ -213,7 +213,8 @@ impl Aggregator {
     }
 
     /// Hands every row produced so far (including events already queued) to the sink and
-    /// waits until the sink is done with them. Returns at once after close.
+    /// waits until the sink is done with them, at most the close timeout (a hung sink keeps
+    /// its batch; the task goes on). Returns at once after close.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.control.send(Control::Flush(tx)).is_ok() {

@@ -14,7 +14,8 @@ pub struct AggregatorStats {
     pub events_folded: u64,
     /// Rows built.
     pub rows_produced: u64,
-    /// Rows the sink finished with.
+    /// Rows handed to the sink whose export ended, or was cut at the close deadline (the
+    /// sink settles each row of a cut export itself).
     pub rows_delivered: u64,
     /// Events and rows dropped, by reason: [`QueueFull`](DropReason::QueueFull),
     /// [`AfterClose`](DropReason::AfterClose), [`UnknownStatement`](DropReason::UnknownStatement),

@@ -128,8 +128,10 @@ pub(crate) async fn run(
             biased;
             ctrl = control.recv() => match ctrl {
                 Some(Control::Flush(reply)) => {
+                    // A flush waits at most the close timeout: a hung sink must not stall the
+                    // task (and with it every later event and the close).
                     s.drain(&events);
-                    s.flush_all(None).await;
+                    s.flush_all(Deadline::Wait(after(close_timeout))).await;
                     let _ = reply.send(());
                 }
                 Some(Control::Close { deadline, done }) => {
@@ -449,30 +451,41 @@ impl State {
             if completed {
                 Counters::add(&self.counters.rows_delivered, f.rows);
             } else {
-                // The sink panicked or was cancelled: its rows are lost.
+                // The sink panicked: its rows are lost, and it settled none of them.
                 tracing::debug!(rows = f.rows, "telemetry sink task failed; rows dropped");
                 self.counters.count_drop(DropReason::Shutdown, f.rows);
             }
         }
     }
 
-    /// Delivers everything pending, one batch at a time, until empty or `deadline`.
-    /// Returns false if the deadline passed.
-    async fn flush_all(&mut self, deadline: Option<Instant>) -> bool {
+    /// Delivers everything pending, one batch at a time, until empty or the deadline.
+    /// Returns false if the deadline passed: a flush then leaves the batch in the sink
+    /// running; a close cuts it.
+    async fn flush_all(&mut self, deadline: Deadline) -> bool {
+        let at = match deadline {
+            Deadline::Wait(at) | Deadline::Cut(at) => at,
+        };
         loop {
             if let Some(mut f) = self.in_flight.take() {
-                let done = match deadline {
-                    Some(d) => tokio::time::timeout_at(d, &mut f.handle).await.ok(),
-                    None => Some((&mut f.handle).await),
-                };
+                let done = tokio::time::timeout_at(at, &mut f.handle).await.ok();
                 match done {
                     Some(result) => {
                         self.in_flight = Some(f);
                         self.finish_in_flight(result.is_ok());
                     }
+                    None if matches!(deadline, Deadline::Wait(_)) => {
+                        self.in_flight = Some(f);
+                        return false;
+                    }
                     None => {
+                        // Cut at the deadline: the sink settles every row it received, the
+                        // unsent ones as dropped on shutdown (BatchSink's contract), so they
+                        // count as handed over here, never twice.
                         f.handle.abort();
-                        self.counters.count_drop(DropReason::Shutdown, f.rows);
+                        // Resolves once the export future is dropped, so its settling is
+                        // counted before anyone reads the totals.
+                        let _ = (&mut f.handle).await;
+                        Counters::add(&self.counters.rows_delivered, f.rows);
                         return false;
                     }
                 }
@@ -495,7 +508,7 @@ impl State {
         for key in open {
             self.abandon(&key);
         }
-        if !self.flush_all(Some(deadline)).await {
+        if !self.flush_all(Deadline::Cut(deadline)).await {
             let left = self.pending.len() as u64;
             self.pending.clear();
             self.held_bytes = 0;
@@ -504,6 +517,23 @@ impl State {
         }
         self.publish_gauges();
     }
+}
+
+/// How long a flush may wait for the sink, and what happens to the batch in it then.
+#[derive(Clone, Copy)]
+enum Deadline {
+    /// Stop waiting; the batch in the sink goes on.
+    Wait(Instant),
+    /// Cut the batch in the sink (it settles its rows as dropped on shutdown).
+    Cut(Instant),
+}
+
+/// `d` from now, or a year from now if the clock cannot hold it (an Instant spans centuries,
+/// so a year always fits).
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// The clocks read once per drain.

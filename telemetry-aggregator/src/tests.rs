@@ -485,8 +485,12 @@ async fn pending_cap_drop_keeps_errors() {
     let st = agg.stats();
     assert_eq!(
         st.dropped.get(DropReason::Shutdown),
-        2 + 3,
-        "in-flight batch and pending rows lost at the deadline"
+        3,
+        "pending rows lost at the deadline"
+    );
+    assert_eq!(
+        st.rows_delivered, 2,
+        "the cut in-flight batch is the sink's to settle, not counted twice"
     );
     assert_eq!(st.rows_produced, st.rows_delivered + st.rows_dropped());
 }
@@ -552,8 +556,10 @@ async fn close_respects_the_deadline_with_a_hanging_sink() {
     agg.close(started + Duration::from_secs(2)).await;
     assert!(Instant::now() - started <= Duration::from_millis(2050));
     let st = agg.stats();
-    assert_eq!(st.dropped.get(DropReason::Shutdown), 5);
-    assert_eq!(st.rows_delivered, 0);
+    // The batch in the hung sink was cut at the deadline: the sink settles its rows.
+    assert_eq!(st.dropped.get(DropReason::Shutdown), 0);
+    assert_eq!(st.rows_delivered, 5);
+    assert!(sink.rows().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -781,4 +787,22 @@ async fn queued_error_text_is_bounded_and_kept_text_capped() {
         },
     ));
     assert_eq!(agg.stats().dropped.get(DropReason::QueueFull), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flush_into_a_hung_sink_gives_up_at_the_close_timeout_and_the_task_goes_on() {
+    let (agg, sink) = spawn(config());
+    sink.set_delay(Some(Duration::from_secs(3600)));
+    let c = conn();
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    let started = Instant::now();
+    agg.flush().await;
+    assert_eq!(Instant::now() - started, config().close_timeout);
+    // The task still takes events and closes by its deadline.
+    agg.emit(ev(&c, EventKind::ConnectionClosed { latency_ms: 1 }));
+    agg.close(Instant::now() + Duration::from_secs(1)).await;
+    let st = agg.stats();
+    assert_eq!((st.rows_produced, st.rows_delivered), (2, 1), "{st:?}");
+    assert_eq!(st.dropped.get(DropReason::Shutdown), 1);
+    assert!(agg.is_closed());
 }

@@ -206,6 +206,16 @@ impl DatabricksExporter {
             return;
         }
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        // Rows not yet settled; if this future is dropped (the close deadline), they are
+        // counted as dropped on shutdown, once.
+        let unsettled = Unsettled {
+            exporter: self,
+            rows: AtomicU64::new(batch.len() as u64),
+        };
+        self.export_settling(batch, &unsettled).await;
+    }
+
+    async fn export_settling(&self, batch: Vec<TelemetryRow>, unsettled: &Unsettled<'_>) {
         let mut flag = self.gate.state();
         if flag == FlagState::Unknown {
             flag = self.gate.wait(self.config.flag_wait_timeout).await;
@@ -213,10 +223,10 @@ impl DatabricksExporter {
         match flag {
             FlagState::Enabled => {}
             FlagState::Disabled => {
-                return self.drop_rows(DropReason::FlagDisabled, batch.len(), None);
+                return unsettled.drop_rows(DropReason::FlagDisabled, batch.len(), None);
             }
             FlagState::Unknown => {
-                return self.drop_rows(DropReason::FlagUnknown, batch.len(), None);
+                return unsettled.drop_rows(DropReason::FlagUnknown, batch.len(), None);
             }
         }
         // Credential groups go out side by side: one tenant's slow or hanging auth provider
@@ -224,7 +234,7 @@ impl DatabricksExporter {
         let sends: Vec<BoxFuture<'_, ()>> = self
             .group(batch)
             .into_iter()
-            .map(|g| Box::pin(self.send_group(g)) as BoxFuture<'_, ()>)
+            .map(|g| Box::pin(self.send_group(g, unsettled)) as BoxFuture<'_, ()>)
             .collect();
         join_all(sends).await;
     }
@@ -253,7 +263,7 @@ impl DatabricksExporter {
         groups
     }
 
-    async fn send_group(&self, group: Group) {
+    async fn send_group(&self, group: Group, unsettled: &Unsettled<'_>) {
         let n = group.rows.len();
         let auth_headers = match &group.auth {
             Some(auth) => {
@@ -278,7 +288,9 @@ impl DatabricksExporter {
             .and_then(|r| serde_json::to_vec(&r))
         {
             Ok(b) => b,
-            Err(e) => return self.drop_rows(DropReason::Serialization, n, Some(e.to_string())),
+            Err(e) => {
+                return unsettled.drop_rows(DropReason::Serialization, n, Some(e.to_string()));
+            }
         };
         let mut headers = vec![
             ("Content-Type".to_owned(), "application/json".to_owned()),
@@ -318,19 +330,15 @@ impl DatabricksExporter {
             )
             .await;
         match sent {
-            Err(_rejected) => self.drop_rows(DropReason::BreakerOpen, n, None),
-            Ok(Ok(())) => {
-                self.counters
-                    .rows_exported
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
+            Err(_rejected) => unsettled.drop_rows(DropReason::BreakerOpen, n, None),
+            Ok(Ok(())) => unsettled.exported(n),
             Ok(Err(failure)) => {
                 if failure.is_refusal()
                     && !self.counters.warned_terminal.swap(true, Ordering::Relaxed)
                 {
                     tracing::warn!(host = %self.host, error = %failure.error, "telemetry endpoint refused the request; telemetry rows are dropped (logged once)");
                 }
-                self.drop_rows(failure.reason, n, Some(failure.error));
+                unsettled.drop_rows(failure.reason, n, Some(failure.error));
             }
         }
     }
@@ -388,6 +396,49 @@ impl DatabricksExporter {
                 retry_after: None,
                 error: redact(&e.to_string()),
             }),
+        }
+    }
+}
+
+/// The rows of one batch not settled yet: settling counts them (exported or dropped); what
+/// is left when the export is dropped mid-way is counted as dropped on shutdown.
+struct Unsettled<'a> {
+    exporter: &'a DatabricksExporter,
+    rows: AtomicU64,
+}
+
+impl Unsettled<'_> {
+    fn take(&self, n: usize) -> u64 {
+        let n = n as u64;
+        let before = self
+            .rows
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        before.min(n)
+    }
+
+    fn exported(&self, n: usize) {
+        let n = self.take(n);
+        self.exporter
+            .counters
+            .rows_exported
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn drop_rows(&self, reason: DropReason, n: usize, error: Option<String>) {
+        let n = self.take(n);
+        self.exporter.drop_rows(reason, n as usize, error);
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        let left = *self.rows.get_mut();
+        if left > 0 {
+            self.exporter
+                .drop_rows(DropReason::Shutdown, left as usize, None);
         }
     }
 }

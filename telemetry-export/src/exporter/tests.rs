@@ -449,3 +449,25 @@ async fn a_hanging_auth_provider_delays_only_its_own_rows() {
     let s = e.stats();
     assert_eq!((s.rows_exported, s.auth_timeouts), (5, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_cut_mid_way_settles_each_row_once() {
+    let t = Scripted::new(vec![]);
+    let e = exporter(t.clone());
+    let good = conn_with(Some("token-good"));
+    let mut hung = ConnectionInfo::new(host(), "ua");
+    hung.auth = Some(Arc::new(HangingAuth));
+    let mut batch = rows(&Arc::new(hung), 2);
+    batch.extend(rows(&good, 3));
+    // The close deadline cuts the export while one group is still waiting.
+    let cut = tokio::time::timeout(Duration::from_secs(1), e.export(batch)).await;
+    assert!(cut.is_err());
+    let s = e.stats();
+    assert_eq!(s.rows_exported, 3, "the sent group counts as exported");
+    assert_eq!(
+        s.dropped(DropReason::Shutdown),
+        2,
+        "the rest as dropped on shutdown"
+    );
+    assert_eq!(s.total_dropped(), 2);
+}
