@@ -56,6 +56,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use telemetry_types::clock::saturating_add;
 use telemetry_types::drops::DropReason;
 use telemetry_types::event::{EventKind, TelemetryEvent};
 use telemetry_types::sink::BatchSink;
@@ -233,8 +234,14 @@ impl Aggregator {
             .is_ok()
         {
             // The task enforces the deadline; the grace only covers scheduling.
-            let _ =
-                tokio::time::timeout_at(deadline + std::time::Duration::from_millis(50), rx).await;
+            let _ = tokio::time::timeout_at(
+                Instant::from_std(saturating_add(
+                    deadline.into_std(),
+                    std::time::Duration::from_millis(50),
+                )),
+                rx,
+            )
+            .await;
         }
     }
 

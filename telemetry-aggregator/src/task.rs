@@ -1,9 +1,10 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use telemetry_types::classify::ErrorClass;
-use telemetry_types::clock::WallClock;
+use telemetry_types::clock::{WallClock, saturating_add};
 use telemetry_types::connection::ConnectionInfo;
 use telemetry_types::drops::DropReason;
 use telemetry_types::event::{DriverError, EventKind, StatementEnd, StatementId, TelemetryEvent};
@@ -79,6 +80,8 @@ fn row_bytes(row: &TelemetryRow) -> usize {
 struct InFlight {
     handle: JoinHandle<()>,
     rows: u64,
+    /// Set once the sink has the batch (from then on the sink settles its rows).
+    handed: Arc<AtomicBool>,
 }
 
 struct State {
@@ -103,13 +106,13 @@ pub(crate) async fn run(
     counters: Arc<Counters>,
 ) {
     let flush_every = config.flush_interval.max(Duration::from_millis(1));
-    let mut flush_tick = tokio::time::interval_at(Instant::now() + flush_every, flush_every);
+    let mut flush_tick = tokio::time::interval_at(after(flush_every), flush_every);
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let sweep_every =
         (config.statement_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let mut sweep_tick = tokio::time::interval_at(Instant::now() + sweep_every, sweep_every);
+    let mut sweep_tick = tokio::time::interval_at(after(sweep_every), sweep_every);
     sweep_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut drain_tick = tokio::time::interval_at(Instant::now() + DRAIN_INTERVAL, DRAIN_INTERVAL);
+    let mut drain_tick = tokio::time::interval_at(after(DRAIN_INTERVAL), DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let close_timeout = config.close_timeout;
     let mut s = State {
@@ -141,7 +144,7 @@ pub(crate) async fn run(
                 }
                 None => {
                     // The aggregator was dropped without close: close with the default deadline.
-                    s.close(&events, Instant::now() + close_timeout).await;
+                    s.close(&events, after(close_timeout)).await;
                     return;
                 }
             },
@@ -442,8 +445,17 @@ impl State {
         let rows = batch.len() as u64;
         Counters::add(&self.counters.batches, 1);
         let sink = self.sink.clone();
-        let handle = tokio::spawn(async move { sink.export(batch).await });
-        self.in_flight = Some(InFlight { handle, rows });
+        let handed = Arc::new(AtomicBool::new(false));
+        let handing = handed.clone();
+        let handle = tokio::spawn(async move {
+            handing.store(true, Ordering::Release);
+            sink.export(batch).await
+        });
+        self.in_flight = Some(InFlight {
+            handle,
+            rows,
+            handed,
+        });
     }
 
     fn finish_in_flight(&mut self, completed: bool) {
@@ -485,7 +497,12 @@ impl State {
                         // Resolves once the export future is dropped, so its settling is
                         // counted before anyone reads the totals.
                         let _ = (&mut f.handle).await;
-                        Counters::add(&self.counters.rows_delivered, f.rows);
+                        if f.handed.load(Ordering::Acquire) {
+                            Counters::add(&self.counters.rows_delivered, f.rows);
+                        } else {
+                            // Cut before the sink ever saw the batch: the rows are ours to count.
+                            self.counters.count_drop(DropReason::Shutdown, f.rows);
+                        }
                         return false;
                     }
                 }
@@ -528,12 +545,9 @@ enum Deadline {
     Cut(Instant),
 }
 
-/// `d` from now, or a year from now if the clock cannot hold it (an Instant spans centuries,
-/// so a year always fits).
+/// `d` from now on the runtime's clock, saturating (see [`saturating_add`]).
 fn after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+    Instant::from_std(saturating_add(Instant::now().into_std(), d))
 }
 
 /// The clocks read once per drain.

@@ -98,8 +98,8 @@ impl BreakerConfig {
                 if !(failure_rate > 0.0 && failure_rate <= 1.0) {
                     return bad("policy.failure_rate", "must be in (0, 1]");
                 }
-                if window == 0 {
-                    return bad("policy.window", "must be at least 1");
+                if window == 0 || window > 10_000 {
+                    return bad("policy.window", "must be in 1..=10000");
                 }
                 if minimum_calls == 0 || minimum_calls > window {
                     return bad("policy.minimum_calls", "must be in 1..=window");
@@ -107,11 +107,18 @@ impl BreakerConfig {
             }
             FailurePolicy::Consecutive { .. } => {}
         }
-        if self.open_duration.is_zero() {
-            return bad("open_duration", "must be positive");
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        if self.open_duration.is_zero() || self.open_duration > DAY {
+            return bad("open_duration", "must be in (0, 1 day]");
         }
-        if self.max_open_duration < self.open_duration {
-            return bad("max_open_duration", "must be at least open_duration");
+        if self.max_open_duration < self.open_duration || self.max_open_duration > DAY {
+            return bad("max_open_duration", "must be in open_duration..=1 day");
+        }
+        if self.half_open_max_probes > 1000 {
+            return bad("half_open_max_probes", "must be at most 1000");
+        }
+        if self.success_threshold > 1000 {
+            return bad("success_threshold", "must be at most 1000");
         }
         if self.half_open_max_probes == 0 {
             return bad("half_open_max_probes", "must be at least 1");
@@ -121,6 +128,13 @@ impl BreakerConfig {
         }
         Ok(())
     }
+}
+
+/// `now + d`, or a year on if the clock cannot hold it (an Instant spans centuries, so a year
+/// always fits): an open duration never panics.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// The breaker's state.
@@ -361,7 +375,7 @@ impl CircuitBreaker {
         core.probes_in_flight = 0;
         core.probe_successes = 0;
         if to == BreakerState::Open {
-            core.open_until = now + open_for;
+            core.open_until = later(now, open_for);
             self.inner.counters.openings.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(breaker = %self.inner.name, from = %from, open_for_ms = open_for.as_millis() as u64, "circuit breaker opened");
         } else {
@@ -423,7 +437,7 @@ impl CircuitBreaker {
                 },
             ) = (core.state, outcome)
             {
-                let until = now + self.open_for(Some(r));
+                let until = later(now, self.open_for(Some(r)));
                 if until > core.open_until {
                     core.open_until = until;
                 }

@@ -10,6 +10,7 @@ use telemetry_aggregator::Aggregator;
 use telemetry_breaker::{BreakerLease, BreakerState};
 use telemetry_export::DatabricksExporter;
 use telemetry_flags::{FlagHandle, FlagView};
+use telemetry_types::clock::saturating_add;
 use telemetry_types::event::TelemetryEvent;
 use telemetry_types::host::Host;
 use tokio::runtime::Handle;
@@ -204,13 +205,9 @@ impl HostRegistry {
     }
 }
 
-/// `timeout` from now, or far in the future if that is past what the clock can hold.
-pub(crate) fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    // A year past now fits any clock's range (an Instant spans centuries), so the fallback
-    // cannot overflow.
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+/// `d` from now on the runtime's clock, saturating (see [`saturating_add`]).
+pub(crate) fn deadline_after(d: Duration) -> Instant {
+    Instant::from_std(saturating_add(Instant::now().into_std(), d))
 }
 
 /// What a connection holds of its host: the shared client, the flag view its hot path reads,

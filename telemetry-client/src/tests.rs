@@ -508,3 +508,173 @@ async fn every_row_is_accounted_for_under_random_faults_and_close_races() {
         assert_eq!(s.clients_created, s.clients_closed, "seed {seed}");
     }
 }
+
+/// Every knob at the ends of its range validates, and a provider built with it neither panics
+/// nor loses count, whatever the endpoint does (Duration::MAX and friends are refused by
+/// validation; the largest accepted values must work).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn every_config_knob_at_its_extremes_is_safe() {
+    type Knob = fn(&mut TelemetryConfig, bool);
+    let knobs: &[(&str, Knob)] = &[
+        ("batch_size", |c, max| {
+            c.aggregation.batch_size = if max { 10_000 } else { 1 };
+            c.aggregation.max_pending_rows =
+                c.aggregation.max_pending_rows.max(c.aggregation.batch_size);
+        }),
+        ("flush_interval", |c, max| {
+            c.aggregation.flush_interval = if max {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_millis(1)
+            }
+        }),
+        ("max_pending_rows", |c, max| {
+            c.aggregation.max_pending_rows = if max {
+                1_000_000
+            } else {
+                c.aggregation.batch_size
+            }
+        }),
+        ("max_in_flight_statements", |c, max| {
+            c.aggregation.max_in_flight_statements = if max { 1_000_000 } else { 1 }
+        }),
+        ("statement_ttl", |c, max| {
+            c.aggregation.statement_ttl = if max {
+                Duration::from_secs(7 * 24 * 3600)
+            } else {
+                Duration::from_secs(1)
+            }
+        }),
+        ("max_errors_per_statement", |c, max| {
+            c.aggregation.max_errors_per_statement = if max { 1000 } else { 0 }
+        }),
+        ("close_timeout", |c, max| {
+            c.aggregation.close_timeout = if max {
+                Duration::from_secs(600)
+            } else {
+                Duration::ZERO
+            }
+        }),
+        ("queue_capacity", |c, max| {
+            c.aggregation.queue_capacity = if max { 1_000_000 } else { 1 }
+        }),
+        ("max_buffered_bytes", |c, max| {
+            c.aggregation.max_buffered_bytes = if max { 1 << 30 } else { 64 << 10 }
+        }),
+        ("max_retries", |c, max| {
+            c.export.retry.max_retries = if max { 10 } else { 0 }
+        }),
+        ("backoff", |c, max| {
+            let d = if max {
+                Duration::from_secs(600)
+            } else {
+                Duration::ZERO
+            };
+            c.export.retry.backoff_max = d;
+            c.export.retry.backoff_base = d;
+            c.export.retry.jitter = if max {
+                Duration::from_secs(60)
+            } else {
+                Duration::ZERO
+            };
+        }),
+        ("max_retry_after", |c, max| {
+            c.export.retry.max_retry_after = if max {
+                Duration::from_secs(3600)
+            } else {
+                Duration::ZERO
+            }
+        }),
+        ("max_total_wait", |c, max| {
+            c.export.retry.max_total_wait = if max {
+                Duration::from_secs(3600)
+            } else {
+                Duration::ZERO
+            }
+        }),
+        ("request_timeout", |c, max| {
+            c.export.request_timeout = if max {
+                Duration::from_secs(300)
+            } else {
+                Duration::from_millis(1)
+            }
+        }),
+        ("flag_wait_timeout", |c, max| {
+            c.export.flag_wait_timeout = if max {
+                Duration::from_secs(600)
+            } else {
+                Duration::ZERO
+            }
+        }),
+        ("auth_timeout", |c, max| {
+            c.export.auth_timeout = if max {
+                Duration::from_secs(60)
+            } else {
+                Duration::from_millis(1)
+            }
+        }),
+        ("breaker", |c, max| {
+            let d = if max {
+                Duration::from_secs(24 * 3600)
+            } else {
+                Duration::from_nanos(1)
+            };
+            c.breaker.open_duration = d;
+            c.breaker.max_open_duration = d;
+            c.breaker.success_threshold = if max { 1000 } else { 1 };
+            c.breaker.half_open_max_probes = if max { 1000 } else { 1 };
+        }),
+        ("flags", |c, max| {
+            let d = if max {
+                Duration::from_secs(24 * 3600)
+            } else {
+                Duration::from_secs(1)
+            };
+            c.flags.default_ttl = d;
+            c.flags.max_ttl = d;
+            c.flags.min_ttl = d;
+            c.flags.max_failure_backoff = d;
+            c.flags.failure_backoff = d;
+            c.flags.fetch_guard = if max {
+                Duration::from_secs(600)
+            } else {
+                Duration::from_secs(1)
+            };
+        }),
+        ("max_hosts", |c, max| {
+            c.max_hosts = if max { 100_000 } else { 1 }
+        }),
+    ];
+    for (name, set) in knobs {
+        for max in [false, true] {
+            for fault in [200u16, 503, 0] {
+                let server = if fault == 0 {
+                    ScriptedTransport::hanging()
+                } else {
+                    ScriptedTransport::always(fault)
+                };
+                let f = flag(true);
+                let mut o = options(&server, &f);
+                o.runtime = Some(tokio::runtime::Handle::current());
+                set(&mut o.config, max);
+                o.config
+                    .validate()
+                    .unwrap_or_else(|e| panic!("{name} max={max}: {e}"));
+                let p = TelemetryClientProvider::new(o);
+                let c = p.connect(conn_opts("a.example"));
+                assert!(c.is_enabled(), "{name} max={max}: the config was taken");
+                for _ in 0..3 {
+                    workload(&c);
+                }
+                c.close().await;
+                p.wait_closed().await;
+                let s = p.stats();
+                assert_eq!(
+                    s.rows_produced,
+                    s.rows_exported + s.total_rows_dropped(),
+                    "{name} max={max} fault={fault}: {s:?}"
+                );
+            }
+        }
+    }
+}

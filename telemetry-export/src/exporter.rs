@@ -201,21 +201,12 @@ impl DatabricksExporter {
         }
     }
 
-    async fn export_batch(&self, batch: Vec<TelemetryRow>) {
+    /// Exports one batch; `unsettled` holds its rows until each is settled.
+    async fn export_batch(&self, batch: Vec<TelemetryRow>, unsettled: &Unsettled<'_>) {
         if batch.is_empty() {
             return;
         }
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
-        // Rows not yet settled; if this future is dropped (the close deadline), they are
-        // counted as dropped on shutdown, once.
-        let unsettled = Unsettled {
-            exporter: self,
-            rows: AtomicU64::new(batch.len() as u64),
-        };
-        self.export_settling(batch, &unsettled).await;
-    }
-
-    async fn export_settling(&self, batch: Vec<TelemetryRow>, unsettled: &Unsettled<'_>) {
         let mut flag = self.gate.state();
         if flag == FlagState::Unknown {
             flag = self.gate.wait(self.config.flag_wait_timeout).await;
@@ -458,7 +449,14 @@ async fn join_all(mut futures: Vec<BoxFuture<'_, ()>>) {
 
 impl BatchSink for DatabricksExporter {
     fn export(&self, batch: Vec<TelemetryRow>) -> BoxFuture<'_, ()> {
-        Box::pin(self.export_batch(batch))
+        // The rows are held before the future exists: dropped at any point, even before its
+        // first poll (a close deadline of zero), the future counts what it did not settle as
+        // dropped on shutdown, once.
+        let unsettled = Unsettled {
+            exporter: self,
+            rows: AtomicU64::new(batch.len() as u64),
+        };
+        Box::pin(async move { self.export_batch(batch, &unsettled).await })
     }
 }
 

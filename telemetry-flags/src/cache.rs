@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use telemetry_types::BoxFuture;
 use telemetry_types::auth::AuthProvider;
+use telemetry_types::clock::saturating_add;
 use telemetry_types::flag::{FlagGate, FlagSource, FlagState};
 use telemetry_types::host::Host;
 use telemetry_types::validation::ConfigError;
@@ -327,12 +328,9 @@ impl Inner {
     }
 }
 
-/// `d` from now, or a year from now if the clock cannot hold it (an Instant spans centuries,
-/// so a year always fits).
+/// `d` from now on the runtime's clock, saturating (see [`saturating_add`]).
 fn after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+    Instant::from_std(saturating_add(Instant::now().into_std(), d))
 }
 
 async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<Memo>) {

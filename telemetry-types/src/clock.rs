@@ -11,6 +11,22 @@ pub fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// `base + d`, or a year past `base` when the clock cannot hold the sum (`d` near
+/// `Duration::MAX`): an [`Instant`] spans centuries, so a year always fits. Deadlines built from
+/// configured durations never panic.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use telemetry_types::clock::saturating_add;
+/// let now = Instant::now();
+/// assert_eq!(saturating_add(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+/// assert!(saturating_add(now, Duration::MAX) > now);
+/// ```
+pub fn saturating_add(base: Instant, d: std::time::Duration) -> Instant {
+    base.checked_add(d)
+        .unwrap_or_else(|| base + std::time::Duration::from_secs(365 * 24 * 3600))
+}
+
 /// One reading of the wall clock and the monotonic clock together, to date [`Instant`]s in
 /// milliseconds since the epoch without reading the wall clock for each of them.
 ///

@@ -471,3 +471,12 @@ async fn a_batch_cut_mid_way_settles_each_row_once() {
     );
     assert_eq!(s.total_dropped(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_export_dropped_before_its_first_poll_still_settles_its_rows() {
+    let t = Scripted::new(vec![]);
+    let e = exporter(t.clone());
+    drop(e.export(rows(&conn_with(Some("tok")), 3)));
+    let s = e.stats();
+    assert_eq!((s.dropped(DropReason::Shutdown), t.count()), (3, 0));
+}
