@@ -245,6 +245,12 @@ impl Aggregator {
         }
     }
 
+    /// Whether the aggregator still takes events (not closing or closed): one atomic load.
+    #[inline]
+    pub fn is_accepting(&self) -> bool {
+        !self.intake.closed.load(Ordering::Acquire)
+    }
+
     /// Whether [`close`](Self::close) has completed or the task is gone.
     pub fn is_closed(&self) -> bool {
         self.control.is_closed()

@@ -105,7 +105,7 @@ mod sysinfo;
 pub use config::TelemetryConfig;
 pub use connection::Connection;
 pub use options::{ConnectionOptions, ProviderOptions};
-pub use provider::TelemetryClientProvider;
+pub use provider::{TelemetryClientProvider, TelemetryError};
 pub use statement::Statement;
 pub use sysinfo::{default_system_configuration, workspace_id_from_http_path};
 

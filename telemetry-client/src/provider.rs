@@ -3,7 +3,10 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use thiserror::Error;
 
 use telemetry_aggregator::Aggregator;
 use telemetry_breaker::CircuitBreakerRegistry;
@@ -23,14 +26,30 @@ use tokio::sync::oneshot;
 use crate::config::TelemetryConfig;
 use crate::connection::Connection;
 use crate::options::{ConnectionOptions, ProviderOptions};
-use crate::registry::{HostClient, HostRegistry};
+use crate::registry::{HostClient, HostRegistry, deadline_after};
 use crate::runtime::BackgroundRuntime;
 use crate::stats::{HostStats, ProviderStats};
 use crate::sysinfo::{default_system_configuration, workspace_id_from_http_path};
 
+/// Why [`TelemetryClientProvider::force_flush`] or
+/// [`shutdown`](TelemetryClientProvider::shutdown) did not finish everything.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// Time ran out with these hosts' rows still in flight (empty: the background runtime did
+    /// not answer at all).
+    #[error("telemetry flush timed out for {} host(s): {}", hosts.len(), hosts.join(", "))]
+    Timeout {
+        /// The hosts still working, normalised.
+        hosts: Vec<String>,
+    },
+}
+
 /// What every host client of a provider is built from.
 struct ProviderInner {
     config: TelemetryConfig,
+    /// Set by `shutdown`: later connections get disabled handles.
+    shut_down: AtomicBool,
     runtime: BackgroundRuntime,
     /// Off by the env switch, or no transport could be built.
     switched_off: bool,
@@ -117,6 +136,7 @@ impl TelemetryClientProvider {
                     config.aggregation.close_timeout,
                 )),
                 config,
+                shut_down: AtomicBool::new(false),
                 runtime,
                 user_agent,
                 system_configuration,
@@ -132,7 +152,9 @@ impl TelemetryClientProvider {
     /// for this connection or the host is invalid.
     pub fn connect(&self, options: ConnectionOptions) -> Connection {
         let inner = &self.inner;
-        let enabled = !inner.switched_off && options.enabled.unwrap_or(inner.config.enabled);
+        let enabled = !inner.switched_off
+            && !inner.shut_down.load(Ordering::Acquire)
+            && options.enabled.unwrap_or(inner.config.enabled);
         if !enabled {
             return Connection::disabled();
         }
@@ -192,6 +214,104 @@ impl TelemetryClientProvider {
     /// Totals over every host client, live and closed.
     pub fn stats(&self) -> ProviderStats {
         self.inner.registry.stats()
+    }
+
+    /// Hands every row produced so far, on every host, to the endpoint and waits until each
+    /// is settled (exported, or dropped with a counted reason), at most `timeout` (and at most
+    /// the close timeout per host). Needs no particular runtime: it only awaits a signal.
+    ///
+    /// `Err(Timeout)` names the hosts whose rows were still in flight when time ran out;
+    /// they go on in the background.
+    pub async fn force_flush(&self, timeout: Duration) -> Result<(), TelemetryError> {
+        let clients = self.inner.registry.live();
+        let waits = clients
+            .into_iter()
+            .map(|c| {
+                let (tx, rx) = oneshot::channel();
+                let host = c.host.to_string();
+                self.inner.runtime.handle.spawn(async move {
+                    c.aggregator.flush().await;
+                    let _ = tx.send(());
+                });
+                (host, rx)
+            })
+            .collect();
+        self.wait_all(waits, timeout).await
+    }
+
+    /// Stops telemetry: later connections get disabled handles, every host's client is
+    /// closed (final flush) by `timeout`, and what is not settled by then is dropped and
+    /// counted (`shutdown`). Idempotent. Needs no particular runtime.
+    ///
+    /// `Err(Timeout)` names the hosts whose close was still running when time ran out.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), TelemetryError> {
+        self.inner.shut_down.store(true, Ordering::Release);
+        let deadline = deadline_after(timeout);
+        let closes = self
+            .inner
+            .registry
+            .close_all(deadline)
+            .into_iter()
+            .map(|(host, rx)| (host.to_string(), rx))
+            .collect();
+        let result = self.wait_all(closes, timeout).await;
+        self.wait_closed().await;
+        result
+    }
+
+    /// [`force_flush`](Self::force_flush) for callers without an async context: blocks this
+    /// thread at most `timeout` (plus a little). From inside an async task prefer the async
+    /// form; on a current-thread runtime that also runs the provider's work, this can only
+    /// time out.
+    pub fn force_flush_blocking(&self, timeout: Duration) -> Result<(), TelemetryError> {
+        let this = self.clone();
+        self.block_on(async move { this.force_flush(timeout).await }, timeout)
+    }
+
+    /// [`shutdown`](Self::shutdown) for callers without an async context (see
+    /// [`force_flush_blocking`](Self::force_flush_blocking)).
+    pub fn shutdown_blocking(&self, timeout: Duration) -> Result<(), TelemetryError> {
+        let this = self.clone();
+        self.block_on(async move { this.shutdown(timeout).await }, timeout)
+    }
+
+    fn block_on(
+        &self,
+        work: impl std::future::Future<Output = Result<(), TelemetryError>> + Send + 'static,
+        timeout: Duration,
+    ) -> Result<(), TelemetryError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.inner.runtime.handle.spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        let limit = timeout.saturating_add(Duration::from_millis(200));
+        rx.recv_timeout(limit)
+            .unwrap_or(Err(TelemetryError::Timeout { hosts: Vec::new() }))
+    }
+
+    /// Waits for every signal, all within one `timeout`; the hosts still waiting then are the
+    /// error.
+    async fn wait_all(
+        &self,
+        waits: Vec<(String, oneshot::Receiver<()>)>,
+        timeout: Duration,
+    ) -> Result<(), TelemetryError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.runtime.handle.spawn(async move {
+            let deadline = deadline_after(timeout);
+            let mut late = Vec::new();
+            for (host, done) in waits {
+                if tokio::time::timeout_at(deadline, done).await.is_err() {
+                    late.push(host);
+                }
+            }
+            let _ = tx.send(late);
+        });
+        match rx.await {
+            Ok(late) if late.is_empty() => Ok(()),
+            Ok(hosts) => Err(TelemetryError::Timeout { hosts }),
+            Err(_) => Err(TelemetryError::Timeout { hosts: Vec::new() }),
+        }
     }
 
     /// Waits until every host client released so far has finished closing (bounded by the

@@ -2,7 +2,7 @@
 //! leases, closed (final flush, bounded) when the last lease is released.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use telemetry_breaker::{BreakerLease, BreakerState};
 use telemetry_export::DatabricksExporter;
 use telemetry_flags::{FlagHandle, FlagView};
 use telemetry_types::clock::saturating_add;
+use telemetry_types::drops::DropReason;
 use telemetry_types::event::TelemetryEvent;
 use telemetry_types::host::Host;
 use tokio::runtime::Handle;
@@ -67,6 +68,8 @@ pub(crate) struct HostRegistry {
     hosts: Mutex<HashMap<Host, Entry>>,
     released: Mutex<Released>,
     close_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Events handed to a closed client (dropped after close).
+    late_drops: AtomicU64,
 }
 
 impl HostRegistry {
@@ -77,6 +80,7 @@ impl HostRegistry {
             hosts: Mutex::new(HashMap::new()),
             released: Mutex::new(Released::default()),
             close_tasks: Mutex::new(Vec::new()),
+            late_drops: AtomicU64::new(0),
         }
     }
 
@@ -137,13 +141,20 @@ impl HostRegistry {
         lock(&self.released).closing.push(entry.client.clone());
         drop(hosts);
         let (tx, rx) = oneshot::channel();
+        self.close(entry.client, deadline_after(self.close_timeout), tx);
+        Some(rx)
+    }
+
+    /// Closes a client already moved to the closing list, by `deadline`; `done` fires then.
+    fn close(
+        self: &Arc<Self>,
+        client: Arc<HostClient>,
+        deadline: Instant,
+        done: oneshot::Sender<()>,
+    ) {
         let registry = self.clone();
-        let client = entry.client;
         let task = self.runtime.spawn(async move {
-            client
-                .aggregator
-                .close(deadline_after(registry.close_timeout))
-                .await;
+            client.aggregator.close(deadline).await;
             let mut released = lock(&registry.released);
             released.closing.retain(|c| !Arc::ptr_eq(c, &client));
             released
@@ -152,12 +163,43 @@ impl HostRegistry {
             released.retired.clients_closed += 1;
             drop(released);
             tracing::debug!(host = %client.host, "telemetry client closed");
-            let _ = tx.send(());
+            let _ = done.send(());
         });
         let mut tasks = lock(&self.close_tasks);
         tasks.retain(|h| !h.is_finished());
         tasks.push(task);
-        Some(rx)
+    }
+
+    /// Closes every live client now, whatever its leases (their handles then report to a
+    /// closed client: counted as dropped after close), by `deadline`. Returns each host with
+    /// its completion signal.
+    pub(crate) fn close_all(
+        self: &Arc<Self>,
+        deadline: Instant,
+    ) -> Vec<(Host, oneshot::Receiver<()>)> {
+        let mut hosts = lock(&self.hosts);
+        let entries: Vec<Entry> = hosts.drain().map(|(_, e)| e).collect();
+        lock(&self.released)
+            .closing
+            .extend(entries.iter().map(|e| e.client.clone()));
+        drop(hosts);
+        entries
+            .into_iter()
+            .map(|e| {
+                let (tx, rx) = oneshot::channel();
+                let host = e.client.host.clone();
+                self.close(e.client, deadline, tx);
+                (host, rx)
+            })
+            .collect()
+    }
+
+    /// The live clients now.
+    pub(crate) fn live(&self) -> Vec<Arc<HostClient>> {
+        lock(&self.hosts)
+            .values()
+            .map(|e| e.client.clone())
+            .collect()
     }
 
     /// Connections holding `host`.
@@ -182,6 +224,9 @@ impl HostRegistry {
         let hosts = lock(&self.hosts);
         let released = lock(&self.released);
         let mut total = released.retired.clone();
+        let late = self.late_drops.load(Ordering::Relaxed);
+        total.events_emitted += late;
+        total.dropped.add(DropReason::AfterClose, late);
         for c in &released.closing {
             total.add(&c.aggregator.stats(), &c.exporter.stats());
         }
@@ -227,9 +272,15 @@ impl HostLease {
         self.flag.is_off()
     }
 
-    /// Queues one event for the host's background task.
+    /// Queues one event for the host's background task. A client already closed (a statement
+    /// outliving its connection, a handle kept past `shutdown`) no longer counts what it is
+    /// handed once its totals are retired, so the provider counts those drops itself.
     pub(crate) fn emit(&self, event: TelemetryEvent) {
-        self.client.aggregator.emit(event);
+        if self.client.aggregator.is_accepting() {
+            self.client.aggregator.emit(event);
+        } else {
+            self.registry.late_drops.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The runtime background work runs on.

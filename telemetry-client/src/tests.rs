@@ -678,3 +678,65 @@ async fn every_config_knob_at_its_extremes_is_safe() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_flush_delivers_without_closing_and_names_hung_hosts() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    workload(&c);
+    assert_eq!(p.force_flush(Duration::from_secs(5)).await, Ok(()));
+    assert_eq!(server.rows(), 4, "delivered with the connection still open");
+    assert!(c.is_enabled());
+
+    let (hung, f) = (FakeServer::hanging(), flag(true));
+    let p = TelemetryClientProvider::new(options(&hung, &f));
+    let c = p.connect(conn_opts("b.example"));
+    workload(&c);
+    let err = p.force_flush(Duration::from_millis(200)).await.unwrap_err();
+    assert_eq!(
+        err,
+        TelemetryError::Timeout {
+            hosts: vec!["https://b.example".into()]
+        }
+    );
+    assert!(err.to_string().contains("b.example"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_host_and_refuses_new_connections() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let a = p.connect(conn_opts("a.example"));
+    let b = p.connect(conn_opts("b.example"));
+    workload(&a);
+    workload(&b);
+    assert_eq!(p.shutdown(Duration::from_secs(5)).await, Ok(()));
+    assert_eq!((server.rows(), p.host_count()), (8, 0));
+    assert!(!p.connect(conn_opts("a.example")).is_enabled());
+    // A handle still held reports into a closed client: counted, never sent.
+    a.opened(Duration::from_millis(1));
+    drop((a, b));
+    let s = p.stats();
+    assert_eq!(s.dropped.get(DropReason::AfterClose), 1);
+    assert_eq!((s.clients_created, s.clients_closed), (2, 2));
+    assert_eq!(s.rows_produced, s.rows_exported + s.total_rows_dropped());
+    assert_eq!(
+        p.shutdown(Duration::from_secs(1)).await,
+        Ok(()),
+        "idempotent"
+    );
+}
+
+#[test]
+fn flush_and_shutdown_have_blocking_forms_for_plain_threads() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    workload(&c);
+    assert_eq!(p.force_flush_blocking(Duration::from_secs(5)), Ok(()));
+    assert_eq!(server.rows(), 4);
+    workload(&c);
+    assert_eq!(p.shutdown_blocking(Duration::from_secs(5)), Ok(()));
+    assert_eq!(server.rows(), 8);
+}
