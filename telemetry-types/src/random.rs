@@ -1,6 +1,6 @@
-//! Randomness without a dependency: event ids and retry jitter (a per-thread SplitMix64
-//! generator seeded from the standard library's randomly keyed hasher; not for cryptography:
-//! event ids only need to be unique, and jitter only needs to spread retries).
+//! Randomness for event ids and retry jitter: a per-thread SplitMix64 generator seeded from
+//! the standard library's randomly keyed hasher (not for cryptography: event ids only need to
+//! be unique, and jitter only needs to spread retries; no system call per id).
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
@@ -42,7 +42,8 @@ pub fn random_up_to(max: u64) -> u64 {
     }
 }
 
-/// A random UUID version 4, lower-case hyphenated.
+/// A random UUID version 4, lower-case hyphenated: 128 bits of this module's generator,
+/// stamped and formatted by the `uuid` crate (a lookup table, not `core::fmt`).
 ///
 /// ```
 /// let id = telemetry_types::random::uuid_v4();
@@ -50,16 +51,12 @@ pub fn random_up_to(max: u64) -> u64 {
 /// assert_eq!(&id[14..15], "4");
 /// ```
 pub fn uuid_v4() -> String {
-    let hi = (random_u64() & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000;
-    let lo = (random_u64() & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xFFFF,
-        hi & 0xFFFF,
-        lo >> 48,
-        lo & 0xFFFF_FFFF_FFFF
-    )
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&random_u64().to_le_bytes());
+    bytes[8..].copy_from_slice(&random_u64().to_le_bytes());
+    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let mut buf = uuid::Uuid::encode_buffer();
+    id.hyphenated().encode_lower(&mut buf).to_owned()
 }
 
 #[cfg(test)]
