@@ -11,6 +11,7 @@ use telemetry_types::wire::{OperationType, StatementType};
 use crate::emitter::{Emitter, millis};
 use crate::registry::HostLease;
 use crate::statement::Statement;
+use crate::stats::DisabledReason;
 
 /// One driver connection's telemetry. Every method is synchronous, never waits on the network
 /// and never fails; when telemetry is off each costs one branch or one atomic load and
@@ -18,26 +19,42 @@ use crate::statement::Statement;
 /// flushes in the background); [`close`](Self::close) also waits for that flush.
 pub struct Connection {
     live: Option<Arc<Emitter>>,
+    /// Why the handle is disabled, if it is (set only then).
+    disabled: Option<DisabledReason>,
 }
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.live {
             Some(l) => f.debug_struct("Connection").field("info", &l.info).finish(),
-            None => f.write_str("Connection(disabled)"),
+            None => write!(
+                f,
+                "Connection(disabled: {})",
+                self.disabled.map_or("closed", DisabledReason::as_str)
+            ),
         }
     }
 }
 
 impl Connection {
-    pub(crate) fn disabled() -> Self {
-        Self { live: None }
+    pub(crate) fn disabled(reason: DisabledReason) -> Self {
+        Self {
+            live: None,
+            disabled: Some(reason),
+        }
     }
 
     pub(crate) fn new(info: Arc<ConnectionInfo>, lease: HostLease) -> Self {
         Self {
             live: Some(Arc::new(Emitter { info, lease })),
+            disabled: None,
         }
+    }
+
+    /// Why this handle reports nothing from the start, if it does not (the server's flag,
+    /// which may turn a live handle off later, is per host: see the provider's stats).
+    pub fn disabled_reason(&self) -> Option<DisabledReason> {
+        self.disabled
     }
 
     /// The live state if telemetry may be sent: one atomic load of the host's flag.

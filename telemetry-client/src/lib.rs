@@ -136,7 +136,7 @@ pub use telemetry_types::transport::{
 };
 
 // Statistics.
-pub use stats::{HostStats, HostStatsSummary, ProviderStats};
+pub use stats::{DisabledReason, HostStats, HostStatsSummary, ProviderStats};
 pub use telemetry_aggregator::AggregatorStats;
 pub use telemetry_breaker::{BreakerState, BreakerStats};
 pub use telemetry_export::ExportStats;

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -28,7 +28,7 @@ use crate::connection::Connection;
 use crate::options::{ConnectionOptions, ProviderOptions};
 use crate::registry::{HostClient, HostRegistry, deadline_after};
 use crate::runtime::BackgroundRuntime;
-use crate::stats::{HostStats, ProviderStats};
+use crate::stats::{DisabledReason, HostStats, ProviderStats};
 use crate::sysinfo::{default_system_configuration, workspace_id_from_http_path};
 
 /// Why [`TelemetryClientProvider::force_flush`] or
@@ -48,11 +48,13 @@ pub enum TelemetryError {
 /// What every host client of a provider is built from.
 struct ProviderInner {
     config: TelemetryConfig,
+    /// Why every connection is off, when it is: env switch, invalid config, no transport.
+    off: Option<DisabledReason>,
+    /// Connections given a disabled handle, by reason; each reason logged once.
+    disabled: [AtomicU64; DisabledReason::ALL.len()],
     /// Set by `shutdown`: later connections get disabled handles.
     shut_down: AtomicBool,
     runtime: BackgroundRuntime,
-    /// Off by the env switch, or no transport could be built.
-    switched_off: bool,
     user_agent: String,
     system_configuration: DriverSystemConfiguration,
     extra_headers: Vec<(String, String)>,
@@ -87,19 +89,24 @@ impl TelemetryClientProvider {
             .clone()
             .unwrap_or_else(DisableSwitch::from_env);
         let mut config = options.config.clone();
+        let mut off = switch.is_disabled().then_some(DisabledReason::EnvSwitch);
         if let Err(e) = config.validate() {
-            tracing::debug!(error = %e, "invalid telemetry config; telemetry disabled");
+            tracing::warn!(error = %e, "invalid telemetry config; telemetry disabled");
             config = TelemetryConfig::default();
+            off = off.or(Some(DisabledReason::InvalidConfig));
         }
         config.flags.switch = switch.clone();
         let runtime = BackgroundRuntime::new(options.runtime.clone());
         let transport = options.transport.clone().or_else(|| match HyperTransport::new() {
             Ok(t) => Some(Arc::new(t) as Arc<dyn HttpTransport>),
             Err(e) => {
-                tracing::debug!(error = %e, "telemetry transport unavailable; telemetry disabled");
+                tracing::warn!(error = %e, "telemetry transport unavailable; telemetry disabled");
                 None
             }
         });
+        if transport.is_none() {
+            off = off.or(Some(DisabledReason::TransportSetup));
+        }
         let user_agent = redact_user_agent(
             &options
                 .user_agent
@@ -124,7 +131,8 @@ impl TelemetryClientProvider {
         });
         Self {
             inner: Arc::new(ProviderInner {
-                switched_off: switch.is_disabled() || transport.is_none(),
+                off,
+                disabled: Default::default(),
                 flags: FeatureFlagCache::new(
                     flag_source,
                     config.flags.clone(),
@@ -152,17 +160,20 @@ impl TelemetryClientProvider {
     /// for this connection or the host is invalid.
     pub fn connect(&self, options: ConnectionOptions) -> Connection {
         let inner = &self.inner;
-        let enabled = !inner.switched_off
-            && !inner.shut_down.load(Ordering::Acquire)
-            && options.enabled.unwrap_or(inner.config.enabled);
-        if !enabled {
-            return Connection::disabled();
+        if let Some(reason) = inner.off {
+            return self.disabled(reason);
+        }
+        if inner.shut_down.load(Ordering::Acquire) {
+            return self.disabled(DisabledReason::ShutDown);
+        }
+        if !options.enabled.unwrap_or(inner.config.enabled) {
+            return self.disabled(DisabledReason::Config);
         }
         let host = match Host::parse(&options.host, inner.config.allow_insecure_loopback) {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(error = %e, "telemetry disabled for a connection with an invalid host");
-                return Connection::disabled();
+                return self.disabled(DisabledReason::InvalidHost);
             }
         };
         let mut info = ConnectionInfo::new(host.clone(), inner.user_agent.clone());
@@ -186,9 +197,32 @@ impl TelemetryClientProvider {
             Some(lease) => Connection::new(Arc::new(info), lease),
             None => {
                 tracing::debug!(host = %host, max_hosts = inner.config.max_hosts, "telemetry disabled for a connection: too many hosts");
-                Connection::disabled()
+                self.disabled(DisabledReason::TooManyHosts)
             }
         }
+    }
+
+    /// A disabled handle, counted by reason; the first of each reason is logged (info for
+    /// a choice of the user's, warn for a problem).
+    fn disabled(&self, reason: DisabledReason) -> Connection {
+        let count = &self.inner.disabled[reason.index()];
+        if count.fetch_add(1, Ordering::Relaxed) == 0 {
+            match reason {
+                DisabledReason::Config | DisabledReason::EnvSwitch | DisabledReason::ShutDown => {
+                    tracing::info!(
+                        reason = reason.as_str(),
+                        "telemetry is off for this connection (logged once per reason)"
+                    );
+                }
+                _ => {
+                    tracing::warn!(
+                        reason = reason.as_str(),
+                        "telemetry is off for this connection (logged once per reason)"
+                    );
+                }
+            }
+        }
+        Connection::disabled(reason)
     }
 
     fn parse_host(&self, host: &str) -> Option<Host> {
@@ -211,9 +245,16 @@ impl TelemetryClientProvider {
         self.inner.registry.host_stats(&self.parse_host(host)?)
     }
 
-    /// Totals over every host client, live and closed.
+    /// Totals over every host client, live and closed, and the connections given disabled
+    /// handles.
     pub fn stats(&self) -> ProviderStats {
-        self.inner.registry.stats()
+        let mut stats = self.inner.registry.stats();
+        stats.disabled_connections = DisabledReason::ALL
+            .iter()
+            .map(|r| (*r, self.inner.disabled[r.index()].load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        stats
     }
 
     /// Hands every row produced so far, on every host, to the endpoint and waits until each

@@ -94,7 +94,6 @@ impl HostRegistry {
     ) -> Option<HostLease> {
         let mut hosts = lock(&self.hosts);
         if hosts.len() >= max_hosts && !hosts.contains_key(host) {
-            lock(&self.released).retired.hosts_refused += 1;
             return None;
         }
         let client = match hosts.get_mut(host) {

@@ -1,10 +1,69 @@
 //! What the provider reports about every event: emitted, exported, dropped by reason.
 
+use std::fmt;
+
 use telemetry_aggregator::AggregatorStats;
 use telemetry_breaker::BreakerState;
 use telemetry_export::ExportStats;
 use telemetry_types::drops::{DropCounts, DropUnit};
 use telemetry_types::flag::FlagState;
+
+/// Why a connection got a disabled handle (distinct from the server's flag saying no, which
+/// [`HostStatsSummary::flag`] shows per host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DisabledReason {
+    /// `config.enabled` is false (the default) or the connection's override said no.
+    Config,
+    /// `DATABRICKS_TELEMETRY_DISABLED` is set.
+    EnvSwitch,
+    /// The host could not be parsed.
+    InvalidHost,
+    /// The provider's config did not validate.
+    InvalidConfig,
+    /// No HTTP transport could be built (TLS setup).
+    TransportSetup,
+    /// `max_hosts` hosts were live already.
+    TooManyHosts,
+    /// The provider was shut down.
+    ShutDown,
+}
+
+impl DisabledReason {
+    /// Every reason, in a stable order.
+    pub const ALL: [DisabledReason; 7] = [
+        Self::Config,
+        Self::EnvSwitch,
+        Self::InvalidHost,
+        Self::InvalidConfig,
+        Self::TransportSetup,
+        Self::TooManyHosts,
+        Self::ShutDown,
+    ];
+
+    /// Stable snake-case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::EnvSwitch => "env_switch",
+            Self::InvalidHost => "invalid_host",
+            Self::InvalidConfig => "invalid_config",
+            Self::TransportSetup => "transport_setup",
+            Self::TooManyHosts => "too_many_hosts",
+            Self::ShutDown => "shut_down",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DisabledReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Statistics of one host's telemetry client.
 #[derive(Debug, Clone)]
@@ -42,8 +101,8 @@ pub struct ProviderStats {
     pub clients_created: u64,
     /// Host clients closed.
     pub clients_closed: u64,
-    /// Connections given a disabled handle because `max_hosts` hosts were live.
-    pub hosts_refused: u64,
+    /// Connections given a disabled handle, by reason.
+    pub disabled_connections: Vec<(DisabledReason, u64)>,
     /// Live host clients, one entry each.
     pub hosts: Vec<HostStatsSummary>,
 }
@@ -65,6 +124,14 @@ impl ProviderStats {
     /// Events dropped before becoming rows, all reasons.
     pub fn events_dropped(&self) -> u64 {
         self.dropped.total_of(DropUnit::Event)
+    }
+
+    /// Connections given a disabled handle for `reason`.
+    pub fn disabled(&self, reason: DisabledReason) -> u64 {
+        self.disabled_connections
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
     }
 
     /// Rows dropped, all reasons.

@@ -152,10 +152,17 @@ async fn disabled_costs_nothing_and_sends_nothing() {
     assert_eq!(p.host_count(), 0);
     assert_eq!(server.count(), 0);
     assert_eq!(f.count(), 0);
-    assert_eq!(p.stats(), ProviderStats::default());
+    assert_eq!(
+        p.stats(),
+        ProviderStats {
+            disabled_connections: vec![(DisabledReason::Config, 1)],
+            ..ProviderStats::default()
+        }
+    );
+    assert_eq!(c_reason(&p), Some(DisabledReason::Config));
     assert_eq!(
         format!("{:?}", p.connect(conn_opts("a.example"))),
-        "Connection(disabled)"
+        "Connection(disabled: config)"
     );
 }
 
@@ -193,9 +200,40 @@ async fn env_switch_beats_everything() {
         ..conn_opts("a.example")
     });
     assert!(!c.is_enabled());
+    assert_eq!(c.disabled_reason(), Some(DisabledReason::EnvSwitch));
     workload(&c);
     c.close().await;
     assert_eq!((server.count(), f.count()), (0, 0));
+    assert_eq!(p.stats().disabled(DisabledReason::EnvSwitch), 1);
+}
+
+fn c_reason(p: &TelemetryClientProvider) -> Option<DisabledReason> {
+    p.connect(conn_opts("a.example")).disabled_reason()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reason_for_a_disabled_connection_is_visible() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let mut o = options(&server, &f);
+    o.config.aggregation.batch_size = 0;
+    let p = TelemetryClientProvider::new(o);
+    assert_eq!(c_reason(&p), Some(DisabledReason::InvalidConfig));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    assert_eq!(
+        p.connect(conn_opts("a..b")).disabled_reason(),
+        Some(DisabledReason::InvalidHost)
+    );
+    assert_eq!(c_reason(&p), None, "a live handle has no reason");
+    p.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(c_reason(&p), Some(DisabledReason::ShutDown));
+    let s = p.stats();
+    assert_eq!(
+        (
+            s.disabled(DisabledReason::InvalidHost),
+            s.disabled(DisabledReason::ShutDown)
+        ),
+        (1, 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,7 +440,17 @@ async fn hosts_are_capped() {
         p.connect(conn_opts("h0.example")).is_enabled(),
         "a live host still takes more"
     );
-    assert_eq!((p.host_count(), p.stats().hosts_refused), (3, 1));
+    assert_eq!(
+        refused.disabled_reason(),
+        Some(DisabledReason::TooManyHosts)
+    );
+    assert_eq!(
+        (
+            p.host_count(),
+            p.stats().disabled(DisabledReason::TooManyHosts)
+        ),
+        (3, 1)
+    );
 }
 
 /// An auth provider that blocks the way the ADBC driver's OAuth providers do.
