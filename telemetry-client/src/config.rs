@@ -41,7 +41,7 @@ pub struct TelemetryConfig {
     /// Permit `http://` for loopback hosts (tests and the local simulator). Default `false`.
     pub allow_insecure_loopback: bool,
     /// Workspace hosts with a live client, at most; a connection to one more host gets a
-    /// disabled handle (counted in `ProviderStats::hosts_refused`). Default 256; 1..=100 000.
+    /// disabled handle (`DisabledReason::TooManyHosts`). Default 256; 1..=100 000.
     pub max_hosts: usize,
 }
 
