@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use telemetry_aggregator::AggregatorConfig;
-use telemetry_breaker::{BreakerConfig, BreakerConfigError};
+use telemetry_breaker::{BreakerConfig, BreakerConfigError, FailurePolicy};
 use telemetry_export::ExportConfig;
 use telemetry_flags::FlagCacheConfig;
 use telemetry_types::validation::ConfigError;
+use thiserror::Error;
 
 /// Everything the telemetry pipeline can be tuned with.
 ///
@@ -27,6 +28,11 @@ pub struct TelemetryConfig {
     /// Master switch. Default `false` (opt-in first release); even when `true` the server's
     /// feature flag must say yes.
     pub enabled: bool,
+    /// Send without asking the server's feature flag (as the JDBC, Python and Go drivers'
+    /// force-enable options do). Default `false`. Only for a driver whose users opted in: the
+    /// workspace's own switch is bypassed, and rows go to the endpoint even where the
+    /// workspace has not turned telemetry on. The env off switch still wins.
+    pub force_enable: bool,
     /// Batching, buffering and the close deadline (`close_timeout`, default 2 s).
     pub aggregation: AggregatorConfig,
     /// Requests, retries and the endpoint choice.
@@ -49,6 +55,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             enabled: false,
+            force_enable: false,
             aggregation: AggregatorConfig::default(),
             export: ExportConfig::default(),
             breaker: BreakerConfig {
@@ -85,6 +92,187 @@ impl TelemetryConfig {
     }
 }
 
+/// A string option whose value cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum OptionError {
+    /// `key`'s value is not what it must be.
+    #[error("telemetry option `{key}`: `{value}` is not {expected}")]
+    InvalidValue {
+        /// The key as given.
+        key: String,
+        /// The value as given.
+        value: String,
+        /// What the value must be.
+        expected: &'static str,
+    },
+    /// The values parse, but the config they make does not validate.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// Environment variables that override the config (see [`TelemetryConfig::apply_env`]),
+/// with the option each one sets.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("DATABRICKS_TELEMETRY_ENABLED", "telemetryEnabled"),
+    ("DATABRICKS_TELEMETRY_FORCE_ENABLE", "forceEnableTelemetry"),
+    ("DATABRICKS_TELEMETRY_BATCH_SIZE", "telemetryBatchSize"),
+    (
+        "DATABRICKS_TELEMETRY_FLUSH_INTERVAL_MS",
+        "telemetryFlushIntervalMs",
+    ),
+    ("DATABRICKS_TELEMETRY_MAX_RETRIES", "telemetryMaxRetries"),
+    (
+        "DATABRICKS_TELEMETRY_REQUEST_TIMEOUT_MS",
+        "telemetryRequestTimeoutMs",
+    ),
+    (
+        "DATABRICKS_TELEMETRY_CLOSE_TIMEOUT_MS",
+        "telemetryCloseTimeoutMs",
+    ),
+    (
+        "DATABRICKS_TELEMETRY_AUTHENTICATED_EXPORT",
+        "telemetryAuthenticatedExport",
+    ),
+];
+
+/// A key without case, separators or a `databricks` prefix: `telemetry_batch_size`,
+/// `telemetryBatchSize`, `TelemetryBatchSize` and `databricks.telemetry.batch_size` are one.
+fn normalise(key: &str) -> String {
+    let k: String = key
+        .chars()
+        .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect();
+    let k = k.strip_prefix("adbc").unwrap_or(&k).to_owned();
+    k.strip_prefix("databricks").unwrap_or(&k).to_owned()
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, OptionError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(
+            key,
+            value,
+            "a boolean (true/false, 1/0, yes/no, on/off)",
+        )),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, OptionError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, value, "a non-negative whole number"))
+}
+
+fn parse_ms(key: &str, value: &str) -> Result<Duration, OptionError> {
+    parse_num::<u64>(key, value).map(Duration::from_millis)
+}
+
+fn invalid(key: &str, value: &str, expected: &'static str) -> OptionError {
+    OptionError::InvalidValue {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        expected,
+    }
+}
+
+impl TelemetryConfig {
+    /// Applies one string option, by the names the other Databricks drivers use (any case
+    /// and separator style, with or without a `databricks.` prefix): Node.js
+    /// `telemetryEnabled`, `telemetryBatchSize`, `telemetryFlushIntervalMs`,
+    /// `telemetryMaxRetries`, `telemetryAuthenticatedExport`,
+    /// `telemetryCircuitBreakerThreshold`, `telemetryCircuitBreakerTimeout` (ms); Python
+    /// `enable_telemetry`, `telemetry_batch_size`, `force_enable_telemetry`; Go DSN
+    /// `enableTelemetry`, `forceEnableTelemetry`; JDBC `EnableTelemetry`,
+    /// `TelemetryBatchSize`, `TelemetryFlushInterval` (ms); and ours,
+    /// `telemetryRequestTimeoutMs`, `telemetryCloseTimeoutMs`. Returns whether the key is a
+    /// telemetry option (a driver passes all its options; others are ignored).
+    ///
+    /// ```
+    /// use telemetry_client::TelemetryConfig;
+    /// let mut c = TelemetryConfig::default();
+    /// assert_eq!(c.apply_option("enable_telemetry", "true"), Ok(true));
+    /// assert_eq!(c.apply_option("telemetryBatchSize", "50"), Ok(true));
+    /// assert_eq!(c.apply_option("databricks.http_path", "/sql/1.0/x"), Ok(false));
+    /// assert!(c.enabled && c.aggregation.batch_size == 50);
+    /// let err = c.apply_option("telemetryFlushIntervalMs", "soon").unwrap_err();
+    /// assert!(err.to_string().contains("telemetryFlushIntervalMs"));
+    /// ```
+    pub fn apply_option(&mut self, key: &str, value: &str) -> Result<bool, OptionError> {
+        match normalise(key).as_str() {
+            "telemetryenabled" | "enabletelemetry" => self.enabled = parse_bool(key, value)?,
+            "forceenabletelemetry" | "telemetryforceenable" => {
+                self.force_enable = parse_bool(key, value)?
+            }
+            "telemetrybatchsize" => self.aggregation.batch_size = parse_num(key, value)?,
+            "telemetryflushintervalms" | "telemetryflushinterval" => {
+                self.aggregation.flush_interval = parse_ms(key, value)?
+            }
+            "telemetrymaxretries" => self.export.retry.max_retries = parse_num(key, value)?,
+            "telemetryauthenticatedexport" => {
+                self.export.authenticated_export = parse_bool(key, value)?
+            }
+            "telemetryrequesttimeoutms" => self.export.request_timeout = parse_ms(key, value)?,
+            "telemetryclosetimeoutms" => self.aggregation.close_timeout = parse_ms(key, value)?,
+            "telemetrycircuitbreakerthreshold" => {
+                self.breaker.policy = FailurePolicy::Consecutive {
+                    threshold: parse_num(key, value)?,
+                }
+            }
+            "telemetrycircuitbreakertimeout" | "telemetrycircuitbreakertimeoutms" => {
+                self.breaker.open_duration = parse_ms(key, value)?;
+                self.breaker.max_open_duration = self
+                    .breaker
+                    .max_open_duration
+                    .max(self.breaker.open_duration);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Applies every option of `options` (see [`apply_option`](Self::apply_option)), then
+    /// validates: the first bad value or out-of-range setting is the error.
+    ///
+    /// ```
+    /// use telemetry_client::TelemetryConfig;
+    /// let mut c = TelemetryConfig::default();
+    /// c.apply_options([("enableTelemetry", "1"), ("telemetryBatchSize", "0")]).unwrap_err();
+    /// ```
+    pub fn apply_options<'a>(
+        &mut self,
+        options: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), OptionError> {
+        for (key, value) in options {
+            self.apply_option(key, value)?;
+        }
+        Ok(self.validate()?)
+    }
+
+    /// Applies the `DATABRICKS_TELEMETRY_*` overrides of [`ENV_OVERRIDES`] found by `get`
+    /// (the process environment: `|k| std::env::var(k).ok()`), then validates.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), OptionError> {
+        for (var, option) in ENV_OVERRIDES {
+            if let Some(value) = get(var).filter(|v| !v.trim().is_empty()) {
+                self.apply_option(option, &value).map_err(|e| match e {
+                    OptionError::InvalidValue {
+                        value, expected, ..
+                    } => OptionError::InvalidValue {
+                        key: (*var).to_owned(),
+                        value,
+                        expected,
+                    },
+                    other => other,
+                })?;
+            }
+        }
+        Ok(self.validate()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +290,81 @@ mod tests {
         assert_eq!(c.breaker.half_open_max_probes, 1);
         assert_eq!(c.flags.default_ttl, Duration::from_secs(900));
         c.validate().unwrap();
+    }
+
+    #[rstest::rstest]
+    #[case("telemetryEnabled", "true")]
+    #[case("enable_telemetry", "YES")]
+    #[case("enableTelemetry", "1")]
+    #[case("EnableTelemetry", "on")]
+    #[case("databricks.telemetry.enabled", "true")]
+    fn every_drivers_name_for_the_switch(#[case] key: &str, #[case] value: &str) {
+        let mut c = TelemetryConfig::default();
+        assert_eq!(c.apply_option(key, value), Ok(true));
+        assert!(c.enabled, "{key}");
+    }
+
+    #[test]
+    fn options_set_the_components() {
+        let mut c = TelemetryConfig::default();
+        c.apply_options([
+            ("telemetry_batch_size", "25"),
+            ("telemetryFlushIntervalMs", "1500"),
+            ("TelemetryMaxRetries", "0"),
+            ("telemetryAuthenticatedExport", "false"),
+            ("telemetryCircuitBreakerThreshold", "7"),
+            ("telemetryCircuitBreakerTimeout", "120000"),
+            ("forceEnableTelemetry", "true"),
+            ("telemetryRequestTimeoutMs", "2000"),
+            ("telemetryCloseTimeoutMs", "500"),
+            ("uid", "token"),
+        ])
+        .unwrap();
+        assert_eq!(c.aggregation.batch_size, 25);
+        assert_eq!(c.aggregation.flush_interval, Duration::from_millis(1500));
+        assert_eq!(c.export.retry.max_retries, 0);
+        assert!(!c.export.authenticated_export);
+        assert_eq!(
+            c.breaker.policy,
+            FailurePolicy::Consecutive { threshold: 7 }
+        );
+        assert_eq!(c.breaker.open_duration, Duration::from_secs(120));
+        assert!(c.breaker.max_open_duration >= c.breaker.open_duration);
+        assert!(c.force_enable);
+        assert_eq!(c.export.request_timeout, Duration::from_secs(2));
+        assert_eq!(c.aggregation.close_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let mut c = TelemetryConfig::default();
+        let err = c.apply_option("enable_telemetry", "maybe").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "telemetry option `enable_telemetry`: `maybe` is not a boolean (true/false, 1/0, yes/no, on/off)"
+        );
+        assert!(c.apply_option("telemetryBatchSize", "-3").is_err());
+        let err = c.apply_options([("telemetryBatchSize", "0")]).unwrap_err();
+        assert!(matches!(err, OptionError::Invalid(_)), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_name_the_variable_in_errors() {
+        let mut c = TelemetryConfig::default();
+        let env = |k: &str| match k {
+            "DATABRICKS_TELEMETRY_ENABLED" => Some("true".to_owned()),
+            "DATABRICKS_TELEMETRY_BATCH_SIZE" => Some("10".to_owned()),
+            _ => None,
+        };
+        c.apply_env(env).unwrap();
+        assert!(c.enabled && c.aggregation.batch_size == 10);
+        let err = c
+            .apply_env(|k| (k == "DATABRICKS_TELEMETRY_MAX_RETRIES").then(|| "x".to_owned()))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("DATABRICKS_TELEMETRY_MAX_RETRIES"),
+            "{err}"
+        );
     }
 
     #[test]

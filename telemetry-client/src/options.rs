@@ -39,6 +39,10 @@ pub struct ProviderOptions {
     pub system_configuration: Option<DriverSystemConfiguration>,
     /// Headers added to authenticated export requests (e.g. `x-databricks-org-id`).
     pub extra_headers: Vec<(String, String)>,
+    /// Apply the `DATABRICKS_TELEMETRY_*` overrides of
+    /// [`ENV_OVERRIDES`](crate::ENV_OVERRIDES) over `config`. Default `true`; tests that must
+    /// not depend on the environment turn it off.
+    pub read_env: bool,
 }
 
 impl fmt::Debug for ProviderOptions {
@@ -71,6 +75,7 @@ impl ProviderOptions {
             switch: None,
             system_configuration: None,
             extra_headers: Vec::new(),
+            read_env: true,
         }
     }
 }

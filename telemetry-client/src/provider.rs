@@ -89,6 +89,12 @@ impl TelemetryClientProvider {
             .clone()
             .unwrap_or_else(DisableSwitch::from_env);
         let mut config = options.config.clone();
+        if options.read_env
+            && let Err(e) = config.apply_env(|k| std::env::var(k).ok())
+        {
+            tracing::warn!(error = %e, "telemetry environment override ignored");
+            config = options.config.clone();
+        }
         let mut off = switch.is_disabled().then_some(DisabledReason::EnvSwitch);
         if let Err(e) = config.validate() {
             tracing::warn!(error = %e, "invalid telemetry config; telemetry disabled");
@@ -114,6 +120,7 @@ impl TelemetryClientProvider {
                 .unwrap_or_else(|| format!("{}/{}", options.driver_name, options.driver_version)),
         );
         let flag_source: Arc<dyn FlagSource> = match (&options.flag_source, &transport) {
+            _ if config.force_enable => Arc::new(AlwaysOn),
             (Some(s), _) => s.clone(),
             (None, Some(t)) => Arc::new(
                 HttpFlagSource::new(
@@ -424,6 +431,24 @@ impl Drop for ProviderInner {
                 let _ = tx.send(());
             }
         });
+    }
+}
+
+/// `force_enable`: the server's flag is not asked.
+struct AlwaysOn;
+
+impl FlagSource for AlwaysOn {
+    fn fetch<'a>(
+        &'a self,
+        _host: &'a Host,
+        _auth: Option<&'a dyn AuthProvider>,
+    ) -> BoxFuture<'a, Result<FlagAnswer, FlagError>> {
+        Box::pin(async {
+            Ok(FlagAnswer {
+                enabled: true,
+                ttl: None,
+            })
+        })
     }
 }
 

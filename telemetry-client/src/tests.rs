@@ -15,6 +15,7 @@ fn options(server: &Arc<FakeServer>, flag: &Arc<Flag>) -> ProviderOptions {
     o.transport = Some(server.clone());
     o.flag_source = Some(flag.clone());
     o.switch = Some(DisableSwitch::Unset);
+    o.read_env = false;
     o
 }
 
@@ -787,4 +788,29 @@ fn flush_and_shutdown_have_blocking_forms_for_plain_threads() {
     workload(&c);
     assert_eq!(p.shutdown_blocking(Duration::from_secs(5)), Ok(()));
     assert_eq!(server.rows(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_enable_sends_without_asking_the_flag() {
+    let (server, f) = (FakeServer::always(200), flag(false));
+    let mut o = options(&server, &f);
+    o.config.force_enable = true;
+    let p = TelemetryClientProvider::new(o);
+    let c = p.connect(conn_opts("a.example"));
+    workload(&c);
+    c.close().await;
+    assert_eq!(
+        (f.count(), server.rows()),
+        (0, 4),
+        "no look-up; the flag's 'no' is bypassed"
+    );
+    let mut o = options(&server, &f);
+    o.config.force_enable = true;
+    o.switch = Some(DisableSwitch::Disabled);
+    let p = TelemetryClientProvider::new(o);
+    assert_eq!(
+        p.connect(conn_opts("a.example")).disabled_reason(),
+        Some(DisabledReason::EnvSwitch),
+        "the env off switch still wins"
+    );
 }
