@@ -102,6 +102,14 @@ pub struct ConnectionOptions {
     pub enabled: Option<bool>,
     /// `system_configuration.client_app_name`.
     pub client_app_name: Option<String>,
+    /// This connection's own HTTP stack (an ADBC database's proxy and TLS settings); `None`
+    /// uses the provider's. Rows of connections with different transports never share a
+    /// request. The host's feature-flag look-up still goes through the provider's transport.
+    pub transport: Option<Arc<dyn HttpTransport>>,
+    /// Headers added to this connection's authenticated requests (e.g.
+    /// `x-databricks-org-id`), after the provider's; rows of connections with different
+    /// headers never share a request.
+    pub extra_headers: Vec<(String, String)>,
 }
 
 impl fmt::Debug for ConnectionOptions {
@@ -111,6 +119,7 @@ impl fmt::Debug for ConnectionOptions {
             .field("has_credentials", &self.auth.is_some())
             .field("auth_type", &self.auth_type)
             .field("enabled", &self.enabled)
+            .field("own_transport", &self.transport.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -162,6 +171,18 @@ impl ConnectionOptions {
     /// Overrides `config.enabled` for this connection.
     pub fn with_enabled(mut self, enabled: bool) -> Self {
         self.enabled = Some(enabled);
+        self
+    }
+
+    /// This connection's own HTTP stack.
+    pub fn with_transport(mut self, transport: Arc<dyn HttpTransport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// A header of this connection's authenticated requests.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra_headers.push((name.into(), value.into()));
         self
     }
 

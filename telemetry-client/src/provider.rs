@@ -197,6 +197,8 @@ impl TelemetryClientProvider {
         }
         info.system_configuration = Some(sys);
         info.auth = options.auth.clone();
+        info.transport = options.transport;
+        info.extra_headers = options.extra_headers;
         let lease = inner.registry.lease(&host, inner.config.max_hosts, || {
             inner.host_client(&host, options.auth)
         });

@@ -814,3 +814,36 @@ async fn force_enable_sends_without_asking_the_flag() {
         "the env off switch still wins"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_can_bring_its_own_transport_and_headers() {
+    let (default, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&default, &f));
+    let (own_a, own_b) = (FakeServer::always(200), FakeServer::always(200));
+    let a = p.connect(
+        conn_opts("h.example")
+            .with_transport(own_a.clone())
+            .with_header("x-databricks-org-id", "1"),
+    );
+    let b = p.connect(
+        conn_opts("h.example")
+            .with_transport(own_b.clone())
+            .with_header("x-databricks-org-id", "2"),
+    );
+    let c = p.connect(conn_opts("h.example").with_header("x-databricks-org-id", "3"));
+    for conn in [&a, &b, &c] {
+        conn.opened(Duration::from_millis(1));
+    }
+    p.force_flush(Duration::from_secs(5)).await.unwrap();
+    let org = |t: &ScriptedTransport| -> Vec<String> {
+        t.requests()
+            .iter()
+            .flat_map(|r| r.headers.clone())
+            .filter(|(k, _)| k == "x-databricks-org-id")
+            .map(|(_, v)| v)
+            .collect()
+    };
+    assert_eq!((own_a.rows(), org(&own_a)), (1, vec!["1".to_owned()]));
+    assert_eq!((own_b.rows(), org(&own_b)), (1, vec!["2".to_owned()]));
+    assert_eq!((default.rows(), org(&default)), (1, vec!["3".to_owned()]));
+}

@@ -109,10 +109,22 @@ impl fmt::Debug for DatabricksExporter {
     }
 }
 
+/// Rows that may share one request: same credentials, same transport, same headers.
 struct Group {
     auth: Option<Arc<dyn AuthProvider>>,
-    key: Option<usize>,
+    credentials: Option<usize>,
+    transport: Option<usize>,
     rows: Vec<TelemetryRow>,
+}
+
+impl Group {
+    fn takes(&self, row: &TelemetryRow, credentials: Option<usize>) -> bool {
+        let first = &self.rows[0].connection;
+        self.credentials == credentials
+            && self.transport == row.connection.transport_key()
+            && (Arc::ptr_eq(first, &row.connection)
+                || first.extra_headers == row.connection.extra_headers)
+    }
 }
 
 /// Why one attempt (or, after its retries, one request) failed.
@@ -234,7 +246,7 @@ impl DatabricksExporter {
     fn group(&self, batch: Vec<TelemetryRow>) -> Vec<Group> {
         let mut groups: Vec<Group> = Vec::new();
         for row in batch {
-            let (key, auth) = if self.config.authenticated_export {
+            let (credentials, auth) = if self.config.authenticated_export {
                 (
                     row.connection.credentials_key(),
                     row.connection.auth.clone(),
@@ -242,11 +254,12 @@ impl DatabricksExporter {
             } else {
                 (None, None)
             };
-            match groups.iter_mut().find(|g| g.key == key) {
+            match groups.iter_mut().find(|g| g.takes(&row, credentials)) {
                 Some(g) => g.rows.push(row),
                 None => groups.push(Group {
                     auth,
-                    key,
+                    credentials,
+                    transport: row.connection.transport_key(),
                     rows: vec![row],
                 }),
             }
@@ -256,6 +269,11 @@ impl DatabricksExporter {
 
     async fn send_group(&self, group: Group, unsettled: &Unsettled<'_>) {
         let n = group.rows.len();
+        let first = group.rows[0].connection.clone();
+        let transport = first
+            .transport
+            .clone()
+            .unwrap_or_else(|| self.transport.clone());
         let auth_headers = match &group.auth {
             Some(auth) => {
                 match tokio::time::timeout(self.config.auth_timeout, auth.auth_headers()).await {
@@ -291,6 +309,7 @@ impl DatabricksExporter {
         let path = if let Some(h) = auth_headers {
             headers.extend(h);
             headers.extend(self.extra_headers.iter().cloned());
+            headers.extend(first.extra_headers.iter().cloned());
             AUTH_PATH
         } else {
             self.counters
@@ -310,7 +329,7 @@ impl DatabricksExporter {
         let sent = self
             .breaker
             .call_admitted(
-                |admission| self.send_with_retries(&request, admission),
+                |admission| self.send_with_retries(&*transport, &request, admission),
                 |result| match result {
                     Ok(()) => Outcome::Success,
                     Err(f) if f.is_refusal() => Outcome::Ignored,
@@ -338,6 +357,7 @@ impl DatabricksExporter {
     /// single attempt (its answer decides the breaker, and retries would hold the probe slot).
     async fn send_with_retries(
         &self,
+        transport: &dyn HttpTransport,
         request: &HttpRequest,
         admission: Admission,
     ) -> Result<(), SendFailure> {
@@ -354,7 +374,7 @@ impl DatabricksExporter {
         };
         retry_with_backoff(
             policy,
-            || self.send_once(request.clone()),
+            || self.send_once(transport, request.clone()),
             |result| match result {
                 Err(f) if f.class == ErrorClass::Retryable => Retry::After(f.retry_after),
                 _ => Retry::Stop,
@@ -368,9 +388,13 @@ impl DatabricksExporter {
     }
 
     /// One attempt, classified.
-    async fn send_once(&self, request: HttpRequest) -> Result<(), SendFailure> {
+    async fn send_once(
+        &self,
+        transport: &dyn HttpTransport,
+        request: HttpRequest,
+    ) -> Result<(), SendFailure> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        match self.transport.send(request).await {
+        match transport.send(request).await {
             Ok(resp) if (200..300).contains(&resp.status) => {
                 tracing::debug!(host = %self.host, status = resp.status, body = %String::from_utf8_lossy(&resp.body), "telemetry batch exported");
                 Ok(())

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use crate::auth::AuthProvider;
 use crate::host::Host;
 use crate::redact::redact_truncated;
+use crate::transport::HttpTransport;
 use crate::wire::{AuthType, DriverConnectionParameters, DriverSystemConfiguration, HostDetails};
 
 /// Longest id sent (session, statement), in characters.
@@ -36,6 +37,10 @@ pub struct ConnectionInfo {
     pub connection_params: Option<DriverConnectionParameters>,
     /// The connection's credentials; `None` sends to the unauthenticated endpoint.
     pub auth: Option<Arc<dyn AuthProvider>>,
+    /// The connection's own HTTP stack (its proxy, its TLS); `None` uses the provider's.
+    pub transport: Option<Arc<dyn HttpTransport>>,
+    /// Headers of this connection's authenticated requests (e.g. `x-databricks-org-id`).
+    pub extra_headers: Vec<(String, String)>,
     /// The strings above as they may leave the process, computed once, by the first row built.
     redacted: OnceLock<RedactedIdentity>,
 }
@@ -103,6 +108,8 @@ impl ConnectionInfo {
             system_configuration: None,
             connection_params: None,
             auth: None,
+            transport: None,
+            extra_headers: Vec::new(),
             redacted: OnceLock::new(),
         }
     }
@@ -125,6 +132,13 @@ impl ConnectionInfo {
                 .as_ref()
                 .map(redact_connection_params),
         })
+    }
+
+    /// The identity of the transport: rows may share a request only with equal keys.
+    pub fn transport_key(&self) -> Option<usize> {
+        self.transport
+            .as_ref()
+            .map(|t| Arc::as_ptr(t) as *const () as usize)
     }
 
     /// The identity of the credentials: rows with equal keys may share a request.
