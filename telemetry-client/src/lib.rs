@@ -125,7 +125,7 @@ pub use telemetry_flags::{ClientPreset, DISABLE_ENV_VAR, DisableSwitch, FlagCach
 pub use telemetry_types::validation::ConfigError;
 
 // The driver's own HTTP stack, credentials and flag source.
-pub use telemetry_export::{HyperTransport, TransportBuildError, TransportOptions};
+pub use telemetry_export::{HyperTransport, ProxyConfig, TransportBuildError, TransportOptions};
 pub use telemetry_types::BoxFuture;
 pub use telemetry_types::auth::{AuthProvider, StaticToken};
 pub use telemetry_types::classify::TransportErrorKind;

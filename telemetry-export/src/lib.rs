@@ -5,8 +5,10 @@
 //! - [`HyperTransport`]: the default [`HttpTransport`](telemetry_types::transport::HttpTransport)
 //!   on hyper 1, hyper-util's pooled client and hyper-rustls (webpki roots; OS roots with the
 //!   `native-roots` feature; extra roots for corporate CAs), HTTP/1.1 keep-alive, 10 s connect
-//!   and request timeouts, capped response bodies. It connects directly: a driver that needs a
-//!   proxy or its own TLS stack implements the transport trait over its own client.
+//!   and request timeouts, capped response bodies, and proxies from `HTTPS_PROXY` /
+//!   `HTTP_PROXY` / `NO_PROXY` through hyper-util's matcher and `CONNECT` tunnel
+//!   ([`ProxyConfig`]). A driver with its own HTTP stack implements the transport trait over
+//!   its own client.
 //! - [`DatabricksExporter`]: the aggregator's [`BatchSink`](telemetry_types::sink::BatchSink)
 //!   for one host. It asks the feature flag first, groups rows by the credentials of their
 //!   connection (one tenant's rows never ride another's token), posts to `/telemetry-ext` with
@@ -47,4 +49,4 @@ mod transport;
 pub use config::ExportConfig;
 pub use exporter::{AUTH_PATH, DatabricksExporter, ExportStats, UNAUTH_PATH, parse_retry_after};
 pub use retry::{Retry, RetryPolicy, retry_with_backoff};
-pub use transport::{HyperTransport, TransportBuildError, TransportOptions};
+pub use transport::{HyperTransport, ProxyConfig, TransportBuildError, TransportOptions};

@@ -2,7 +2,10 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
@@ -32,6 +37,101 @@ pub struct TransportOptions {
     pub webpki_roots: bool,
     /// Trust the operating system's roots too (feature `native-roots`). Default `false`.
     pub native_roots: bool,
+    /// Which proxy requests go through. Default [`ProxyConfig::FromEnv`].
+    pub proxy: ProxyConfig,
+}
+
+/// Which proxy a [`HyperTransport`] goes through. HTTPS destinations are reached through a
+/// `CONNECT` tunnel (TLS end to end); proxy credentials in the proxy URL
+/// (`http://user:pass@proxy:3128`) are sent as `Proxy-Authorization: Basic`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProxyConfig {
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`, in either case, as curl reads
+    /// them (hyper-util's matcher), when the transport is built. Loopback destinations (local
+    /// test servers) always go direct.
+    #[default]
+    FromEnv,
+    /// Straight to the host.
+    Direct,
+    /// `url` for every destination except the hosts `no_proxy` lists (`NO_PROXY` syntax).
+    Url {
+        /// The proxy, e.g. `http://proxy.corp:3128`.
+        url: String,
+        /// Hosts reached directly, comma-separated.
+        no_proxy: String,
+    },
+}
+
+impl ProxyConfig {
+    fn matcher(&self) -> Option<Matcher> {
+        match self {
+            Self::FromEnv => Some(Matcher::from_env()),
+            Self::Direct => None,
+            Self::Url { url, no_proxy } => Some(
+                Matcher::builder()
+                    .http(url.clone())
+                    .https(url.clone())
+                    .no(no_proxy.clone())
+                    .build(),
+            ),
+        }
+    }
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Connects directly, or through a `CONNECT` tunnel when the matcher says a proxy serves
+/// the destination.
+#[derive(Clone)]
+struct ProxyConnector {
+    http: HttpConnector,
+    matcher: Option<Arc<Matcher>>,
+    /// Loopback destinations skip the proxy (the environment's proxy is for the outside).
+    direct_loopback: bool,
+}
+
+fn is_loopback(dst: &http::Uri) -> bool {
+    dst.host().is_some_and(|h| {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        h.eq_ignore_ascii_case("localhost")
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
+impl tower_service::Service<http::Uri> for ProxyConnector {
+    type Response = <HttpConnector as tower_service::Service<http::Uri>>::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: http::Uri) -> Self::Future {
+        let proxy = match &self.matcher {
+            Some(_) if self.direct_loopback && is_loopback(&dst) => None,
+            Some(m) => m.intercept(&dst),
+            None => None,
+        };
+        match proxy {
+            None => {
+                let connecting = self.http.call(dst);
+                Box::pin(async move { connecting.await.map_err(Into::into) })
+            }
+            Some(proxy) => {
+                let mut tunnel = Tunnel::new(proxy.uri().clone(), self.http.clone());
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                Box::pin(async move {
+                    std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await?;
+                    Ok(tunnel.call(dst).await?)
+                })
+            }
+        }
+    }
 }
 
 impl Default for TransportOptions {
@@ -42,18 +142,20 @@ impl Default for TransportOptions {
             extra_roots: Vec::new(),
             webpki_roots: true,
             native_roots: false,
+            proxy: ProxyConfig::default(),
         }
     }
 }
 
 /// HTTPS (and, for loopback test servers, plain HTTP/1.1) with keep-alive, over hyper.
 ///
-/// Proxies: this transport connects directly. A driver that must go through a proxy (or
-/// use its own TLS setup) implements [`HttpTransport`] over its own HTTP stack and hands it to
-/// the client; that is the supported way to reuse a driver's proxy configuration.
+/// Proxies: by default the `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` environment (either
+/// case) decides, as for curl ([`ProxyConfig`]); destinations go through a `CONNECT` tunnel.
+/// A driver with its own HTTP stack (its own proxy and TLS settings) can instead hand in its
+/// own [`HttpTransport`], per provider or per connection.
 #[derive(Clone)]
 pub struct HyperTransport {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<ProxyConnector>, Full<Bytes>>,
 }
 
 impl fmt::Debug for HyperTransport {
@@ -111,11 +213,16 @@ impl HyperTransport {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(options.connect_timeout));
+        let connector = ProxyConnector {
+            http,
+            matcher: options.proxy.matcher().map(Arc::new),
+            direct_loopback: options.proxy == ProxyConfig::FromEnv,
+        };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(options.pool_idle_timeout)
