@@ -89,7 +89,7 @@ async fn requests_go_through_the_proxy_and_no_proxy_hosts_go_direct() {
     .unwrap();
     let r = through.send(get(server.url("/x"))).await.unwrap();
     assert_eq!(r.status, 204);
-    assert_eq!(hits.hits_async().await, 1);
+    assert_eq!(hits.calls_async().await, 1);
     {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1, "one tunnel");
@@ -109,7 +109,7 @@ async fn requests_go_through_the_proxy_and_no_proxy_hosts_go_direct() {
         bypass.send(get(server.url("/x"))).await.unwrap().status,
         204
     );
-    assert_eq!(hits.hits_async().await, 2);
+    assert_eq!(hits.calls_async().await, 2);
     assert_eq!(seen.lock().unwrap().len(), 1, "NO_PROXY went direct");
     let direct = HyperTransport::with_options(TransportOptions {
         proxy: ProxyConfig::Direct,
