@@ -142,9 +142,8 @@ pub use telemetry_breaker::{BreakerState, BreakerStats};
 pub use telemetry_export::ExportStats;
 pub use telemetry_types::drops::{DropCounts, DropReason, DropUnit};
 
-/// Test doubles of every trait (feature `testing`).
 #[cfg(feature = "testing")]
-pub use telemetry_types::testing;
+pub mod testing;
 
 #[cfg(test)]
 mod tests;

@@ -350,3 +350,44 @@ async fn connection_churn_shares_the_flag_answer_and_the_breaker() {
     assert_eq!(s.rows_produced, s.total_rows_dropped());
     assert!(s.dropped.get(DropReason::BreakerOpen) > 0);
 }
+
+/// What a driver author writes in their own tests: the test kit records the rows, no network.
+#[test]
+fn a_driver_can_assert_its_rows_with_the_test_kit() {
+    use telemetry_client::testing::TestKit;
+    let kit = TestKit::new();
+    let conn = kit.connect("https://adb-1.azuredatabricks.net");
+    conn.opened(Duration::from_millis(7));
+    let s = conn.statement(
+        "st-1",
+        StatementType::Query,
+        OperationType::ExecuteStatement,
+    );
+    s.chunk(Duration::from_millis(3), 10, true);
+    s.complete(StatementCompletion {
+        poll_count: Some(2),
+        ..Default::default()
+    });
+    conn.error(DriverError::new("Boom", "token=abc"));
+    let logs = kit.logs();
+    assert_eq!(logs.len(), 3);
+    let st = logs[1].driver_log();
+    assert_eq!(st.sql_statement_id.as_deref(), Some("st-1"));
+    let op = st.sql_operation.as_ref().unwrap();
+    assert_eq!(
+        op.chunk_details.as_ref().unwrap().total_chunks_iterated,
+        Some(1)
+    );
+    let trace = &logs[2]
+        .driver_log()
+        .error_info
+        .as_ref()
+        .unwrap()
+        .stack_trace;
+    assert_eq!(trace, "token=[REDACTED]");
+    assert_eq!(
+        kit.endpoint().count(),
+        1,
+        "one request, nothing over the network"
+    );
+}

@@ -1,0 +1,46 @@
+//! A driver on plain threads: connect, report a statement, flush on close.
+//!
+//! `DATABRICKS_HOST=https://... DATABRICKS_TOKEN=dapi... cargo run -p telemetry-client --example sync_driver`
+//! (without `DATABRICKS_HOST` it only explains itself: nothing is sent).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use telemetry_client::{
+    AuthType, ClientPreset, ConnectionOptions, ExecutionResultFormat, OperationType,
+    ProviderOptions, StatementCompletion, StatementType, StaticToken, TelemetryClientProvider,
+};
+
+fn main() {
+    let Ok(host) = std::env::var("DATABRICKS_HOST") else {
+        println!("set DATABRICKS_HOST (and DATABRICKS_TOKEN) to report to a workspace");
+        return;
+    };
+    let token = std::env::var("DATABRICKS_TOKEN").unwrap_or_default();
+
+    let mut options = ProviderOptions::new("MyDriver", "1.0.0", ClientPreset::jdbc());
+    options.config.enabled = true;
+    let provider = TelemetryClientProvider::new(options);
+
+    let opened = Instant::now();
+    let conn = provider.connect(
+        ConnectionOptions::new(host).with_auth(Arc::new(StaticToken::new(token)), AuthType::Pat),
+    );
+    conn.opened(opened.elapsed());
+
+    let stmt = conn.statement(
+        "01ef-example",
+        StatementType::Query,
+        OperationType::ExecuteStatement,
+    );
+    stmt.chunk(Duration::from_millis(40), 1 << 20, true);
+    stmt.complete(StatementCompletion {
+        execution_result: Some(ExecutionResultFormat::ExternalLinks),
+        chunks_present: Some(1),
+        ..Default::default()
+    });
+
+    conn.closed(Duration::from_millis(3));
+    conn.close_blocking(); // the host's last connection: waits for the final flush (bounded)
+    println!("{:?}", provider.stats());
+}
