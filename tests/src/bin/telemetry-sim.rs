@@ -9,39 +9,99 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::{CommandFactory, Parser};
 use serde_json::json;
 use telemetry_client::{ClientPreset, DisableSwitch};
 use telemetry_client::{ProviderOptions, ProviderStats, TelemetryClientProvider};
 use telemetry_tests::mock::{Fault, MockWorkspace};
 use telemetry_tests::workload::{self, Workload, WorkloadReport};
 
-const USAGE: &str = "usage: telemetry-sim [options]
-  --host URL             report to this workspace (https://..., or http://127.0.0.1:PORT /
-                         http://localhost:PORT for local servers); default: an embedded mock
-  --token TOKEN          credentials (or env DATABRICKS_TOKEN); none: unauthenticated endpoint
-                         (the embedded workspace uses token 'sim-token' unless --no-auth)
-  --no-auth              send without credentials (embedded workspace)
-  --client-type T        feature-flag client type (default OSS_JDBC)
-  --flag-name NAME       feature-flag name (default the JDBC telemetry flag)
-  --connections N        concurrent connections (default 4)
-  --sequential           open the connections one after another, each closed before the next
-                         (a serverless driver), instead of all at once
-  --statements N         statements per connection (default 50)
-  --chunks N             CloudFetch chunks per statement (default 3)
-  --error-rate F         fraction of statements ending in an error (default 0.05)
-  --string-bytes N       pad error messages and statement ids to N bytes (default 0: short);
-                         shows that megabyte strings stay within the byte budget
-  --work-us N            simulated driver work per statement, microseconds (default 0)
-  --batch-size N         rows per export request (default 100)
-  --flush-interval-ms N  flush interval (default 5000)
-  --close-timeout-ms N   close timeout (default 2000)
-  --no-telemetry         run the workload with telemetry off
-  --fault MODE           embedded workspace only: none, fail500, fail503, fail429, hang, close,
-                         slow, flag-off, flag-malformed, flag-error
-  --compare              run the workload with telemetry off and on, alternating, and print
-                         the overhead
-  --rounds N             rounds of --compare (default 5)
-  --json                 print one JSON object as the last line";
+/// Simulates a driver workload through the public telemetry-client API and prints what
+/// happened to its telemetry. Without --host it reports to an embedded mock workspace on
+/// 127.0.0.1. Exits 0 whatever the endpoint does; only bad arguments exit 2.
+#[derive(Debug, Parser)]
+#[command(name = "telemetry-sim", version)]
+struct Cli {
+    /// Report to this workspace (https://..., or http://127.0.0.1:PORT / http://localhost:PORT
+    /// for local servers); default: an embedded mock workspace.
+    #[arg(long)]
+    host: Option<String>,
+    /// Credentials; none: the unauthenticated endpoint (the embedded workspace uses
+    /// 'sim-token' unless --no-auth).
+    #[arg(long, env = "DATABRICKS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Send without credentials (embedded workspace).
+    #[arg(long)]
+    no_auth: bool,
+    /// Feature-flag client type (default: the JDBC driver's).
+    #[arg(long)]
+    client_type: Option<String>,
+    /// Feature-flag name (default: the JDBC telemetry flag).
+    #[arg(long)]
+    flag_name: Option<String>,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    connections: u64,
+    /// Open the connections one after another, each closed before the next (a serverless
+    /// driver), instead of all at once.
+    #[arg(long)]
+    sequential: bool,
+    /// Statements per connection.
+    #[arg(long, default_value_t = 50)]
+    statements: usize,
+    /// CloudFetch chunks per statement.
+    #[arg(long, default_value_t = 3)]
+    chunks: usize,
+    /// Fraction of statements ending in an error, 0..=1.
+    #[arg(long, default_value_t = 0.05, value_parser = parse_rate)]
+    error_rate: f64,
+    /// Simulated driver work per statement, microseconds (busy wait). 0 measures the
+    /// telemetry calls alone; --compare wants a realistic value (50 us is a fast statement).
+    #[arg(long, default_value_t = 0)]
+    work_us: u64,
+    /// Pad error messages and statement ids to N bytes (0: short ones): shows that
+    /// megabyte strings stay within the byte budget.
+    #[arg(long, default_value_t = 0)]
+    string_bytes: usize,
+    /// Rows per export request.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
+    /// Flush interval, milliseconds.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    flush_interval_ms: u64,
+    /// Close timeout, milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    close_timeout_ms: u64,
+    /// Run the workload with telemetry off.
+    #[arg(long)]
+    no_telemetry: bool,
+    /// Embedded workspace only: none, fail500, fail503, fail429, hang, close, slow, flag-off,
+    /// flag-malformed, flag-error.
+    #[arg(long, default_value = "none", value_parser = parse_fault)]
+    fault: Fault,
+    /// Run the workload with telemetry off and on, alternating, and print the overhead.
+    #[arg(long)]
+    compare: bool,
+    /// Rounds of --compare.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_rate(v: &str) -> Result<f64, String> {
+    let r: f64 = v.parse().map_err(|_| format!("not a number: {v}"))?;
+    if (0.0..=1.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err("must be between 0 and 1".into())
+    }
+}
+
+fn parse_fault(v: &str) -> Result<Fault, String> {
+    Fault::parse(v).ok_or_else(|| format!("unknown mode {v}"))
+}
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -61,96 +121,52 @@ struct Args {
     json: bool,
 }
 
-fn parse_args(raw: Vec<String>) -> Result<Args, String> {
-    let jdbc = ClientPreset::jdbc();
-    let mut a = Args {
-        host: None,
-        token: std::env::var("DATABRICKS_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
-        no_auth: false,
-        client_type: jdbc.client_type,
-        flag_name: jdbc.flag_name,
-        workload: Workload::default(),
-        batch_size: 100,
-        flush_interval_ms: 5000,
-        close_timeout_ms: 2000,
-        no_telemetry: false,
-        fault: Fault::None,
-        compare: false,
-        rounds: 5,
-        json: false,
-    };
-    let mut it = raw.into_iter();
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, String> {
-            v.parse()
-                .map_err(|_| format!("{name}: not a valid number: {v}"))
-        }
-        match flag.as_str() {
-            "--host" => a.host = Some(value("--host")?),
-            "--token" => a.token = Some(value("--token")?),
-            "--no-auth" => a.no_auth = true,
-            "--client-type" => a.client_type = value("--client-type")?,
-            "--flag-name" => a.flag_name = value("--flag-name")?,
-            "--connections" => {
-                a.workload.connections = num("--connections", value("--connections")?)?
-            }
-            "--sequential" => a.workload.sequential = true,
-            "--string-bytes" => {
-                a.workload.string_bytes = num("--string-bytes", value("--string-bytes")?)?
-            }
-            "--statements" => a.workload.statements = num("--statements", value("--statements")?)?,
-            "--chunks" => a.workload.chunks = num("--chunks", value("--chunks")?)?,
-            "--error-rate" => {
-                let r: f64 = num("--error-rate", value("--error-rate")?)?;
-                if !(0.0..=1.0).contains(&r) {
-                    return Err("--error-rate must be between 0 and 1".into());
-                }
-                a.workload.error_rate = r;
-            }
-            "--work-us" => a.workload.work_us = num("--work-us", value("--work-us")?)?,
-            "--batch-size" => a.batch_size = num("--batch-size", value("--batch-size")?)?,
-            "--flush-interval-ms" => {
-                a.flush_interval_ms = num("--flush-interval-ms", value("--flush-interval-ms")?)?
-            }
-            "--close-timeout-ms" => {
-                a.close_timeout_ms = num("--close-timeout-ms", value("--close-timeout-ms")?)?
-            }
-            "--no-telemetry" => a.no_telemetry = true,
-            "--fault" => {
-                let v = value("--fault")?;
-                a.fault = Fault::parse(&v).ok_or_else(|| format!("--fault: unknown mode {v}"))?;
-            }
-            "--compare" => a.compare = true,
-            "--rounds" => a.rounds = num("--rounds", value("--rounds")?)?,
-            "--json" => a.json = true,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown option {other}")),
-        }
+/// The arguments, checked beyond what clap checks alone.
+fn parse_args(raw: Vec<String>) -> Result<Args, clap::Error> {
+    let cli = Cli::try_parse_from(std::iter::once("telemetry-sim".to_owned()).chain(raw))?;
+    let invalid = |msg: &str| Cli::command().error(clap::error::ErrorKind::ValueValidation, msg);
+    if cli.host.is_some() && cli.fault != Fault::None {
+        return Err(invalid(
+            "--fault works only with the embedded workspace (no --host)",
+        ));
     }
-    if a.workload.connections == 0 || a.batch_size == 0 || a.flush_interval_ms == 0 || a.rounds == 0
-    {
-        return Err(
-            "--connections, --batch-size, --flush-interval-ms and --rounds must be at least 1"
-                .into(),
-        );
-    }
-    if a.host.is_some() && a.fault != Fault::None {
-        return Err("--fault works only with the embedded workspace (no --host)".into());
-    }
-    if let Some(h) = &a.host {
+    if let Some(h) = &cli.host {
         let lower = h.to_ascii_lowercase();
         let local =
             lower.starts_with("http://127.0.0.1:") || lower.starts_with("http://localhost:");
         if !(lower.starts_with("https://") || local) {
-            return Err(
-                "--host must be https://..., http://127.0.0.1:PORT or http://localhost:PORT".into(),
-            );
+            return Err(invalid(
+                "--host must be https://..., http://127.0.0.1:PORT or http://localhost:PORT",
+            ));
         }
     }
-    Ok(a)
+    let jdbc = ClientPreset::jdbc();
+    let as_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    Ok(Args {
+        host: cli.host,
+        token: cli.token.filter(|t| !t.is_empty()),
+        no_auth: cli.no_auth,
+        client_type: cli.client_type.unwrap_or(jdbc.client_type),
+        flag_name: cli.flag_name.unwrap_or(jdbc.flag_name),
+        workload: Workload {
+            connections: as_usize(cli.connections),
+            statements: cli.statements,
+            chunks: cli.chunks,
+            error_rate: cli.error_rate,
+            work_us: cli.work_us,
+            sequential: cli.sequential,
+            string_bytes: cli.string_bytes,
+            ..Workload::default()
+        },
+        batch_size: as_usize(cli.batch_size),
+        flush_interval_ms: cli.flush_interval_ms,
+        close_timeout_ms: cli.close_timeout_ms,
+        no_telemetry: cli.no_telemetry,
+        fault: cli.fault,
+        compare: cli.compare,
+        rounds: as_usize(cli.rounds),
+        json: cli.json,
+    })
 }
 
 fn provider(args: &Args, enabled: bool) -> TelemetryClientProvider {
@@ -233,14 +249,8 @@ fn median(v: &mut [f64]) -> f64 {
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1).collect()) {
         Ok(a) => a,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("telemetry-sim: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        // Help and version print and exit 0; bad arguments print and exit 2.
+        Err(e) => e.exit(),
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -429,7 +439,7 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<Args, String> {
+    fn parse(s: &str) -> Result<Args, clap::Error> {
         parse_args(s.split_whitespace().map(str::to_owned).collect())
     }
 
@@ -462,6 +472,10 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(parse("--host http://127.0.0.1:8080").is_ok());
-        assert_eq!(parse("--help").unwrap_err(), "");
+        assert_eq!(
+            parse("--help").unwrap_err().kind(),
+            clap::error::ErrorKind::DisplayHelp
+        );
+        assert!(parse("--sequential --string-bytes 10").is_ok_and(|a| a.workload.sequential));
     }
 }
