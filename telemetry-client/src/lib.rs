@@ -37,29 +37,41 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use telemetry_client::{
-//!     AuthType, ClientPreset, ConnectionOptions, DriverError, ExecutionResultFormat,
-//!     OperationType, ProviderOptions, StatementCompletion, StatementType, StaticToken,
-//!     TelemetryClientProvider,
+//!     AuthType, BoxFuture, ClientPreset, ConnectionOptions, DriverError, ExecutionResultFormat,
+//!     HttpRequest, HttpResponse, HttpTransport, OperationType, ProviderOptions,
+//!     StatementCompletion, StatementType, StaticToken, TelemetryClientProvider, TransportError,
 //! };
 //!
-//! // Once per process (or driver instance). No runtime needed: background work runs on a
-//! // dedicated thread unless `options.runtime` hands one in.
+//! // So that this example runs without a network: an endpoint that accepts everything. A
+//! // driver leaves `transport` unset (hyper + rustls, proxies from the environment) or hands
+//! // in its own HTTP stack.
+//! struct Accepting;
+//! impl HttpTransport for Accepting {
+//!     fn send(&self, _: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+//!         Box::pin(async { Ok(HttpResponse { status: 200, ..HttpResponse::default() }) })
+//!     }
+//! }
+//!
+//! // Once per process (or driver instance). No runtime needed: background work runs on the
+//! // provider's own small runtime unless `options.runtime` hands one in.
 //! let mut options = ProviderOptions::new(
 //!     "MyRustDriver",
 //!     "1.4.2",
 //!     ClientPreset::new("MY_RUST_DRIVER", "databricks.partnerplatform.clientConfigsFeatureFlags.enableTelemetryForMyRustDriver"),
 //! );
-//! options.config.enabled = true;
-//! # options.switch = Some(telemetry_client::DisableSwitch::Disabled); // doc test: no network
+//! options.config.enabled = true;         // opt-in; the server's flag must also say yes...
+//! options.config.force_enable = true;    // ...unless forced (here: no flag look-up at all)
+//! options.transport = Some(Arc::new(Accepting));
+//! # options.read_env = false;
 //! let provider = TelemetryClientProvider::new(options);
 //!
 //! // Per connection, once the session is open.
-//! let mut conn_options = ConnectionOptions::new("https://my-workspace.cloud.databricks.com");
-//! conn_options.http_path = Some("/sql/1.0/warehouses/abc?o=1234567890123456".into());
-//! conn_options.session_id = Some("01ef-session".into());
-//! conn_options.auth = Some(Arc::new(StaticToken::new("dapi-example")));
-//! conn_options.auth_type = Some(AuthType::Pat);
-//! let connection = provider.connect(conn_options);
+//! let connection = provider.connect(
+//!     ConnectionOptions::new("https://my-workspace.cloud.databricks.com")
+//!         .with_http_path("/sql/1.0/warehouses/abc?o=1234567890123456")
+//!         .with_session_id("01ef-session")
+//!         .with_auth(Arc::new(StaticToken::new("dapi-example")), AuthType::Pat),
+//! );
 //! connection.opened(Duration::from_millis(420));
 //!
 //! // A statement with CloudFetch chunks.
@@ -80,6 +92,7 @@
 //! connection.closed(Duration::from_millis(12));
 //! connection.close_blocking(); // or `connection.close().await` in async code
 //! let stats = provider.stats();
+//! assert_eq!((stats.rows_produced, stats.rows_exported), (4, 4));
 //! assert_eq!(stats.total_rows_dropped(), 0);
 //! ```
 //!
