@@ -155,6 +155,10 @@ pub use telemetry_breaker::{BreakerState, BreakerStats};
 pub use telemetry_export::ExportStats;
 pub use telemetry_types::drops::{DropCounts, DropReason, DropUnit};
 
+#[cfg(feature = "reqwest")]
+mod reqwest_transport;
+#[cfg(feature = "reqwest")]
+pub use reqwest_transport::ReqwestTransport;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -1,7 +1,8 @@
 //! Developer automation for the telemetry workspace.
 //!
 //! - `cargo xtask ci`: format check, clippy (warnings denied), docs (warnings denied), the
-//!   whole test suite under line coverage, doc tests, and the per-crate coverage gate.
+//!   whole test suite under line coverage, the per-crate coverage gate, the optional features
+//!   (clippy and their tests), and doc tests.
 //! - `cargo xtask coverage`: the test suite under coverage and the table only.
 //! - `cargo xtask bench`: benchmarks and the simulator comparison, written to
 //!   `target/bench-report.md`.
@@ -93,6 +94,35 @@ fn ci() -> Result {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     coverage()?;
+    // Features off by default: built, linted and their own tests run once here.
+    run(
+        "cargo clippy (optional features)",
+        cargo().args([
+            "clippy",
+            "-p",
+            "telemetry-client",
+            "--all-targets",
+            "--locked",
+            "--features",
+            "reqwest,native-roots,testing",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "tests of optional features",
+        cargo().args([
+            "test",
+            "-p",
+            "telemetry-client",
+            "--locked",
+            "--features",
+            "reqwest",
+            "--lib",
+            "reqwest_transport",
+        ]),
+    )?;
     run(
         "doc tests",
         cargo().args(["test", "--workspace", "--doc", "--locked"]),

@@ -1,0 +1,158 @@
+//! [`HttpTransport`] over a `reqwest::Client` (feature `reqwest`): most Rust drivers already
+//! hold one, configured with their proxy and TLS settings; telemetry then goes the same way.
+
+use std::fmt;
+
+use telemetry_types::BoxFuture;
+use telemetry_types::classify::TransportErrorKind;
+use telemetry_types::transport::{
+    HttpMethod, HttpRequest, HttpResponse, HttpTransport, TransportError,
+};
+
+/// Sends telemetry with the driver's own `reqwest::Client`.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use telemetry_client::{ConnectionOptions, ReqwestTransport};
+/// let client = reqwest::Client::new(); // the driver's, with its proxy and TLS settings
+/// let options = ConnectionOptions::new("https://my-workspace.cloud.databricks.com")
+///     .with_transport(Arc::new(ReqwestTransport::new(client)));
+/// # let _ = options;
+/// ```
+#[derive(Clone)]
+pub struct ReqwestTransport {
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for ReqwestTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReqwestTransport")
+    }
+}
+
+impl ReqwestTransport {
+    /// Wraps the driver's client.
+    pub fn new(client: reqwest::Client) -> Self {
+        Self { client }
+    }
+
+    async fn send_inner(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let method = match request.method {
+            HttpMethod::Get => reqwest::Method::GET,
+            HttpMethod::Post => reqwest::Method::POST,
+        };
+        let mut builder = self
+            .client
+            .request(method, &request.url)
+            .timeout(request.timeout);
+        for (name, value) in &request.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        if !request.body.is_empty() {
+            builder = builder.body(request.body);
+        }
+        let mut response = builder.send().await.map_err(map_error)?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let max = request.max_response_bytes;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(map_error)? {
+            if body.len().saturating_add(chunk.len()) > max {
+                if (200..300).contains(&status) {
+                    let room = max.saturating_sub(body.len());
+                    body.extend_from_slice(&chunk[..room.min(chunk.len())]);
+                    return Ok(HttpResponse {
+                        status,
+                        headers,
+                        body,
+                        body_truncated: true,
+                    });
+                }
+                return Err(TransportError::new(
+                    TransportErrorKind::BodyTooLarge,
+                    format!("response body over {max} bytes"),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+            body_truncated: false,
+        })
+    }
+}
+
+impl HttpTransport for ReqwestTransport {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+        Box::pin(self.send_inner(request))
+    }
+}
+
+fn map_error(e: reqwest::Error) -> TransportError {
+    let kind = if e.is_timeout() {
+        TransportErrorKind::Timeout
+    } else if e.is_connect() {
+        TransportErrorKind::ConnectionRefused
+    } else if e.is_request() || e.is_body() || e.is_decode() {
+        TransportErrorKind::ConnectionReset
+    } else if e.is_builder() {
+        TransportErrorKind::Protocol
+    } else {
+        TransportErrorKind::Other
+    };
+    TransportError::new(kind, e.without_url().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use httpmock::prelude::*;
+    use std::time::Duration;
+
+    fn request(url: String, max: usize) -> HttpRequest {
+        HttpRequest {
+            method: HttpMethod::Post,
+            url,
+            headers: vec![("X-Test".into(), "1".into())],
+            body: b"{}".to_vec(),
+            timeout: Duration::from_secs(5),
+            max_response_bytes: max,
+        }
+    }
+
+    #[tokio::test]
+    async fn sends_through_the_drivers_client() {
+        let server = MockServer::start_async().await;
+        let m = server
+            .mock_async(|when, then| {
+                when.method(POST)
+                    .path("/telemetry-ext")
+                    .header("x-test", "1")
+                    .body("{}");
+                then.status(200)
+                    .header("retry-after", "3")
+                    .body("x".repeat(100));
+            })
+            .await;
+        let t = ReqwestTransport::new(reqwest::Client::new());
+        let r = t
+            .send(request(server.url("/telemetry-ext"), 10))
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.body.len(), r.body_truncated), (200, 10, true));
+        assert_eq!(r.header("Retry-After"), Some("3"));
+        assert_eq!(m.calls_async().await, 1);
+        let refused = t
+            .send(request("http://127.0.0.1:9/".into(), 10))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind, TransportErrorKind::ConnectionRefused);
+        assert!(format!("{t:?}").contains("Reqwest"));
+    }
+}
