@@ -681,9 +681,13 @@ async fn an_event_racing_the_final_drain_is_still_counted() {
     let c = conn();
     agg.close(Instant::now() + Duration::from_secs(1)).await;
     // What a producer that passed the closed check just before close would leave behind.
-    agg.intake
-        .queue
-        .push(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    assert!(
+        agg.intake
+            .queue
+            .get_or_init(|| crossbeam_queue::ArrayQueue::new(4))
+            .push(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }))
+            .is_ok()
+    );
     let counters = agg.counters.clone();
     drop(agg);
     settle().await;
@@ -805,4 +809,13 @@ async fn a_flush_into_a_hung_sink_gives_up_at_the_close_timeout_and_the_task_goe
     assert_eq!((st.rows_produced, st.rows_delivered), (2, 1), "{st:?}");
     assert_eq!(st.dropped.get(DropReason::Shutdown), 1);
     assert!(agg.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_host_allocates_no_queue() {
+    let (agg, _sink) = spawn(config());
+    settle().await;
+    assert!(agg.intake.queue.get().is_none());
+    agg.emit(ev(&conn(), EventKind::ConnectionOpened { latency_ms: 1 }));
+    assert!(agg.intake.queue.get().is_some());
 }

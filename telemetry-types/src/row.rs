@@ -65,9 +65,16 @@ pub fn base_log(conn: &ConnectionInfo, timestamp_millis: i64) -> TelemetryFronte
     log
 }
 
-/// A statement id as it may leave the process.
+/// A statement id as it may leave the process. Server-assigned ids (hex digits and hyphens)
+/// match no secret class, so they skip the redaction passes; anything else goes through them.
 fn statement_id(id: &str) -> String {
-    redact_truncated(id, MAX_ID_CHARS)
+    let server_shaped = id.len() <= MAX_ID_CHARS
+        && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if server_shaped {
+        id.to_owned()
+    } else {
+        redact_truncated(id, MAX_ID_CHARS)
+    }
 }
 
 /// The `CREATE_SESSION` or `DELETE_SESSION` row. Only `CREATE_SESSION` carries the system
