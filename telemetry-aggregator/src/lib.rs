@@ -52,8 +52,8 @@ mod stats;
 mod task;
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use telemetry_types::clock::saturating_add;

@@ -68,8 +68,8 @@ pub fn base_log(conn: &ConnectionInfo, timestamp_millis: i64) -> TelemetryFronte
 /// A statement id as it may leave the process. Server-assigned ids (hex digits and hyphens)
 /// match no secret class, so they skip the redaction passes; anything else goes through them.
 fn statement_id(id: &str) -> String {
-    let server_shaped = id.len() <= MAX_ID_CHARS
-        && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    let server_shaped =
+        id.len() <= MAX_ID_CHARS && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
     if server_shaped {
         id.to_owned()
     } else {
