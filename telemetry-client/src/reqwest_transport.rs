@@ -6,7 +6,7 @@ use std::fmt;
 use telemetry_types::BoxFuture;
 use telemetry_types::classify::TransportErrorKind;
 use telemetry_types::transport::{
-    HttpMethod, HttpRequest, HttpResponse, HttpTransport, TransportError,
+    HttpMethod, HttpRequest, HttpResponse, HttpTransport, TransportError, append_capped,
 };
 
 /// Sends telemetry with the driver's own `reqwest::Client`.
@@ -53,31 +53,22 @@ impl ReqwestTransport {
         }
         let mut response = builder.send().await.map_err(map_error)?;
         let status = response.status().as_u16();
-        let headers = response
+        let mut headers = response
             .headers()
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
-        let max = request.max_response_bytes;
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(map_error)? {
-            if body.len().saturating_add(chunk.len()) > max {
-                if (200..300).contains(&status) {
-                    let room = max.saturating_sub(body.len());
-                    body.extend_from_slice(&chunk[..room.min(chunk.len())]);
-                    return Ok(HttpResponse {
-                        status,
-                        headers,
-                        body,
-                        body_truncated: true,
-                    });
-                }
-                return Err(TransportError::new(
-                    TransportErrorKind::BodyTooLarge,
-                    format!("response body over {max} bytes"),
-                ));
+            if let Some(done) = append_capped(
+                status,
+                &mut headers,
+                &mut body,
+                &chunk,
+                request.max_response_bytes,
+            ) {
+                return done;
             }
-            body.extend_from_slice(&chunk);
         }
         Ok(HttpResponse {
             status,

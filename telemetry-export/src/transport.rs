@@ -21,7 +21,7 @@ use rustls::pki_types::CertificateDer;
 use telemetry_types::BoxFuture;
 use telemetry_types::classify::TransportErrorKind;
 use telemetry_types::transport::{
-    HttpMethod, HttpRequest, HttpResponse, HttpTransport, TransportError,
+    HttpMethod, HttpRequest, HttpResponse, HttpTransport, TransportError, append_capped,
 };
 
 /// Settings of [`HyperTransport`].
@@ -251,30 +251,21 @@ impl HyperTransport {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
+        let mut headers = headers;
         let mut body = response.into_body();
         let mut bytes = Vec::new();
-        let max = request.max_response_bytes;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| map_error(&e))?;
-            if let Some(data) = frame.data_ref() {
-                if bytes.len().saturating_add(data.len()) > max {
-                    if (200..300).contains(&status) {
-                        // The status is the answer; the body only feeds a debug line.
-                        let room = max.saturating_sub(bytes.len());
-                        bytes.extend_from_slice(&data[..room.min(data.len())]);
-                        return Ok(HttpResponse {
-                            status,
-                            headers,
-                            body: bytes,
-                            body_truncated: true,
-                        });
-                    }
-                    return Err(TransportError::new(
-                        TransportErrorKind::BodyTooLarge,
-                        format!("response body over {max} bytes"),
-                    ));
-                }
-                bytes.extend_from_slice(data);
+            if let Some(data) = frame.data_ref()
+                && let Some(done) = append_capped(
+                    status,
+                    &mut headers,
+                    &mut bytes,
+                    data,
+                    request.max_response_bytes,
+                )
+            {
+                return done;
             }
         }
         Ok(HttpResponse {

@@ -60,6 +60,37 @@ impl HttpResponse {
     }
 }
 
+/// Adds `chunk` to a response `body` read under the request's `max_response_bytes`, as every
+/// transport must: `None` while the body fits; at the cap, a 2xx answer is finished with its
+/// body cut there (only the status of an export matters), any other status fails with
+/// [`TransportErrorKind::BodyTooLarge`].
+pub fn append_capped(
+    status: u16,
+    headers: &mut Vec<(String, String)>,
+    body: &mut Vec<u8>,
+    chunk: &[u8],
+    max: usize,
+) -> Option<Result<HttpResponse, TransportError>> {
+    if body.len().saturating_add(chunk.len()) <= max {
+        body.extend_from_slice(chunk);
+        return None;
+    }
+    if !(200..300).contains(&status) {
+        return Some(Err(TransportError::new(
+            TransportErrorKind::BodyTooLarge,
+            format!("response body over {max} bytes"),
+        )));
+    }
+    let room = max.saturating_sub(body.len());
+    body.extend_from_slice(&chunk[..room.min(chunk.len())]);
+    Some(Ok(HttpResponse {
+        status,
+        headers: std::mem::take(headers),
+        body: std::mem::take(body),
+        body_truncated: true,
+    }))
+}
+
 /// A transport-level failure (no HTTP status was received).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{kind:?}: {message}")]
@@ -92,6 +123,20 @@ pub trait HttpTransport: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_are_capped_the_same_way_by_every_transport() {
+        let (mut headers, mut body) = (vec![], vec![]);
+        assert!(append_capped(200, &mut headers, &mut body, b"abc", 5).is_none());
+        let cut = append_capped(200, &mut headers, &mut body, b"defg", 5);
+        let cut = cut.and_then(Result::ok).map(|r| (r.body, r.body_truncated));
+        assert_eq!(cut, Some((b"abcde".to_vec(), true)));
+        let (mut headers, mut body) = (vec![], vec![]);
+        let refused = append_capped(503, &mut headers, &mut body, b"abcdefg", 5);
+        assert!(
+            refused.is_some_and(|r| r.is_err_and(|e| e.kind == TransportErrorKind::BodyTooLarge))
+        );
+    }
 
     #[test]
     fn response_header_lookup_is_case_insensitive() {
