@@ -38,7 +38,8 @@ pub struct AggregatorConfig {
     /// [`close`](crate::Aggregator::close). Default 2 s; 0..=10 min.
     pub close_timeout: Duration,
     /// Events buffered between the driver and the background task. Default 10 000;
-    /// 1..=1 000 000. The queue's memory grows with what it holds, not with its capacity.
+    /// 1..=1 000 000. The queue (about 64 bytes a slot) is allocated by the host's first
+    /// event: a host that reports nothing holds none of it.
     pub queue_capacity: usize,
     /// Memory the background task may hold for this host, in bytes: in-flight statements
     /// with their kept errors, and rows waiting for export. Past it older rows make room, then

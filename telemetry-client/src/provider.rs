@@ -81,8 +81,8 @@ impl fmt::Debug for TelemetryClientProvider {
 
 impl TelemetryClientProvider {
     /// A provider. Never fails: a problem (invalid config, TLS setup) disables telemetry and
-    /// is logged at debug. Background work runs on `options.runtime`, or on a dedicated thread
-    /// with a current-thread runtime.
+    /// is logged (warn). Background work runs on `options.runtime`, or on the provider's own
+    /// multi-thread runtime with one worker.
     pub fn new(options: ProviderOptions) -> Self {
         let switch = options
             .switch
