@@ -101,7 +101,7 @@ fn map_error(e: reqwest::Error) -> TransportError {
 }
 
 #[cfg(test)]
-mod tests {
+mod optional_features {
     use super::*;
     use httpmock::prelude::*;
     use std::time::Duration;

@@ -847,3 +847,17 @@ async fn each_connection_can_bring_its_own_transport_and_headers() {
     assert_eq!((own_b.rows(), org(&own_b)), (1, vec!["2".to_owned()]));
     assert_eq!((default.rows(), org(&default)), (1, vec!["3".to_owned()]));
 }
+
+#[cfg(feature = "platform-verifier")]
+mod optional_features {
+    use crate::{HyperTransport, TransportOptions};
+
+    #[test]
+    fn the_platform_verifier_builds_a_transport() {
+        let options = TransportOptions {
+            platform_verifier: true,
+            ..TransportOptions::default()
+        };
+        assert!(HyperTransport::with_options(options).is_ok());
+    }
+}

@@ -39,6 +39,37 @@ pub struct TransportOptions {
     pub native_roots: bool,
     /// Which proxy requests go through. Default [`ProxyConfig::FromEnv`].
     pub proxy: ProxyConfig,
+    /// Verify certificates with the operating system's verifier (feature
+    /// `platform-verifier`: revocation, enterprise policies, the OS trust store) instead of
+    /// the roots above; `extra_roots` still apply. Default `false`.
+    pub platform_verifier: bool,
+}
+
+type TlsBuilder = rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>;
+
+#[cfg(feature = "platform-verifier")]
+fn platform_verified(
+    builder: TlsBuilder,
+    extra_roots: Vec<CertificateDer<'static>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<rustls::ClientConfig, TransportBuildError> {
+    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider)
+        .map_err(|e| TransportBuildError(format!("platform verifier: {e}")))?;
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+#[cfg(not(feature = "platform-verifier"))]
+fn platform_verified(
+    _builder: TlsBuilder,
+    _extra_roots: Vec<CertificateDer<'static>>,
+    _provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<rustls::ClientConfig, TransportBuildError> {
+    Err(TransportBuildError(
+        "the platform verifier was requested but the `platform-verifier` feature is off".into(),
+    ))
 }
 
 /// Which proxy a [`HyperTransport`] goes through. HTTPS destinations are reached through a
@@ -143,6 +174,7 @@ impl Default for TransportOptions {
             webpki_roots: true,
             native_roots: false,
             proxy: ProxyConfig::default(),
+            platform_verifier: false,
         }
     }
 }
@@ -197,18 +229,21 @@ impl HyperTransport {
                 "native roots requested but the `native-roots` feature is off".into(),
             ));
         }
+        let extra_roots = options.extra_roots.clone();
         for cert in options.extra_roots {
             roots
                 .add(cert)
                 .map_err(|e| TransportBuildError(format!("bad root certificate: {e}")))?;
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TransportBuildError(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TransportBuildError(e.to_string()))?;
+        let tls = if options.platform_verifier {
+            platform_verified(builder, extra_roots, provider)?
+        } else {
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

@@ -326,3 +326,14 @@ fn native_roots_need_the_feature() {
     });
     assert_eq!(r.is_ok(), cfg!(feature = "native-roots"));
 }
+
+#[cfg(not(feature = "platform-verifier"))]
+#[test]
+fn the_platform_verifier_needs_its_feature() {
+    let err = HyperTransport::with_options(TransportOptions {
+        platform_verifier: true,
+        ..TransportOptions::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("platform-verifier"), "{err}");
+}

@@ -104,7 +104,7 @@ fn ci() -> Result {
             "--all-targets",
             "--locked",
             "--features",
-            "reqwest,native-roots,testing",
+            "reqwest,native-roots,platform-verifier,testing",
             "--",
             "-D",
             "warnings",
@@ -118,9 +118,9 @@ fn ci() -> Result {
             "telemetry-client",
             "--locked",
             "--features",
-            "reqwest",
+            "reqwest,platform-verifier",
             "--lib",
-            "reqwest_transport",
+            "optional_features",
         ]),
     )?;
     run(
