@@ -134,7 +134,9 @@ pub use telemetry_types::wire::{
 pub use telemetry_aggregator::AggregatorConfig;
 pub use telemetry_breaker::{BreakerConfig, FailurePolicy};
 pub use telemetry_export::{ExportConfig, RetryPolicy};
-pub use telemetry_flags::{ClientPreset, DISABLE_ENV_VAR, DisableSwitch, FlagCacheConfig};
+pub use telemetry_flags::{
+    ClientPreset, DISABLE_ENV_VAR, DisableSwitch, FlagCacheConfig, FlagFailure,
+};
 pub use telemetry_types::validation::ConfigError;
 
 // The driver's own HTTP stack, credentials and flag source.

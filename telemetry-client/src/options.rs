@@ -78,6 +78,71 @@ impl ProviderOptions {
             read_env: true,
         }
     }
+
+    /// The pipeline settings.
+    ///
+    /// ```
+    /// use telemetry_client::{ClientPreset, ProviderOptions, TelemetryConfig};
+    /// let mut config = TelemetryConfig::default();
+    /// config.enabled = true;
+    /// let options = ProviderOptions::new("MyDriver", "1.0.0", ClientPreset::jdbc())
+    ///     .with_config(config)
+    ///     .with_header("x-databricks-org-id", "42")
+    ///     .with_user_agent("MyDriver/1.0.0 (embedded)");
+    /// assert!(options.config.enabled);
+    /// ```
+    pub fn with_config(mut self, config: TelemetryConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The user agent sent (redacted before use).
+    pub fn with_user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = Some(user_agent.into());
+        self
+    }
+
+    /// Background work on this runtime instead of the provider's own.
+    pub fn with_runtime(mut self, runtime: Handle) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The HTTP stack for every connection that brings none of its own.
+    pub fn with_transport(mut self, transport: Arc<dyn HttpTransport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Where feature flags come from.
+    pub fn with_flag_source(mut self, source: Arc<dyn FlagSource>) -> Self {
+        self.flag_source = Some(source);
+        self
+    }
+
+    /// The off switch, instead of reading `DATABRICKS_TELEMETRY_DISABLED`.
+    pub fn with_switch(mut self, switch: DisableSwitch) -> Self {
+        self.switch = Some(switch);
+        self
+    }
+
+    /// `system_configuration` instead of the defaults.
+    pub fn with_system_configuration(mut self, config: DriverSystemConfiguration) -> Self {
+        self.system_configuration = Some(config);
+        self
+    }
+
+    /// A header of every authenticated export request.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra_headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Whether the `DATABRICKS_TELEMETRY_*` overrides apply.
+    pub fn with_read_env(mut self, read_env: bool) -> Self {
+        self.read_env = read_env;
+        self
+    }
 }
 
 /// One connection's identity, given to

@@ -36,6 +36,7 @@ impl HostClient {
             host: self.host.to_string(),
             connections,
             flag: self.flag.state(),
+            flag_failure: self.flag.failure(),
             aggregator: self.aggregator.stats(),
             export: self.exporter.stats(),
         }
@@ -237,6 +238,7 @@ impl HostRegistry {
                 host: s.host,
                 connections: e.leases,
                 flag: s.flag,
+                flag_failure: s.flag_failure,
                 breaker: s.export.breaker.state.unwrap_or(BreakerState::Closed),
             });
         }

@@ -5,6 +5,7 @@ use std::fmt;
 use telemetry_aggregator::AggregatorStats;
 use telemetry_breaker::BreakerState;
 use telemetry_export::ExportStats;
+use telemetry_flags::FlagFailure;
 use telemetry_types::drops::{DropCounts, DropUnit};
 use telemetry_types::flag::FlagState;
 
@@ -74,6 +75,9 @@ pub struct HostStats {
     pub connections: usize,
     /// The feature flag.
     pub flag: FlagState,
+    /// Why the flag look-up failed, when it did (telemetry is then off for the host): DNS,
+    /// network, timeout, a status, a malformed answer, as distinct from the server saying no.
+    pub flag_failure: Option<FlagFailure>,
     /// Aggregation counters.
     pub aggregator: AggregatorStats,
     /// Export counters (breaker included).
@@ -116,6 +120,8 @@ pub struct HostStatsSummary {
     pub connections: usize,
     /// The feature flag.
     pub flag: FlagState,
+    /// Why the flag look-up failed, when it did.
+    pub flag_failure: Option<FlagFailure>,
     /// The export breaker's state.
     pub breaker: BreakerState,
 }

@@ -861,3 +861,21 @@ mod optional_features {
         assert!(HyperTransport::with_options(options).is_ok());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flag_look_up_is_visible_per_host() {
+    use telemetry_types::flag::FlagError;
+    let server = FakeServer::always(200);
+    let f = ScriptedFlagSource::new(|_| Err(FlagError::Status(404)));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.is_enabled() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let s = p.stats();
+    assert_eq!(s.hosts[0].flag, FlagState::Disabled);
+    assert_eq!(s.hosts[0].flag_failure, Some(FlagFailure::Status(404)));
+    let hs = p.host_stats("a.example").unwrap();
+    assert_eq!(hs.flag_failure, Some(FlagFailure::Status(404)));
+}

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use telemetry_types::BoxFuture;
 use telemetry_types::auth::AuthProvider;
+use telemetry_types::classify::TransportErrorKind;
 use telemetry_types::clock::saturating_add;
-use telemetry_types::flag::{FlagGate, FlagSource, FlagState};
+use telemetry_types::flag::{FlagError, FlagGate, FlagSource, FlagState};
 use telemetry_types::host::Host;
 use telemetry_types::validation::ConfigError;
 
@@ -127,6 +128,52 @@ struct HostContext {
     tx: watch::Sender<FlagState>,
     auth: Mutex<Option<Arc<dyn AuthProvider>>>,
     task: Mutex<Option<AbortHandle>>,
+    /// Why the last look-up failed (cleared by an answer).
+    failure: Mutex<Option<FlagFailure>>,
+}
+
+/// Why a feature-flag look-up failed (telemetry is then off for the host until a later
+/// look-up answers), as distinct from the server answering "no".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FlagFailure {
+    /// The host name did not resolve.
+    Dns,
+    /// No answer in time.
+    Timeout,
+    /// Connecting or talking to the server failed (refused, reset, TLS, proxy).
+    Network,
+    /// The server answered with this non-2xx status.
+    Status(u16),
+    /// The answer was not the expected JSON (or too large).
+    Malformed,
+}
+
+impl FlagFailure {
+    fn of(error: &FlagError) -> Self {
+        match error {
+            FlagError::Status(s) => Self::Status(*s),
+            FlagError::Malformed(_) => Self::Malformed,
+            FlagError::Transport(t) => match t.kind {
+                TransportErrorKind::DnsTemporary | TransportErrorKind::DnsPermanent => Self::Dns,
+                TransportErrorKind::Timeout => Self::Timeout,
+                _ => Self::Network,
+            },
+            _ => Self::Network,
+        }
+    }
+}
+
+impl std::fmt::Display for FlagFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Dns => f.write_str("dns"),
+            Self::Timeout => f.write_str("timeout"),
+            Self::Network => f.write_str("network"),
+            Self::Status(s) => write!(f, "status {s}"),
+            Self::Malformed => f.write_str("malformed answer"),
+        }
+    }
 }
 
 impl HostContext {
@@ -231,6 +278,7 @@ impl FeatureFlagCache {
             tx,
             auth: Mutex::new(auth),
             task: Mutex::new(None),
+            failure: Mutex::new(None),
         });
         if self.inner.config.switch.is_disabled() {
             ctx.set(FlagState::Disabled);
@@ -355,6 +403,7 @@ async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<Me
         };
         let wait = match result {
             Ok(answer) => {
+                lock(&ctx.failure).take();
                 let state = if answer.enabled {
                     FlagState::Enabled
                 } else {
@@ -376,6 +425,10 @@ async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<Me
             }
             Err(err) => {
                 inner.failed.fetch_add(1, Ordering::Relaxed);
+                let failure = FlagFailure::of(&err);
+                if lock(&ctx.failure).replace(failure).is_none() {
+                    tracing::warn!(host = %ctx.host, reason = %failure, "telemetry is off for this host: its feature-flag look-up failed (retried in the background)");
+                }
                 tracing::debug!(host = %ctx.host, error = %err, retry_in_s = backoff.as_secs(), "feature-flag look-up failed; telemetry disabled");
                 ctx.set(FlagState::Disabled);
                 let wait = backoff;
@@ -440,6 +493,11 @@ impl FlagHandle {
     /// The current answer: one atomic load.
     pub fn state(&self) -> FlagState {
         FlagState::from_u8(self.ctx.state.load(Ordering::Acquire))
+    }
+
+    /// Why the last look-up failed, if it did (`None` once the server answers, yes or no).
+    pub fn failure(&self) -> Option<FlagFailure> {
+        *lock(&self.ctx.failure)
     }
 
     /// A read-only view of the answer for hot paths that keep their own pointer.

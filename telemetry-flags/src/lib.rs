@@ -43,7 +43,9 @@ mod cache;
 mod http;
 mod switch;
 
-pub use cache::{FeatureFlagCache, FlagCacheConfig, FlagCacheStats, FlagHandle, FlagView};
+pub use cache::{
+    FeatureFlagCache, FlagCacheConfig, FlagCacheStats, FlagFailure, FlagHandle, FlagView,
+};
 pub use http::{ClientPreset, HttpFlagSource};
 pub use switch::{DISABLE_ENV_VAR, DisableSwitch};
 pub use telemetry_types::flag::FlagState;

@@ -376,3 +376,28 @@ async fn remembered_answers_are_bounded() {
     }
     assert_eq!(c.inner.memos.lock().unwrap().len(), MAX_MEMOS);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_look_up_says_why_until_an_answer_comes() {
+    use telemetry_types::classify::TransportErrorKind;
+    use telemetry_types::transport::TransportError;
+    let src = Scripted::new(|n| match n {
+        0 => Err(FlagError::Transport(TransportError::new(
+            TransportErrorKind::DnsPermanent,
+            "no such host",
+        ))),
+        1 => Err(FlagError::Status(503)),
+        _ => on(None),
+    });
+    let c = cache(src.clone());
+    let h = c.acquire(&host("a.example"), None);
+    assert_eq!(h.resolve(Duration::from_secs(1)).await, FlagState::Disabled);
+    assert_eq!(h.failure(), Some(FlagFailure::Dns));
+    tokio::time::advance(Duration::from_secs(61)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.failure(), Some(FlagFailure::Status(503)));
+    assert_eq!(FlagFailure::Status(503).to_string(), "status 503");
+    tokio::time::advance(Duration::from_secs(121)).await;
+    tokio::task::yield_now().await;
+    assert_eq!((h.state(), h.failure()), (FlagState::Enabled, None));
+}
