@@ -169,7 +169,8 @@ pub struct ConnectionOptions {
     pub client_app_name: Option<String>,
     /// This connection's own HTTP stack (an ADBC database's proxy and TLS settings); `None`
     /// uses the provider's. Rows of connections with different transports never share a
-    /// request. The host's feature-flag look-up still goes through the provider's transport.
+    /// request. The host's feature-flag look-up goes through it too when this connection's
+    /// credentials are the ones used for it.
     pub transport: Option<Arc<dyn HttpTransport>>,
     /// Headers added to this connection's authenticated requests (e.g.
     /// `x-databricks-org-id`), after the provider's; rows of connections with different

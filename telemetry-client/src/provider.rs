@@ -199,8 +199,9 @@ impl TelemetryClientProvider {
         info.auth = options.auth.clone();
         info.transport = options.transport;
         info.extra_headers = options.extra_headers;
+        let transport = info.transport.clone();
         let lease = inner.registry.lease(&host, inner.config.max_hosts, || {
-            inner.host_client(&host, options.auth)
+            inner.host_client(&host, options.auth, transport)
         });
         match lease {
             Some(lease) => Connection::new(Arc::new(info), lease),
@@ -380,10 +381,16 @@ impl TelemetryClientProvider {
 }
 
 impl ProviderInner {
-    /// A new client for `host`: its flag (looked up with the first connection's credentials),
+    /// A new client for `host`: its flag (looked up with the first connection's credentials,
+    /// through its transport when it brings one),
     /// its breaker, its exporter and its aggregator task.
-    fn host_client(&self, host: &Host, auth: Option<Arc<dyn AuthProvider>>) -> HostClient {
-        let flag = Arc::new(self.flags.acquire(host, auth));
+    fn host_client(
+        &self,
+        host: &Host,
+        auth: Option<Arc<dyn AuthProvider>>,
+        transport: Option<Arc<dyn HttpTransport>>,
+    ) -> HostClient {
+        let flag = Arc::new(self.flags.acquire_via(host, auth, transport));
         let breaker = self.breakers.lease(host.to_string());
         let exporter = Arc::new(
             DatabricksExporter::new(

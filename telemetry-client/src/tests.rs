@@ -879,3 +879,30 @@ async fn a_failed_flag_look_up_is_visible_per_host() {
     let hs = p.host_stats("a.example").unwrap();
     assert_eq!(hs.flag_failure, Some(FlagFailure::Status(404)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flag_is_looked_up_through_the_connections_own_transport() {
+    let (default, own) = (FakeServer::always(200), FakeServer::always(200));
+    let mut o = options(&default, &flag(true));
+    o.flag_source = None; // the HTTP flag source
+    let p = TelemetryClientProvider::new(o);
+    let c = p.connect(conn_opts("a.example").with_transport(own.clone()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while own.count() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let get = own.requests()[0].clone();
+    assert_eq!(get.method, HttpMethod::Get);
+    assert!(
+        get.url
+            .contains("/api/2.0/connector-service/feature-flags/"),
+        "{}",
+        get.url
+    );
+    assert_eq!(
+        default.count(),
+        0,
+        "nothing through the provider's transport"
+    );
+    drop(c);
+}

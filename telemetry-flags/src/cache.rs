@@ -10,6 +10,7 @@ use telemetry_types::classify::TransportErrorKind;
 use telemetry_types::clock::saturating_add;
 use telemetry_types::flag::{FlagError, FlagGate, FlagSource, FlagState};
 use telemetry_types::host::Host;
+use telemetry_types::transport::HttpTransport;
 use telemetry_types::validation::ConfigError;
 
 use crate::switch::DisableSwitch;
@@ -127,6 +128,8 @@ struct HostContext {
     state: Arc<AtomicU8>,
     tx: watch::Sender<FlagState>,
     auth: Mutex<Option<Arc<dyn AuthProvider>>>,
+    /// The HTTP stack of the connection whose credentials are used, if it has its own.
+    transport: Mutex<Option<Arc<dyn HttpTransport>>>,
     task: Mutex<Option<AbortHandle>>,
     /// Why the last look-up failed (cleared by an answer).
     failure: Mutex<Option<FlagFailure>>,
@@ -260,11 +263,23 @@ impl FeatureFlagCache {
     /// look-up) if this is the first. Never waits on the network. `auth`, when given, is used
     /// for this host's look-ups from now on.
     pub fn acquire(&self, host: &Host, auth: Option<Arc<dyn AuthProvider>>) -> FlagHandle {
+        self.acquire_via(host, auth, None)
+    }
+
+    /// [`acquire`](Self::acquire) for a connection with its own HTTP stack: look-ups made
+    /// with its credentials go through `transport` (its proxy, its TLS).
+    pub fn acquire_via(
+        &self,
+        host: &Host,
+        auth: Option<Arc<dyn AuthProvider>>,
+        transport: Option<Arc<dyn HttpTransport>>,
+    ) -> FlagHandle {
         let mut hosts = lock(&self.inner.hosts);
         if let Some(entry) = hosts.get_mut(host) {
             entry.refs += 1;
             if auth.is_some() {
                 *lock(&entry.ctx.auth) = auth;
+                *lock(&entry.ctx.transport) = transport;
             }
             return FlagHandle {
                 cache: self.clone(),
@@ -277,6 +292,7 @@ impl FeatureFlagCache {
             state: Arc::new(AtomicU8::new(FlagState::Unknown as u8)),
             tx,
             auth: Mutex::new(auth),
+            transport: Mutex::new(transport),
             task: Mutex::new(None),
             failure: Mutex::new(None),
         });
@@ -391,7 +407,10 @@ async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<Me
     loop {
         inner.fetches.fetch_add(1, Ordering::Relaxed);
         let auth = lock(&ctx.auth).clone();
-        let fetch = inner.source.fetch(&ctx.host, auth.as_deref());
+        let transport = lock(&ctx.transport).clone();
+        let fetch = inner
+            .source
+            .fetch_via(&ctx.host, auth.as_deref(), transport.as_deref());
         let result = match tokio::time::timeout(config.fetch_guard, fetch).await {
             Ok(r) => r,
             Err(_) => Err(telemetry_types::flag::FlagError::Transport(

@@ -198,6 +198,16 @@ impl FlagSource for HttpFlagSource {
         host: &'a Host,
         auth: Option<&'a dyn AuthProvider>,
     ) -> BoxFuture<'a, Result<FlagAnswer, FlagError>> {
+        self.fetch_via(host, auth, None)
+    }
+
+    fn fetch_via<'a>(
+        &'a self,
+        host: &'a Host,
+        auth: Option<&'a dyn AuthProvider>,
+        transport: Option<&'a dyn HttpTransport>,
+    ) -> BoxFuture<'a, Result<FlagAnswer, FlagError>> {
+        let transport = transport.unwrap_or(&*self.transport);
         Box::pin(async move {
             let mut headers = vec![
                 ("Accept".to_owned(), "application/json".to_owned()),
@@ -208,8 +218,7 @@ impl FlagSource for HttpFlagSource {
             {
                 headers.extend(h);
             }
-            let response = self
-                .transport
+            let response = transport
                 .send(HttpRequest {
                     method: HttpMethod::Get,
                     url: self.url(host),

@@ -8,7 +8,7 @@ use thiserror::Error;
 use crate::BoxFuture;
 use crate::auth::AuthProvider;
 use crate::host::Host;
-use crate::transport::TransportError;
+use crate::transport::{HttpTransport, TransportError};
 
 /// What is known of a host's feature flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,6 +76,18 @@ pub trait FlagSource: Send + Sync + 'static {
         host: &'a Host,
         auth: Option<&'a dyn AuthProvider>,
     ) -> BoxFuture<'a, Result<FlagAnswer, FlagError>>;
+
+    /// [`fetch`](Self::fetch) through a connection's own HTTP stack when it has one (its
+    /// proxy, its TLS). Sources that do not use HTTP keep this default, which ignores it.
+    fn fetch_via<'a>(
+        &'a self,
+        host: &'a Host,
+        auth: Option<&'a dyn AuthProvider>,
+        transport: Option<&'a dyn HttpTransport>,
+    ) -> BoxFuture<'a, Result<FlagAnswer, FlagError>> {
+        let _ = transport;
+        self.fetch(host, auth)
+    }
 }
 
 /// What the exporter asks before sending: may this host's telemetry go out?
