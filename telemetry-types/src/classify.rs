@@ -140,10 +140,90 @@ pub fn classify_driver_error(error_name: &str, http_status: Option<u16>) -> Erro
     }
 }
 
+/// Classifies a SQLSTATE (ISO/IEC 9075, ODBC) by its class.
+///
+/// ```
+/// use telemetry_types::classify::{classify_sqlstate, ErrorClass};
+/// assert_eq!(classify_sqlstate("28000"), ErrorClass::Terminal); // invalid authorization
+/// assert_eq!(classify_sqlstate("08006"), ErrorClass::Retryable); // connection failure
+/// assert_eq!(classify_sqlstate("22012"), ErrorClass::Unknown); // division by zero
+/// ```
+pub fn classify_sqlstate(sqlstate: &str) -> ErrorClass {
+    let s = sqlstate.trim().as_bytes();
+    if s.len() != 5 || !s.iter().all(u8::is_ascii_alphanumeric) {
+        return ErrorClass::Unknown;
+    }
+    match (&s[..2], &s[2..]) {
+        // Invalid authorization; syntax error or access rule violation; a rejected connection.
+        (b"28", _) | (b"42", _) | (b"08", b"004") => ErrorClass::Terminal,
+        // Connection exceptions; transaction rollback (serialisation, deadlock); insufficient
+        // resources; ODBC timeouts.
+        (b"08", _) | (b"40", _) | (b"53", _) => ErrorClass::Retryable,
+        (b"HY", b"T00") | (b"HY", b"T01") => ErrorClass::Retryable,
+        _ => ErrorClass::Unknown,
+    }
+}
+
+/// Classifies a driver error from what it carries: the HTTP status when decisive, then the
+/// SQLSTATE when decisive, then (for errors with neither) the name, as
+/// [`classify_driver_error`] does.
+///
+/// ```
+/// use telemetry_types::classify::{classify_error, ErrorClass};
+/// assert_eq!(classify_error(Some("28000"), None, "Whatever"), ErrorClass::Terminal);
+/// assert_eq!(classify_error(Some("42P01"), Some(503), "x"), ErrorClass::Retryable);
+/// assert_eq!(classify_error(None, None, "RequestTimeout"), ErrorClass::Retryable);
+/// ```
+pub fn classify_error(sqlstate: Option<&str>, http_status: Option<u16>, name: &str) -> ErrorClass {
+    if let Some(class) = http_status
+        .map(classify_http_status)
+        .filter(|c| *c != ErrorClass::Unknown)
+    {
+        return class;
+    }
+    match sqlstate.map(classify_sqlstate) {
+        Some(ErrorClass::Unknown) | None => classify_driver_error(name, None),
+        Some(class) => class,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    #[rstest]
+    #[case("28000", ErrorClass::Terminal)]
+    #[case("42501", ErrorClass::Terminal)]
+    #[case("42P01", ErrorClass::Terminal)]
+    #[case("08004", ErrorClass::Terminal)]
+    #[case("08001", ErrorClass::Retryable)]
+    #[case("08S01", ErrorClass::Retryable)]
+    #[case("40001", ErrorClass::Retryable)]
+    #[case("53300", ErrorClass::Retryable)]
+    #[case("HYT00", ErrorClass::Retryable)]
+    #[case("HY000", ErrorClass::Unknown)]
+    #[case("22012", ErrorClass::Unknown)]
+    #[case("2800", ErrorClass::Unknown)]
+    #[case("28-00", ErrorClass::Unknown)]
+    #[case("", ErrorClass::Unknown)]
+    fn sqlstate(#[case] state: &str, #[case] expected: ErrorClass) {
+        assert_eq!(classify_sqlstate(state), expected);
+    }
+
+    #[rstest]
+    #[case(Some("HY000"), None, "AuthError", ErrorClass::Terminal)]
+    #[case(Some("08001"), Some(401), "x", ErrorClass::Terminal)]
+    #[case(Some("28000"), Some(418), "Timeout", ErrorClass::Terminal)]
+    #[case(None, None, "Other", ErrorClass::Unknown)]
+    fn sqlstate_and_status(
+        #[case] state: Option<&str>,
+        #[case] status: Option<u16>,
+        #[case] name: &str,
+        #[case] expected: ErrorClass,
+    ) {
+        assert_eq!(classify_error(state, status, name), expected);
+    }
 
     #[rstest]
     #[case(400, ErrorClass::Terminal)]

@@ -25,8 +25,9 @@ pub struct ConnectionInfo {
     pub host: Host,
     /// From `?o=<digits>` or `/o/<digits>/` in the HTTP path only.
     pub workspace_id: Option<i64>,
-    /// The server's session id, once known.
-    pub session_id: Option<String>,
+    /// The server's session id, once known: set at most once, when the session opens (a
+    /// failed open has none).
+    pub session_id: OnceLock<String>,
     /// The driver's user agent (already redacted).
     pub user_agent: String,
     /// How the connection authenticates.
@@ -43,13 +44,13 @@ pub struct ConnectionInfo {
     pub extra_headers: Vec<(String, String)>,
     /// The strings above as they may leave the process, computed once, by the first row built.
     redacted: OnceLock<RedactedIdentity>,
+    /// The session id as it may leave the process, computed once it is known.
+    redacted_session_id: OnceLock<String>,
 }
 
 /// A connection's driver-supplied strings, redacted and capped: what rows carry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedactedIdentity {
-    /// The session id.
-    pub session_id: Option<String>,
     /// `system_configuration`, every string redacted and capped.
     pub system_configuration: Option<DriverSystemConfiguration>,
     /// `driver_connection_params`, every string redacted and capped.
@@ -82,16 +83,120 @@ fn redact_system_configuration(c: &DriverSystemConfiguration) -> DriverSystemCon
     }
 }
 
+fn host_details(h: &HostDetails) -> HostDetails {
+    HostDetails {
+        host_url: setting(&h.host_url),
+        ..h.clone()
+    }
+}
+
+/// Longest `non_proxy_hosts` list sent.
+const MAX_LIST_ITEMS: usize = 64;
+
+/// Every string of the connection parameters redacted and capped. Written field by field, with
+/// the struct destructured so that a new field is a compile error here until it is handled.
 fn redact_connection_params(p: &DriverConnectionParameters) -> DriverConnectionParameters {
+    let DriverConnectionParameters {
+        http_path,
+        mode,
+        host_info,
+        use_proxy,
+        auth_mech,
+        auth_flow,
+        auth_scope,
+        use_system_proxy,
+        non_proxy_hosts,
+        use_cf_proxy,
+        proxy_host_info,
+        cf_proxy_host_info,
+        discovery_mode_enabled,
+        discovery_url,
+        use_empty_metadata,
+        support_many_parameters,
+        ssl_trust_store_type,
+        check_certificate_revocation,
+        accept_undetermined_certificate_revocation,
+        google_service_account,
+        google_credential_file_path,
+        http_connection_pool_size,
+        enable_sea_hybrid_results,
+        enable_complex_datatype_support,
+        allow_self_signed_support,
+        use_system_trust_store,
+        rows_fetched_per_block,
+        azure_workspace_resource_id,
+        azure_tenant_id,
+        string_column_length,
+        enable_token_cache,
+        token_endpoint,
+        auth_endpoint,
+        enable_arrow,
+        enable_direct_results,
+        enable_jwt_assertion,
+        jwt_key_file,
+        jwt_algorithm,
+        socket_timeout,
+        allowed_volume_ingestion_paths,
+        async_poll_interval_millis,
+        query_tags,
+        enable_metric_view_metadata,
+        auto_commit,
+        fetch_auto_commit_from_server,
+        enable_geospatial_support,
+    } = p;
     DriverConnectionParameters {
-        http_path: setting(&p.http_path),
-        host_info: p.host_info.as_ref().map(|h| HostDetails {
-            host_url: redact_truncated(&h.host_url, MAX_SETTING_CHARS),
-            port: h.port,
+        http_path: setting(http_path),
+        mode: *mode,
+        host_info: host_info.as_ref().map(host_details),
+        use_proxy: *use_proxy,
+        auth_mech: *auth_mech,
+        auth_flow: *auth_flow,
+        auth_scope: setting(auth_scope),
+        use_system_proxy: *use_system_proxy,
+        non_proxy_hosts: non_proxy_hosts.as_ref().map(|hosts| {
+            hosts
+                .iter()
+                .take(MAX_LIST_ITEMS)
+                .map(|h| redact_truncated(h, MAX_SETTING_CHARS))
+                .collect()
         }),
-        auth_mech: setting(&p.auth_mech),
-        auth_flow: setting(&p.auth_flow),
-        ..p.clone()
+        use_cf_proxy: *use_cf_proxy,
+        proxy_host_info: proxy_host_info.as_ref().map(host_details),
+        cf_proxy_host_info: cf_proxy_host_info.as_ref().map(host_details),
+        discovery_mode_enabled: *discovery_mode_enabled,
+        discovery_url: setting(discovery_url),
+        use_empty_metadata: *use_empty_metadata,
+        support_many_parameters: *support_many_parameters,
+        ssl_trust_store_type: setting(ssl_trust_store_type),
+        check_certificate_revocation: *check_certificate_revocation,
+        accept_undetermined_certificate_revocation: *accept_undetermined_certificate_revocation,
+        google_service_account: setting(google_service_account),
+        google_credential_file_path: setting(google_credential_file_path),
+        http_connection_pool_size: *http_connection_pool_size,
+        enable_sea_hybrid_results: *enable_sea_hybrid_results,
+        enable_complex_datatype_support: *enable_complex_datatype_support,
+        allow_self_signed_support: *allow_self_signed_support,
+        use_system_trust_store: *use_system_trust_store,
+        rows_fetched_per_block: *rows_fetched_per_block,
+        azure_workspace_resource_id: setting(azure_workspace_resource_id),
+        azure_tenant_id: setting(azure_tenant_id),
+        string_column_length: *string_column_length,
+        enable_token_cache: *enable_token_cache,
+        token_endpoint: setting(token_endpoint),
+        auth_endpoint: setting(auth_endpoint),
+        enable_arrow: *enable_arrow,
+        enable_direct_results: *enable_direct_results,
+        enable_jwt_assertion: *enable_jwt_assertion,
+        jwt_key_file: setting(jwt_key_file),
+        jwt_algorithm: setting(jwt_algorithm),
+        socket_timeout: *socket_timeout,
+        allowed_volume_ingestion_paths: setting(allowed_volume_ingestion_paths),
+        async_poll_interval_millis: *async_poll_interval_millis,
+        query_tags: setting(query_tags),
+        enable_metric_view_metadata: *enable_metric_view_metadata,
+        auto_commit: *auto_commit,
+        fetch_auto_commit_from_server: *fetch_auto_commit_from_server,
+        enable_geospatial_support: *enable_geospatial_support,
     }
 }
 
@@ -102,7 +207,7 @@ impl ConnectionInfo {
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             host,
             workspace_id: None,
-            session_id: None,
+            session_id: OnceLock::new(),
             user_agent: user_agent.into(),
             auth_type: None,
             system_configuration: None,
@@ -111,6 +216,7 @@ impl ConnectionInfo {
             transport: None,
             extra_headers: Vec::new(),
             redacted: OnceLock::new(),
+            redacted_session_id: OnceLock::new(),
         }
     }
 
@@ -119,10 +225,6 @@ impl ConnectionInfo {
     /// thread), then reused by every row of the connection.
     pub fn redacted(&self) -> &RedactedIdentity {
         self.redacted.get_or_init(|| RedactedIdentity {
-            session_id: self
-                .session_id
-                .as_deref()
-                .map(|id| redact_truncated(id, MAX_ID_CHARS)),
             system_configuration: self
                 .system_configuration
                 .as_ref()
@@ -132,6 +234,15 @@ impl ConnectionInfo {
                 .as_ref()
                 .map(redact_connection_params),
         })
+    }
+
+    /// The session id as it may leave the process (redacted, capped), once it is known.
+    pub fn redacted_session_id(&self) -> Option<&str> {
+        let id = self.session_id.get()?;
+        Some(
+            self.redacted_session_id
+                .get_or_init(|| redact_truncated(id, MAX_ID_CHARS)),
+        )
     }
 
     /// The identity of the transport: rows may share a request only with equal keys.
@@ -172,7 +283,10 @@ mod tests {
     fn every_string_is_redacted_and_capped_once() {
         let host = Host::parse("a.example", false).unwrap();
         let mut c = ConnectionInfo::new(host, "ua");
-        c.session_id = Some(format!("sess-{}", "x".repeat(1_000_000)));
+        assert_eq!(c.redacted_session_id(), None);
+        c.session_id
+            .set(format!("sess-{}", "x".repeat(1_000_000)))
+            .unwrap();
         c.system_configuration = Some(DriverSystemConfiguration {
             client_app_name: Some("app password=hunter2".into()),
             driver_version: Some("1.0 token=abc".into()),
@@ -181,15 +295,12 @@ mod tests {
         });
         c.connection_params = Some(DriverConnectionParameters {
             http_path: Some("/sql/1.0/warehouses/abc?o=1&token=dapi0123456789abcdef0123".into()),
-            host_info: Some(HostDetails {
-                host_url: "https://u:p@h.example".into(),
-                port: 443,
-            }),
+            host_info: Some(HostDetails::new("https://u:p@h.example", 443)),
             ..Default::default()
         });
         let r = c.redacted();
         assert_eq!(
-            r.session_id.as_ref().map(|s| s.chars().count()),
+            c.redacted_session_id().map(|s| s.chars().count()),
             Some(MAX_ID_CHARS)
         );
         let sys = r.system_configuration.as_ref().unwrap();
@@ -205,11 +316,55 @@ mod tests {
             Some("/sql/1.0/warehouses/abc?o=1&token=[REDACTED]")
         );
         assert_eq!(
-            params.host_info.as_ref().unwrap().host_url,
-            "https://[REDACTED]@h.example"
+            params.host_info.as_ref().unwrap().host_url.as_deref(),
+            Some("https://[REDACTED]@h.example")
         );
         assert!(std::ptr::eq(r, c.redacted()), "computed once");
     }
+
+    /// Plants a secret in every string (and string list) of the parameters, through their JSON
+    /// form so that a field added later is planted too, and checks none survives.
+    #[test]
+    fn every_connection_parameter_string_is_redacted() {
+        let secret = "https://h.example/p?token=dapi0123456789abcdef0123 password=hunter2";
+        let host = serde_json::json!({"host_url": secret, "port": 1, "proxy_auth_type": "BASIC"});
+        let mut planted = serde_json::Map::new();
+        // Every key the type knows: probe each with a string, a list and a host object.
+        for key in KNOWN_PARAMETER_KEYS {
+            for value in [
+                serde_json::json!(secret),
+                serde_json::json!([secret, secret]),
+                host.clone(),
+            ] {
+                let one = serde_json::json!({ *key: value.clone() });
+                if serde_json::from_value::<DriverConnectionParameters>(one).is_ok() {
+                    planted.insert((*key).to_owned(), value);
+                }
+            }
+        }
+        let parsed: DriverConnectionParameters =
+            serde_json::from_value(serde_json::Value::Object(planted.clone())).unwrap();
+        let sent = serde_json::to_string(&redact_connection_params(&parsed)).unwrap();
+        assert!(!sent.contains("hunter2") && !sent.contains("dapi0123"), "{sent}");
+        assert_eq!(planted.len(), 18, "14 strings, 1 list, 3 hosts, lists and hosts planted: {planted:?}");
+    }
+
+    /// The server's keys (spec 2.2), for the planting test above.
+    const KNOWN_PARAMETER_KEYS: &[&str] = &[
+        "http_path", "mode", "host_info", "use_proxy", "auth_mech", "auth_flow", "auth_scope",
+        "use_system_proxy", "non_proxy_hosts", "use_cf_proxy", "proxy_host_info",
+        "cf_proxy_host_info", "discovery_mode_enabled", "discovery_url", "use_empty_metadata",
+        "support_many_parameters", "ssl_trust_store_type", "check_certificate_revocation",
+        "accept_undetermined_certificate_revocation", "google_service_account",
+        "google_credential_file_path", "http_connection_pool_size", "enable_sea_hybrid_results",
+        "enable_complex_datatype_support", "allow_self_signed_support", "use_system_trust_store",
+        "rows_fetched_per_block", "azure_workspace_resource_id", "azure_tenant_id",
+        "string_column_length", "enable_token_cache", "token_endpoint", "auth_endpoint",
+        "enable_arrow", "enable_direct_results", "enable_jwt_assertion", "jwt_key_file",
+        "jwt_algorithm", "socket_timeout", "allowed_volume_ingestion_paths",
+        "async_poll_interval_millis", "query_tags", "enable_metric_view_metadata", "auto_commit",
+        "fetch_auto_commit_from_server", "enable_geospatial_support",
+    ];
 
     #[test]
     fn connection_ids_unique_and_credentials_key_by_provider() {

@@ -7,12 +7,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::classify::{ErrorClass, classify_driver_error};
+use std::borrow::Cow;
+
+use crate::classify::{ErrorClass, classify_driver_error, classify_error};
+use crate::redact::cap_at_word;
 use crate::connection::ConnectionInfo;
-use crate::wire::{ExecutionResultFormat, OperationType, StatementType};
+use crate::wire::{ExecutionResultFormat, OperationType, StatementType, VolumeOperationType};
 
 /// A statement id, shared between the handle and its events without copying the text.
 pub type StatementId = Arc<str>;
+
+/// Which statement handle an event belongs to: unique within its connection, assigned when
+/// the handle begins (before the server has said the statement's id).
+pub type StatementKey = u64;
 
 /// One thing that happened in the driver.
 #[derive(Debug, Clone)]
@@ -20,7 +27,7 @@ pub struct TelemetryEvent {
     /// The connection it happened on.
     pub connection: Arc<ConnectionInfo>,
     /// When it happened, for the events that date a row: a connection opened or closed, a
-    /// statement started, an error. `None` (chunks, completions: they date nothing) lets the
+    /// statement started, an error. `None` (statement ends: they date nothing) lets the
     /// background task use the time it takes the event. An [`Instant`], not a wall time, so a
     /// statement's start costs the driver one clock reading for both its date and its latency;
     /// the background task dates instants with one [`WallClock`](crate::clock::WallClock)
@@ -34,7 +41,7 @@ pub struct TelemetryEvent {
 /// every kind, so a new kind is a compile error there rather than a silent drop.
 ///
 /// Kept to 40 bytes (an event to 64) so that one event is about one cache line of the
-/// queue: the two large payloads, which come once per statement at most, are boxed.
+/// queue: the large payloads, which come once per statement at most, are boxed.
 #[derive(Debug, Clone)]
 pub enum EventKind {
     /// The session was opened; `latency_ms` is the open call's own duration.
@@ -47,38 +54,54 @@ pub enum EventKind {
         /// Duration of the close call.
         latency_ms: u64,
     },
-    /// A statement started executing.
+    /// Opening the session failed (a `CREATE_SESSION` row with the error, sent at once).
+    ConnectionFailed {
+        /// Duration of the failed open call.
+        latency_ms: u64,
+        /// Why.
+        error: Box<DriverError>,
+    },
+    /// A statement began (before the server assigned its id).
     StatementStarted {
-        /// The statement.
-        statement_id: StatementId,
+        /// The handle.
+        key: StatementKey,
         /// What kind of statement.
         statement_type: StatementType,
         /// The operation (`EXECUTE_STATEMENT`, `LIST_TABLES`, ...).
         operation_type: OperationType,
     },
-    /// A statement finished (successfully or not) or was closed / cancelled / dropped. Its
-    /// CloudFetch chunks ride here: the statement handle folds them as they come, so chunks
-    /// take one route and are never events of their own.
+    /// A statement ended: completed, failed, cancelled, closed early or dropped. Everything
+    /// the handle recorded rides here (its id, chunks, polls, format), so a statement costs
+    /// two queue pushes however many chunks it has.
     StatementEnded {
-        /// The statement.
-        statement_id: StatementId,
+        /// The handle.
+        key: StatementKey,
         /// How it ended.
         end: Box<StatementEnd>,
     },
-    /// An error the driver saw.
+    /// A CloudFetch chunk failed after its retries (a row of its own, sent at once).
+    ChunkFailed {
+        /// The handle.
+        key: StatementKey,
+        /// The chunk, the statement's chunk statistics so far, the error.
+        failure: Box<ChunkFailure>,
+    },
+    /// An error the driver saw that does not end a statement.
     Error {
-        /// The statement it belongs to, if any.
-        statement_id: Option<StatementId>,
+        /// The statement handle it belongs to, if any.
+        statement: Option<StatementKey>,
         /// The error.
         error: Box<DriverError>,
     },
 }
 
-/// What the driver tells about a statement as it completes. All fields optional.
+/// What the driver recorded about a statement as it ran. All fields optional.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatementCompletion {
     /// How the result came back.
     pub execution_result: Option<ExecutionResultFormat>,
+    /// Whether the result is compressed (also set by any compressed chunk).
+    pub compressed: Option<bool>,
     /// Status polls made while waiting for the result.
     pub poll_count: Option<u32>,
     /// Total time spent in status polls.
@@ -87,27 +110,100 @@ pub struct StatementCompletion {
     pub retry_count: Option<u32>,
     /// Chunks the result has (CloudFetch).
     pub chunks_present: Option<u32>,
-    /// Time until the result set was ready.
+    /// Begin to the result set being ready (first batch handed out).
     pub result_ready_latency_ms: Option<u64>,
-    /// Time the caller spent consuming the result set.
+    /// Begin to the result set being consumed (reader done).
     pub result_consumption_latency_ms: Option<u64>,
     /// Whether the statement was an internal call of the driver.
     pub is_internal_call: Option<bool>,
 }
 
+/// How a statement ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StatementOutcome {
+    /// It completed.
+    #[default]
+    Completed,
+    /// It failed (the error is on the statement's row).
+    Failed,
+    /// It was cancelled before completing (`CANCEL_STATEMENT`).
+    Cancelled,
+    /// It was closed before completing (`CLOSE_STATEMENT`).
+    Closed,
+    /// Its handle was dropped before any ending, or it never ended (evicted, open at close)
+    /// (`CLOSE_STATEMENT`).
+    Abandoned,
+}
+
+impl StatementOutcome {
+    /// Whether the row says the statement did not complete, with the server's own operation.
+    pub const fn operation_override(self) -> Option<OperationType> {
+        match self {
+            Self::Completed | Self::Failed => None,
+            Self::Cancelled => Some(OperationType::CancelStatement),
+            Self::Closed | Self::Abandoned => Some(OperationType::CloseStatement),
+        }
+    }
+
+    /// Short stable name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Closed => "closed",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// A Unity Catalog volume operation as the driver reported it (strings redacted, and the local
+/// file reduced to its name, when the row is built).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeOp {
+    /// PUT, GET, DELETE, LIST, QUERY.
+    pub operation: VolumeOperationType,
+    /// The volume path.
+    pub volume_path: Option<String>,
+    /// The local file (sent as its file name only).
+    pub local_file: Option<String>,
+}
+
 /// How a statement ended: what the driver told and what its handle measured. Built by the
 /// statement handle, or by the aggregator for a statement that never ended (evicted, open at
 /// close).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatementEnd {
-    /// Start to end.
+    /// The server's id, if it was attached (a statement whose execute call failed has none).
+    pub statement_id: Option<StatementId>,
+    /// Begin to end.
     pub latency_ms: u64,
-    /// Whether the statement ended without the driver completing it (dropped, evicted).
-    pub abandoned: bool,
+    /// How it ended.
+    pub outcome: StatementOutcome,
     /// Its CloudFetch chunks.
     pub chunks: ChunkStats,
-    /// What the driver told.
+    /// What the driver recorded.
     pub completion: StatementCompletion,
+    /// The error that ended it ([`StatementOutcome::Failed`]).
+    pub error: Option<DriverError>,
+    /// The volume operation, for `VOLUME` statements.
+    pub volume: Option<VolumeOp>,
+}
+
+/// A CloudFetch chunk that failed after its retries: a row of its own, sent at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkFailure {
+    /// The server's statement id, if attached.
+    pub statement_id: Option<StatementId>,
+    /// The chunk's index.
+    pub chunk_index: i64,
+    /// The statement's chunk statistics so far.
+    pub chunks: ChunkStats,
+    /// What the driver recorded so far.
+    pub completion: StatementCompletion,
+    /// Why it failed.
+    pub error: DriverError,
 }
 
 /// CloudFetch chunk statistics of one statement (spec 2.3).
@@ -174,11 +270,66 @@ impl ChunkStats {
     }
 }
 
+/// What telemetry reads from a driver's own error type: all optional. A driver implements it
+/// in a few lines for its error type and hands its errors in as they are; the classifier
+/// (terminal errors are flushed at once) uses the SQLSTATE and the HTTP status, and only
+/// falls back on the name when neither is known.
+///
+/// ```
+/// use std::borrow::Cow;
+/// use telemetry_types::event::{DriverError, ReportableError};
+/// use telemetry_types::classify::ErrorClass;
+///
+/// struct MyError { sqlstate: [u8; 5], message: String }
+/// impl ReportableError for MyError {
+///     fn error_name(&self) -> Option<Cow<'_, str>> { Some("MyError".into()) }
+///     fn sqlstate(&self) -> Option<Cow<'_, str>> { std::str::from_utf8(&self.sqlstate).ok().map(Cow::from) }
+///     fn message(&self) -> Option<Cow<'_, str>> { Some(self.message.as_str().into()) }
+/// }
+/// let e = DriverError::from_error(&MyError { sqlstate: *b"28000", message: "bad token".into() });
+/// assert_eq!((e.name.as_str(), e.class), ("MyError", ErrorClass::Terminal));
+/// ```
+pub trait ReportableError {
+    /// The error's name or type (`AuthenticationError`, ...).
+    fn error_name(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+    /// The SQLSTATE, if the error has one.
+    fn sqlstate(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+    /// The HTTP status behind the error, if any.
+    fn http_status(&self) -> Option<u16> {
+        None
+    }
+    /// The message or trace (redacted and capped before it leaves the process).
+    fn message(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+}
+
+/// Longest error name kept at intake, in bytes.
+const MAX_INTAKE_NAME_BYTES: usize = 1024;
+/// Longest error message kept at intake, in bytes: enough for a 2048-character stack trace
+/// after redaction, small enough that a megabyte message costs the driver little to copy.
+const MAX_INTAKE_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// `text` cut at a word boundary to `max` bytes, copied.
+fn capped(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        text.to_owned()
+    } else {
+        cap_at_word(text.to_owned(), max)
+    }
+}
+
 /// An error reported by the driver. The message is redacted before it leaves the process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverError {
     /// The error's name or type (`AuthenticationError`, `SQLSTATE 42P01`, ...).
     pub name: String,
+    /// The SQLSTATE, if known.
+    pub sqlstate: Option<String>,
     /// The message or trace (redacted and truncated when rows are built).
     pub message: String,
     /// The HTTP status behind the error, if any.
@@ -201,16 +352,50 @@ impl DriverError {
         let class = classify_driver_error(&name, None);
         Self {
             name,
+            sqlstate: None,
             message: message.into(),
             http_status: None,
             class,
         }
     }
 
+    /// Copies what telemetry needs of a driver's error (strings capped: a long message costs a
+    /// bounded copy) and classifies it by SQLSTATE and HTTP status. An error without a name
+    /// is named after its SQLSTATE, or `Error`.
+    pub fn from_error<E: ReportableError + ?Sized>(error: &E) -> Self {
+        let sqlstate = error
+            .sqlstate()
+            .map(|s| capped(s.trim(), 16))
+            .filter(|s| !s.is_empty());
+        let name = match (error.error_name(), &sqlstate) {
+            (Some(n), _) if !n.trim().is_empty() => capped(n.trim(), MAX_INTAKE_NAME_BYTES),
+            (_, Some(state)) => format!("SQLSTATE {state}"),
+            _ => "Error".to_owned(),
+        };
+        let http_status = error.http_status();
+        let class = classify_error(sqlstate.as_deref(), http_status, &name);
+        Self {
+            message: error
+                .message()
+                .map_or_else(String::new, |m| capped(&m, MAX_INTAKE_MESSAGE_BYTES)),
+            name,
+            sqlstate,
+            http_status,
+            class,
+        }
+    }
+
+    /// Adds the SQLSTATE and reclassifies.
+    pub fn with_sqlstate(mut self, sqlstate: impl Into<String>) -> Self {
+        self.sqlstate = Some(sqlstate.into());
+        self.class = classify_error(self.sqlstate.as_deref(), self.http_status, &self.name);
+        self
+    }
+
     /// Adds the HTTP status and reclassifies.
     pub fn with_http_status(mut self, status: u16) -> Self {
         self.http_status = Some(status);
-        self.class = classify_driver_error(&self.name, Some(status));
+        self.class = classify_error(self.sqlstate.as_deref(), Some(status), &self.name);
         self
     }
 
@@ -218,6 +403,21 @@ impl DriverError {
     pub fn with_class(mut self, class: ErrorClass) -> Self {
         self.class = class;
         self
+    }
+}
+
+impl ReportableError for DriverError {
+    fn error_name(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.name))
+    }
+    fn sqlstate(&self) -> Option<Cow<'_, str>> {
+        self.sqlstate.as_deref().map(Cow::Borrowed)
+    }
+    fn http_status(&self) -> Option<u16> {
+        self.http_status
+    }
+    fn message(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.message))
     }
 }
 
@@ -249,6 +449,33 @@ mod tests {
     fn an_event_is_about_one_cache_line() {
         assert!(std::mem::size_of::<EventKind>() <= 40);
         assert!(std::mem::size_of::<TelemetryEvent>() <= 64);
+    }
+
+    struct Bare;
+    impl ReportableError for Bare {}
+
+    struct Huge(String);
+    impl ReportableError for Huge {
+        fn sqlstate(&self) -> Option<Cow<'_, str>> {
+            Some(" 08S01 ".into())
+        }
+        fn message(&self) -> Option<Cow<'_, str>> {
+            Some(self.0.as_str().into())
+        }
+    }
+
+    #[test]
+    fn errors_from_the_drivers_own_type() {
+        let bare = DriverError::from_error(&Bare);
+        assert_eq!((bare.name.as_str(), bare.class), ("Error", ErrorClass::Unknown));
+        let huge = DriverError::from_error(&Huge("word ".repeat(1_000_000)));
+        assert_eq!(huge.name, "SQLSTATE 08S01");
+        assert_eq!(huge.class, ErrorClass::Retryable);
+        assert!(huge.message.len() <= MAX_INTAKE_MESSAGE_BYTES);
+        let again = DriverError::from_error(&huge);
+        assert_eq!(again, huge, "a DriverError reports itself unchanged");
+        let e = DriverError::new("X", "m").with_sqlstate("28000");
+        assert_eq!(e.class, ErrorClass::Terminal);
     }
 
     #[test]

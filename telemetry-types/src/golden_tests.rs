@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 
 use crate::auth::StaticToken;
 use crate::connection::ConnectionInfo;
-use crate::event::{ChunkStats, DriverError, StatementCompletion, StatementEnd};
+use crate::event::{
+    ChunkFailure, ChunkStats, DriverError, StatementCompletion, StatementEnd, StatementOutcome,
+    VolumeOp,
+};
 use crate::host::Host;
 use crate::row::{self, SessionChange, StatementSummary};
 use crate::wire::*;
@@ -20,7 +23,7 @@ fn conn() -> ConnectionInfo {
         "RustDriver/1.2.3",
     );
     c.workspace_id = Some(1_234_567_890_123_456);
-    c.session_id = Some("sess-1".into());
+    c.session_id.set("sess-1".into()).unwrap();
     c.auth_type = Some(AuthType::Pat);
     c.auth = Some(Arc::new(StaticToken::new("t")));
     c.system_configuration = Some(DriverSystemConfiguration {
@@ -37,17 +40,22 @@ fn conn() -> ConnectionInfo {
     c.connection_params = Some(DriverConnectionParameters {
         http_path: Some("/sql/1.0/warehouses/abc".into()),
         mode: Some(DriverMode::Sea),
-        host_info: Some(HostDetails {
-            host_url: "https://adb-1.azuredatabricks.net".into(),
-            port: 443,
+        host_info: Some(HostDetails::new("https://adb-1.azuredatabricks.net", 443)),
+        use_proxy: Some(true),
+        proxy_host_info: Some(HostDetails {
+            proxy_auth_type: Some(ProxyAuthType::Basic),
+            ..HostDetails::new("http://proxy.corp", 3128)
         }),
-        use_proxy: Some(false),
+        non_proxy_hosts: Some(vec!["localhost".into(), ".corp".into()]),
         enable_arrow: Some(true),
         enable_direct_results: Some(true),
         socket_timeout: Some(900),
-        auth_mech: Some("PAT".into()),
-        auth_flow: None,
+        auth_mech: Some(AuthMech::Oauth),
+        auth_flow: Some(AuthFlow::ClientCredentials),
+        string_column_length: Some(255),
+        jwt_key_file: Some("/home/alice/keys/key.pem".into()),
         enable_metric_view_metadata: Some(false),
+        ..Default::default()
     });
     c
 }
@@ -71,17 +79,25 @@ fn statement_summary(error: Option<DriverError>) -> StatementSummary {
     for (lat, compressed) in [(0, false), (120, true), (300, false), (80, false)] {
         chunks.record(lat, 1000, compressed);
     }
+    let outcome = if error.is_some() {
+        StatementOutcome::Failed
+    } else {
+        StatementOutcome::Completed
+    };
     StatementSummary {
-        statement_id: "stmt-9".into(),
         started_at_millis: TS,
         statement_type: StatementType::Query,
         operation_type: OperationType::ExecuteStatement,
         end: StatementEnd {
+            statement_id: Some("stmt-9".into()),
             latency_ms: 412,
-            abandoned: false,
+            outcome,
             chunks,
+            error,
+            volume: None,
             completion: StatementCompletion {
                 execution_result: Some(ExecutionResultFormat::ExternalLinks),
+                compressed: None,
                 poll_count: Some(3),
                 poll_latency_ms: Some(90),
                 retry_count: Some(1),
@@ -91,7 +107,6 @@ fn statement_summary(error: Option<DriverError>) -> StatementSummary {
                 is_internal_call: Some(false),
             },
         },
-        error,
     }
 }
 
@@ -119,8 +134,13 @@ fn golden_create_session_row() {
                 "driver_connection_params": {
                     "http_path": "/sql/1.0/warehouses/abc", "mode": "SEA",
                     "host_info": {"host_url": "https://adb-1.azuredatabricks.net", "port": 443},
-                    "use_proxy": false, "enable_arrow": true, "enable_direct_results": true,
-                    "socket_timeout": 900, "auth_mech": "PAT", "enable_metric_view_metadata": false
+                    "use_proxy": true,
+                    "proxy_host_info": {"host_url": "http://proxy.corp", "port": 3128, "proxy_auth_type": "BASIC"},
+                    "non_proxy_hosts": ["localhost", ".corp"],
+                    "enable_arrow": true, "enable_direct_results": true,
+                    "socket_timeout": 900, "auth_mech": "OAUTH", "auth_flow": "CLIENT_CREDENTIALS",
+                    "string_column_length": 255, "jwt_key_file": "/home/[REDACTED]/keys/key.pem",
+                    "enable_metric_view_metadata": false
                 },
                 "auth_type": "pat",
                 "operation_latency_ms": 412,
@@ -181,6 +201,130 @@ fn golden_statement_row_with_chunks() {
                 }
             }}
         })
+    );
+}
+
+#[test]
+fn golden_failed_statement_without_an_id() {
+    let mut s = statement_summary(Some(DriverError::new("SqlError", "no such table 'secret'").with_sqlstate("42P01")));
+    s.end.statement_id = None;
+    s.end.chunks = ChunkStats::default();
+    s.end.completion = StatementCompletion::default();
+    let v = to_json(&row::statement_row(&conn(), &s));
+    assert_eq!(
+        v["entry"],
+        json!({"sql_driver_log": {
+            "session_id": "sess-1",
+            "operation_latency_ms": 412,
+            "sql_operation": {
+                "statement_type": "QUERY",
+                "is_compressed": false,
+                "operation_detail": {"operation_type": "EXECUTE_STATEMENT"}
+            },
+            "error_info": {"error_name": "SqlError", "stack_trace": "no such table '?'"}
+        }})
+    );
+}
+
+#[rstest::rstest]
+#[case(StatementOutcome::Cancelled, "CANCEL_STATEMENT")]
+#[case(StatementOutcome::Closed, "CLOSE_STATEMENT")]
+#[case(StatementOutcome::Abandoned, "CLOSE_STATEMENT")]
+#[case(StatementOutcome::Completed, "EXECUTE_STATEMENT")]
+fn a_statement_that_did_not_complete_says_so(
+    #[case] outcome: StatementOutcome,
+    #[case] operation: &str,
+) {
+    let mut s = statement_summary(None);
+    s.end.outcome = outcome;
+    let v = to_json(&row::statement_row(&conn(), &s));
+    let op = &v["entry"]["sql_driver_log"]["sql_operation"];
+    assert_eq!(op["operation_detail"]["operation_type"], json!(operation));
+    assert_eq!(op["chunk_details"]["total_chunks_iterated"], json!(4), "kept what was recorded");
+}
+
+#[test]
+fn golden_volume_row() {
+    let mut s = statement_summary(None);
+    s.statement_type = StatementType::Volume;
+    s.end.chunks = ChunkStats::default();
+    s.end.completion = StatementCompletion::default();
+    s.end.volume = Some(VolumeOp {
+        operation: VolumeOperationType::Put,
+        volume_path: Some("/Volumes/main/default/vol/in.csv?sig=abc".into()),
+        local_file: Some("C:\\Users\\bob\\data\\in.csv".into()),
+    });
+    let v = to_json(&row::statement_row(&conn(), &s));
+    let d = &v["entry"]["sql_driver_log"];
+    assert_eq!(d["sql_operation"]["statement_type"], json!("VOLUME"));
+    assert_eq!(
+        d["vol_operation"],
+        json!({"volume_operation_type": "PUT", "volume_path": "/Volumes/main/default/vol/in.csv", "local_file": "in.csv"})
+    );
+}
+
+#[test]
+fn golden_chunk_failure_row() {
+    let mut chunks = ChunkStats::default();
+    chunks.record(40, 10, true);
+    let failure = ChunkFailure {
+        statement_id: Some("stmt-9".into()),
+        chunk_index: 7,
+        chunks,
+        completion: StatementCompletion {
+            execution_result: Some(ExecutionResultFormat::ExternalLinks),
+            chunks_present: Some(9),
+            ..Default::default()
+        },
+        error: DriverError::new("CloudFetchError", "GET https://b.s3.amazonaws.com/x?X-Amz-Signature=abc failed")
+            .with_http_status(403),
+    };
+    let v = to_json(&row::chunk_failure_row(
+        &conn(),
+        TS,
+        StatementType::Query,
+        OperationType::ExecuteStatement,
+        &failure,
+    ));
+    assert_eq!(
+        v["entry"],
+        json!({"sql_driver_log": {
+            "session_id": "sess-1",
+            "sql_statement_id": "stmt-9",
+            "sql_operation": {
+                "statement_type": "QUERY",
+                "is_compressed": true,
+                "execution_result": "EXTERNAL_LINKS",
+                "chunk_id": 7,
+                "operation_detail": {"operation_type": "EXECUTE_STATEMENT"},
+                "chunk_details": {
+                    "total_chunks_present": 9,
+                    "total_chunks_iterated": 1,
+                    "initial_chunk_latency_millis": 40,
+                    "slowest_chunk_latency_millis": 40,
+                    "sum_chunks_download_time_millis": 40
+                }
+            },
+            "error_info": {"error_name": "CloudFetchError", "stack_trace": "GET https://b.s3.amazonaws.com/x?[REDACTED] failed"}
+        }})
+    );
+}
+
+#[test]
+fn golden_connection_failure_row() {
+    let c = ConnectionInfo::new(
+        Host::parse("adb-1.azuredatabricks.net", false).unwrap(),
+        "RustDriver/1.2.3",
+    );
+    let err = DriverError::new("ConnectError", "connection refused");
+    let v = to_json(&row::connection_failure_row(&c, TS, 30, &err));
+    assert_eq!(
+        v["entry"],
+        json!({"sql_driver_log": {
+            "operation_latency_ms": 30,
+            "sql_operation": {"operation_detail": {"operation_type": "CREATE_SESSION"}},
+            "error_info": {"error_name": "ConnectError", "stack_trace": "connection refused"}
+        }})
     );
 }
 
@@ -277,7 +421,7 @@ fn enum_strings_match_the_spec() {
     let names = |all: Vec<String>| all.join(",");
     assert_eq!(
         names(StatementType::ALL.iter().map(|v| v.to_string()).collect()),
-        "NONE,QUERY,SQL,UPDATE,METADATA"
+        "TYPE_UNSPECIFIED,QUERY,SQL,UPDATE,METADATA,VOLUME"
     );
     assert_eq!(
         names(

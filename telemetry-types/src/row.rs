@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use crate::connection::{ConnectionInfo, MAX_ID_CHARS};
-use crate::event::{DriverError, StatementEnd};
+use crate::event::{ChunkFailure, ChunkStats, DriverError, StatementCompletion, StatementEnd, VolumeOp};
 use crate::random::uuid_v4;
-use crate::redact::{MAX_STACK_TRACE_CHARS, redact_truncated};
+use crate::redact::{MAX_STACK_TRACE_CHARS, file_name_only, redact_truncated};
 use crate::wire::{
     ChunkDetails, DriverErrorInfo, OperationDetail, OperationType, ResultLatency,
-    SqlExecutionEvent, StatementType, TelemetryFrontendLog,
+    SqlExecutionEvent, StatementType, TelemetryFrontendLog, VolumeOperation,
 };
 
 /// Longest error name sent, in characters.
@@ -39,18 +39,14 @@ pub enum SessionChange {
 /// Everything known about one statement when its row is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatementSummary {
-    /// The statement id.
-    pub statement_id: String,
     /// When it started, ms since the epoch (the row's timestamp).
     pub started_at_millis: i64,
     /// Statement type.
     pub statement_type: StatementType,
     /// Operation type.
     pub operation_type: OperationType,
-    /// How it ended.
+    /// How it ended (its id, if attached, and its error, if it failed, included).
     pub end: StatementEnd,
-    /// The error that ended it, if any.
-    pub error: Option<DriverError>,
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -61,7 +57,7 @@ fn to_i64(v: u64) -> i64 {
 pub fn base_log(conn: &ConnectionInfo, timestamp_millis: i64) -> TelemetryFrontendLog {
     let mut log = TelemetryFrontendLog::new(uuid_v4(), timestamp_millis, conn.user_agent.clone());
     log.workspace_id = conn.workspace_id;
-    log.driver_log_mut().session_id = conn.redacted().session_id.clone();
+    log.driver_log_mut().session_id = conn.redacted_session_id().map(str::to_owned);
     log
 }
 
@@ -85,6 +81,32 @@ pub fn connection_row(
     change: SessionChange,
     latency_ms: u64,
 ) -> TelemetryFrontendLog {
+    connection_row_with(conn, timestamp_millis, change, latency_ms, None)
+}
+
+/// The connection-failure row: `CREATE_SESSION` with the error that stopped the open.
+pub fn connection_failure_row(
+    conn: &ConnectionInfo,
+    timestamp_millis: i64,
+    latency_ms: u64,
+    error: &DriverError,
+) -> TelemetryFrontendLog {
+    connection_row_with(
+        conn,
+        timestamp_millis,
+        SessionChange::Opened,
+        latency_ms,
+        Some(error),
+    )
+}
+
+fn connection_row_with(
+    conn: &ConnectionInfo,
+    timestamp_millis: i64,
+    change: SessionChange,
+    latency_ms: u64,
+    error: Option<&DriverError>,
+) -> TelemetryFrontendLog {
     let mut log = base_log(conn, timestamp_millis);
     let d = log.driver_log_mut();
     d.operation_latency_ms = Some(to_i64(latency_ms));
@@ -105,50 +127,115 @@ pub fn connection_row(
         }),
         ..Default::default()
     });
+    d.error_info = error.map(error_info);
     log
 }
 
-/// The statement row.
-pub fn statement_row(conn: &ConnectionInfo, s: &StatementSummary) -> TelemetryFrontendLog {
-    let mut log = base_log(conn, s.started_at_millis);
-    let c = &s.end.completion;
-    let chunks = &s.end.chunks;
-    let d = log.driver_log_mut();
-    d.sql_statement_id = Some(statement_id(&s.statement_id));
-    d.operation_latency_ms = Some(to_i64(s.end.latency_ms));
-    let chunk_details = (chunks.iterated > 0 || c.chunks_present.is_some()).then(|| ChunkDetails {
-        total_chunks_present: c.chunks_present.map(i64::from),
-        total_chunks_iterated: Some(i64::from(chunks.iterated)),
+fn to_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// `chunk_details`, when the statement has chunks (or said how many it has).
+fn chunk_details(chunks: &ChunkStats, c: &StatementCompletion) -> Option<ChunkDetails> {
+    (chunks.iterated > 0 || c.chunks_present.is_some()).then(|| ChunkDetails {
+        total_chunks_present: c.chunks_present.map(to_i32),
+        total_chunks_iterated: Some(to_i32(chunks.iterated)),
         initial_chunk_latency_millis: chunks.initial_latency_ms,
         slowest_chunk_latency_millis: chunks.slowest_latency_ms,
         sum_chunks_download_time_millis: Some(chunks.sum_latency_ms),
-    });
+    })
+}
+
+/// `sql_operation` of a statement: its type, the operation, and what the driver recorded.
+fn sql_operation(
+    statement_type: StatementType,
+    operation_type: OperationType,
+    chunks: &ChunkStats,
+    c: &StatementCompletion,
+) -> SqlExecutionEvent {
     let result_latency = (c.result_ready_latency_ms.is_some()
         || c.result_consumption_latency_ms.is_some())
     .then(|| ResultLatency {
         result_set_ready_latency_millis: c.result_ready_latency_ms.map(to_i64),
         result_set_consumption_latency_millis: c.result_consumption_latency_ms.map(to_i64),
     });
-    d.sql_operation = Some(SqlExecutionEvent {
-        statement_type: Some(s.statement_type),
-        is_compressed: Some(chunks.compressed),
+    SqlExecutionEvent {
+        statement_type: Some(statement_type),
+        is_compressed: Some(chunks.compressed || c.compressed == Some(true)),
         execution_result: c.execution_result,
+        chunk_id: None,
         retry_count: c.retry_count.map(i64::from),
         operation_detail: Some(OperationDetail {
-            // A statement that never completed says so with the server's own value.
-            operation_type: Some(if s.end.abandoned {
-                OperationType::CloseStatement
-            } else {
-                s.operation_type
-            }),
-            n_operation_status_calls: c.poll_count.map(i64::from),
+            operation_type: Some(operation_type),
+            n_operation_status_calls: c.poll_count.map(to_i32),
             operation_status_latency_millis: c.poll_latency_ms.map(to_i64),
             is_internal_call: c.is_internal_call,
         }),
-        chunk_details,
+        chunk_details: chunk_details(chunks, c),
         result_latency,
-    });
-    d.error_info = s.error.as_ref().map(error_info);
+    }
+}
+
+/// `vol_operation`: the path redacted, the local file reduced to its name.
+fn vol_operation(v: &VolumeOp) -> VolumeOperation {
+    VolumeOperation {
+        volume_operation_type: Some(v.operation),
+        volume_path: v
+            .volume_path
+            .as_deref()
+            .map(|p| redact_truncated(p, MAX_PATH_CHARS)),
+        local_file: v
+            .local_file
+            .as_deref()
+            .map(|p| redact_truncated(&file_name_only(p), MAX_PATH_CHARS)),
+    }
+}
+
+/// Longest volume path or file name sent, in characters.
+const MAX_PATH_CHARS: usize = 1024;
+
+/// The statement row. A statement that did not complete says so with the server's own
+/// operation (`CANCEL_STATEMENT`, `CLOSE_STATEMENT`); a failed one carries its error.
+pub fn statement_row(conn: &ConnectionInfo, s: &StatementSummary) -> TelemetryFrontendLog {
+    let mut log = base_log(conn, s.started_at_millis);
+    let end = &s.end;
+    let d = log.driver_log_mut();
+    d.sql_statement_id = end.statement_id.as_deref().map(statement_id);
+    d.operation_latency_ms = Some(to_i64(end.latency_ms));
+    let operation = end.outcome.operation_override().unwrap_or(s.operation_type);
+    d.sql_operation = Some(sql_operation(
+        s.statement_type,
+        operation,
+        &end.chunks,
+        &end.completion,
+    ));
+    d.vol_operation = end.volume.as_ref().map(vol_operation);
+    d.error_info = end.error.as_ref().map(error_info);
+    log
+}
+
+/// The CloudFetch chunk-failure row: the chunk's index, the statement's chunk statistics so
+/// far, and the error.
+pub fn chunk_failure_row(
+    conn: &ConnectionInfo,
+    timestamp_millis: i64,
+    statement_type: StatementType,
+    operation_type: OperationType,
+    failure: &ChunkFailure,
+) -> TelemetryFrontendLog {
+    let mut log = base_log(conn, timestamp_millis);
+    let d = log.driver_log_mut();
+    d.sql_statement_id = failure.statement_id.as_deref().map(statement_id);
+    let mut op = sql_operation(
+        statement_type,
+        operation_type,
+        &failure.chunks,
+        &failure.completion,
+    );
+    op.chunk_id = Some(failure.chunk_index);
+    op.chunk_details = Some(chunk_details(&failure.chunks, &failure.completion).unwrap_or_default());
+    d.sql_operation = Some(op);
+    d.error_info = Some(error_info(&failure.error));
     log
 }
 

@@ -140,9 +140,27 @@ pub struct SqlDriverLog {
     /// Statement / operation details.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sql_operation: Option<SqlExecutionEvent>,
+    /// Unity Catalog volume operation (rows whose statement type is `VOLUME`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vol_operation: Option<VolumeOperation>,
     /// Error details.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error_info: Option<DriverErrorInfo>,
+}
+
+/// `vol_operation` (spec 2.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeOperation {
+    /// PUT, GET, DELETE, LIST, QUERY.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub volume_operation_type: Option<VolumeOperationType>,
+    /// The volume path (redacted when the row is built).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub volume_path: Option<String>,
+    /// The local file: its file name only, never its directories.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub local_file: Option<String>,
 }
 
 /// `system_configuration` (spec 2.1). All strings, all optional.
@@ -177,7 +195,10 @@ pub struct DriverSystemConfiguration {
     pub process_name: Option<String>,
 }
 
-/// `driver_connection_params` (spec 2.2). The receiver rejects unknown keys.
+/// `driver_connection_params` (spec 2.2): every key of the server's `DriverConnectionParameters`
+/// message, all optional. The receiver rejects unknown keys, so there is no other field.
+/// Values are driver settings, never secrets; the strings still go through redaction when the
+/// row is built.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
@@ -191,28 +212,118 @@ pub struct DriverConnectionParameters {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub use_proxy: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auth_mech: Option<AuthMech>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auth_flow: Option<AuthFlow>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auth_scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub use_system_proxy: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub non_proxy_hosts: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub use_cf_proxy: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub proxy_host_info: Option<HostDetails>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cf_proxy_host_info: Option<HostDetails>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub discovery_mode_enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub discovery_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub use_empty_metadata: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub support_many_parameters: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ssl_trust_store_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub check_certificate_revocation: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub accept_undetermined_certificate_revocation: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub google_service_account: Option<String>,
+    /// A path: sent with home directories redacted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub google_credential_file_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub http_connection_pool_size: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enable_sea_hybrid_results: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enable_complex_datatype_support: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub allow_self_signed_support: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub use_system_trust_store: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rows_fetched_per_block: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub azure_workspace_resource_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub azure_tenant_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub string_column_length: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enable_token_cache: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub token_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auth_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub enable_arrow: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub enable_direct_results: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enable_jwt_assertion: Option<bool>,
+    /// A path: sent with home directories redacted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub jwt_key_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub jwt_algorithm: Option<String>,
     /// Seconds.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub socket_timeout: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub auth_mech: Option<String>,
+    pub allowed_volume_ingestion_paths: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub auth_flow: Option<String>,
+    pub async_poll_interval_millis: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub query_tags: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub enable_metric_view_metadata: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auto_commit: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fetch_auto_commit_from_server: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enable_geospatial_support: Option<bool>,
 }
 
-/// `driver_connection_params.host_info`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `host_info`, `proxy_host_info`, `cf_proxy_host_info`: all optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostDetails {
-    /// The workspace URL.
-    pub host_url: String,
-    /// The port, usually 443.
-    pub port: u16,
+    /// The URL (redacted when the row is built: no user-info, no query).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub host_url: Option<String>,
+    /// The port (an `i32` on the wire).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub port: Option<i32>,
+    /// How the proxy authenticates (proxy hosts only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub proxy_auth_type: Option<ProxyAuthType>,
+}
+
+impl HostDetails {
+    /// A host URL and port.
+    pub fn new(host_url: impl Into<String>, port: i32) -> Self {
+        Self {
+            host_url: Some(host_url.into()),
+            port: Some(port),
+            proxy_auth_type: None,
+        }
+    }
 }
 
 /// `sql_operation` (spec 2.3).
@@ -226,6 +337,9 @@ pub struct SqlExecutionEvent {
     pub is_compressed: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub execution_result: Option<ExecutionResultFormat>,
+    /// The chunk a CloudFetch chunk-failure row is about.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub chunk_id: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub retry_count: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -244,7 +358,7 @@ pub struct OperationDetail {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub operation_type: Option<OperationType>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub n_operation_status_calls: Option<i64>,
+    pub n_operation_status_calls: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub operation_status_latency_millis: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -257,9 +371,9 @@ pub struct OperationDetail {
 #[allow(missing_docs)]
 pub struct ChunkDetails {
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub total_chunks_present: Option<i64>,
+    pub total_chunks_present: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub total_chunks_iterated: Option<i64>,
+    pub total_chunks_iterated: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub initial_chunk_latency_millis: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -303,6 +417,10 @@ macro_rules! wire_enum {
             pub const fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),+ }
             }
+            /// The variant sent as `text`, if any (exact wire name).
+            pub fn from_wire(text: &str) -> Option<Self> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
         }
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -315,8 +433,8 @@ macro_rules! wire_enum {
 wire_enum! {
     /// `sql_operation.statement_type`.
     StatementType {
-        /// No statement.
-        None = "NONE",
+        /// Unknown (the server has no `NONE`).
+        Unspecified = "TYPE_UNSPECIFIED",
         /// A query returning rows.
         Query = "QUERY",
         /// Other SQL.
@@ -325,6 +443,8 @@ wire_enum! {
         Update = "UPDATE",
         /// A metadata call (catalogs, schemas, ...).
         Metadata = "METADATA",
+        /// A Unity Catalog volume operation (with `vol_operation`).
+        Volume = "VOLUME",
     }
 }
 
@@ -384,6 +504,66 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// `driver_connection_params.auth_mech`.
+    AuthMech {
+        /// Unknown.
+        Unspecified = "TYPE_UNSPECIFIED",
+        /// Another mechanism.
+        Other = "OTHER",
+        /// Personal access token.
+        Pat = "PAT",
+        /// OAuth.
+        Oauth = "OAUTH",
+    }
+}
+
+wire_enum! {
+    /// `driver_connection_params.auth_flow`.
+    AuthFlow {
+        /// Unknown.
+        Unspecified = "TYPE_UNSPECIFIED",
+        /// A token handed in by the caller.
+        TokenPassthrough = "TOKEN_PASSTHROUGH",
+        /// OAuth client credentials (machine to machine).
+        ClientCredentials = "CLIENT_CREDENTIALS",
+        /// OAuth in a browser (user to machine).
+        BrowserBasedAuthentication = "BROWSER_BASED_AUTHENTICATION",
+    }
+}
+
+wire_enum! {
+    /// `host_info.proxy_auth_type`.
+    ProxyAuthType {
+        /// Unknown.
+        Unspecified = "AUTH_UNSPECIFIED",
+        /// No proxy authentication.
+        None = "NONE",
+        /// Basic.
+        Basic = "BASIC",
+        /// SPNEGO / Kerberos.
+        Spnego = "SPNEGO",
+    }
+}
+
+wire_enum! {
+    /// `vol_operation.volume_operation_type`.
+    VolumeOperationType {
+        /// Unknown.
+        Unspecified = "TYPE_UNSPECIFIED",
+        /// Upload a local file.
+        Put = "PUT",
+        /// Download to a local file.
+        Get = "GET",
+        /// Remove a file.
+        Delete = "DELETE",
+        /// List a directory.
+        List = "LIST",
+        /// Query.
+        Query = "QUERY",
+    }
+}
+
+wire_enum! {
     /// `auth_type`.
     AuthType {
         /// Personal access token.
@@ -398,5 +578,94 @@ wire_enum! {
         Custom = "custom",
         /// Unknown.
         Unknown = "unknown",
+    }
+}
+
+/// The proto's unspecified member is where a value the server does not know goes: nothing
+/// invents a name.
+macro_rules! unspecified_fallback {
+    ($($name:ident => $unspecified:ident),+ $(,)?) => {$(
+        impl $name {
+            /// The variant whose wire name equals `text` ignoring ASCII case (a driver's option
+            /// value such as `oauth` or `sea`), or the unspecified member for anything else.
+            pub fn from_name_lossy(text: &str) -> Self {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str().eq_ignore_ascii_case(text.trim()))
+                    .unwrap_or(Self::$unspecified)
+            }
+        }
+        impl Default for $name {
+            fn default() -> Self {
+                Self::$unspecified
+            }
+        }
+    )+};
+}
+
+unspecified_fallback! {
+    StatementType => Unspecified,
+    ExecutionResultFormat => Unspecified,
+    DriverMode => Unspecified,
+    OperationType => Unspecified,
+    AuthMech => Unspecified,
+    AuthFlow => Unspecified,
+    ProxyAuthType => Unspecified,
+    VolumeOperationType => Unspecified,
+}
+
+#[cfg(test)]
+mod enum_tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("oauth", AuthMech::Oauth.as_str())]
+    #[case(" PAT ", AuthMech::Pat.as_str())]
+    #[case("kerberos", AuthMech::Unspecified.as_str())]
+    fn auth_mech_lossy(#[case] text: &str, #[case] want: &str) {
+        assert_eq!(AuthMech::from_name_lossy(text).as_str(), want);
+    }
+
+    #[test]
+    fn unknown_names_map_to_the_unspecified_member() {
+        assert_eq!(DriverMode::from_name_lossy("sea"), DriverMode::Sea);
+        assert_eq!(DriverMode::from_name_lossy("hive"), DriverMode::Unspecified);
+        assert_eq!(StatementType::from_name_lossy("NONE"), StatementType::Unspecified);
+        assert_eq!(
+            VolumeOperationType::from_name_lossy("copy"),
+            VolumeOperationType::Unspecified
+        );
+        assert_eq!(ProxyAuthType::default().as_str(), "AUTH_UNSPECIFIED");
+        assert_eq!(
+            OperationType::from_wire("LIST_CROSS_REFERENCES"),
+            Some(OperationType::ListCrossReferences)
+        );
+        assert_eq!(OperationType::from_wire("list_tables"), None);
+    }
+
+    #[test]
+    fn every_enum_round_trips_through_serde() {
+        fn check<T: Serialize + for<'a> Deserialize<'a> + PartialEq + std::fmt::Debug + Copy>(
+            all: &[T],
+            name: fn(T) -> &'static str,
+        ) {
+            for &v in all {
+                let json = serde_json::to_string(&v).unwrap();
+                assert_eq!(json, format!("\"{}\"", name(v)));
+                assert_eq!(serde_json::from_str::<T>(&json).unwrap(), v);
+            }
+        }
+        check(StatementType::ALL, StatementType::as_str);
+        check(ExecutionResultFormat::ALL, ExecutionResultFormat::as_str);
+        check(DriverMode::ALL, DriverMode::as_str);
+        check(OperationType::ALL, OperationType::as_str);
+        check(AuthMech::ALL, AuthMech::as_str);
+        check(AuthFlow::ALL, AuthFlow::as_str);
+        check(ProxyAuthType::ALL, ProxyAuthType::as_str);
+        check(VolumeOperationType::ALL, VolumeOperationType::as_str);
+        check(AuthType::ALL, AuthType::as_str);
+        assert_eq!(OperationType::ALL.len(), 18, "the server's closed set");
     }
 }
