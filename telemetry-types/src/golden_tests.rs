@@ -259,7 +259,7 @@ fn golden_volume_row() {
     assert_eq!(d["sql_operation"]["statement_type"], json!("VOLUME"));
     assert_eq!(
         d["vol_operation"],
-        json!({"volume_operation_type": "PUT", "volume_path": "/Volumes/main/default/vol/in.csv", "local_file": "in.csv"})
+        json!({"volume_operation_type": "PUT", "volume_path": "/Volumes/main/default/vol/in.csv?sig=[REDACTED]", "local_file": "in.csv"})
     );
 }
 
