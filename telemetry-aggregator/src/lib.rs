@@ -11,13 +11,15 @@
 //!   push does not wake the background task (a wake can cost a syscall), which drains the queue
 //!   every few milliseconds, or at once when the queue passes a high-water mark.
 //! - **Aggregation**: one background task owns all state. Connection open / close become rows
-//!   at once. Statement events are folded per statement (chunk statistics, compression, poll
-//!   count, latency) into one row on completion. A statement never completed is still
-//!   reported: when its TTL passes (default 1 h), when the in-flight cap (default 5000)
-//!   evicts it (oldest first), or at close.
-//! - **Errors**: a terminal error completes its statement and flushes at once; other errors
-//!   are kept on their statement (at most `max_errors_per_statement`) and reported with it;
-//!   an error without a (known) statement becomes a standalone row.
+//!   at once. A statement is two events, keyed by its handle (the server's id comes with its
+//!   end): its start and its end, which carries everything the handle recorded (id, outcome,
+//!   chunk statistics, polls, format, error) and becomes one row. A statement never ended is
+//!   still reported, as `CLOSE_STATEMENT`: when its TTL passes (default 1 h), when the
+//!   in-flight cap (default 5000) evicts it (oldest first), or at close.
+//! - **Errors**: a statement that failed with a terminal error, a failed session open and a
+//!   failed CloudFetch chunk are flushed at once; other errors are kept on their statement
+//!   (at most `max_errors_per_statement`) and reported with it; an error without a (known)
+//!   statement becomes a standalone row.
 //! - **Settings**: [`AggregatorConfig`], with its defaults and bounds.
 //! - **Batching**: a flush starts when pending rows reach `batch_size`, on the flush interval,
 //!   on a terminal error, on [`flush`](Aggregator::flush) and on [`close`](Aggregator::close).
@@ -75,8 +77,19 @@ pub(crate) const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// message is queued as the driver handed it and capped by the background task, so that
 /// the driver's thread neither copies nor reallocates it).
 fn text_bytes(event: &TelemetryEvent) -> usize {
+    fn of(e: &telemetry_types::event::DriverError) -> usize {
+        e.name.capacity() + e.message.capacity() + e.sqlstate.as_ref().map_or(0, String::capacity)
+    }
     match &event.kind {
-        EventKind::Error { error, .. } => error.name.capacity() + error.message.capacity(),
+        EventKind::Error { error, .. } | EventKind::ConnectionFailed { error, .. } => of(error),
+        EventKind::ChunkFailed { failure, .. } => of(&failure.error),
+        EventKind::StatementEnded { end, .. } => {
+            end.error.as_ref().map_or(0, of)
+                + end.volume.as_ref().map_or(0, |v| {
+                    v.volume_path.as_ref().map_or(0, String::capacity)
+                        + v.local_file.as_ref().map_or(0, String::capacity)
+                })
+        }
         _ => 0,
     }
 }

@@ -7,7 +7,9 @@ use telemetry_types::classify::ErrorClass;
 use telemetry_types::clock::{WallClock, saturating_add};
 use telemetry_types::connection::ConnectionInfo;
 use telemetry_types::drops::DropReason;
-use telemetry_types::event::{DriverError, EventKind, StatementEnd, StatementId, TelemetryEvent};
+use telemetry_types::event::{
+    DriverError, EventKind, StatementEnd, StatementOutcome, TelemetryEvent,
+};
 use telemetry_types::redact::cap_at_word;
 use telemetry_types::row::{self, SessionChange, StatementSummary, TelemetryRow};
 use telemetry_types::sink::BatchSink;
@@ -20,7 +22,9 @@ use crate::config::AggregatorConfig;
 use crate::stats::Counters;
 use crate::{Control, DRAIN_INTERVAL, Intake};
 
-type StatementKey = (u64, StatementId);
+/// A statement in flight: its connection and its handle's key (the server's id may come
+/// only with its end).
+type StatementKey = (u64, u64);
 
 struct Statement {
     seq: u64,
@@ -30,7 +34,7 @@ struct Statement {
     statement_type: StatementType,
     operation_type: OperationType,
     errors: Vec<(i64, DriverError)>,
-    /// What it holds against the byte budget: its id and its kept errors.
+    /// What it holds against the byte budget: its bookkeeping and its kept errors.
     bytes: usize,
 }
 
@@ -52,7 +56,7 @@ fn capped(mut error: DriverError) -> DriverError {
     error
 }
 
-/// Bookkeeping bytes of one in-flight statement beyond its id.
+/// Bookkeeping bytes of one in-flight statement.
 const STATEMENT_OVERHEAD: usize = 160;
 
 fn error_bytes(e: &DriverError) -> usize {
@@ -253,19 +257,32 @@ impl State {
                 SessionChange::Closed,
                 latency_ms,
             ),
+            EventKind::ConnectionFailed { latency_ms, error } => {
+                let log = row::connection_failure_row(
+                    &connection,
+                    timestamp_millis,
+                    latency_ms,
+                    &capped(*error),
+                );
+                self.push_row(connection, log);
+                // The driver may be about to give up: send it now.
+                self.start_flush();
+                EventFate::Folded
+            }
             EventKind::StatementStarted {
-                statement_id,
+                key,
                 statement_type,
                 operation_type,
             } => {
-                let key = (connection.id, statement_id);
+                let key = (connection.id, key);
                 if self.statements.contains_key(&key) {
-                    // A reused id: report the earlier statement before starting again.
+                    // A reused key (never from the facade's handles): report the earlier
+                    // statement before starting again.
                     self.abandon(&key);
                 }
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                let bytes = key.1.len() + STATEMENT_OVERHEAD;
+                let bytes = STATEMENT_OVERHEAD;
                 self.order.insert(seq, key.clone());
                 self.statements.insert(
                     key,
@@ -295,13 +312,30 @@ impl State {
                 }
                 EventFate::Folded
             }
-            EventKind::StatementEnded { statement_id, end } => {
-                EventFate::from_known(self.complete(&(connection.id, statement_id), |_| *end, None))
+            EventKind::StatementEnded { key, mut end } => {
+                let terminal = end
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.class == ErrorClass::Terminal);
+                end.error = end.error.map(capped);
+                let known = self.complete(&(connection.id, key), |_| *end);
+                if known && terminal {
+                    // A terminal failure is sent at once, with the statement's statistics.
+                    self.start_flush();
+                }
+                EventFate::from_known(known)
             }
-            EventKind::Error {
-                statement_id,
-                error,
-            } => self.error(connection, timestamp_millis, statement_id, capped(*error)),
+            EventKind::ChunkFailed { failure, .. } => {
+                let mut failure = *failure;
+                failure.error = capped(failure.error);
+                let log = row::chunk_failure_row(&connection, timestamp_millis, &failure);
+                self.push_row(connection, log);
+                self.start_flush();
+                EventFate::Folded
+            }
+            EventKind::Error { statement, error } => {
+                self.error(connection, timestamp_millis, statement, capped(*error))
+            }
         };
         match fate {
             EventFate::Folded => Counters::add(&self.counters.events_folded, 1),
@@ -325,21 +359,16 @@ impl State {
         &mut self,
         connection: Arc<ConnectionInfo>,
         timestamp_millis: i64,
-        statement_id: Option<StatementId>,
+        statement: Option<u64>,
         error: DriverError,
     ) -> EventFate {
         let terminal = error.class == ErrorClass::Terminal;
-        let key = statement_id.map(|id| (connection.id, id));
+        let key = statement.map(|k| (connection.id, k));
         match key {
             Some(key) if self.statements.contains_key(&key) => {
                 if terminal {
-                    self.complete(
-                        &key,
-                        |latency_ms| measured_end(latency_ms, false),
-                        Some(error),
-                    );
+                    // Sends what is pending now; the error rides with its statement's row.
                     self.start_flush();
-                    return EventFate::Folded;
                 }
                 let cap = self.config.max_errors_per_statement;
                 let bytes = error_bytes(&error);
@@ -355,13 +384,8 @@ impl State {
                 self.held_bytes += bytes;
                 EventFate::Folded
             }
-            key => {
-                let log = row::error_row(
-                    &connection,
-                    timestamp_millis,
-                    key.as_ref().map(|k| &*k.1),
-                    &error,
-                );
+            _ => {
+                let log = row::error_row(&connection, timestamp_millis, None, &error);
                 self.push_row(connection, log);
                 if terminal {
                     self.start_flush();
@@ -373,18 +397,17 @@ impl State {
 
     /// Reports a statement that never ended, with the latency measured here.
     fn abandon(&mut self, key: &StatementKey) -> bool {
-        self.complete(key, |latency_ms| measured_end(latency_ms, true), None)
+        self.complete(key, |latency_ms| StatementEnd {
+            latency_ms,
+            outcome: StatementOutcome::Abandoned,
+            ..StatementEnd::default()
+        })
     }
 
     /// Removes a statement and emits its row (plus one row per kept error); `end` gets the
     /// latency measured here, for ends that did not come from the statement's handle.
     /// Returns whether the statement existed.
-    fn complete(
-        &mut self,
-        key: &StatementKey,
-        end: impl FnOnce(u64) -> StatementEnd,
-        error: Option<DriverError>,
-    ) -> bool {
+    fn complete(&mut self, key: &StatementKey, end: impl FnOnce(u64) -> StatementEnd) -> bool {
         let Some(st) = self.statements.remove(key) else {
             return false;
         };
@@ -392,17 +415,16 @@ impl State {
         self.held_bytes = self.held_bytes.saturating_sub(st.bytes);
         let measured = u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let summary = StatementSummary {
-            statement_id: key.1.to_string(),
             started_at_millis: st.started_at_millis,
             statement_type: st.statement_type,
             operation_type: st.operation_type,
             end: end(measured),
-            error,
         };
         let log = row::statement_row(&st.connection, &summary);
         self.push_row(st.connection.clone(), log);
+        let id = summary.end.statement_id.as_deref();
         for (ts, e) in &st.errors {
-            let log = row::error_row(&st.connection, *ts, Some(&key.1), e);
+            let log = row::error_row(&st.connection, *ts, id, e);
             self.push_row(st.connection.clone(), log);
         }
         true
@@ -571,14 +593,5 @@ impl EventFate {
         } else {
             Self::Dropped(DropReason::UnknownStatement)
         }
-    }
-}
-
-/// The end of a statement whose handle did not report one: only the latency measured here.
-fn measured_end(latency_ms: u64, abandoned: bool) -> StatementEnd {
-    StatementEnd {
-        latency_ms,
-        abandoned,
-        ..StatementEnd::default()
     }
 }

@@ -7,7 +7,8 @@ use telemetry_types::clock::now_millis;
 use telemetry_types::connection::ConnectionInfo;
 use telemetry_types::drops::DropReason;
 use telemetry_types::event::{
-    ChunkStats, DriverError, EventKind, StatementCompletion, StatementEnd, TelemetryEvent,
+    ChunkStats, DriverError, EventKind, StatementCompletion, StatementEnd, StatementOutcome,
+    TelemetryEvent,
 };
 use telemetry_types::host::Host;
 use telemetry_types::row::TelemetryRow;
@@ -34,9 +35,16 @@ fn ev(c: &Arc<ConnectionInfo>, kind: EventKind) -> TelemetryEvent {
     }
 }
 
+/// The handle key the tests give the statement named `id`.
+fn key(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 fn start(id: &str) -> EventKind {
     EventKind::StatementStarted {
-        statement_id: id.into(),
+        key: key(id),
         statement_type: StatementType::Query,
         operation_type: OperationType::ExecuteStatement,
     }
@@ -49,16 +57,17 @@ fn end_with_chunks(id: &str, chunks: &[(i64, bool)]) -> EventKind {
         stats.record(latency_ms, 100, compressed);
     }
     EventKind::StatementEnded {
-        statement_id: id.into(),
+        key: key(id),
         end: Box::new(StatementEnd {
+            statement_id: Some(id.into()),
             latency_ms: 42,
-            abandoned: false,
             chunks: stats,
             completion: StatementCompletion {
                 execution_result: Some(ExecutionResultFormat::ExternalLinks),
                 poll_count: Some(2),
                 ..Default::default()
             },
+            ..Default::default()
         }),
     }
 }
@@ -69,7 +78,7 @@ fn complete(id: &str) -> EventKind {
 
 fn error(id: Option<&str>, class: ErrorClass) -> EventKind {
     EventKind::Error {
-        statement_id: id.map(Into::into),
+        statement: id.map(key),
         error: Box::new(DriverError::new("E", "msg").with_class(class)),
     }
 }
@@ -295,23 +304,105 @@ async fn interval_flush() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn terminal_error_flushes_at_once_and_completes_its_statement() {
+async fn a_terminal_failure_flushes_at_once_with_its_chunks() {
     let (agg, sink) = spawn(config());
     let c = conn();
     agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
     agg.emit(ev(&c, start("s")));
-    agg.emit(ev(&c, error(Some("s"), ErrorClass::Terminal)));
+    let EventKind::StatementEnded { key, mut end } = end_with_chunks("s", &[(5, true), (9, false)])
+    else {
+        unreachable!()
+    };
+    end.outcome = StatementOutcome::Failed;
+    end.error = Some(DriverError::new("E", "msg").with_class(ErrorClass::Terminal));
+    agg.emit(ev(&c, EventKind::StatementEnded { key, end }));
     settle().await;
     let rows = sink.rows();
     assert_eq!(rows.len(), 2, "flushed before the interval");
     let d = rows[1].log.driver_log();
     assert_eq!(d.sql_statement_id.as_deref(), Some("s"));
     assert_eq!(d.error_info.as_ref().unwrap().error_name, "E");
+    let chunks = d
+        .sql_operation
+        .as_ref()
+        .unwrap()
+        .chunk_details
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (
+            chunks.total_chunks_iterated,
+            chunks.slowest_chunk_latency_millis
+        ),
+        (Some(2), Some(9))
+    );
+    assert_eq!(op(&rows[1]), Some(OperationType::ExecuteStatement));
     assert_eq!(agg.stats().in_flight_statements, 0);
-    // A late completion for it is counted, not turned into a row.
+    // A second end for it is counted, not turned into a row.
     agg.emit(ev(&c, complete("s")));
     agg.flush().await;
     assert_eq!(agg.stats().dropped.get(DropReason::UnknownStatement), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_terminal_error_on_a_running_statement_flushes_and_rides_with_it() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.emit(ev(&c, EventKind::ConnectionOpened { latency_ms: 1 }));
+    agg.emit(ev(&c, start("s")));
+    agg.emit(ev(&c, error(Some("s"), ErrorClass::Terminal)));
+    settle().await;
+    assert_eq!(
+        sink.rows().len(),
+        1,
+        "pending rows flushed before the interval"
+    );
+    agg.emit(ev(&c, complete("s")));
+    agg.flush().await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows[2].log.driver_log().sql_statement_id.as_deref(),
+        Some("s")
+    );
+    assert!(rows[2].is_error);
+}
+
+#[tokio::test(start_paused = true)]
+async fn chunk_failures_and_failed_opens_are_sent_at_once() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    agg.emit(ev(
+        &c,
+        EventKind::ConnectionFailed {
+            latency_ms: 3,
+            error: Box::new(DriverError::new("ConnectError", "refused")),
+        },
+    ));
+    settle().await;
+    assert_eq!(sink.rows().len(), 1);
+    assert_eq!(op(&sink.rows()[0]), Some(OperationType::CreateSession));
+    agg.emit(ev(
+        &c,
+        EventKind::ChunkFailed {
+            key: key("s"),
+            failure: Box::new(telemetry_types::event::ChunkFailure {
+                statement_id: Some("s".into()),
+                statement_type: StatementType::Query,
+                operation_type: OperationType::ExecuteStatement,
+                chunk_index: 4,
+                chunks: ChunkStats::default(),
+                completion: StatementCompletion::default(),
+                error: DriverError::new("CloudFetchError", "x".repeat(100_000)),
+            }),
+        },
+    ));
+    settle().await;
+    let rows = sink.rows();
+    assert_eq!(rows.len(), 2);
+    let d = rows[1].log.driver_log();
+    assert_eq!(d.sql_operation.as_ref().unwrap().chunk_id, Some(4));
+    assert!(d.error_info.as_ref().unwrap().stack_trace.chars().count() <= 2048);
 }
 
 #[tokio::test(start_paused = true)]
@@ -349,10 +440,9 @@ async fn standalone_error_rows() {
     agg.flush().await;
     let rows = sink.rows();
     assert_eq!(rows.len(), 2);
-    assert!(rows[0].log.driver_log().sql_statement_id.is_none());
-    assert_eq!(
-        rows[1].log.driver_log().sql_statement_id.as_deref(),
-        Some("never-started")
+    assert!(
+        rows.iter()
+            .all(|r| r.log.driver_log().sql_statement_id.is_none())
     );
     assert!(rows.iter().all(|r| r.is_error));
 }
@@ -372,9 +462,11 @@ async fn ttl_eviction_reports_the_statement() {
     agg.flush().await;
     let rows = sink.rows();
     assert_eq!(rows.len(), 1);
-    assert_eq!(
-        rows[0].log.driver_log().sql_statement_id.as_deref(),
-        Some("s")
+    assert_eq!(op(&rows[0]), Some(OperationType::CloseStatement));
+    let latency = rows[0].log.driver_log().operation_latency_ms.unwrap();
+    assert!(
+        (3_659_000..3_660_000).contains(&latency),
+        "measured here: {latency}"
     );
     assert_eq!(agg.stats().evicted_ttl, 1);
 }
@@ -392,10 +484,11 @@ async fn cap_eviction_reports_the_oldest() {
     agg.flush().await;
     let rows = sink.rows();
     assert_eq!(rows.len(), 1);
-    assert_eq!(
-        rows[0].log.driver_log().sql_statement_id.as_deref(),
-        Some("a")
-    );
+    assert_eq!(op(&rows[0]), Some(OperationType::CloseStatement));
+    // "b" and "c" remain: ending them makes their rows, ending "a" is unknown.
+    agg.emit(ev(&c, complete("a")));
+    agg.flush().await;
+    assert_eq!(agg.stats().dropped.get(DropReason::UnknownStatement), 1);
     let st = agg.stats();
     assert_eq!((st.evicted_cap, st.in_flight_statements), (1, 2));
 }
@@ -531,10 +624,6 @@ async fn close_drains_completes_open_statements_and_flushes_nothing_twice() {
     agg.close(Instant::now() + Duration::from_secs(2)).await;
     let rows = sink.rows();
     assert_eq!(rows.len(), 2);
-    assert_eq!(
-        rows[1].log.driver_log().sql_statement_id.as_deref(),
-        Some("open")
-    );
     assert_eq!(op(&rows[1]), Some(OperationType::CloseStatement));
     assert!(agg.is_closed());
     // Idempotent: a second close and a flush after close do nothing.
@@ -714,7 +803,7 @@ async fn memory_stays_within_the_byte_budget() {
             agg.emit(ev(
                 &c,
                 EventKind::Error {
-                    statement_id: Some(id.as_str().into()),
+                    statement: Some(key(&id)),
                     error: Box::new(
                         DriverError::new("E", big.clone()).with_class(ErrorClass::Retryable),
                     ),
@@ -765,7 +854,7 @@ async fn queued_error_text_is_bounded_and_kept_text_capped() {
         agg.emit(ev(
             &c,
             EventKind::Error {
-                statement_id: None,
+                statement: None,
                 error: Box::new(huge()),
             },
         ));
@@ -786,7 +875,7 @@ async fn queued_error_text_is_bounded_and_kept_text_capped() {
     agg.emit(ev(
         &c,
         EventKind::Error {
-            statement_id: None,
+            statement: None,
             error: Box::new(huge()),
         },
     ));

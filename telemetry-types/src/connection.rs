@@ -345,25 +345,65 @@ mod tests {
         let parsed: DriverConnectionParameters =
             serde_json::from_value(serde_json::Value::Object(planted.clone())).unwrap();
         let sent = serde_json::to_string(&redact_connection_params(&parsed)).unwrap();
-        assert!(!sent.contains("hunter2") && !sent.contains("dapi0123"), "{sent}");
-        assert_eq!(planted.len(), 18, "14 strings, 1 list, 3 hosts, lists and hosts planted: {planted:?}");
+        assert!(
+            !sent.contains("hunter2") && !sent.contains("dapi0123"),
+            "{sent}"
+        );
+        assert_eq!(
+            planted.len(),
+            18,
+            "14 strings, 1 list, 3 hosts, lists and hosts planted: {planted:?}"
+        );
     }
 
     /// The server's keys (spec 2.2), for the planting test above.
     const KNOWN_PARAMETER_KEYS: &[&str] = &[
-        "http_path", "mode", "host_info", "use_proxy", "auth_mech", "auth_flow", "auth_scope",
-        "use_system_proxy", "non_proxy_hosts", "use_cf_proxy", "proxy_host_info",
-        "cf_proxy_host_info", "discovery_mode_enabled", "discovery_url", "use_empty_metadata",
-        "support_many_parameters", "ssl_trust_store_type", "check_certificate_revocation",
-        "accept_undetermined_certificate_revocation", "google_service_account",
-        "google_credential_file_path", "http_connection_pool_size", "enable_sea_hybrid_results",
-        "enable_complex_datatype_support", "allow_self_signed_support", "use_system_trust_store",
-        "rows_fetched_per_block", "azure_workspace_resource_id", "azure_tenant_id",
-        "string_column_length", "enable_token_cache", "token_endpoint", "auth_endpoint",
-        "enable_arrow", "enable_direct_results", "enable_jwt_assertion", "jwt_key_file",
-        "jwt_algorithm", "socket_timeout", "allowed_volume_ingestion_paths",
-        "async_poll_interval_millis", "query_tags", "enable_metric_view_metadata", "auto_commit",
-        "fetch_auto_commit_from_server", "enable_geospatial_support",
+        "http_path",
+        "mode",
+        "host_info",
+        "use_proxy",
+        "auth_mech",
+        "auth_flow",
+        "auth_scope",
+        "use_system_proxy",
+        "non_proxy_hosts",
+        "use_cf_proxy",
+        "proxy_host_info",
+        "cf_proxy_host_info",
+        "discovery_mode_enabled",
+        "discovery_url",
+        "use_empty_metadata",
+        "support_many_parameters",
+        "ssl_trust_store_type",
+        "check_certificate_revocation",
+        "accept_undetermined_certificate_revocation",
+        "google_service_account",
+        "google_credential_file_path",
+        "http_connection_pool_size",
+        "enable_sea_hybrid_results",
+        "enable_complex_datatype_support",
+        "allow_self_signed_support",
+        "use_system_trust_store",
+        "rows_fetched_per_block",
+        "azure_workspace_resource_id",
+        "azure_tenant_id",
+        "string_column_length",
+        "enable_token_cache",
+        "token_endpoint",
+        "auth_endpoint",
+        "enable_arrow",
+        "enable_direct_results",
+        "enable_jwt_assertion",
+        "jwt_key_file",
+        "jwt_algorithm",
+        "socket_timeout",
+        "allowed_volume_ingestion_paths",
+        "async_poll_interval_millis",
+        "query_tags",
+        "enable_metric_view_metadata",
+        "auto_commit",
+        "fetch_auto_commit_from_server",
+        "enable_geospatial_support",
     ];
 
     #[test]

@@ -10,8 +10,8 @@ use std::time::Instant;
 use std::borrow::Cow;
 
 use crate::classify::{ErrorClass, classify_driver_error, classify_error};
-use crate::redact::cap_at_word;
 use crate::connection::ConnectionInfo;
+use crate::redact::cap_at_word;
 use crate::wire::{ExecutionResultFormat, OperationType, StatementType, VolumeOperationType};
 
 /// A statement id, shared between the handle and its events without copying the text.
@@ -196,6 +196,10 @@ pub struct StatementEnd {
 pub struct ChunkFailure {
     /// The server's statement id, if attached.
     pub statement_id: Option<StatementId>,
+    /// The statement's type.
+    pub statement_type: StatementType,
+    /// The statement's operation.
+    pub operation_type: OperationType,
     /// The chunk's index.
     pub chunk_index: i64,
     /// The statement's chunk statistics so far.
@@ -467,7 +471,10 @@ mod tests {
     #[test]
     fn errors_from_the_drivers_own_type() {
         let bare = DriverError::from_error(&Bare);
-        assert_eq!((bare.name.as_str(), bare.class), ("Error", ErrorClass::Unknown));
+        assert_eq!(
+            (bare.name.as_str(), bare.class),
+            ("Error", ErrorClass::Unknown)
+        );
         let huge = DriverError::from_error(&Huge("word ".repeat(1_000_000)));
         assert_eq!(huge.name, "SQLSTATE 08S01");
         assert_eq!(huge.class, ErrorClass::Retryable);

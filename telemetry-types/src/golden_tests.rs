@@ -206,7 +206,9 @@ fn golden_statement_row_with_chunks() {
 
 #[test]
 fn golden_failed_statement_without_an_id() {
-    let mut s = statement_summary(Some(DriverError::new("SqlError", "no such table 'secret'").with_sqlstate("42P01")));
+    let mut s = statement_summary(Some(
+        DriverError::new("SqlError", "no such table 'secret'").with_sqlstate("42P01"),
+    ));
     s.end.statement_id = None;
     s.end.chunks = ChunkStats::default();
     s.end.completion = StatementCompletion::default();
@@ -240,7 +242,11 @@ fn a_statement_that_did_not_complete_says_so(
     let v = to_json(&row::statement_row(&conn(), &s));
     let op = &v["entry"]["sql_driver_log"]["sql_operation"];
     assert_eq!(op["operation_detail"]["operation_type"], json!(operation));
-    assert_eq!(op["chunk_details"]["total_chunks_iterated"], json!(4), "kept what was recorded");
+    assert_eq!(
+        op["chunk_details"]["total_chunks_iterated"],
+        json!(4),
+        "kept what was recorded"
+    );
 }
 
 #[test]
@@ -269,6 +275,8 @@ fn golden_chunk_failure_row() {
     chunks.record(40, 10, true);
     let failure = ChunkFailure {
         statement_id: Some("stmt-9".into()),
+        statement_type: StatementType::Query,
+        operation_type: OperationType::ExecuteStatement,
         chunk_index: 7,
         chunks,
         completion: StatementCompletion {
@@ -276,16 +284,13 @@ fn golden_chunk_failure_row() {
             chunks_present: Some(9),
             ..Default::default()
         },
-        error: DriverError::new("CloudFetchError", "GET https://b.s3.amazonaws.com/x?X-Amz-Signature=abc failed")
-            .with_http_status(403),
+        error: DriverError::new(
+            "CloudFetchError",
+            "GET https://b.s3.amazonaws.com/x?X-Amz-Signature=abc failed",
+        )
+        .with_http_status(403),
     };
-    let v = to_json(&row::chunk_failure_row(
-        &conn(),
-        TS,
-        StatementType::Query,
-        OperationType::ExecuteStatement,
-        &failure,
-    ));
+    let v = to_json(&row::chunk_failure_row(&conn(), TS, &failure));
     assert_eq!(
         v["entry"],
         json!({"sql_driver_log": {

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use crate::connection::{ConnectionInfo, MAX_ID_CHARS};
-use crate::event::{ChunkFailure, ChunkStats, DriverError, StatementCompletion, StatementEnd, VolumeOp};
+use crate::event::{
+    ChunkFailure, ChunkStats, DriverError, StatementCompletion, StatementEnd, VolumeOp,
+};
 use crate::random::uuid_v4;
 use crate::redact::{MAX_STACK_TRACE_CHARS, file_name_only, redact_truncated};
 use crate::wire::{
@@ -219,21 +221,20 @@ pub fn statement_row(conn: &ConnectionInfo, s: &StatementSummary) -> TelemetryFr
 pub fn chunk_failure_row(
     conn: &ConnectionInfo,
     timestamp_millis: i64,
-    statement_type: StatementType,
-    operation_type: OperationType,
     failure: &ChunkFailure,
 ) -> TelemetryFrontendLog {
     let mut log = base_log(conn, timestamp_millis);
     let d = log.driver_log_mut();
     d.sql_statement_id = failure.statement_id.as_deref().map(statement_id);
     let mut op = sql_operation(
-        statement_type,
-        operation_type,
+        failure.statement_type,
+        failure.operation_type,
         &failure.chunks,
         &failure.completion,
     );
     op.chunk_id = Some(failure.chunk_index);
-    op.chunk_details = Some(chunk_details(&failure.chunks, &failure.completion).unwrap_or_default());
+    op.chunk_details =
+        Some(chunk_details(&failure.chunks, &failure.completion).unwrap_or_default());
     d.sql_operation = Some(op);
     d.error_info = Some(error_info(&failure.error));
     log

@@ -632,7 +632,10 @@ mod enum_tests {
     fn unknown_names_map_to_the_unspecified_member() {
         assert_eq!(DriverMode::from_name_lossy("sea"), DriverMode::Sea);
         assert_eq!(DriverMode::from_name_lossy("hive"), DriverMode::Unspecified);
-        assert_eq!(StatementType::from_name_lossy("NONE"), StatementType::Unspecified);
+        assert_eq!(
+            StatementType::from_name_lossy("NONE"),
+            StatementType::Unspecified
+        );
         assert_eq!(
             VolumeOperationType::from_name_lossy("copy"),
             VolumeOperationType::Unspecified
