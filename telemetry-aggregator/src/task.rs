@@ -283,7 +283,7 @@ impl State {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 let bytes = STATEMENT_OVERHEAD;
-                self.order.insert(seq, key.clone());
+                self.order.insert(seq, key);
                 self.statements.insert(
                     key,
                     Statement {
@@ -306,7 +306,7 @@ impl State {
                     let Some((_, oldest)) = self.order.first_key_value() else {
                         break;
                     };
-                    let oldest = oldest.clone();
+                    let oldest = *oldest;
                     Counters::add(&self.counters.evicted_cap, 1);
                     self.abandon(&oldest);
                 }
@@ -434,7 +434,7 @@ impl State {
         let now = Instant::now();
         let ttl = self.config.statement_ttl;
         while let Some((_, key)) = self.order.first_key_value() {
-            let key = key.clone();
+            let key = *key;
             let expired = self
                 .statements
                 .get(&key)
@@ -543,7 +543,7 @@ impl State {
         events.close();
         tokio::task::yield_now().await;
         self.drain(events);
-        let open: Vec<StatementKey> = self.order.values().cloned().collect();
+        let open: Vec<StatementKey> = self.order.values().copied().collect();
         for key in open {
             self.abandon(&key);
         }

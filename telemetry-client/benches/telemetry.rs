@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use telemetry_aggregator::{Aggregator, AggregatorConfig};
 use telemetry_client::{
     AuthType, ClientPreset, Connection, ConnectionOptions, DisableSwitch, Host, OperationType,
-    ProviderOptions, StatementCompletion, StatementType, StaticToken, TelemetryClientProvider,
+    ProviderOptions, StatementType, StaticToken, TelemetryClientProvider,
 };
 use telemetry_types::connection::ConnectionInfo;
-use telemetry_types::event::{ChunkStats, EventKind, StatementEnd, TelemetryEvent};
+use telemetry_types::event::{
+    ChunkStats, EventKind, StatementCompletion, StatementEnd, TelemetryEvent,
+};
 use telemetry_types::row::{self, StatementSummary};
 use telemetry_types::testing::{RecordingSink, ScriptedFlagSource, ScriptedTransport};
 use telemetry_types::wire::TelemetryRequest;
@@ -105,11 +107,12 @@ fn bench_disabled() {
 /// One statement lifecycle: start, `chunks` chunks, completion (`chunks + 2` calls, of which
 /// two, the start and the completion, are events through the queue; chunks fold in the handle).
 fn lifecycle(c: &Connection, id: &str, chunks: usize) {
-    let s = c.statement(id, StatementType::Query, OperationType::ExecuteStatement);
+    let s = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+    s.attach_id(id);
     for _ in 0..chunks {
         s.chunk(Duration::from_millis(3), 1 << 20, true);
     }
-    s.complete(StatementCompletion::default());
+    s.complete();
 }
 
 /// Median cost per telemetry call of statements with `chunks` chunks.
@@ -206,21 +209,23 @@ fn bench_aggregation() {
     }
     let ns = median_per_unit(|| {
         let agg = telemetry_aggregator_spawn(&rt, &config);
-        for id in &ids {
+        for (key, id) in ids.iter().enumerate() {
+            let key = key as u64;
             let ev = |kind| TelemetryEvent {
                 connection: conn.clone(),
                 at: None,
                 kind,
             };
             agg.emit(ev(EventKind::StatementStarted {
-                statement_id: id.clone(),
+                key,
                 statement_type: StatementType::Query,
                 operation_type: OperationType::ExecuteStatement,
             }));
             // Its three chunks, folded by the handle, ride with the end.
             agg.emit(ev(EventKind::StatementEnded {
-                statement_id: id.clone(),
+                key,
                 end: Box::new(StatementEnd {
+                    statement_id: Some(id.clone()),
                     latency_ms: 20,
                     chunks,
                     ..StatementEnd::default()
@@ -257,7 +262,7 @@ fn bench_serialisation() {
         "Bench/1.0",
     );
     conn.workspace_id = Some(1234567890123456);
-    conn.session_id = Some("01ef-0000-session".into());
+    let _ = conn.session_id.set("01ef-0000-session".into());
     let mut chunks = ChunkStats::default();
     chunks.record(30, 1 << 20, true);
     chunks.record(50, 1 << 20, false);
@@ -266,21 +271,20 @@ fn bench_serialisation() {
             row::statement_row(
                 &conn,
                 &StatementSummary {
-                    statement_id: format!("01ef-statement-{i}"),
                     started_at_millis: 1_767_225_600_000,
                     statement_type: StatementType::Query,
                     operation_type: OperationType::ExecuteStatement,
                     end: StatementEnd {
+                        statement_id: Some(format!("01ef-statement-{i}").into()),
                         latency_ms: 412,
-                        abandoned: false,
                         chunks,
                         completion: StatementCompletion {
                             poll_count: Some(3),
                             chunks_present: Some(2),
                             ..Default::default()
                         },
+                        ..Default::default()
                     },
-                    error: None,
                 },
             )
         })

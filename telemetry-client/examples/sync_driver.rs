@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use telemetry_client::{
     AuthType, ClientPreset, ConnectionOptions, ExecutionResultFormat, OperationType,
-    ProviderOptions, StatementCompletion, StatementType, StaticToken, TelemetryClientProvider,
+    ProviderOptions, StatementType, StaticToken, TelemetryClientProvider,
 };
 
 fn main() {
@@ -22,23 +22,21 @@ fn main() {
     options.config.enabled = true;
     let provider = TelemetryClientProvider::new(options);
 
-    let opened = Instant::now();
     let conn = provider.connect(
         ConnectionOptions::new(host).with_auth(Arc::new(StaticToken::new(token)), AuthType::Pat),
     );
-    conn.opened(opened.elapsed());
+    let opened = Instant::now();
+    // ... create the session ...
+    conn.session_opened("01ef-example-session", opened.elapsed());
 
-    let stmt = conn.statement(
-        "01ef-example",
-        StatementType::Query,
-        OperationType::ExecuteStatement,
-    );
+    let stmt = conn.statement(StatementType::Query, OperationType::ExecuteStatement);
+    // ... POST /statements answers with the id ...
+    stmt.attach_id("01ef-example");
+    stmt.result_format(ExecutionResultFormat::ExternalLinks);
+    stmt.chunks_present(1);
     stmt.chunk(Duration::from_millis(40), 1 << 20, true);
-    stmt.complete(StatementCompletion {
-        execution_result: Some(ExecutionResultFormat::ExternalLinks),
-        chunks_present: Some(1),
-        ..Default::default()
-    });
+    stmt.result_consumed();
+    stmt.complete();
 
     conn.closed(Duration::from_millis(3));
     conn.close_blocking(); // the host's last connection: waits for the final flush (bounded)

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use telemetry_client::{
-    AuthType, ClientPreset, ConnectionOptions, OperationType, ProviderOptions, StatementCompletion,
-    StatementType, StaticToken, TelemetryClientProvider,
+    AuthType, ClientPreset, ConnectionOptions, OperationType, ProviderOptions, StatementType,
+    StaticToken, TelemetryClientProvider,
 };
 
 #[tokio::main]
@@ -29,12 +29,9 @@ async fn main() {
     ));
     conn.opened(Duration::from_millis(120));
 
-    // A statement whose CloudFetch chunks download on other tasks.
-    let stmt = Arc::new(conn.statement(
-        "01ef-tokio",
-        StatementType::Query,
-        OperationType::ExecuteStatement,
-    ));
+    // A statement whose CloudFetch chunks download on other tasks, each holding a clone.
+    let stmt = conn.statement(StatementType::Query, OperationType::ExecuteStatement);
+    stmt.attach_id("01ef-tokio");
     let downloads: Vec<_> = (0..4)
         .map(|i| {
             let stmt = stmt.clone();
@@ -44,9 +41,7 @@ async fn main() {
     for d in downloads {
         let _ = d.await;
     }
-    if let Ok(stmt) = Arc::try_unwrap(stmt) {
-        stmt.complete(StatementCompletion::default());
-    }
+    stmt.complete(); // whichever task ends it first wins; the others' endings are ignored
 
     if let Ok(conn) = Arc::try_unwrap(conn) {
         conn.close().await;

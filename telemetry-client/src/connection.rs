@@ -2,13 +2,14 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use telemetry_types::connection::ConnectionInfo;
-use telemetry_types::event::{DriverError, EventKind};
-use telemetry_types::wire::{OperationType, StatementType};
+use telemetry_types::event::{DriverError, EventKind, ReportableError, VolumeOp};
+use telemetry_types::wire::{OperationType, StatementType, VolumeOperationType};
 
-use crate::emitter::{Emitter, millis};
+use crate::emitter::{Emitter, capped_id, millis};
 use crate::registry::HostLease;
 use crate::statement::Statement;
 use crate::stats::DisabledReason;
@@ -46,7 +47,11 @@ impl Connection {
 
     pub(crate) fn new(info: Arc<ConnectionInfo>, lease: HostLease) -> Self {
         Self {
-            live: Some(Arc::new(Emitter { info, lease })),
+            live: Some(Arc::new(Emitter {
+                info,
+                lease,
+                next_key: AtomicU64::new(0),
+            })),
             disabled: None,
         }
     }
@@ -71,7 +76,8 @@ impl Connection {
         self.live().is_some()
     }
 
-    /// The session was opened; `latency` is the open call's own duration.
+    /// The session was opened; `latency` is the open call's own duration. For a session id
+    /// that only the open call's answer carries, use [`session_opened`](Self::session_opened).
     #[inline]
     pub fn opened(&self, latency: Duration) {
         if let Some(l) = self.live() {
@@ -79,6 +85,29 @@ impl Connection {
                 Some(Instant::now()),
                 EventKind::ConnectionOpened {
                     latency_ms: millis(latency),
+                },
+            );
+        }
+    }
+
+    /// The session was opened and the server named it `session_id` (kept if one was given
+    /// before: the first stays). Every later row of the connection carries it.
+    pub fn session_opened(&self, session_id: &str, latency: Duration) {
+        if let Some(l) = self.live() {
+            let _ = l.info.session_id.set(capped_id(session_id).to_owned());
+            self.opened(latency);
+        }
+    }
+
+    /// Opening the session failed: a `CREATE_SESSION` row with the error, sent at once (to
+    /// the unauthenticated endpoint when the connection has no working credentials).
+    pub fn open_failed<E: ReportableError + ?Sized>(&self, latency: Duration, error: &E) {
+        if let Some(l) = self.live() {
+            l.emit(
+                Some(Instant::now()),
+                EventKind::ConnectionFailed {
+                    latency_ms: millis(latency),
+                    error: Box::new(DriverError::from_error(error)),
                 },
             );
         }
@@ -97,30 +126,61 @@ impl Connection {
         }
     }
 
-    /// A statement started. The returned handle reports its chunks, errors and completion;
-    /// dropped without [`Statement::complete`], it reports the statement as abandoned.
+    /// Begins a statement, before its execute call (the server's id comes with the answer:
+    /// [`Statement::attach_id`]). The handle is shared by cloning; see [`Statement`] for how
+    /// it ends.
     #[inline]
     pub fn statement(
         &self,
-        statement_id: &str,
         statement_type: StatementType,
         operation_type: OperationType,
     ) -> Statement {
         match self.live() {
-            Some(l) => Statement::start(l, statement_id, statement_type, operation_type),
+            Some(l) => Statement::begin(l, statement_type, operation_type, None),
+            None => Statement::disabled(),
+        }
+    }
+
+    /// Begins a metadata look-up (`METADATA` with its `LIST_*` operation: catalogs, schemas,
+    /// tables, columns, functions, primary / imported / exported keys, cross references, type
+    /// info, table types).
+    #[inline]
+    pub fn metadata(&self, operation_type: OperationType) -> Statement {
+        self.statement(StatementType::Metadata, operation_type)
+    }
+
+    /// Begins a Unity Catalog volume operation (`VOLUME`, with `vol_operation`). The path is
+    /// redacted and the local file reduced to its name when the row is built, off this thread.
+    pub fn volume(
+        &self,
+        operation: VolumeOperationType,
+        volume_path: &str,
+        local_file: Option<&str>,
+    ) -> Statement {
+        match self.live() {
+            Some(l) => Statement::begin(
+                l,
+                StatementType::Volume,
+                OperationType::ExecuteStatement,
+                Some(VolumeOp {
+                    operation,
+                    volume_path: Some(capped_text(volume_path)),
+                    local_file: local_file.map(capped_text),
+                }),
+            ),
             None => Statement::disabled(),
         }
     }
 
     /// An error not tied to a statement (or whose statement is not tracked).
     #[inline]
-    pub fn error(&self, error: DriverError) {
+    pub fn error<E: ReportableError + ?Sized>(&self, error: &E) {
         if let Some(l) = self.live() {
             l.emit(
                 Some(Instant::now()),
                 EventKind::Error {
-                    statement_id: None,
-                    error: Box::new(error),
+                    statement: None,
+                    error: Box::new(DriverError::from_error(error)),
                 },
             );
         }
@@ -163,4 +223,16 @@ impl Drop for Connection {
             let _ = l.lease.release();
         }
     }
+}
+
+/// Longest path kept at intake, in bytes (paths are sent capped at 1024 characters).
+const MAX_INTAKE_PATH_BYTES: usize = 4096;
+
+/// `text` copied, cut to [`MAX_INTAKE_PATH_BYTES`] on a character boundary.
+fn capped_text(text: &str) -> String {
+    let mut end = text.len().min(MAX_INTAKE_PATH_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }

@@ -25,9 +25,9 @@
 //! Telemetry never hurts the driver: every method here is synchronous, never waits on the
 //! network, never returns an error and never panics; when telemetry is off it costs one
 //! branch or one atomic load. When it is on, an event is one push into a lock-free queue
-//! (statement start and end, errors, connection open / close); a CloudFetch chunk is not
-//! an event at all but a few atomic operations on its statement's handle, and its statistics
-//! ride with the statement's end. Whether a connection reports is decided, in this order, by
+//! (statement begin and end, errors, connection open / close); what a statement records as
+//! it runs (its late id, polls, format, CloudFetch chunks, result ready / consumed) is not an
+//! event at all but a few atomic operations on its shared handle, and rides with its end. Whether a connection reports is decided, in this order, by
 //! the `DATABRICKS_TELEMETRY_DISABLED` environment switch, the connection's `enabled`
 //! override, `config.enabled` (default `false`: opt-in), and the server's feature flag.
 //!
@@ -38,8 +38,8 @@
 //! use std::time::Duration;
 //! use telemetry_client::{
 //!     AuthType, BoxFuture, ClientPreset, ConnectionOptions, DriverError, ExecutionResultFormat,
-//!     HttpRequest, HttpResponse, HttpTransport, OperationType, ProviderOptions,
-//!     StatementCompletion, StatementType, StaticToken, TelemetryClientProvider, TransportError,
+//!     HttpRequest, HttpResponse, HttpTransport, OperationType, ProviderOptions, StatementType,
+//!     StaticToken, TelemetryClientProvider, TransportError,
 //! };
 //!
 //! // So that this example runs without a network: an endpoint that accepts everything. A
@@ -65,28 +65,32 @@
 //! # options.read_env = false;
 //! let provider = TelemetryClientProvider::new(options);
 //!
-//! // Per connection, once the session is open.
+//! // Per connection: the handle first, then the session (its id comes with the answer).
 //! let connection = provider.connect(
 //!     ConnectionOptions::new("https://my-workspace.cloud.databricks.com")
 //!         .with_http_path("/sql/1.0/warehouses/abc?o=1234567890123456")
-//!         .with_session_id("01ef-session")
 //!         .with_auth(Arc::new(StaticToken::new("dapi-example")), AuthType::Pat),
 //! );
-//! connection.opened(Duration::from_millis(420));
+//! connection.session_opened("01ef-session", Duration::from_millis(420));
 //!
-//! // A statement with CloudFetch chunks.
-//! let statement = connection.statement("01ef-stmt", StatementType::Query, OperationType::ExecuteStatement);
-//! statement.chunk(Duration::from_millis(35), 4 << 20, true);
-//! statement.chunk(Duration::from_millis(52), 4 << 20, true);
-//! statement.complete(StatementCompletion {
-//!     execution_result: Some(ExecutionResultFormat::ExternalLinks),
-//!     poll_count: Some(3),
-//!     chunks_present: Some(2),
-//!     ..Default::default()
+//! // A SEA statement: begun before POST /statements, shared with the CloudFetch tasks.
+//! let statement = connection.statement(StatementType::Query, OperationType::ExecuteStatement);
+//! statement.attach_id("01ef-stmt"); // from the execute call's answer
+//! statement.poll(Duration::from_millis(30)); // each GET /statements/{id}
+//! statement.result_format(ExecutionResultFormat::ExternalLinks);
+//! statement.chunks_present(2);
+//! std::thread::scope(|s| {
+//!     for chunk in 0..2u64 {
+//!         let statement = statement.clone();
+//!         s.spawn(move || statement.chunk(Duration::from_millis(35 + chunk), 4 << 20, true));
+//!     }
 //! });
+//! statement.result_ready(); // first batch handed out
+//! statement.result_consumed(); // reader done
+//! statement.complete(); // or fail(&err), cancel(), close(); dropping it reports CLOSE_STATEMENT
 //!
-//! // An error (its message is redacted before it leaves the process).
-//! connection.error(DriverError::new("ServerError", "warehouse stopped").with_http_status(503));
+//! // The driver's own error type, once it implements `ReportableError` (redacted before sending).
+//! connection.error(&DriverError::new("ServerError", "warehouse stopped").with_http_status(503));
 //!
 //! // Closing: report the close call, then release (the last connection to a host flushes).
 //! connection.closed(Duration::from_millis(12));
@@ -124,10 +128,11 @@ pub use sysinfo::{default_system_configuration, workspace_id_from_http_path};
 
 // What a driver reports.
 pub use telemetry_types::classify::ErrorClass;
-pub use telemetry_types::event::{DriverError, StatementCompletion};
+pub use telemetry_types::event::{DriverError, ReportableError, StatementOutcome};
 pub use telemetry_types::wire::{
-    AuthType, DriverConnectionParameters, DriverSystemConfiguration, ExecutionResultFormat,
-    HostDetails, OperationType, StatementType,
+    AuthFlow, AuthMech, AuthType, DriverConnectionParameters, DriverMode,
+    DriverSystemConfiguration, ExecutionResultFormat, HostDetails, OperationType, ProxyAuthType,
+    StatementType, VolumeOperationType,
 };
 
 // The components' settings.

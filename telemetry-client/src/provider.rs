@@ -188,7 +188,9 @@ impl TelemetryClientProvider {
             .http_path
             .as_deref()
             .and_then(workspace_id_from_http_path);
-        info.session_id = options.session_id;
+        if let Some(id) = options.session_id {
+            let _ = info.session_id.set(id);
+        }
         info.auth_type = options.auth_type;
         info.connection_params = options.connection_params;
         let mut sys = inner.system_configuration.clone();

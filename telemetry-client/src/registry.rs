@@ -71,6 +71,8 @@ pub(crate) struct HostRegistry {
     close_tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Events handed to a closed client (dropped after close).
     late_drops: AtomicU64,
+    /// Statement endings after the first (ignored).
+    ignored_endings: AtomicU64,
 }
 
 impl HostRegistry {
@@ -82,6 +84,7 @@ impl HostRegistry {
             released: Mutex::new(Released::default()),
             close_tasks: Mutex::new(Vec::new()),
             late_drops: AtomicU64::new(0),
+            ignored_endings: AtomicU64::new(0),
         }
     }
 
@@ -227,6 +230,7 @@ impl HostRegistry {
         let late = self.late_drops.load(Ordering::Relaxed);
         total.events_emitted += late;
         total.dropped.add(DropReason::AfterClose, late);
+        total.statement_endings_ignored = self.ignored_endings.load(Ordering::Relaxed);
         for c in &released.closing {
             total.add(&c.aggregator.stats(), &c.exporter.stats());
         }
@@ -282,6 +286,13 @@ impl HostLease {
         } else {
             self.registry.late_drops.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A statement was ended again (the first ending stands).
+    pub(crate) fn count_ignored_ending(&self) {
+        self.registry
+            .ignored_endings
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The runtime background work runs on.

@@ -1,70 +1,170 @@
-//! A statement handle: chunks folded lock-free on the handle, one event at its start and one
-//! at its end.
+//! A statement handle, shaped by how a SEA or Thrift driver runs a statement: begun before the
+//! execute call (the server's id comes with its answer), shared by the execute path, the
+//! poller, the CloudFetch download tasks and the result reader, ended once by whichever of
+//! them gets there first, or by the last clone's drop.
+//!
+//! Everything the driver records folds lock-free into the shared handle; the statement costs
+//! two queue pushes (its begin and its end) however many chunks and polls it has.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use telemetry_types::classify::ErrorClass;
 use telemetry_types::event::{
-    ChunkStats, DriverError, EventKind, StatementCompletion, StatementEnd, StatementId,
+    ChunkFailure, ChunkStats, DriverError, EventKind, ReportableError, StatementCompletion,
+    StatementEnd, StatementId, StatementOutcome, VolumeOp,
 };
-use telemetry_types::wire::{OperationType, StatementType};
+use telemetry_types::wire::{ExecutionResultFormat, OperationType, StatementType};
 
 use crate::emitter::{Emitter, capped_id, millis};
 
-impl Statement {
-    /// Starts a statement: one clock reading, the row's date and the latency's origin.
-    pub(crate) fn start(
-        conn: &Arc<Emitter>,
-        statement_id: &str,
-        statement_type: StatementType,
-        operation_type: OperationType,
-    ) -> Self {
-        let id: StatementId = Arc::from(capped_id(statement_id));
-        let started = Instant::now();
-        conn.emit(
-            Some(started),
-            EventKind::StatementStarted {
-                statement_id: id.clone(),
-                statement_type,
-                operation_type,
-            },
+/// One statement's telemetry: cheap to clone (an `Arc`), `Send + Sync`, every method `&self`
+/// and never failing. When telemetry is off the handle is empty and every method is one
+/// branch.
+///
+/// The statement ends once: on [`complete`](Self::complete), [`fail`](Self::fail),
+/// [`cancel`](Self::cancel) or [`close`](Self::close), whichever comes first (later endings
+/// are ignored and counted in
+/// [`ProviderStats::statement_endings_ignored`](crate::ProviderStats::statement_endings_ignored)),
+/// or, when the last clone is dropped first, as abandoned (`CLOSE_STATEMENT`), keeping what was
+/// recorded. Its row carries its id (if [attached](Self::attach_id)), the latency from its
+/// begin, the outcome, and everything recorded below.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use telemetry_client::{Connection, OperationType, StatementType, ExecutionResultFormat};
+/// # fn demo(conn: &Connection) {
+/// let st = conn.statement(StatementType::Query, OperationType::ExecuteStatement);
+/// // POST /api/2.0/sql/statements answered:
+/// st.attach_id("01ef-0000-aaaa");
+/// st.poll(Duration::from_millis(40));
+/// st.result_format(ExecutionResultFormat::ExternalLinks);
+/// let download = st.clone(); // into a CloudFetch task
+/// download.chunk(Duration::from_millis(12), 1 << 20, true);
+/// st.result_ready();
+/// st.result_consumed();
+/// st.complete();
+/// st.complete(); // ignored, counted
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Statement {
+    shared: Option<Arc<Shared>>,
+}
+
+/// The state every clone of one statement handle shares.
+struct Shared {
+    conn: Arc<Emitter>,
+    key: u64,
+    begun: Instant,
+    statement_type: StatementType,
+    operation_type: OperationType,
+    ended: AtomicBool,
+    id: OnceLock<StatementId>,
+    volume: Option<VolumeOp>,
+    /// Chunks fold here and ride with the end: a chunk costs a few atomic operations on the
+    /// handle, not an event through the queue (a CloudFetch result can have thousands).
+    chunks: FoldedChunks,
+    recorded: Recorded,
+}
+
+/// An optional `u64` in one atomic: `u64::MAX` is "not recorded".
+struct OptU64(AtomicU64);
+
+impl Default for OptU64 {
+    fn default() -> Self {
+        Self(AtomicU64::new(u64::MAX))
+    }
+}
+
+impl OptU64 {
+    fn set(&self, v: u64) {
+        self.0.store(v.min(u64::MAX - 1), Ordering::Relaxed);
+    }
+
+    /// Sets the value unless one is there already (the first mark wins).
+    fn set_first(&self, v: u64) {
+        let _ = self.0.compare_exchange(
+            u64::MAX,
+            v.min(u64::MAX - 1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
         );
-        Statement {
-            live: Some(LiveStatement {
-                conn: conn.clone(),
-                id,
-                started,
-                chunks: FoldedChunks::default(),
-            }),
+    }
+
+    /// Adds to the value (from 0 when unset), saturating below the "unset" mark.
+    fn add(&self, v: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                let n = if n == u64::MAX { 0 } else { n };
+                Some(n.saturating_add(v).min(u64::MAX - 1))
+            });
+    }
+
+    fn get(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|v| *v != u64::MAX)
+    }
+
+    fn get_u32(&self) -> Option<u32> {
+        self.get().map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+    }
+}
+
+/// An optional `bool` in one atomic: 0 unset, 1 false, 2 true.
+#[derive(Default)]
+struct OptBool(AtomicU8);
+
+impl OptBool {
+    fn set(&self, v: bool) {
+        self.0.store(1 + u8::from(v), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<bool> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v == 2),
         }
     }
+}
 
-    /// A handle that reports nothing (telemetry off).
-    pub(crate) fn disabled() -> Self {
-        Statement { live: None }
+/// What the driver records as the statement runs, each field lock-free.
+#[derive(Default)]
+struct Recorded {
+    /// 0 unset, else the index in [`ExecutionResultFormat::ALL`] plus one.
+    format: AtomicU8,
+    compressed: OptBool,
+    internal: OptBool,
+    chunks_present: OptU64,
+    polls: OptU64,
+    poll_ms: OptU64,
+    retries: OptU64,
+    ready_ms: OptU64,
+    consumed_ms: OptU64,
+}
+
+impl Recorded {
+    fn snapshot(&self) -> StatementCompletion {
+        let format = usize::from(self.format.load(Ordering::Relaxed));
+        StatementCompletion {
+            execution_result: format
+                .checked_sub(1)
+                .and_then(|i| ExecutionResultFormat::ALL.get(i).copied()),
+            compressed: self.compressed.get(),
+            poll_count: self.polls.get_u32(),
+            poll_latency_ms: self.poll_ms.get(),
+            retry_count: self.retries.get_u32(),
+            chunks_present: self.chunks_present.get_u32(),
+            result_ready_latency_ms: self.ready_ms.get(),
+            result_consumption_latency_ms: self.consumed_ms.get(),
+            is_internal_call: self.internal.get(),
+        }
     }
 }
 
-/// One statement's telemetry (RAII): reports its end exactly once, on
-/// [`complete`](Self::complete) or, as abandoned, on drop.
-///
-/// `Send + Sync`: CloudFetch download threads may share it to report their chunks.
-pub struct Statement {
-    live: Option<LiveStatement>,
-}
-
-struct LiveStatement {
-    conn: Arc<Emitter>,
-    id: StatementId,
-    started: Instant,
-    /// Chunks fold here and ride with the completion: a chunk costs a few atomic operations
-    /// on the handle, not an event through the queue (a CloudFetch result can have thousands).
-    chunks: FoldedChunks,
-}
-
-/// [`ChunkStats`] folded lock-free, so download threads sharing a statement never wait on
+/// [`ChunkStats`] folded lock-free, so download tasks sharing a statement never wait on
 /// each other. Every count saturates, as [`ChunkStats::record`] does.
 #[derive(Default)]
 struct FoldedChunks {
@@ -106,39 +206,138 @@ impl FoldedChunks {
         }
     }
 
-    fn into_stats(self) -> ChunkStats {
+    fn snapshot(&self) -> ChunkStats {
         let positive = |v: i64| (v > 0).then_some(v);
         ChunkStats {
-            iterated: self.iterated.into_inner(),
-            initial_latency_ms: positive(self.initial.into_inner()),
-            slowest_latency_ms: positive(self.slowest.into_inner()),
-            sum_latency_ms: self.sum.into_inner(),
-            compressed: self.compressed.into_inner(),
-            bytes: self.bytes.into_inner(),
-        }
-    }
-}
-
-impl fmt::Debug for Statement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.live {
-            Some(s) => f.debug_tuple("Statement").field(&s.id).finish(),
-            None => f.write_str("Statement(disabled)"),
+            iterated: self.iterated.load(Ordering::Relaxed),
+            initial_latency_ms: positive(self.initial.load(Ordering::Relaxed)),
+            slowest_latency_ms: positive(self.slowest.load(Ordering::Relaxed)),
+            sum_latency_ms: self.sum.load(Ordering::Relaxed),
+            compressed: self.compressed.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
         }
     }
 }
 
 impl Statement {
-    /// The statement's id, if telemetry is on.
-    pub fn id(&self) -> Option<&str> {
-        self.live.as_ref().map(|s| &*s.id)
+    /// Begins a statement: one clock reading (the row's date and the latency's origin), one
+    /// allocation (the shared handle), one queue push.
+    pub(crate) fn begin(
+        conn: &Arc<Emitter>,
+        statement_type: StatementType,
+        operation_type: OperationType,
+        volume: Option<VolumeOp>,
+    ) -> Self {
+        let begun = Instant::now();
+        let key = conn.next_statement_key();
+        conn.emit(
+            Some(begun),
+            EventKind::StatementStarted {
+                key,
+                statement_type,
+                operation_type,
+            },
+        );
+        Statement {
+            shared: Some(Arc::new(Shared {
+                conn: conn.clone(),
+                key,
+                begun,
+                statement_type,
+                operation_type,
+                ended: AtomicBool::new(false),
+                id: OnceLock::new(),
+                volume,
+                chunks: FoldedChunks::default(),
+                recorded: Recorded::default(),
+            })),
+        }
     }
 
-    /// A CloudFetch chunk was downloaded. Folded into the statement's chunk statistics,
-    /// which are sent with its completion.
+    /// A handle that reports nothing (telemetry off).
+    pub(crate) fn disabled() -> Self {
+        Statement { shared: None }
+    }
+
+    /// Whether this handle reports anything.
+    pub fn is_enabled(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The server's statement id, once attached.
+    pub fn id(&self) -> Option<&str> {
+        self.shared.as_ref()?.id.get().map(|id| &**id)
+    }
+
+    /// Attaches the server's statement id (from the execute call's answer). The first id
+    /// attached stays; later ones are ignored. A statement that never gets one (its execute
+    /// call failed) is still reported, without an id.
+    pub fn attach_id(&self, statement_id: &str) {
+        if let Some(s) = self.shared.as_ref().filter(|s| s.id.get().is_none()) {
+            let _ = s.id.set(Arc::from(capped_id(statement_id)));
+        }
+    }
+
+    /// How the result comes back (from the execute or poll answer's manifest).
+    pub fn result_format(&self, format: ExecutionResultFormat) {
+        if let Some(s) = &self.shared {
+            let index = ExecutionResultFormat::ALL
+                .iter()
+                .position(|f| *f == format)
+                .map_or(0, |i| u8::try_from(i + 1).unwrap_or(0));
+            s.recorded.format.store(index, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the result is compressed (e.g. `LZ4_FRAME`); any compressed chunk also says so.
+    pub fn compressed(&self, compressed: bool) {
+        if let Some(s) = &self.shared {
+            s.recorded.compressed.set(compressed);
+        }
+    }
+
+    /// How many CloudFetch chunks the result has.
+    pub fn chunks_present(&self, chunks: u32) {
+        if let Some(s) = &self.shared {
+            s.recorded.chunks_present.set(u64::from(chunks));
+        }
+    }
+
+    /// Whether the driver runs this statement for itself (e.g. a metadata query).
+    pub fn internal_call(&self, internal: bool) {
+        if let Some(s) = &self.shared {
+            s.recorded.internal.set(internal);
+        }
+    }
+
+    /// One status poll, and how long it took. Adds to the poll count and total.
+    pub fn poll(&self, latency: Duration) {
+        if let Some(s) = &self.shared {
+            s.recorded.polls.add(1);
+            s.recorded.poll_ms.add(millis(latency));
+        }
+    }
+
+    /// The poll count and total time, for a driver that keeps its own (replaces what
+    /// [`poll`](Self::poll) added).
+    pub fn polls(&self, count: u32, total: Duration) {
+        if let Some(s) = &self.shared {
+            s.recorded.polls.set(u64::from(count));
+            s.recorded.poll_ms.set(millis(total));
+        }
+    }
+
+    /// One retry of the execute call.
+    pub fn retry(&self) {
+        if let Some(s) = &self.shared {
+            s.recorded.retries.add(1);
+        }
+    }
+
+    /// A CloudFetch chunk was downloaded: folded into the statement's chunk statistics.
     #[inline]
     pub fn chunk(&self, latency: Duration, bytes: u64, compressed: bool) {
-        if let Some(s) = &self.live {
+        if let Some(s) = &self.shared {
             s.chunks.record(
                 i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
                 bytes,
@@ -147,59 +346,152 @@ impl Statement {
         }
     }
 
-    /// An error on this statement. A terminal one ends the statement's row and is flushed at
-    /// once (without the chunks reported so far: they ride with the statement's end, which
-    /// then finds the statement already reported and is counted as
-    /// [`UnknownStatement`](telemetry_types::drops::DropReason::UnknownStatement)); others are
-    /// reported with the statement.
-    #[inline]
-    pub fn error(&self, error: DriverError) {
-        if let Some(s) = &self.live {
+    /// A CloudFetch chunk failed after its retries: a row of its own (the chunk's index, the
+    /// statement's chunk statistics so far, the error), sent at once. The statement goes on.
+    pub fn chunk_failed<E: ReportableError + ?Sized>(&self, chunk_index: i64, error: &E) {
+        if let Some(s) = &self.shared {
+            s.conn.emit(
+                Some(Instant::now()),
+                EventKind::ChunkFailed {
+                    key: s.key,
+                    failure: Box::new(ChunkFailure {
+                        statement_id: s.id.get().cloned(),
+                        statement_type: s.statement_type,
+                        operation_type: s.operation_type,
+                        chunk_index,
+                        chunks: s.chunks.snapshot(),
+                        completion: s.recorded.snapshot(),
+                        error: DriverError::from_error(error),
+                    }),
+                },
+            );
+        }
+    }
+
+    /// The result set is ready (the first batch handed out): its latency is measured from
+    /// the begin. The first mark counts.
+    pub fn result_ready(&self) {
+        if let Some(s) = &self.shared {
+            s.recorded.ready_ms.set_first(millis(s.begun.elapsed()));
+        }
+    }
+
+    /// The result set was consumed (the reader is done): measured from the begin. The first
+    /// mark counts.
+    pub fn result_consumed(&self) {
+        if let Some(s) = &self.shared {
+            s.recorded.consumed_ms.set_first(millis(s.begun.elapsed()));
+        }
+    }
+
+    /// An error on this statement. A terminal one (by SQLSTATE or HTTP status) ends the
+    /// statement as [`fail`](Self::fail) does, and is sent at once with its statistics; others
+    /// are reported with the statement when it ends.
+    pub fn error<E: ReportableError + ?Sized>(&self, error: &E) {
+        let Some(s) = &self.shared else { return };
+        let error = DriverError::from_error(error);
+        if error.class == ErrorClass::Terminal {
+            s.end(StatementOutcome::Failed, Some(error));
+        } else if !s.ended.load(Ordering::Relaxed) {
             s.conn.emit(
                 Some(Instant::now()),
                 EventKind::Error {
-                    statement_id: Some(s.id.clone()),
+                    statement: Some(s.key),
                     error: Box::new(error),
                 },
             );
         }
     }
 
-    /// The statement finished (or was closed); fields the driver does not know stay `None`.
-    /// The latency is measured from [`Connection::statement`](crate::Connection::statement).
-    #[inline]
-    pub fn complete(mut self, completion: StatementCompletion) {
-        if let Some(live) = self.live.take() {
-            live.end(completion, false);
+    /// The statement completed.
+    pub fn complete(&self) {
+        if let Some(s) = &self.shared {
+            s.end(StatementOutcome::Completed, None);
+        }
+    }
+
+    /// The statement failed (its execute call, its polling, or reading its result); the error
+    /// goes on the statement's row, and a terminal one is sent at once.
+    pub fn fail<E: ReportableError + ?Sized>(&self, error: &E) {
+        if let Some(s) = &self.shared {
+            s.end(
+                StatementOutcome::Failed,
+                Some(DriverError::from_error(error)),
+            );
+        }
+    }
+
+    /// The statement was cancelled before completing (`CANCEL_STATEMENT`).
+    pub fn cancel(&self) {
+        if let Some(s) = &self.shared {
+            s.end(StatementOutcome::Cancelled, None);
+        }
+    }
+
+    /// The statement was closed. Before it completed, the row says `CLOSE_STATEMENT`; after,
+    /// this is an ignored (counted) second ending.
+    pub fn close(&self) {
+        if let Some(s) = &self.shared {
+            s.end(StatementOutcome::Closed, None);
         }
     }
 }
 
-impl LiveStatement {
-    /// Reports the end: the latency measured from the start, the chunks folded here and what
-    /// the driver told; out of line.
-    fn end(self, completion: StatementCompletion, abandoned: bool) {
+impl Shared {
+    /// Reports the end once: the first caller wins; later ones are counted.
+    fn end(&self, outcome: StatementOutcome, error: Option<DriverError>) {
+        if self.ended.swap(true, Ordering::AcqRel) {
+            self.conn.lease.count_ignored_ending();
+            return;
+        }
+        self.emit_end(outcome, error, self.volume.clone());
+    }
+
+    /// Out of line: builds the end from what was recorded and queues it.
+    fn emit_end(
+        &self,
+        outcome: StatementOutcome,
+        error: Option<DriverError>,
+        volume: Option<VolumeOp>,
+    ) {
         let end = StatementEnd {
-            latency_ms: millis(self.started.elapsed()),
-            abandoned,
-            chunks: self.chunks.into_stats(),
-            completion,
+            statement_id: self.id.get().cloned(),
+            latency_ms: millis(self.begun.elapsed()),
+            outcome,
+            chunks: self.chunks.snapshot(),
+            completion: self.recorded.snapshot(),
+            error,
+            volume,
         };
         self.conn.emit(
             None,
             EventKind::StatementEnded {
-                statement_id: self.id,
+                key: self.key,
                 end: Box::new(end),
             },
         );
     }
 }
 
-impl Drop for Statement {
-    #[inline]
+impl Drop for Shared {
     fn drop(&mut self) {
-        if let Some(live) = self.live.take() {
-            live.end(StatementCompletion::default(), true);
+        if !*self.ended.get_mut() {
+            let volume = self.volume.take();
+            self.emit_end(StatementOutcome::Abandoned, None, volume);
+        }
+    }
+}
+
+impl fmt::Debug for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.shared {
+            Some(s) => f
+                .debug_struct("Statement")
+                .field("id", &s.id.get())
+                .field("operation", &s.operation_type)
+                .field("ended", &s.ended.load(Ordering::Relaxed))
+                .finish(),
+            None => f.write_str("Statement(disabled)"),
         }
     }
 }
@@ -216,8 +508,32 @@ mod tests {
             folded.record(latency, bytes, false);
             whole.record(latency, bytes, false);
         }
-        let got = folded.into_stats();
+        let got = folded.snapshot();
         assert_eq!(got, whole);
         assert_eq!((got.sum_latency_ms, got.bytes), (i64::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn recorded_fields_round_trip_and_saturate() {
+        let r = Recorded::default();
+        assert_eq!(r.snapshot(), StatementCompletion::default());
+        for f in ExecutionResultFormat::ALL {
+            r.format.store(0, Ordering::Relaxed);
+            let index = ExecutionResultFormat::ALL
+                .iter()
+                .position(|x| x == f)
+                .unwrap();
+            r.format
+                .store(u8::try_from(index + 1).unwrap(), Ordering::Relaxed);
+            assert_eq!(r.snapshot().execution_result, Some(*f));
+        }
+        r.polls.add(u64::MAX);
+        r.polls.add(5);
+        assert_eq!(r.snapshot().poll_count, Some(u32::MAX));
+        r.ready_ms.set_first(7);
+        r.ready_ms.set_first(9);
+        assert_eq!(r.snapshot().result_ready_latency_ms, Some(7));
+        r.compressed.set(false);
+        assert_eq!(r.snapshot().compressed, Some(false));
     }
 }

@@ -107,6 +107,9 @@ pub struct ProviderStats {
     pub clients_closed: u64,
     /// Connections given a disabled handle, by reason.
     pub disabled_connections: Vec<(DisabledReason, u64)>,
+    /// Statement endings after a statement's first (a `close` after `complete`, a second
+    /// `fail`): ignored, since the first ending stands.
+    pub statement_endings_ignored: u64,
     /// Live host clients, one entry each.
     pub hosts: Vec<HostStatsSummary>,
 }

@@ -5,13 +5,14 @@
 //! ```
 //! use std::time::Duration;
 //! use telemetry_client::testing::TestKit;
-//! use telemetry_client::{OperationType, StatementCompletion, StatementType};
+//! use telemetry_client::{OperationType, StatementType};
 //!
 //! let kit = TestKit::new();
 //! let conn = kit.connect("https://my-workspace.cloud.databricks.com");
 //! conn.opened(Duration::from_millis(5));
-//! conn.statement("01ef", StatementType::Query, OperationType::ExecuteStatement)
-//!     .complete(StatementCompletion::default());
+//! let statement = conn.statement(StatementType::Query, OperationType::ExecuteStatement);
+//! statement.attach_id("01ef");
+//! statement.complete();
 //! let logs = kit.logs();
 //! assert_eq!(logs.len(), 2);
 //! assert_eq!(logs[1].driver_log().sql_statement_id.as_deref(), Some("01ef"));

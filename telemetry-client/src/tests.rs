@@ -35,11 +35,12 @@ fn conn_opts(host: &str) -> ConnectionOptions {
 /// A statement with two chunks, an error, open and close rows: 4 rows.
 fn workload(c: &Connection) {
     c.opened(Duration::from_millis(5));
-    let s = c.statement("s1", StatementType::Query, OperationType::ExecuteStatement);
+    let s = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+    s.attach_id("s1");
     s.chunk(Duration::from_millis(10), 100, true);
     s.chunk(Duration::from_millis(20), 100, false);
-    s.complete(StatementCompletion::default());
-    c.error(DriverError::new("E", "x"));
+    s.complete();
+    c.error(&DriverError::new("E", "x"));
     c.closed(Duration::from_millis(1));
 }
 
@@ -146,8 +147,9 @@ async fn disabled_costs_nothing_and_sends_nothing() {
     let c = p.connect(conn_opts("a.example"));
     assert!(!c.is_enabled());
     workload(&c);
-    let s = c.statement("x", StatementType::Query, OperationType::ExecuteStatement);
-    assert!(s.id().is_none());
+    let s = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+    s.attach_id("x");
+    assert!(s.id().is_none() && !s.is_enabled());
     drop(s);
     c.close().await;
     assert_eq!(p.host_count(), 0);
@@ -328,13 +330,10 @@ async fn an_endpoint_failing_every_request_hurts_nothing() {
     let conns: Vec<_> = (0..4).map(|_| p.connect(conn_opts("a.example"))).collect();
     for c in &conns {
         for i in 0..50 {
-            let s = c.statement(
-                &format!("s{i}"),
-                StatementType::Query,
-                OperationType::ExecuteStatement,
-            );
+            let s = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+            s.attach_id(&format!("s{i}"));
             s.chunk(Duration::from_millis(3), 10, false);
-            s.error(DriverError::new("E", "password=hunter2"));
+            s.error(&DriverError::new("E", "password=hunter2"));
         }
     }
     for c in conns {
@@ -358,7 +357,8 @@ async fn chunks_from_several_threads_ride_with_an_abandoned_statement() {
     let (server, f) = (FakeServer::always(200), flag(true));
     let p = TelemetryClientProvider::new(options(&server, &f));
     let c = p.connect(conn_opts("a.example"));
-    let s = c.statement("s1", StatementType::Query, OperationType::ExecuteStatement);
+    let s = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+    s.attach_id("s1");
     std::thread::scope(|scope| {
         for t in 0..4u64 {
             let s = &s;
@@ -905,4 +905,295 @@ async fn the_flag_is_looked_up_through_the_connections_own_transport() {
         "nothing through the provider's transport"
     );
     drop(c);
+}
+
+/// Every log the fake server received, parsed, with the path it went to.
+fn sent_logs(server: &FakeServer) -> Vec<(String, serde_json::Value)> {
+    server
+        .requests()
+        .iter()
+        .flat_map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            body["protoLogs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| {
+                    (
+                        r.url.clone(),
+                        serde_json::from_str(l.as_str().unwrap()).unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn driver_log(log: &serde_json::Value) -> &serde_json::Value {
+    &log["entry"]["sql_driver_log"]
+}
+
+/// A driver's own error type, as the ADBC driver's carries: a SQLSTATE and a message.
+struct AdbcError {
+    sqlstate: &'static str,
+    message: &'static str,
+}
+
+impl ReportableError for AdbcError {
+    fn sqlstate(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(self.sqlstate.into())
+    }
+    fn message(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(self.message.into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sea_statement_lifecycle_with_a_late_id_and_a_shared_handle() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(ConnectionOptions {
+        session_id: None,
+        ..conn_opts("a.example")
+    });
+    c.session_opened("01ef-session", Duration::from_millis(40));
+    let st = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+    assert!(st.id().is_none(), "no id before the execute call answers");
+    st.attach_id("01ef-aaaa");
+    st.attach_id("01ef-bbbb");
+    assert_eq!(st.id(), Some("01ef-aaaa"), "the first id stays");
+    st.poll(Duration::from_millis(10));
+    st.poll(Duration::from_millis(15));
+    st.retry();
+    st.result_format(ExecutionResultFormat::ExternalLinks);
+    st.chunks_present(8);
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let st = st.clone();
+            s.spawn(move || {
+                for i in 0..4u64 {
+                    st.chunk(Duration::from_millis(10 + t * 4 + i), 100, false);
+                }
+            });
+        }
+    });
+    st.result_ready();
+    st.result_consumed();
+    let reader = st.clone();
+    st.complete();
+    reader.close(); // the reader's close after completion: ignored, counted
+    drop(reader);
+    drop(st);
+    c.close().await;
+    let logs = sent_logs(&server);
+    assert_eq!(logs.len(), 2);
+    assert_eq!(driver_log(&logs[0].1)["session_id"], "01ef-session");
+    let d = driver_log(&logs[1].1);
+    assert_eq!(
+        d["session_id"], "01ef-session",
+        "the late session id on later rows"
+    );
+    assert_eq!(d["sql_statement_id"], "01ef-aaaa");
+    let op = &d["sql_operation"];
+    assert_eq!(
+        op["operation_detail"]["operation_type"],
+        "EXECUTE_STATEMENT"
+    );
+    assert_eq!(op["operation_detail"]["n_operation_status_calls"], 2);
+    assert_eq!(
+        op["operation_detail"]["operation_status_latency_millis"],
+        25
+    );
+    assert_eq!(op["retry_count"], 1);
+    assert_eq!(op["execution_result"], "EXTERNAL_LINKS");
+    assert_eq!(op["chunk_details"]["total_chunks_present"], 8);
+    assert_eq!(op["chunk_details"]["total_chunks_iterated"], 8);
+    assert_eq!(op["chunk_details"]["slowest_chunk_latency_millis"], 17);
+    assert!(op["result_latency"]["result_set_ready_latency_millis"].is_i64());
+    assert!(op["result_latency"]["result_set_consumption_latency_millis"].is_i64());
+    let s = p.stats();
+    assert_eq!(s.statement_endings_ignored, 1);
+    assert_eq!(s.dropped.get(DropReason::UnknownStatement), 0);
+    assert_eq!((s.rows_exported, s.total_rows_dropped()), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_a_statement_ends_has_its_own_row() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    // The execute call failed: no id, the error on the statement's row.
+    let failed = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+    failed.fail(&AdbcError {
+        sqlstate: "42P01",
+        message: "table not found: SELECT * FROM t WHERE x = 'secret'",
+    });
+    failed.complete(); // ignored
+    // Cancelled while polling.
+    let cancelled = c.statement(StatementType::Query, OperationType::ExecuteStatementAsync);
+    cancelled.attach_id("01ef-c");
+    cancelled.poll(Duration::from_millis(5));
+    cancelled.cancel();
+    // Closed before completion.
+    let closed = c.metadata(OperationType::ListCrossReferences);
+    closed.close();
+    // Dropped after recording: the row keeps what was recorded.
+    let dropped = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+    dropped.attach_id("01ef-d");
+    dropped.result_format(ExecutionResultFormat::InlineArrow);
+    dropped.poll(Duration::from_millis(3));
+    let clone = dropped.clone();
+    drop(dropped);
+    drop(clone);
+    // A volume PUT: the local file as its name only.
+    let volume = c.volume(
+        VolumeOperationType::Put,
+        "/Volumes/main/default/v/f.csv",
+        Some("/home/alice/f.csv"),
+    );
+    volume.complete();
+    c.close().await;
+    let logs = sent_logs(&server);
+    let ops: Vec<_> = logs
+        .iter()
+        .map(|(_, l)| {
+            driver_log(l)["sql_operation"]["operation_detail"]["operation_type"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "EXECUTE_STATEMENT",
+            "CANCEL_STATEMENT",
+            "CLOSE_STATEMENT",
+            "CLOSE_STATEMENT",
+            "EXECUTE_STATEMENT"
+        ]
+    );
+    let failed = driver_log(&logs[0].1);
+    assert!(failed.get("sql_statement_id").is_none());
+    assert_eq!(failed["error_info"]["error_name"], "SQLSTATE 42P01");
+    assert_eq!(
+        failed["error_info"]["stack_trace"],
+        "table not found: SELECT * FROM t WHERE x = '?'"
+    );
+    assert_eq!(driver_log(&logs[1].1)["sql_statement_id"], "01ef-c");
+    assert_eq!(
+        driver_log(&logs[2].1)["sql_operation"]["statement_type"],
+        "METADATA"
+    );
+    let dropped = driver_log(&logs[3].1);
+    assert_eq!(dropped["sql_statement_id"], "01ef-d");
+    assert_eq!(dropped["sql_operation"]["execution_result"], "INLINE_ARROW");
+    assert_eq!(
+        dropped["sql_operation"]["operation_detail"]["n_operation_status_calls"],
+        1
+    );
+    let volume = driver_log(&logs[4].1);
+    assert_eq!(volume["sql_operation"]["statement_type"], "VOLUME");
+    assert_eq!(volume["vol_operation"]["local_file"], "f.csv");
+    assert_eq!(volume["vol_operation"]["volume_operation_type"], "PUT");
+    let s = p.stats();
+    assert_eq!(s.statement_endings_ignored, 1);
+    assert_eq!((s.rows_exported, s.total_rows_dropped()), (5, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_failure_and_a_chunk_failure_are_sent_at_once() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let mut o = options(&server, &f);
+    o.config.aggregation.flush_interval = Duration::from_secs(3600);
+    let p = TelemetryClientProvider::new(o);
+    let c = p.connect(conn_opts("a.example"));
+    let st = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+    st.attach_id("01ef-s");
+    st.chunk(Duration::from_millis(9), 10, true);
+    st.chunk_failed(
+        1,
+        &DriverError::new("CloudFetchError", "GET https://b/x?X-Amz-Signature=s")
+            .with_http_status(403),
+    );
+    let wait = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.rows() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.rows()
+    };
+    assert_eq!(
+        wait(1),
+        1,
+        "the chunk failure went without waiting for the interval"
+    );
+    // A terminal error ends the statement (its chunks kept) and is sent at once.
+    st.error(&AdbcError {
+        sqlstate: "28000",
+        message: "token expired",
+    });
+    assert_eq!(wait(2), 2);
+    let logs = sent_logs(&server);
+    let chunk = driver_log(&logs[0].1);
+    assert_eq!(chunk["sql_operation"]["chunk_id"], 1);
+    assert_eq!(
+        chunk["sql_operation"]["chunk_details"]["total_chunks_iterated"],
+        1
+    );
+    assert_eq!(chunk["sql_statement_id"], "01ef-s");
+    let ended = driver_log(&logs[1].1);
+    assert_eq!(ended["error_info"]["stack_trace"], "token expired");
+    assert_eq!(
+        ended["sql_operation"]["chunk_details"]["initial_chunk_latency_millis"],
+        9
+    );
+    st.complete(); // after the terminal error: ignored
+    assert_eq!(p.stats().statement_endings_ignored, 1);
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_open_without_credentials_goes_to_the_unauthenticated_endpoint() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(ConnectionOptions {
+        auth: None,
+        session_id: None,
+        ..conn_opts("a.example")
+    });
+    c.open_failed(
+        Duration::from_millis(12),
+        &AdbcError {
+            sqlstate: "08001",
+            message: "connect https://u:p@a.example refused",
+        },
+    );
+    c.close().await;
+    let logs = sent_logs(&server);
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].0, "https://a.example/telemetry-unauth");
+    let d = driver_log(&logs[0].1);
+    assert_eq!(
+        d["sql_operation"]["operation_detail"]["operation_type"],
+        "CREATE_SESSION"
+    );
+    assert_eq!(d["error_info"]["error_name"], "SQLSTATE 08001");
+    assert_eq!(
+        d["error_info"]["stack_trace"], "",
+        "no trace without credentials"
+    );
+    assert!(d.get("session_id").is_none() && logs[0].1.get("workspace_id").is_none());
+}
+
+#[test]
+fn a_disabled_statement_handle_does_nothing_and_allocates_nothing() {
+    let st = Statement::disabled();
+    let clone = st.clone();
+    clone.attach_id("x");
+    clone.chunk(Duration::from_millis(1), 1, true);
+    clone.fail(&DriverError::new("E", "m"));
+    st.complete();
+    assert!(!st.is_enabled() && st.id().is_none());
+    assert_eq!(format!("{st:?}"), "Statement(disabled)");
 }

@@ -40,7 +40,7 @@ fn exporter(base: &str, transport: HyperTransport) -> DatabricksExporter {
 fn rows(base: &str, token: Option<&str>, n: usize) -> Vec<TelemetryRow> {
     let mut c = ConnectionInfo::new(Host::parse(base, true).unwrap(), "TestDriver/1.0");
     c.workspace_id = Some(7);
-    c.session_id = Some("sess-1".into());
+    let _ = c.session_id.set("sess-1".into());
     c.auth = token.map(|t| Arc::new(StaticToken::new(t)) as Arc<dyn AuthProvider>);
     let c = Arc::new(c);
     (0..n)

@@ -59,9 +59,19 @@ impl ClientPreset {
         )
     }
 
-    /// A preset by name: `jdbc`, `nodejs` / `node`, `python`, `go` / `golang` (any case).
+    /// ADBC (the Databricks ADBC driver): `ADBC`.
+    pub fn adbc() -> Self {
+        Self::new(
+            "ADBC",
+            "databricks.partnerplatform.clientConfigsFeatureFlags.enableTelemetryForAdbc",
+        )
+    }
+
+    /// A preset by name: `adbc`, `jdbc`, `nodejs` / `node`, `python`, `go` / `golang` (any
+    /// case).
     pub fn by_name(name: &str) -> Option<Self> {
         match name.to_ascii_lowercase().as_str() {
+            "adbc" => Some(Self::adbc()),
             "jdbc" | "oss_jdbc" => Some(Self::jdbc()),
             "nodejs" | "node" => Some(Self::nodejs()),
             "python" => Some(Self::python()),
@@ -288,6 +298,7 @@ mod tests {
     #[case("python", "PYTHON")]
     #[case("golang", "GOLANG")]
     #[case("go", "GOLANG")]
+    #[case("ADBC", "ADBC")]
     fn presets(#[case] name: &str, #[case] client_type: &str) {
         let p = ClientPreset::by_name(name).unwrap();
         assert_eq!(p.client_type, client_type);
@@ -295,6 +306,10 @@ mod tests {
             "databricks.partnerplatform.clientConfigsFeatureFlags.enableTelemetryFor"
         ));
         assert!(ClientPreset::by_name("cobol").is_none());
+        assert_eq!(
+            ClientPreset::adbc().flag_name,
+            "databricks.partnerplatform.clientConfigsFeatureFlags.enableTelemetryForAdbc"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use telemetry_types::wire::TelemetryFrontendLog;
+
+use crate::schema::{RowKind, check_log};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -77,6 +79,8 @@ pub struct Received {
     pub authorization: Option<String>,
     /// The parsed logs.
     pub logs: Vec<TelemetryFrontendLog>,
+    /// Each log's row kind (spec section 3).
+    pub kinds: Vec<RowKind>,
 }
 
 #[derive(Default)]
@@ -158,6 +162,15 @@ impl MockWorkspace {
     /// Logs accepted, over all requests.
     pub fn rows_received(&self) -> u64 {
         self.received().iter().map(|r| r.logs.len() as u64).sum()
+    }
+
+    /// Logs accepted, by row kind.
+    pub fn rows_by_kind(&self) -> std::collections::BTreeMap<RowKind, u64> {
+        let mut by_kind = std::collections::BTreeMap::new();
+        for kind in self.received().iter().flat_map(|r| r.kinds.clone()) {
+            *by_kind.entry(kind).or_insert(0) += 1;
+        }
+        by_kind
     }
 
     /// Export requests seen (accepted, rejected or faulted).
@@ -265,11 +278,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Reply {
         Ok(b) => b.to_bytes(),
         Err(_) => return reply(StatusCode::BAD_REQUEST, "{}"),
     };
-    let logs = match validate(&body) {
-        Ok(logs) => logs,
+    let (logs, kinds): (Vec<TelemetryFrontendLog>, Vec<RowKind>) = match validate(&body) {
+        Ok(checked) => checked.into_iter().unzip(),
         Err(why) => {
             state.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(why, "mock workspace rejected a body");
+            tracing::debug!(%why, "mock workspace rejected a body");
             return reply(
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({"errors": [why]}).to_string(),
@@ -291,6 +304,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Reply {
             path,
             authorization,
             logs,
+            kinds,
         });
     reply(StatusCode::OK, serde_json::json!({"errors": [], "numSuccess": n, "numProtoSuccess": n, "numRealtimeSuccess": 0}).to_string())
 }
@@ -317,25 +331,26 @@ fn has_null(v: &Value) -> bool {
     }
 }
 
-/// Checks a request body as the receiver does; returns the parsed logs.
-pub fn validate(body: &[u8]) -> Result<Vec<TelemetryFrontendLog>, &'static str> {
+/// Checks a request body as the receiver does: the envelope, then each log against the
+/// server's schema ([`check_log`]); returns the parsed logs with their row kinds.
+pub fn validate(body: &[u8]) -> Result<Vec<(TelemetryFrontendLog, RowKind)>, String> {
     let v: Value = serde_json::from_slice(body).map_err(|_| "body is not JSON")?;
     let obj = v.as_object().ok_or("body is not an object")?;
     if obj
         .keys()
         .any(|k| !matches!(k.as_str(), "uploadTime" | "items" | "protoLogs"))
     {
-        return Err("unknown top-level field");
+        return Err("unknown top-level field".into());
     }
     if !obj.get("uploadTime").is_some_and(Value::is_i64) {
-        return Err("uploadTime missing or not an integer");
+        return Err("uploadTime missing or not an integer".into());
     }
     if !obj
         .get("items")
         .and_then(Value::as_array)
         .is_some_and(Vec::is_empty)
     {
-        return Err("items missing or not an empty array");
+        return Err("items missing or not an empty array".into());
     }
     let proto = obj
         .get("protoLogs")
@@ -346,9 +361,12 @@ pub fn validate(body: &[u8]) -> Result<Vec<TelemetryFrontendLog>, &'static str> 
         let s = p.as_str().ok_or("protoLogs element is not a string")?;
         let raw: Value = serde_json::from_str(s).map_err(|_| "protoLogs element is not JSON")?;
         if has_null(&raw) {
-            return Err("null field in a log");
+            return Err("null field in a log".into());
         }
-        logs.push(serde_json::from_value(raw).map_err(|_| "log does not match the schema")?);
+        let kind = check_log(&raw).map_err(|e| format!("log does not match the schema: {e}"))?;
+        let log = serde_json::from_value(raw)
+            .map_err(|e| format!("log does not parse as a TelemetryFrontendLog: {e}"))?;
+        logs.push((log, kind));
     }
     Ok(logs)
 }
@@ -388,7 +406,7 @@ mod tests {
             validate(&body(
                 serde_json::json!({"uploadTime": 1, "items": [], "protoLogs": [with_null.to_string()]})
             )),
-            Err("null field in a log")
+            Err("null field in a log".into())
         );
         let mut unknown = good_log;
         unknown["entry"]["sql_driver_log"]["made_up"] = Value::Bool(true);
@@ -396,7 +414,7 @@ mod tests {
             validate(&body(
                 serde_json::json!({"uploadTime": 1, "items": [], "protoLogs": [unknown.to_string()]})
             )),
-            Err("log does not match the schema")
+            Err("log does not match the schema: sql_driver_log.made_up: unknown key".into())
         );
         assert!(validate(b"nope").is_err());
         assert_eq!(

@@ -1,13 +1,19 @@
-//! A driver-like workload through the public `telemetry-client` API: connections on plain
-//! threads, each opening a session, running statements with CloudFetch chunks (some ending in
-//! an error), and closing.
+//! A driver-like workload through the public `telemetry-client` API, shaped like the ADBC
+//! driver's SEA path: connections on plain threads (or one after another), a failing session
+//! open, statements begun before their execute call with the id attached after it, polls,
+//! CloudFetch chunks reported from download threads holding clones of the handle, failures
+//! before an id exists, cancels, drops, early closes, chunk failures, metadata look-ups of
+//! every kind, volume operations, and an auth provider that blocks.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use telemetry_client::{
-    AuthType, ConnectionOptions, DriverError, ExecutionResultFormat, OperationType,
-    StatementCompletion, StatementType, StaticToken, TelemetryClientProvider,
+    AuthFlow, AuthMech, AuthProvider, AuthType, BoxFuture, ConnectionOptions,
+    DriverConnectionParameters, DriverMode, ExecutionResultFormat, HostDetails, OperationType,
+    ReportableError, Statement, StatementType, StaticToken, TelemetryClientProvider,
+    VolumeOperationType,
 };
 
 /// The shape of a run.
@@ -31,6 +37,12 @@ pub struct Workload {
     /// Pad each error message and statement id to this many bytes (0: short ones): a driver
     /// handing in megabyte strings.
     pub string_bytes: usize,
+    /// Every kind of statement ([`Kind::of`]) rather than queries only.
+    pub mixed: bool,
+    /// Connections (the first ones) whose first session open fails.
+    pub failed_opens: usize,
+    /// The token provider blocks (`block_in_place`) like an OAuth provider.
+    pub blocking_auth: bool,
 }
 
 impl Default for Workload {
@@ -44,6 +56,9 @@ impl Default for Workload {
             token: None,
             sequential: false,
             string_bytes: 0,
+            mixed: true,
+            failed_opens: 1,
+            blocking_auth: false,
         }
     }
 }
@@ -51,11 +66,11 @@ impl Default for Workload {
 /// What a run did, from the driver's side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkloadReport {
-    /// Events the telemetry calls produce when telemetry is on (a chunk call folds into its
-    /// statement's completion instead of being an event of its own).
+    /// Events the telemetry calls produce when telemetry is on (what a statement records on
+    /// its handle rides with its end instead of being an event of its own).
     pub events: u64,
     /// Rows those events should become: per connection one open, one per statement, one per
-    /// error, one close.
+    /// error, one per failed chunk, one close, and one per failed open.
     pub expected_rows: u64,
     /// Statements that ended in an error.
     pub errors: u64,
@@ -120,6 +135,164 @@ pub fn run(
     report
 }
 
+/// The metadata look-ups a driver runs, in turn.
+const METADATA: [OperationType; 11] = [
+    OperationType::ListCatalogs,
+    OperationType::ListSchemas,
+    OperationType::ListTables,
+    OperationType::ListColumns,
+    OperationType::ListFunctions,
+    OperationType::ListTableTypes,
+    OperationType::ListTypeInfo,
+    OperationType::ListPrimaryKeys,
+    OperationType::ListImportedKeys,
+    OperationType::ListExportedKeys,
+    OperationType::ListCrossReferences,
+];
+
+/// The volume operations, in turn.
+const VOLUME: [VolumeOperationType; 5] = [
+    VolumeOperationType::Put,
+    VolumeOperationType::Get,
+    VolumeOperationType::Delete,
+    VolumeOperationType::List,
+    VolumeOperationType::Query,
+];
+
+/// What statement `n` of a connection does: most run a query with CloudFetch chunks; one in
+/// each [`Kind::CYCLE`] does each of the other things a real driver's statements do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Execute, attach the id, poll, download chunks on the download threads, read, complete.
+    Query,
+    /// `EXECUTE_STATEMENT_ASYNC`, otherwise as a query.
+    AsyncQuery,
+    /// The execute call fails before the server assigns an id.
+    ExecuteFails,
+    /// Cancelled while polling.
+    Cancelled,
+    /// The handle is dropped after the driver recorded the format and polls.
+    Dropped,
+    /// Closed before it completed.
+    ClosedEarly,
+    /// One chunk fails after its retries; the others arrive; then it completes.
+    ChunkFails,
+    /// A metadata look-up.
+    Metadata,
+    /// A Unity Catalog volume operation.
+    Volume,
+}
+
+impl Kind {
+    /// Statements per cycle of kinds.
+    pub const CYCLE: usize = 20;
+
+    /// The kind of statement `n`.
+    pub fn of(n: usize) -> Self {
+        match n % Self::CYCLE {
+            3 => Self::ExecuteFails,
+            5 => Self::Cancelled,
+            7 => Self::Dropped,
+            9 | 19 => Self::Metadata,
+            11 => Self::Volume,
+            13 => Self::ChunkFails,
+            15 => Self::ClosedEarly,
+            17 => Self::AsyncQuery,
+            _ => Self::Query,
+        }
+    }
+
+    /// Whether its chunks are downloaded.
+    fn has_chunks(self) -> bool {
+        matches!(self, Self::Query | Self::AsyncQuery | Self::ChunkFails)
+    }
+}
+
+/// The driver's own error type, reported through [`ReportableError`].
+struct SimError {
+    sqlstate: &'static str,
+    status: Option<u16>,
+    message: String,
+}
+
+impl ReportableError for SimError {
+    fn error_name(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed("SimulatedDriverError"))
+    }
+    fn sqlstate(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(self.sqlstate))
+    }
+    fn http_status(&self) -> Option<u16> {
+        self.status
+    }
+    fn message(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.message))
+    }
+}
+
+/// A connection's CloudFetch download threads: they receive a clone of the statement handle
+/// per chunk, report the chunk on it, and drop the clone.
+struct Downloads {
+    jobs: Option<mpsc::Sender<(Statement, usize, mpsc::Sender<()>)>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Downloads {
+    fn start(n: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<(Statement, usize, mpsc::Sender<()>)>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let threads = (0..n)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok((statement, k, done)) = job else {
+                            return;
+                        };
+                        statement.chunk(
+                            Duration::from_millis(5 + (k as u64 * 7) % 40),
+                            1 << 20,
+                            k % 2 == 0,
+                        );
+                        drop(statement);
+                        let _ = done.send(());
+                    }
+                })
+            })
+            .collect();
+        Self {
+            jobs: Some(tx),
+            threads,
+        }
+    }
+
+    /// Downloads `chunks` chunks of `statement` on the threads; returns when all are in.
+    fn fetch(&self, statement: &Statement, chunks: usize) {
+        let Some(jobs) = &self.jobs else { return };
+        let (done_tx, done_rx) = mpsc::channel();
+        for k in 0..chunks {
+            let _ = jobs.send((statement.clone(), k, done_tx.clone()));
+        }
+        drop(done_tx);
+        for _ in 0..chunks {
+            let _ = done_rx.recv();
+        }
+    }
+}
+
+impl Drop for Downloads {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 fn connection(
     provider: &TelemetryClientProvider,
     host: &str,
@@ -127,21 +300,39 @@ fn connection(
     w: &Workload,
     index: usize,
 ) -> WorkloadReport {
-    let mut options = ConnectionOptions::new(host)
-        .with_http_path(http_path)
-        .with_session_id(format!("sim-session-{index}"));
-    match w.token.clone() {
-        Some(t) => options = options.with_auth(Arc::new(StaticToken::new(t)), AuthType::Pat),
-        None => options.auth_type = Some(AuthType::Unknown),
-    }
-    let open_started = Instant::now();
-    let conn = provider.connect(options);
-    conn.opened(open_started.elapsed());
-    let mut r = WorkloadReport {
-        events: 1,
-        expected_rows: 2,
-        ..Default::default()
+    let mut r = WorkloadReport::default();
+    let auth = |mut options: ConnectionOptions| {
+        match w.token.clone() {
+            Some(t) if w.blocking_auth => {
+                options = options.with_auth(Arc::new(BlockingToken::new(t)), AuthType::OauthM2m);
+            }
+            Some(t) => options = options.with_auth(Arc::new(StaticToken::new(t)), AuthType::Pat),
+            None => options.auth_type = Some(AuthType::Unknown),
+        }
+        options
+            .with_http_path(http_path)
+            .with_connection_params(connection_params(host))
     };
+    // A session open that fails before any credentials work: a connection-failure row.
+    if index < w.failed_opens {
+        let failed = provider.connect(auth(ConnectionOptions::new(host)));
+        failed.open_failed(
+            Duration::from_millis(30),
+            &SimError {
+                sqlstate: "08001",
+                status: None,
+                message: "connect to https://user:pw@warehouse failed: connection refused".into(),
+            },
+        );
+        r.events += 1;
+        r.expected_rows += 1;
+        failed.close_blocking();
+    }
+    let conn = provider.connect(auth(ConnectionOptions::new(host)));
+    let open_started = Instant::now();
+    conn.session_opened(&format!("sim-session-{index}"), open_started.elapsed());
+    r.events += 1;
+    r.expected_rows += 2; // open and close
     let pad = |text: String| {
         let missing = w.string_bytes.saturating_sub(text.len());
         if missing == 0 {
@@ -150,44 +341,132 @@ fn connection(
             text + &" x".repeat(missing / 2)
         }
     };
+    let downloads = Downloads::start(if w.chunks > 0 { 2 } else { 0 });
     for s in 0..w.statements {
-        let id = pad(format!("sim-{index}-{s}"));
-        let stmt = conn.statement(&id, StatementType::Query, OperationType::ExecuteStatement);
-        busy_wait(w.work_us);
-        for k in 0..w.chunks {
-            stmt.chunk(
-                Duration::from_millis(5 + (k as u64 * 7) % 40),
-                1 << 20,
-                k % 2 == 0,
-            );
-        }
-        r.events += 2; // start and completion; chunks fold into the completion
+        let kind = if w.mixed { Kind::of(s) } else { Kind::Query };
+        r.events += 2; // begin and end; everything else rides on the handle
         r.expected_rows += 1;
-        if is_error(index * w.statements + s, w.error_rate) {
-            stmt.error(
-                DriverError::new(
-                    "SimulatedServerError",
-                    pad("warehouse busy, try again".to_owned()),
-                )
-                .with_http_status(503),
+        let stmt = match kind {
+            Kind::Metadata => conn.metadata(METADATA[(s / Kind::CYCLE + index) % METADATA.len()]),
+            Kind::Volume => conn.volume(
+                VOLUME[(s / Kind::CYCLE + index) % VOLUME.len()],
+                "/Volumes/main/default/landing/in.csv",
+                Some("/home/alice/data/in.csv"),
+            ),
+            Kind::AsyncQuery => {
+                conn.statement(StatementType::Query, OperationType::ExecuteStatementAsync)
+            }
+            _ => conn.statement(StatementType::Query, OperationType::ExecuteStatement),
+        };
+        busy_wait(w.work_us);
+        if kind == Kind::ExecuteFails {
+            stmt.fail(&SimError {
+                sqlstate: "42P01",
+                status: Some(400),
+                message: pad(
+                    "[TABLE_OR_VIEW_NOT_FOUND] == SQL ==\nSELECT * FROM t WHERE k = 'secret'"
+                        .to_owned(),
+                ),
+            });
+            continue;
+        }
+        // The execute call answered: the server's id.
+        stmt.attach_id(&pad(format!("01ef-{index:04x}-{s:08x}")));
+        stmt.poll(Duration::from_millis(3));
+        if kind == Kind::Cancelled {
+            stmt.cancel();
+            continue;
+        }
+        stmt.result_format(ExecutionResultFormat::ExternalLinks);
+        stmt.poll(Duration::from_millis(2));
+        if kind == Kind::Dropped {
+            drop(stmt);
+            continue;
+        }
+        if kind.has_chunks() && w.chunks > 0 {
+            stmt.chunks_present(w.chunks as u32);
+            stmt.compressed(true);
+            downloads.fetch(&stmt, w.chunks);
+        }
+        if kind == Kind::ChunkFails {
+            stmt.chunk_failed(
+                w.chunks as i64,
+                &SimError {
+                    sqlstate: "HY000",
+                    status: Some(403),
+                    message:
+                        "GET https://bucket.s3.amazonaws.com/chunk?X-Amz-Signature=abc expired"
+                            .into(),
+                },
             );
+            r.events += 1;
+            r.expected_rows += 1;
+        }
+        stmt.result_ready();
+        if kind == Kind::ClosedEarly {
+            stmt.close();
+            continue;
+        }
+        if is_error(index * w.statements + s, w.error_rate) {
+            stmt.error(&SimError {
+                sqlstate: "08S01",
+                status: Some(503),
+                message: pad("warehouse busy, try again".to_owned()),
+            });
             r.events += 1;
             r.expected_rows += 1;
             r.errors += 1;
         }
-        stmt.complete(StatementCompletion {
-            execution_result: Some(ExecutionResultFormat::ExternalLinks),
-            poll_count: Some(1),
-            chunks_present: Some(w.chunks as u32),
-            ..Default::default()
-        });
+        stmt.result_consumed();
+        stmt.complete();
+        stmt.close(); // the driver closes it after reading: an ignored second ending
     }
+    drop(downloads);
     conn.closed(Duration::from_micros(300));
     r.events += 1;
     let close_started = Instant::now();
     conn.close_blocking();
     r.close_max = close_started.elapsed();
     r
+}
+
+/// The connection parameters a SEA driver reports.
+fn connection_params(host: &str) -> DriverConnectionParameters {
+    DriverConnectionParameters {
+        mode: Some(DriverMode::Sea),
+        host_info: Some(HostDetails::new(host, 443)),
+        auth_mech: Some(AuthMech::Pat),
+        auth_flow: Some(AuthFlow::TokenPassthrough),
+        use_proxy: Some(false),
+        enable_arrow: Some(true),
+        enable_direct_results: Some(true),
+        socket_timeout: Some(900),
+        async_poll_interval_millis: Some(100),
+        rows_fetched_per_block: Some(100_000),
+        string_column_length: Some(255),
+        ..Default::default()
+    }
+}
+
+/// A token provider that blocks the way the ADBC driver's OAuth providers do: it calls
+/// `block_in_place` inside `auth_headers` (which panics on a current-thread runtime).
+#[derive(Debug)]
+pub struct BlockingToken(StaticToken);
+
+impl BlockingToken {
+    /// Wraps a token.
+    pub fn new(token: String) -> Self {
+        Self(StaticToken::new(token))
+    }
+}
+
+impl AuthProvider for BlockingToken {
+    fn auth_headers(&self) -> BoxFuture<'_, Option<Vec<(String, String)>>> {
+        Box::pin(async move {
+            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(2)));
+            self.0.auth_headers().await
+        })
+    }
 }
 
 #[cfg(test)]

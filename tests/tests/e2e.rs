@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use telemetry_client::{
     AuthType, ClientPreset, ConnectionOptions, DisableSwitch, DriverError, DropReason,
-    FailurePolicy, OperationType, ProviderOptions, StatementCompletion, StatementType, StaticToken,
+    FailurePolicy, OperationType, ProviderOptions, StatementType, StaticToken,
     TelemetryClientProvider,
 };
 use telemetry_tests::mock::{Fault, MockWorkspace};
+use telemetry_tests::schema::RowKind;
 use telemetry_tests::workload::{self, Workload};
 
 fn flag_name() -> String {
@@ -53,20 +54,15 @@ async fn rows_arrive_with_the_right_fields() {
     let c = connect(&p, &mock.base_url());
     assert_eq!(p.host_count(), 1, "telemetry initialises on connect");
     c.opened(Duration::from_millis(321));
-    let s = c.statement(
-        "stmt-1",
-        StatementType::Query,
-        OperationType::ExecuteStatement,
-    );
+    let s = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+    s.attach_id("stmt-1");
     s.chunk(Duration::from_millis(40), 1000, true);
     s.chunk(Duration::from_millis(90), 1000, false);
-    s.complete(StatementCompletion {
-        chunks_present: Some(2),
-        poll_count: Some(4),
-        ..Default::default()
-    });
+    s.chunks_present(2);
+    s.polls(4, Duration::from_millis(80));
+    s.complete();
     c.error(
-        DriverError::new(
+        &DriverError::new(
             "AuthenticationError",
             "Bearer dapi0123456789abcdef0123 expired",
         )
@@ -192,13 +188,118 @@ async fn exactly_the_expected_rows_arrive_for_a_known_workload() {
         ..Default::default()
     };
     let report = run_workload(&p, &mock.base_url(), w).await;
-    assert_eq!(report.expected_rows, 4 * (2 + 50) + report.errors);
+    let chunk_failures = (0..50)
+        .filter(|s| workload::Kind::of(*s) == workload::Kind::ChunkFails)
+        .count() as u64;
+    // Per connection: open, close, 50 statements, its chunk failures; one failed open; errors.
+    assert_eq!(
+        report.expected_rows,
+        4 * (2 + 50 + chunk_failures) + 1 + report.errors
+    );
     assert_eq!(mock.rows_received(), report.expected_rows);
+    assert_eq!(mock.rejected(), 0);
     let s = p.stats();
     assert_eq!(
         (s.events_emitted, s.rows_exported, s.total_rows_dropped()),
         (report.events, report.expected_rows, 0)
     );
+    // Every row kind of spec section 3 arrived and passed the server's schema.
+    let by_kind = mock.rows_by_kind();
+    for kind in RowKind::ALL {
+        assert!(
+            by_kind.get(&kind).copied().unwrap_or(0) > 0,
+            "no {kind:?} row: {by_kind:?}"
+        );
+    }
+    // The completed statements were also closed: ignored second endings, counted.
+    let completed = (0..50)
+        .filter(|s| {
+            matches!(
+                workload::Kind::of(*s),
+                workload::Kind::Query
+                    | workload::Kind::AsyncQuery
+                    | workload::Kind::ChunkFails
+                    | workload::Kind::Metadata
+                    | workload::Kind::Volume
+            )
+        })
+        .count() as u64;
+    assert_eq!(s.statement_endings_ignored, 4 * completed);
+    // Rows the handles measured and recorded: ids attached late, chunks from other threads.
+    let logs: Vec<_> = mock.received().into_iter().flat_map(|r| r.logs).collect();
+    let queries: Vec<_> = logs
+        .iter()
+        .filter_map(|l| {
+            let op = l.driver_log().sql_operation.as_ref()?;
+            (op.operation_detail.as_ref()?.operation_type == Some(OperationType::ExecuteStatement)
+                && op.statement_type == Some(StatementType::Query)
+                && op.chunk_id.is_none()
+                && l.driver_log().error_info.is_none())
+            .then_some((l.driver_log(), op))
+        })
+        .collect();
+    assert!(!queries.is_empty());
+    for (d, op) in queries {
+        assert!(
+            d.sql_statement_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("01ef-"))
+        );
+        let chunks = op.chunk_details.as_ref().unwrap();
+        assert_eq!(
+            (chunks.total_chunks_present, chunks.total_chunks_iterated),
+            (Some(3), Some(3))
+        );
+        assert_eq!(
+            op.operation_detail
+                .as_ref()
+                .unwrap()
+                .n_operation_status_calls,
+            Some(2)
+        );
+        assert!(op.result_latency.is_some());
+    }
+    // A failed execute has no id, and its error (SQL and all) is redacted.
+    let failed = logs
+        .iter()
+        .find(|l| {
+            l.driver_log()
+                .error_info
+                .as_ref()
+                .is_some_and(|e| e.stack_trace.contains("TABLE_OR_VIEW_NOT_FOUND"))
+        })
+        .unwrap_or_else(|| {
+            let errors: Vec<_> = logs
+                .iter()
+                .filter_map(|l| l.driver_log().error_info.clone())
+                .collect();
+            panic!("{errors:?}")
+        });
+    assert!(failed.driver_log().sql_statement_id.is_none());
+    let trace = &failed.driver_log().error_info.as_ref().unwrap().stack_trace;
+    assert!(
+        !trace.contains("secret") && !trace.contains("SELECT"),
+        "{trace}"
+    );
+}
+
+/// An OAuth-style provider that calls `block_in_place` in `auth_headers`, as the ADBC driver's
+/// do: the rows still arrive with its credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_auth_provider_still_delivers_every_row() {
+    let mock = MockWorkspace::start(&flag_name()).await.unwrap();
+    let p = TelemetryClientProvider::new(options());
+    let w = Workload {
+        connections: 2,
+        statements: 20,
+        token: Some("t".into()),
+        blocking_auth: true,
+        ..Default::default()
+    };
+    let report = run_workload(&p, &mock.base_url(), w).await;
+    assert_eq!(mock.rows_received(), report.expected_rows);
+    assert!(mock.received().iter().all(|r| r.path == "/telemetry-ext"));
+    assert_eq!(p.stats().total_rows_dropped(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,17 +459,12 @@ fn a_driver_can_assert_its_rows_with_the_test_kit() {
     let kit = TestKit::new();
     let conn = kit.connect("https://adb-1.azuredatabricks.net");
     conn.opened(Duration::from_millis(7));
-    let s = conn.statement(
-        "st-1",
-        StatementType::Query,
-        OperationType::ExecuteStatement,
-    );
+    let s = conn.statement(StatementType::Query, OperationType::ExecuteStatement);
+    s.attach_id("st-1");
     s.chunk(Duration::from_millis(3), 10, true);
-    s.complete(StatementCompletion {
-        poll_count: Some(2),
-        ..Default::default()
-    });
-    conn.error(DriverError::new("Boom", "token=abc"));
+    s.polls(2, Duration::from_millis(5));
+    s.complete();
+    conn.error(&DriverError::new("Boom", "token=abc"));
     let logs = kit.logs();
     assert_eq!(logs.len(), 3);
     let st = logs[1].driver_log();

@@ -46,7 +46,7 @@ fn exporter(transport: Arc<Scripted>) -> DatabricksExporter {
 fn conn_with(token: Option<&str>) -> Arc<ConnectionInfo> {
     let mut c = ConnectionInfo::new(host(), "TestDriver/1.0");
     c.workspace_id = Some(42);
-    c.session_id = Some("sess".into());
+    let _ = c.session_id.set("sess".into());
     c.auth = token.map(|t| Arc::new(StaticToken::new(t)) as Arc<dyn AuthProvider>);
     Arc::new(c)
 }
