@@ -76,6 +76,9 @@ pub struct WorkloadReport {
     pub errors: u64,
     /// Wall time of the driver work, connections closed included.
     pub elapsed: Duration,
+    /// Wall time of the driver work up to the connections' close (the longest connection's,
+    /// or their sum when sequential): what telemetry's overhead on the driver is measured by.
+    pub work: Duration,
     /// The longest time one connection's close took.
     pub close_max: Duration,
 }
@@ -105,11 +108,17 @@ pub fn run(
 ) -> WorkloadReport {
     let started = Instant::now();
     let mut report = WorkloadReport::default();
+    let sequential = w.sequential;
     let mut add = |r: WorkloadReport| {
         report.events += r.events;
         report.expected_rows += r.expected_rows;
         report.errors += r.errors;
         report.close_max = report.close_max.max(r.close_max);
+        report.work = if sequential {
+            report.work + r.work
+        } else {
+            report.work.max(r.work)
+        };
     };
     if w.sequential {
         for c in 0..w.connections {
@@ -300,6 +309,7 @@ fn connection(
     w: &Workload,
     index: usize,
 ) -> WorkloadReport {
+    let work_started = Instant::now();
     let mut r = WorkloadReport::default();
     let auth = |mut options: ConnectionOptions| {
         match w.token.clone() {
@@ -424,6 +434,7 @@ fn connection(
     drop(downloads);
     conn.closed(Duration::from_micros(300));
     r.events += 1;
+    r.work = work_started.elapsed();
     let close_started = Instant::now();
     conn.close_blocking();
     r.close_max = close_started.elapsed();
