@@ -1,0 +1,119 @@
+//! The glue the Databricks ADBC driver (Rust, SEA) needs, with stand-ins for its own types:
+//! its error type (ADBC status, SQLSTATE, message), its synchronous auth provider (which may
+//! call `block_in_place`), its string options. Everything else is calls on the handles at the
+//! moments the driver already has.
+//!
+//! `cargo run -p telemetry-client --example adbc_glue`
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use telemetry_client::{
+    AuthFlow, AuthMech, AuthProvider, AuthType, BoxFuture, ClientPreset, ConnectionOptions,
+    DriverConnectionParameters, DriverMode, ExecutionResultFormat, OperationType,
+    ProviderOptions, ReportableError, StatementType, TelemetryClientProvider,
+};
+
+// ---- stand-ins for the driver's own types ----------------------------------------------
+
+/// `driverbase::error::Error`: a status, a SQLSTATE, a message.
+struct DriverError {
+    sqlstate: [u8; 5],
+    message: String,
+}
+
+/// `auth::AuthProvider`: synchronous, may block.
+trait DriverAuth: Send + Sync {
+    fn get_auth_header(&self) -> Result<String, DriverError>;
+}
+
+struct OAuthM2m;
+impl DriverAuth for OAuthM2m {
+    fn get_auth_header(&self) -> Result<String, DriverError> {
+        // The real one refreshes its token with `block_in_place`.
+        Ok("Bearer example-token".into())
+    }
+}
+
+// ---- the glue: two small impls and one mapping ----------------------------------------
+
+impl ReportableError for DriverError {
+    fn error_name(&self) -> Option<Cow<'_, str>> {
+        Some("DatabricksError".into())
+    }
+    fn sqlstate(&self) -> Option<Cow<'_, str>> {
+        std::str::from_utf8(&self.sqlstate).ok().map(Cow::from)
+    }
+    fn message(&self) -> Option<Cow<'_, str>> {
+        Some(self.message.as_str().into())
+    }
+}
+
+/// The driver's auth provider as telemetry's: runs on the provider's own multi-thread
+/// runtime, where blocking (and `block_in_place`) is allowed, bounded by `auth_timeout`.
+struct TelemetryAuth(Arc<dyn DriverAuth>);
+impl AuthProvider for TelemetryAuth {
+    fn auth_headers(&self) -> BoxFuture<'_, Option<Vec<(String, String)>>> {
+        let header = self.0.get_auth_header().ok();
+        Box::pin(async move { header.map(|h| vec![("Authorization".to_owned(), h)]) })
+    }
+}
+
+/// The database's `databricks.*` options as connection parameters.
+fn connection_params(auth_type: &str, use_proxy: bool) -> DriverConnectionParameters {
+    DriverConnectionParameters {
+        mode: Some(DriverMode::Sea),
+        auth_mech: Some(AuthMech::from_name_lossy(auth_type)),
+        auth_flow: Some(AuthFlow::ClientCredentials),
+        use_proxy: Some(use_proxy),
+        enable_arrow: Some(true),
+        ..Default::default()
+    }
+}
+
+// ---- where the driver calls it ----------------------------------------------------------
+
+fn main() {
+    let mut options = ProviderOptions::new("databricks-adbc", "0.1.0", ClientPreset::adbc());
+    options.config.enabled = std::env::var("DATABRICKS_HOST").is_ok();
+    let provider = TelemetryClientProvider::new(options); // database.rs: once per database
+    let host = std::env::var("DATABRICKS_HOST").unwrap_or_else(|_| "https://example".into());
+
+    // connection.rs: before create_session.
+    let conn = provider.connect(
+        ConnectionOptions::new(host)
+            .with_http_path("/sql/1.0/warehouses/abc")
+            .with_auth(Arc::new(TelemetryAuth(Arc::new(OAuthM2m))), AuthType::OauthM2m)
+            .with_connection_params(connection_params("oauth", false)),
+    );
+    let started = Instant::now();
+    conn.session_opened("01ef-session", started.elapsed()); // or conn.open_failed(latency, &err)
+
+    // client/sea.rs execute_and_read: begin before POST /statements.
+    let st = conn.statement(StatementType::Query, OperationType::ExecuteStatement);
+    st.attach_id("01ef-statement"); // from the answer
+    st.poll(Duration::from_millis(100)); // wait_for_completion, per poll
+    st.result_format(ExecutionResultFormat::ExternalLinks); // the manifest
+    st.chunks_present(2);
+    std::thread::scope(|s| {
+        for i in 0..2u64 {
+            let st = st.clone(); // ChunkDownloader::download, on worker tasks
+            s.spawn(move || st.chunk(Duration::from_millis(30 + i), 8 << 20, true));
+        }
+    });
+    st.result_ready(); // ResultReaderAdapter: first batch
+    st.result_consumed(); // ResultReaderAdapter: end of stream
+    st.complete();
+
+    // A failing statement: the driver's own error, classified by its SQLSTATE.
+    let failed = conn.metadata(OperationType::ListTables);
+    failed.fail(&DriverError {
+        sqlstate: *b"42501",
+        message: "permission denied on catalog 'main'".into(),
+    });
+
+    conn.closed(Duration::from_millis(5)); // delete_session
+    conn.close_blocking(); // release: bounded, synchronous flush
+    println!("{:?}", provider.stats());
+}
