@@ -1,7 +1,8 @@
 //! The aggregator's settings: declared, defaulted and validated here, and nowhere else.
 //!
-//! Defaults follow the Node.js driver (batch 100, flush every 5 s, 500 pending rows, 5000
-//! statements in flight for at most 1 h, 2 s to close).
+//! Defaults follow the Node.js driver (batch 100, flush every 5 s, 2 s to close); what the
+//! aggregator holds is bounded in bytes (4 MiB a host) rather than by the Node.js driver's
+//! 500-row cap, which loses most of a burst while a flush is in flight.
 
 use std::time::Duration;
 
@@ -25,26 +26,24 @@ pub struct AggregatorConfig {
     /// Pending rows are flushed at least this often. Default 5 s; 1 ms..=1 h.
     pub flush_interval: Duration,
     /// Rows waiting to be exported, at most; past it the oldest non-error row is dropped.
-    /// Default 500; `batch_size..=1 000 000`.
+    /// Default 100 000 (the byte budget binds first); `batch_size..=1 000 000`.
     pub max_pending_rows: usize,
-    /// Statements being aggregated, at most; past it the oldest is reported early.
-    /// Default 5000; 1..=1 000 000.
-    pub max_in_flight_statements: usize,
-    /// A statement never ended is reported after this long. Default 1 h; 1 s..=7 days.
-    pub statement_ttl: Duration,
-    /// Retryable errors kept on one statement, at most. Default 10; 0..=1000.
-    pub max_errors_per_statement: usize,
+    /// Export requests in flight at once (each a batch, each through the breaker). Default 4;
+    /// 1..=64. More than one keeps a burst from piling up behind one slow request.
+    pub max_concurrent_exports: usize,
     /// How long closing waits for the final flush when the aggregator is dropped without
     /// [`close`](crate::Aggregator::close). Default 2 s; 0..=10 min.
     pub close_timeout: Duration,
-    /// Events buffered between the driver and the background task. Default 10 000;
-    /// 1..=1 000 000. The queue (about 64 bytes a slot) is allocated by the host's first
-    /// event: a host that reports nothing holds none of it.
+    /// Events buffered between the driver and the background task, at most. Default
+    /// 100 000; 1..=1 000 000. The queue grows on demand: its first 512 slots (about 64 bytes
+    /// each) come with the host's first event, the rest only while a burst needs them, and
+    /// every queued event also counts against `max_buffered_bytes`.
     pub queue_capacity: usize,
-    /// Memory the background task may hold for this host, in bytes: in-flight statements
-    /// with their kept errors, and rows waiting for export. Past it older rows make room, then
-    /// new ones are dropped ([`ByteBudget`](telemetry_types::drops::DropReason::ByteBudget)).
-    /// Default 4 MiB; 64 KiB..=1 GiB.
+    /// Memory this host may hold, in bytes, twice over: once for the intake queue (events and
+    /// their error text), once for the rows waiting for export. Past it older rows make room,
+    /// then new ones are dropped ([`ByteBudget`](telemetry_types::drops::DropReason::ByteBudget),
+    /// [`QueueFull`](telemetry_types::drops::DropReason::QueueFull)). Default 4 MiB;
+    /// 64 KiB..=1 GiB.
     pub max_buffered_bytes: usize,
 }
 
@@ -53,12 +52,10 @@ impl Default for AggregatorConfig {
         Self {
             batch_size: 100,
             flush_interval: Duration::from_secs(5),
-            max_pending_rows: 500,
-            max_in_flight_statements: 5000,
-            statement_ttl: Duration::from_secs(3600),
-            max_errors_per_statement: 10,
+            max_pending_rows: 100_000,
+            max_concurrent_exports: 4,
             close_timeout: Duration::from_secs(2),
-            queue_capacity: 10_000,
+            queue_capacity: 100_000,
             max_buffered_bytes: 4 << 20,
         }
     }
@@ -90,25 +87,11 @@ impl AggregatorConfig {
             "must be in batch_size..=1000000",
         )?;
         ConfigError::check_range(
-            self.max_in_flight_statements,
+            self.max_concurrent_exports,
             1,
-            MILLION,
-            "max_in_flight_statements",
-            "must be in 1..=1000000",
-        )?;
-        ConfigError::check_range(
-            self.statement_ttl,
-            Duration::from_secs(1),
-            Duration::from_secs(7 * 24 * 3600),
-            "statement_ttl",
-            "must be in 1 s..=7 days",
-        )?;
-        ConfigError::check_range(
-            self.max_errors_per_statement,
-            0,
-            1000,
-            "max_errors_per_statement",
-            "must be at most 1000",
+            64,
+            "max_concurrent_exports",
+            "must be in 1..=64",
         )?;
         ConfigError::check_range(
             self.close_timeout,
@@ -144,12 +127,11 @@ mod tests {
         let c = AggregatorConfig::default();
         assert_eq!(c.batch_size, 100);
         assert_eq!(c.flush_interval, Duration::from_secs(5));
-        assert_eq!(c.max_pending_rows, 500);
-        assert_eq!(c.max_in_flight_statements, 5000);
-        assert_eq!(c.statement_ttl, Duration::from_secs(3600));
-        assert_eq!(c.max_errors_per_statement, 10);
+        assert_eq!(c.max_pending_rows, 100_000);
+        assert_eq!(c.max_concurrent_exports, 4);
         assert_eq!(c.close_timeout, Duration::from_secs(2));
-        assert_eq!(c.queue_capacity, 10_000);
+        assert_eq!(c.queue_capacity, 100_000);
+        assert_eq!(c.max_buffered_bytes, 4 << 20);
         c.validate().unwrap();
     }
 
@@ -166,10 +148,8 @@ mod tests {
     #[case(with(|c| c.flush_interval = Duration::MAX), "flush_interval")]
     #[case(with(|c| c.max_pending_rows = 99), "max_pending_rows")]
     #[case(with(|c| c.max_pending_rows = usize::MAX), "max_pending_rows")]
-    #[case(with(|c| c.max_in_flight_statements = 0), "max_in_flight_statements")]
-    #[case(with(|c| c.statement_ttl = Duration::ZERO), "statement_ttl")]
-    #[case(with(|c| c.statement_ttl = Duration::MAX), "statement_ttl")]
-    #[case(with(|c| c.max_errors_per_statement = 1001), "max_errors_per_statement")]
+    #[case(with(|c| c.max_concurrent_exports = 0), "max_concurrent_exports")]
+    #[case(with(|c| c.max_concurrent_exports = 65), "max_concurrent_exports")]
     #[case(with(|c| c.close_timeout = Duration::MAX), "close_timeout")]
     #[case(with(|c| c.queue_capacity = 0), "queue_capacity")]
     #[case(with(|c| c.max_buffered_bytes = 0), "max_buffered_bytes")]

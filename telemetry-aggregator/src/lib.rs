@@ -3,30 +3,29 @@
 //! Turns a driver's [`TelemetryEvent`]s into the rows of spec section 3 and hands them in
 //! batches to a [`BatchSink`] (the exporter in production, a recording sink in tests).
 //!
-//! - **Intake**: [`Aggregator::emit`] is a non-blocking push into a bounded lock-free array
-//!   queue, allocated on the first event (a host that reports nothing holds none of it); a
-//!   full queue drops the event and counts it. Error text is queued as the driver handed it, within the
-//!   byte budget (past it the error is dropped as queue-full), and capped by the background
-//!   task. Nothing else runs on the caller's thread: the
-//!   push does not wake the background task (a wake can cost a syscall), which drains the queue
-//!   every few milliseconds, or at once when the queue passes a high-water mark.
-//! - **Aggregation**: one background task owns all state. Connection open / close become rows
-//!   at once. A statement is two events, keyed by its handle (the server's id comes with its
-//!   end): its start and its end, which carries everything the handle recorded (id, outcome,
-//!   chunk statistics, polls, format, error) and becomes one row. A statement never ended is
-//!   still reported, as `CLOSE_STATEMENT`: when its TTL passes (default 1 h), when the
-//!   in-flight cap (default 5000) evicts it (oldest first), or at close.
-//! - **Errors**: a statement that failed with a terminal error, a failed session open and a
-//!   failed CloudFetch chunk are flushed at once; other errors are kept on their statement
-//!   (at most `max_errors_per_statement`) and reported with it; an error without a (known)
-//!   statement becomes a standalone row.
+//! - **Intake**: [`Aggregator::emit`] is a non-blocking push into a lock-free array queue of
+//!   512 slots, allocated by the host's first event (a host that reports nothing holds none
+//!   of it); a burst that fills it spills into a segmented overflow that grows while the burst
+//!   lasts and is freed as it drains. Capacity and bytes (overflow slots, error text) are
+//!   bounded; past them the event is dropped and counted. Nothing else runs on the caller's
+//!   thread: the push does not wake the background task (a wake can cost a syscall), which
+//!   drains the queue every few milliseconds, or at once when the array is half full.
+//! - **Rows**: one background task owns all state and turns each event into its row:
+//!   connection open / close / failed open, a statement's end (which carries everything its
+//!   handle recorded: type, operation, id, outcome, chunk statistics, polls, format, error),
+//!   a CloudFetch chunk failure, an error. It drains a burst in slices, yielding between
+//!   them, so exports run while it drains.
+//! - **Flushes**: a failed statement with a terminal error, a failed session open and a
+//!   failed CloudFetch chunk are flushed at once; so is everything pending on
+//!   [`flush`](Aggregator::flush) and [`close`](Aggregator::close); otherwise a flush starts
+//!   when pending rows reach `batch_size` and on the flush interval.
 //! - **Settings**: [`AggregatorConfig`], with its defaults and bounds.
-//! - **Batching**: a flush starts when pending rows reach `batch_size`, on the flush interval,
-//!   on a terminal error, on [`flush`](Aggregator::flush) and on [`close`](Aggregator::close).
-//!   At most one batch is in the sink at a time. Pending rows are capped; past the cap the
-//!   oldest non-error row is dropped.
+//! - **Batching**: up to `max_concurrent_exports` batches are in the sink at once, so a burst
+//!   does not pile up behind one request. Pending rows are bounded in bytes
+//!   (`max_buffered_bytes`): past it the oldest non-error row makes room; rows are never
+//!   dropped because a flush is in flight.
 //! - **Accounting**: every event ends folded or in a drop counted by its
-//!   [`DropReason`], and every row ends handed to the sink
+//!   [`DropReason`](telemetry_types::drops::DropReason), and every row ends handed to the sink
 //!   or in a counted drop ([`AggregatorStats`]).
 //!
 //! ```
@@ -50,17 +49,16 @@
 //! ```
 
 mod config;
+mod intake;
 mod stats;
 mod task;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use telemetry_types::clock::saturating_add;
-use telemetry_types::drops::DropReason;
-use telemetry_types::event::{EventKind, TelemetryEvent};
+use telemetry_types::event::TelemetryEvent;
 use telemetry_types::sink::BatchSink;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
@@ -68,81 +66,12 @@ use tokio::time::Instant;
 
 pub use config::AggregatorConfig;
 pub use stats::AggregatorStats;
+
+use intake::Intake;
 use stats::Counters;
 
 /// How often the background task drains the intake when nothing wakes it.
 pub(crate) const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
-
-/// The heap bytes of an event's driver text: the error's strings, as allocated (an error
-/// message is queued as the driver handed it and capped by the background task, so that
-/// the driver's thread neither copies nor reallocates it).
-fn text_bytes(event: &TelemetryEvent) -> usize {
-    fn of(e: &telemetry_types::event::DriverError) -> usize {
-        e.name.capacity() + e.message.capacity() + e.sqlstate.as_ref().map_or(0, String::capacity)
-    }
-    match &event.kind {
-        EventKind::Error { error, .. } | EventKind::ConnectionFailed { error, .. } => of(error),
-        EventKind::ChunkFailed { failure, .. } => of(&failure.error),
-        EventKind::StatementEnded { end, .. } => {
-            end.error.as_ref().map_or(0, of)
-                + end.volume.as_ref().map_or(0, |v| {
-                    v.volume_path.as_ref().map_or(0, String::capacity)
-                        + v.local_file.as_ref().map_or(0, String::capacity)
-                })
-        }
-        _ => 0,
-    }
-}
-
-/// The queue between producers and the background task.
-pub(crate) struct Intake {
-    /// Allocated by the first event: an array of `capacity` slots (about 64 bytes each). A
-    /// segmented queue that grows and shrinks with its content cost 50-70 ns more per push
-    /// (measured side by side); allocating on first use keeps idle hosts free.
-    queue: OnceLock<crossbeam_queue::ArrayQueue<TelemetryEvent>>,
-    capacity: usize,
-    /// Bytes of error text queued now (only error events carry text of the driver's size).
-    queued_text: AtomicUsize,
-    /// At most this many bytes of error text are queued; past it errors are dropped.
-    max_queued_text: usize,
-    closed: AtomicBool,
-    wake: tokio::sync::Notify,
-    high_water: usize,
-    counters: Arc<Counters>,
-}
-
-impl Drop for Intake {
-    /// An event pushed by a producer racing the final drain of `close` is still counted.
-    fn drop(&mut self) {
-        let left = self.len() as u64;
-        if left > 0 {
-            self.counters.count_drop(DropReason::AfterClose, left);
-        }
-    }
-}
-
-impl Intake {
-    pub(crate) fn pop(&self) -> Option<TelemetryEvent> {
-        let event = self.queue.get()?.pop()?;
-        let text = text_bytes(&event);
-        if text > 0 {
-            self.queued_text.fetch_sub(text, Ordering::Relaxed);
-        }
-        Some(event)
-    }
-
-    fn len(&self) -> usize {
-        self.queue.get().map_or(0, |q| q.len())
-    }
-
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-    }
-
-    pub(crate) async fn woken(&self) {
-        self.wake.notified().await;
-    }
-}
 
 enum Control {
     Flush(oneshot::Sender<()>),
@@ -171,21 +100,12 @@ impl Aggregator {
     /// Starts the background task on `runtime`. `config` should be valid
     /// ([`AggregatorConfig::validate`]); zero sizes are raised to 1.
     pub fn spawn(config: &AggregatorConfig, sink: Arc<dyn BatchSink>, runtime: &Handle) -> Self {
-        let capacity = config.queue_capacity.max(1);
         let counters = Arc::new(Counters::default());
-        let intake = Arc::new(Intake {
-            queue: OnceLock::new(),
-            capacity,
-            queued_text: AtomicUsize::new(0),
-            max_queued_text: config.max_buffered_bytes,
-            closed: AtomicBool::new(false),
-            wake: tokio::sync::Notify::new(),
-            // Half the queue: at the default 10 000 events and the 10 ms tick a producer must
-            // emit 500 000 events/s before it wakes the task; a lower mark (once batch size x 4)
-            // woke it every few milliseconds under an ordinary load, a syscall each time.
-            high_water: (capacity / 2).max(1),
-            counters: counters.clone(),
-        });
+        let intake = Arc::new(Intake::new(
+            config.queue_capacity,
+            config.max_buffered_bytes,
+            counters.clone(),
+        ));
         let (control, control_rx) = mpsc::unbounded_channel();
         runtime.spawn(task::run(
             config.clone(),
@@ -205,31 +125,7 @@ impl Aggregator {
     /// high-water mark). A full queue or a closed aggregator drops it and counts the drop.
     #[inline]
     pub fn emit(&self, event: TelemetryEvent) {
-        let intake = &*self.intake;
-        if intake.closed.load(Ordering::Acquire) {
-            self.counters.count_drop(DropReason::AfterClose, 1);
-            return;
-        }
-        let text = text_bytes(&event);
-        if text > 0 {
-            let queued = intake.queued_text.fetch_add(text, Ordering::Relaxed);
-            if queued.saturating_add(text) > intake.max_queued_text {
-                intake.queued_text.fetch_sub(text, Ordering::Relaxed);
-                self.counters.count_drop(DropReason::QueueFull, 1);
-                return;
-            }
-        }
-        let queue = intake
-            .queue
-            .get_or_init(|| crossbeam_queue::ArrayQueue::new(intake.capacity));
-        if queue.push(event).is_err() {
-            if text > 0 {
-                intake.queued_text.fetch_sub(text, Ordering::Relaxed);
-            }
-            self.counters.count_drop(DropReason::QueueFull, 1);
-        } else if queue.len() >= intake.high_water {
-            intake.wake.notify_one();
-        }
+        self.intake.push(event);
     }
 
     /// Hands every row produced so far (including events already queued) to the sink and
@@ -267,7 +163,7 @@ impl Aggregator {
     /// Whether the aggregator still takes events (not closing or closed): one atomic load.
     #[inline]
     pub fn is_accepting(&self) -> bool {
-        !self.intake.closed.load(Ordering::Acquire)
+        !self.intake.is_closed()
     }
 
     /// Whether [`close`](Self::close) has completed or the task is gone.

@@ -18,22 +18,16 @@ pub struct AggregatorStats {
     /// sink settles each row of a cut export itself).
     pub rows_delivered: u64,
     /// Events and rows dropped, by reason: [`QueueFull`](DropReason::QueueFull),
-    /// [`AfterClose`](DropReason::AfterClose), [`UnknownStatement`](DropReason::UnknownStatement),
-    /// [`ErrorCap`](DropReason::ErrorCap) (events); [`PendingCap`](DropReason::PendingCap),
+    /// [`AfterClose`](DropReason::AfterClose) (events); [`PendingCap`](DropReason::PendingCap),
     /// [`ByteBudget`](DropReason::ByteBudget), [`Shutdown`](DropReason::Shutdown) (rows).
     pub dropped: DropCounts,
-    /// Statements reported early because their TTL passed.
-    pub evicted_ttl: u64,
-    /// Statements reported early because the in-flight cap was reached.
-    pub evicted_cap: u64,
     /// Batches handed to the sink.
     pub batches: u64,
-    /// Statements in flight now.
-    pub in_flight_statements: u64,
+    /// Batches in the sink now.
+    pub exports_in_flight: u64,
     /// Rows waiting now.
     pub pending_rows: u64,
-    /// Bytes held now against the byte budget (in-flight statements, kept errors, pending
-    /// rows).
+    /// Bytes held now against the byte budget by rows waiting for export.
     pub buffered_bytes: u64,
     /// Events in the intake queue now, not yet taken by the background task.
     pub queued_events: u64,
@@ -83,10 +77,8 @@ counters!(
     events_folded,
     rows_produced,
     rows_delivered,
-    evicted_ttl,
-    evicted_cap,
     batches,
-    in_flight_statements,
+    exports_in_flight,
     pending_rows,
     buffered_bytes,
 );

@@ -1,19 +1,20 @@
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use telemetry_types::classify::ErrorClass;
 use telemetry_types::clock::{WallClock, saturating_add};
 use telemetry_types::connection::ConnectionInfo;
 use telemetry_types::drops::DropReason;
-use telemetry_types::event::{
-    DriverError, EventKind, StatementEnd, StatementOutcome, TelemetryEvent,
-};
+use telemetry_types::event::{DriverError, EventKind, TelemetryEvent};
 use telemetry_types::redact::cap_at_word;
-use telemetry_types::row::{self, SessionChange, StatementSummary, TelemetryRow};
+use telemetry_types::row::{self, SessionChange, TelemetryRow};
 use telemetry_types::sink::BatchSink;
-use telemetry_types::wire::{OperationType, StatementType, TelemetryFrontendLog};
+use telemetry_types::wire::TelemetryFrontendLog;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -22,27 +23,15 @@ use crate::config::AggregatorConfig;
 use crate::stats::Counters;
 use crate::{Control, DRAIN_INTERVAL, Intake};
 
-/// A statement in flight: its connection and its handle's key (the server's id may come
-/// only with its end).
-type StatementKey = (u64, u64);
-
-struct Statement {
-    seq: u64,
-    connection: Arc<ConnectionInfo>,
-    started: Instant,
-    started_at_millis: i64,
-    statement_type: StatementType,
-    operation_type: OperationType,
-    errors: Vec<(i64, DriverError)>,
-    /// What it holds against the byte budget: its bookkeeping and its kept errors.
-    bytes: usize,
-}
-
 /// Longest error name kept, in bytes.
 const MAX_ERROR_NAME_BYTES: usize = 1024;
 /// Longest error message kept, in bytes: enough for a 2048-character stack trace after
 /// redaction, small enough that a megabyte message costs little to keep.
 const MAX_ERROR_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// Events taken from the intake before the task yields, so that exports (on the same
+/// runtime, perhaps its only worker) run while a burst drains.
+const DRAIN_SLICE: usize = 1024;
 
 /// `error` with its strings capped (at a word boundary, so that a secret is never left half
 /// there for redaction to miss).
@@ -56,29 +45,27 @@ fn capped(mut error: DriverError) -> DriverError {
     error
 }
 
-/// Bookkeeping bytes of one in-flight statement.
-const STATEMENT_OVERHEAD: usize = 160;
-
-fn error_bytes(e: &DriverError) -> usize {
-    e.name.len() + e.message.len() + 64
-}
-
-/// An estimate of a pending row's memory: its strings plus a fixed overhead.
+/// An estimate of a pending row's memory: the log's own size plus its strings.
 fn row_bytes(row: &TelemetryRow) -> usize {
     let log = &row.log;
     let d = log.driver_log();
-    let strings = log.context.client_context.user_agent.len()
+    let strings = log.frontend_log_event_id.len()
+        + log.context.client_context.user_agent.len()
         + d.session_id.as_ref().map_or(0, String::len)
         + d.sql_statement_id.as_ref().map_or(0, String::len)
         + d.error_info
             .as_ref()
             .map_or(0, |e| e.error_name.len() + e.stack_trace.len())
+        + d.vol_operation.as_ref().map_or(0, |v| {
+            v.volume_path.as_ref().map_or(0, String::len)
+                + v.local_file.as_ref().map_or(0, String::len)
+        })
         + if d.system_configuration.is_some() || d.driver_connection_params.is_some() {
-            1024
+            2048
         } else {
             0
         };
-    512 + strings
+    std::mem::size_of::<TelemetryRow>() + strings
 }
 
 struct InFlight {
@@ -92,13 +79,9 @@ struct State {
     config: AggregatorConfig,
     sink: Arc<dyn BatchSink>,
     counters: Arc<Counters>,
-    statements: HashMap<StatementKey, Statement>,
-    order: BTreeMap<u64, StatementKey>,
-    next_seq: u64,
     pending: VecDeque<TelemetryRow>,
-    in_flight: Option<InFlight>,
-    /// Bytes held against `config.max_buffered_bytes`: in-flight statements (with their kept
-    /// errors) and pending rows.
+    in_flight: Vec<InFlight>,
+    /// Bytes held against `config.max_buffered_bytes` by pending rows.
     held_bytes: usize,
 }
 
@@ -112,10 +95,6 @@ pub(crate) async fn run(
     let flush_every = config.flush_interval.max(Duration::from_millis(1));
     let mut flush_tick = tokio::time::interval_at(after(flush_every), flush_every);
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let sweep_every =
-        (config.statement_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let mut sweep_tick = tokio::time::interval_at(after(sweep_every), sweep_every);
-    sweep_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut drain_tick = tokio::time::interval_at(after(DRAIN_INTERVAL), DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let close_timeout = config.close_timeout;
@@ -123,13 +102,12 @@ pub(crate) async fn run(
         config,
         sink,
         counters,
-        statements: HashMap::new(),
-        order: BTreeMap::new(),
-        next_seq: 0,
         pending: VecDeque::new(),
-        in_flight: None,
+        in_flight: Vec::new(),
         held_bytes: 0,
     };
+    // Whether the last drain stopped at its slice with events left.
+    let mut backlog = false;
     loop {
         tokio::select! {
             biased;
@@ -137,8 +115,9 @@ pub(crate) async fn run(
                 Some(Control::Flush(reply)) => {
                     // A flush waits at most the close timeout: a hung sink must not stall the
                     // task (and with it every later event and the close).
-                    s.drain(&events);
-                    s.flush_all(Deadline::Wait(after(close_timeout))).await;
+                    let deadline = after(close_timeout);
+                    let _ = tokio::time::timeout_at(deadline, s.drain_all(&events)).await;
+                    s.flush_all(Deadline::Wait(deadline)).await;
                     let _ = reply.send(());
                 }
                 Some(Control::Close { deadline, done }) => {
@@ -152,45 +131,94 @@ pub(crate) async fn run(
                     return;
                 }
             },
-            done = async { s.in_flight.as_mut().map(|f| &mut f.handle).expect("guarded by the select precondition").await }, if s.in_flight.is_some() => {
-                s.finish_in_flight(done.is_ok());
-                if s.pending.len() >= s.config.batch_size {
-                    s.start_flush();
-                }
+            (index, completed) = s.next_finished(), if !s.in_flight.is_empty() => {
+                s.finish(index, completed);
+                s.start_flushes(false);
+                // A drain held back for room in the budget goes on.
+                backlog = events.len() > 0;
             }
-            _ = events.woken() => s.drain(&events),
-            _ = drain_tick.tick() => s.drain(&events),
-            _ = flush_tick.tick() => s.start_flush(),
-            _ = sweep_tick.tick() => s.evict_expired(),
+            _ = std::future::ready(()), if backlog => backlog = s.drain(&events, DRAIN_SLICE),
+            _ = events.woken() => backlog = s.drain(&events, DRAIN_SLICE),
+            _ = drain_tick.tick() => backlog = s.drain(&events, DRAIN_SLICE),
+            _ = flush_tick.tick() => s.start_flushes(true),
         }
         s.publish_gauges();
+        if backlog {
+            // Let the exports this slice started (and anything else on the runtime) run.
+            tokio::task::yield_now().await;
+        }
     }
 }
 
 impl State {
-    fn drain(&mut self, events: &Intake) {
-        // One clock reading dates the whole batch (events wait at most a drain interval);
+    /// Whether to leave events in the queue for now: the rows waiting fill most of the
+    /// budget and exports are under way that will make room. The queue, with its own budget,
+    /// holds the rest of a burst meanwhile; nothing is dropped for want of patience.
+    fn held_back(&self) -> bool {
+        !self.in_flight.is_empty() && self.held_bytes >= self.config.max_buffered_bytes / 4 * 3
+    }
+
+    /// Takes at most `limit` events from the intake; returns whether it should be called
+    /// again at once (events left, and room for them).
+    fn drain(&mut self, events: &Intake, limit: usize) -> bool {
+        // One clock reading dates the whole slice (events wait at most a drain interval);
         // none when the queue is empty.
         let mut clock = None;
-        while let Some(event) = events.pop() {
-            let clock = clock.get_or_insert_with(|| Clock {
-                wall: WallClock::now(),
-                now: Instant::now(),
-            });
+        for _ in 0..limit {
+            if self.held_back() {
+                return false;
+            }
+            let Some(event) = events.pop() else {
+                return false;
+            };
+            let clock = clock.get_or_insert_with(WallClock::now);
             self.fold(event, clock);
-            if self.pending.len() >= self.config.batch_size {
-                self.start_flush();
+            self.start_flushes(false);
+        }
+        events.len() > 0
+    }
+
+    /// Takes everything queued now (a flush, a close), a slice at a time, letting exports run
+    /// and making room as they finish.
+    async fn drain_all(&mut self, events: &Intake) {
+        loop {
+            let more = self.drain(events, DRAIN_SLICE);
+            if events.len() == 0 {
+                return;
+            }
+            if !more {
+                // Held back: wait for an export to finish (they end by their own timeouts).
+                let (index, completed) = self.next_finished().await;
+                self.finish(index, completed);
+                self.start_flushes(false);
+            } else {
+                tokio::task::yield_now().await;
+                self.reap_finished().await;
             }
         }
     }
 
+    /// Settles the exports that have finished, without waiting for others.
+    async fn reap_finished(&mut self) {
+        let mut i = 0;
+        while i < self.in_flight.len() {
+            if self.in_flight[i].handle.is_finished() {
+                let done = (&mut self.in_flight[i].handle).await;
+                self.finish(i, done.is_ok());
+            } else {
+                i += 1;
+            }
+        }
+        self.start_flushes(false);
+    }
+
     fn publish_gauges(&self) {
-        Counters::set(
-            &self.counters.in_flight_statements,
-            self.statements.len() as u64,
-        );
         Counters::set(&self.counters.pending_rows, self.pending.len() as u64);
         Counters::set(&self.counters.buffered_bytes, self.held_bytes as u64);
+        Counters::set(
+            &self.counters.exports_in_flight,
+            self.in_flight.len() as u64,
+        );
     }
 
     fn over_budget(&self, more: usize) -> bool {
@@ -236,27 +264,35 @@ impl State {
         self.pending.push_back(row);
     }
 
-    fn fold(&mut self, event: TelemetryEvent, clock: &Clock) {
+    fn fold(&mut self, event: TelemetryEvent, clock: &WallClock) {
         Counters::add(&self.counters.events_received, 1);
         let TelemetryEvent {
             connection,
             at,
             kind,
         } = event;
-        let timestamp_millis = at.map_or(clock.wall.millis(), |at| clock.wall.millis_at(at));
-        let fate = match kind {
-            EventKind::ConnectionOpened { latency_ms } => self.session_row(
-                connection,
-                timestamp_millis,
-                SessionChange::Opened,
-                latency_ms,
-            ),
-            EventKind::ConnectionClosed { latency_ms } => self.session_row(
-                connection,
-                timestamp_millis,
-                SessionChange::Closed,
-                latency_ms,
-            ),
+        let timestamp_millis = at.map_or(clock.millis(), |at| clock.millis_at(at));
+        let urgent = match kind {
+            EventKind::ConnectionOpened { latency_ms } => {
+                let log = row::connection_row(
+                    &connection,
+                    timestamp_millis,
+                    SessionChange::Opened,
+                    latency_ms,
+                );
+                self.push_row(connection, log);
+                false
+            }
+            EventKind::ConnectionClosed { latency_ms } => {
+                let log = row::connection_row(
+                    &connection,
+                    timestamp_millis,
+                    SessionChange::Closed,
+                    latency_ms,
+                );
+                self.push_row(connection, log);
+                false
+            }
             EventKind::ConnectionFailed { latency_ms, error } => {
                 let log = row::connection_failure_row(
                     &connection,
@@ -266,187 +302,44 @@ impl State {
                 );
                 self.push_row(connection, log);
                 // The driver may be about to give up: send it now.
-                self.start_flush();
-                EventFate::Folded
+                true
             }
-            EventKind::StatementStarted {
-                key,
-                statement_type,
-                operation_type,
-            } => {
-                let key = (connection.id, key);
-                if self.statements.contains_key(&key) {
-                    // A reused key (never from the facade's handles): report the earlier
-                    // statement before starting again.
-                    self.abandon(&key);
-                }
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                let bytes = STATEMENT_OVERHEAD;
-                self.order.insert(seq, key);
-                self.statements.insert(
-                    key,
-                    Statement {
-                        seq,
-                        connection,
-                        started: clock.now,
-                        started_at_millis: timestamp_millis,
-                        statement_type,
-                        operation_type,
-                        errors: Vec::new(),
-                        bytes,
-                    },
-                );
-                self.held_bytes += bytes;
-                // Past the count cap, or the byte budget, the oldest statements are reported
-                // early (their rows then compete for the budget like any other).
-                while self.statements.len() > self.config.max_in_flight_statements
-                    || (self.over_budget(0) && self.statements.len() > 1)
-                {
-                    let Some((_, oldest)) = self.order.first_key_value() else {
-                        break;
-                    };
-                    let oldest = *oldest;
-                    Counters::add(&self.counters.evicted_cap, 1);
-                    self.abandon(&oldest);
-                }
-                EventFate::Folded
-            }
-            EventKind::StatementEnded { key, mut end } => {
+            EventKind::StatementEnded { mut end } => {
                 let terminal = end
                     .error
                     .as_ref()
                     .is_some_and(|e| e.class == ErrorClass::Terminal);
-                end.error = end.error.map(capped);
-                let known = self.complete(&(connection.id, key), |_| *end);
-                if known && terminal {
-                    // A terminal failure is sent at once, with the statement's statistics.
-                    self.start_flush();
-                }
-                EventFate::from_known(known)
+                end.error = end.error.map(|e| Box::new(capped(*e)));
+                let log = row::statement_row(&connection, timestamp_millis, &end);
+                self.push_row(connection, log);
+                // A terminal failure is sent at once, with the statement's statistics.
+                terminal
             }
-            EventKind::ChunkFailed { failure, .. } => {
+            EventKind::ChunkFailed { failure } => {
                 let mut failure = *failure;
                 failure.error = capped(failure.error);
                 let log = row::chunk_failure_row(&connection, timestamp_millis, &failure);
                 self.push_row(connection, log);
-                self.start_flush();
-                EventFate::Folded
+                true
             }
-            EventKind::Error { statement, error } => {
-                self.error(connection, timestamp_millis, statement, capped(*error))
-            }
-        };
-        match fate {
-            EventFate::Folded => Counters::add(&self.counters.events_folded, 1),
-            EventFate::Dropped(reason) => self.counters.count_drop(reason, 1),
-        }
-    }
-
-    fn session_row(
-        &mut self,
-        connection: Arc<ConnectionInfo>,
-        timestamp_millis: i64,
-        change: SessionChange,
-        latency_ms: u64,
-    ) -> EventFate {
-        let log = row::connection_row(&connection, timestamp_millis, change, latency_ms);
-        self.push_row(connection, log);
-        EventFate::Folded
-    }
-
-    fn error(
-        &mut self,
-        connection: Arc<ConnectionInfo>,
-        timestamp_millis: i64,
-        statement: Option<u64>,
-        error: DriverError,
-    ) -> EventFate {
-        let terminal = error.class == ErrorClass::Terminal;
-        let key = statement.map(|k| (connection.id, k));
-        match key {
-            Some(key) if self.statements.contains_key(&key) => {
-                if terminal {
-                    // Sends what is pending now; the error rides with its statement's row.
-                    self.start_flush();
-                }
-                let cap = self.config.max_errors_per_statement;
-                let bytes = error_bytes(&error);
-                let over_budget = self.over_budget(bytes);
-                let Some(st) = self.statements.get_mut(&key) else {
-                    return EventFate::Dropped(DropReason::UnknownStatement);
-                };
-                if st.errors.len() >= cap || over_budget {
-                    return EventFate::Dropped(DropReason::ErrorCap);
-                }
-                st.errors.push((timestamp_millis, error));
-                st.bytes += bytes;
-                self.held_bytes += bytes;
-                EventFate::Folded
-            }
-            _ => {
-                let log = row::error_row(&connection, timestamp_millis, None, &error);
+            EventKind::Error {
+                statement_id,
+                error,
+            } => {
+                let error = capped(*error);
+                let log = row::error_row(
+                    &connection,
+                    timestamp_millis,
+                    statement_id.as_deref(),
+                    &error,
+                );
                 self.push_row(connection, log);
-                if terminal {
-                    self.start_flush();
-                }
-                EventFate::Folded
+                error.class == ErrorClass::Terminal
             }
-        }
-    }
-
-    /// Reports a statement that never ended, with the latency measured here.
-    fn abandon(&mut self, key: &StatementKey) -> bool {
-        self.complete(key, |latency_ms| StatementEnd {
-            latency_ms,
-            outcome: StatementOutcome::Abandoned,
-            ..StatementEnd::default()
-        })
-    }
-
-    /// Removes a statement and emits its row (plus one row per kept error); `end` gets the
-    /// latency measured here, for ends that did not come from the statement's handle.
-    /// Returns whether the statement existed.
-    fn complete(&mut self, key: &StatementKey, end: impl FnOnce(u64) -> StatementEnd) -> bool {
-        let Some(st) = self.statements.remove(key) else {
-            return false;
         };
-        self.order.remove(&st.seq);
-        self.held_bytes = self.held_bytes.saturating_sub(st.bytes);
-        let measured = u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let summary = StatementSummary {
-            started_at_millis: st.started_at_millis,
-            statement_type: st.statement_type,
-            operation_type: st.operation_type,
-            end: end(measured),
-        };
-        let log = row::statement_row(&st.connection, &summary);
-        self.push_row(st.connection.clone(), log);
-        let id = summary.end.statement_id.as_deref();
-        for (ts, e) in &st.errors {
-            let log = row::error_row(&st.connection, *ts, id, e);
-            self.push_row(st.connection.clone(), log);
-        }
-        true
-    }
-
-    fn evict_expired(&mut self) {
-        let now = Instant::now();
-        let ttl = self.config.statement_ttl;
-        while let Some((_, key)) = self.order.first_key_value() {
-            let key = *key;
-            let expired = self
-                .statements
-                .get(&key)
-                .is_some_and(|st| now.duration_since(st.started) >= ttl);
-            if !expired {
-                break;
-            }
-            Counters::add(&self.counters.evicted_ttl, 1);
-            self.abandon(&key);
-        }
-        if self.pending.len() >= self.config.batch_size {
-            self.start_flush();
+        Counters::add(&self.counters.events_folded, 1);
+        if urgent {
+            self.start_flushes(true);
         }
     }
 
@@ -458,11 +351,18 @@ impl State {
         batch
     }
 
-    /// Starts exporting one batch unless one is already in the sink.
-    fn start_flush(&mut self) {
-        if self.in_flight.is_some() || self.pending.is_empty() {
-            return;
+    /// Starts exports while there is room in flight: full batches, or (`partial`: the flush
+    /// interval, an urgent row) whatever is pending.
+    fn start_flushes(&mut self, partial: bool) {
+        while self.in_flight.len() < self.config.max_concurrent_exports.max(1)
+            && (self.pending.len() >= self.config.batch_size
+                || (partial && !self.pending.is_empty()))
+        {
+            self.start_one();
         }
+    }
+
+    fn start_one(&mut self) {
         let batch = self.take_batch();
         let rows = batch.len() as u64;
         Counters::add(&self.counters.batches, 1);
@@ -473,66 +373,74 @@ impl State {
             handing.store(true, Ordering::Release);
             sink.export(batch).await
         });
-        self.in_flight = Some(InFlight {
+        self.in_flight.push(InFlight {
             handle,
             rows,
             handed,
         });
     }
 
-    fn finish_in_flight(&mut self, completed: bool) {
-        if let Some(f) = self.in_flight.take() {
-            if completed {
-                Counters::add(&self.counters.rows_delivered, f.rows);
-            } else {
-                // The sink panicked: its rows are lost, and it settled none of them.
-                tracing::debug!(rows = f.rows, "telemetry sink task failed; rows dropped");
-                self.counters.count_drop(DropReason::Shutdown, f.rows);
+    /// The first batch in the sink to finish: its index and whether its task completed.
+    fn next_finished(&mut self) -> impl Future<Output = (usize, bool)> + '_ {
+        poll_fn(move |cx| {
+            for (i, f) in self.in_flight.iter_mut().enumerate() {
+                if let Poll::Ready(result) = Pin::new(&mut f.handle).poll(cx) {
+                    return Poll::Ready((i, result.is_ok()));
+                }
             }
+            Poll::Pending
+        })
+    }
+
+    fn finish(&mut self, index: usize, completed: bool) {
+        let f = self.in_flight.swap_remove(index);
+        if completed {
+            Counters::add(&self.counters.rows_delivered, f.rows);
+        } else {
+            // The sink panicked: its rows are lost, and it settled none of them.
+            tracing::debug!(rows = f.rows, "telemetry sink task failed; rows dropped");
+            self.counters.count_drop(DropReason::Shutdown, f.rows);
         }
     }
 
-    /// Delivers everything pending, one batch at a time, until empty or the deadline.
-    /// Returns false if the deadline passed: a flush then leaves the batch in the sink
-    /// running; a close cuts it.
+    /// Delivers everything pending, up to `max_concurrent_exports` batches at a time, until
+    /// empty or the deadline. Returns false if the deadline passed: a flush then leaves the
+    /// batches in the sink running; a close cuts them.
     async fn flush_all(&mut self, deadline: Deadline) -> bool {
         let at = match deadline {
             Deadline::Wait(at) | Deadline::Cut(at) => at,
         };
         loop {
-            if let Some(mut f) = self.in_flight.take() {
-                let done = tokio::time::timeout_at(at, &mut f.handle).await.ok();
-                match done {
-                    Some(result) => {
-                        self.in_flight = Some(f);
-                        self.finish_in_flight(result.is_ok());
-                    }
-                    None if matches!(deadline, Deadline::Wait(_)) => {
-                        self.in_flight = Some(f);
-                        return false;
-                    }
-                    None => {
-                        // Cut at the deadline: the sink settles every row it received, the
-                        // unsent ones as dropped on shutdown (BatchSink's contract), so they
-                        // count as handed over here, never twice.
-                        f.handle.abort();
-                        // Resolves once the export future is dropped, so its settling is
-                        // counted before anyone reads the totals.
-                        let _ = (&mut f.handle).await;
-                        if f.handed.load(Ordering::Acquire) {
-                            Counters::add(&self.counters.rows_delivered, f.rows);
-                        } else {
-                            // Cut before the sink ever saw the batch: the rows are ours to count.
-                            self.counters.count_drop(DropReason::Shutdown, f.rows);
-                        }
-                        return false;
-                    }
-                }
-            }
-            if self.pending.is_empty() {
+            self.start_flushes(true);
+            if self.in_flight.is_empty() {
                 return true;
             }
-            self.start_flush();
+            match tokio::time::timeout_at(at, self.next_finished()).await {
+                Ok((index, completed)) => self.finish(index, completed),
+                Err(_) if matches!(deadline, Deadline::Wait(_)) => return false,
+                Err(_) => {
+                    self.cut_in_flight().await;
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Cuts every batch in the sink at the close deadline: the sink settles every row it
+    /// received, the unsent ones as dropped on shutdown (`BatchSink`'s contract), so they
+    /// count as handed over here, never twice.
+    async fn cut_in_flight(&mut self) {
+        for mut f in std::mem::take(&mut self.in_flight) {
+            f.handle.abort();
+            // Resolves once the export future is dropped, so its settling is counted before
+            // anyone reads the totals.
+            let _ = (&mut f.handle).await;
+            if f.handed.load(Ordering::Acquire) {
+                Counters::add(&self.counters.rows_delivered, f.rows);
+            } else {
+                // Cut before the sink ever saw the batch: the rows are ours to count.
+                self.counters.count_drop(DropReason::Shutdown, f.rows);
+            }
         }
     }
 
@@ -542,10 +450,20 @@ impl State {
         // counted as dropped after close when the intake is dropped.
         events.close();
         tokio::task::yield_now().await;
-        self.drain(events);
-        let open: Vec<StatementKey> = self.order.values().copied().collect();
-        for key in open {
-            self.abandon(&key);
+        if tokio::time::timeout_at(deadline, self.drain_all(events))
+            .await
+            .is_err()
+        {
+            // Out of time with events still queued: dropped, counted.
+            let mut left = 0u64;
+            while events.pop().is_some() {
+                left += 1;
+            }
+            self.counters.count_drop(DropReason::AfterClose, left);
+            tracing::debug!(
+                events = left,
+                "telemetry close deadline passed while draining"
+            );
         }
         if !self.flush_all(Deadline::Cut(deadline)).await {
             let left = self.pending.len() as u64;
@@ -558,40 +476,16 @@ impl State {
     }
 }
 
-/// How long a flush may wait for the sink, and what happens to the batch in it then.
+/// How long a flush may wait for the sink, and what happens to the batches in it then.
 #[derive(Clone, Copy)]
 enum Deadline {
-    /// Stop waiting; the batch in the sink goes on.
+    /// Stop waiting; the batches in the sink go on.
     Wait(Instant),
-    /// Cut the batch in the sink (it settles its rows as dropped on shutdown).
+    /// Cut the batches in the sink (they settle their rows as dropped on shutdown).
     Cut(Instant),
 }
 
 /// `d` from now on the runtime's clock, saturating (see [`saturating_add`]).
 fn after(d: Duration) -> Instant {
     Instant::from_std(saturating_add(Instant::now().into_std(), d))
-}
-
-/// The clocks read once per drain.
-struct Clock {
-    /// Dates events (their `at`, or this reading when they have none).
-    wall: WallClock,
-    /// The runtime's clock, for statement time-to-live.
-    now: Instant,
-}
-
-/// What became of one event.
-enum EventFate {
-    Folded,
-    Dropped(DropReason),
-}
-
-impl EventFate {
-    fn from_known(known: bool) -> Self {
-        if known {
-            Self::Folded
-        } else {
-            Self::Dropped(DropReason::UnknownStatement)
-        }
-    }
 }

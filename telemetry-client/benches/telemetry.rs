@@ -19,7 +19,7 @@ use telemetry_types::connection::ConnectionInfo;
 use telemetry_types::event::{
     ChunkStats, EventKind, StatementCompletion, StatementEnd, TelemetryEvent,
 };
-use telemetry_types::row::{self, StatementSummary};
+use telemetry_types::row;
 use telemetry_types::testing::{RecordingSink, ScriptedFlagSource, ScriptedTransport};
 use telemetry_types::wire::TelemetryRequest;
 
@@ -209,40 +209,33 @@ fn bench_aggregation() {
     }
     let ns = median_per_unit(|| {
         let agg = telemetry_aggregator_spawn(&rt, &config);
-        for (key, id) in ids.iter().enumerate() {
-            let key = key as u64;
-            let ev = |kind| TelemetryEvent {
+        for id in &ids {
+            // One event a statement: its three chunks, folded by the handle, ride with it.
+            agg.emit(TelemetryEvent {
                 connection: conn.clone(),
                 at: None,
-                kind,
-            };
-            agg.emit(ev(EventKind::StatementStarted {
-                key,
-                statement_type: StatementType::Query,
-                operation_type: OperationType::ExecuteStatement,
-            }));
-            // Its three chunks, folded by the handle, ride with the end.
-            agg.emit(ev(EventKind::StatementEnded {
-                key,
-                end: Box::new(StatementEnd {
-                    statement_id: Some(id.clone()),
-                    latency_ms: 20,
-                    chunks,
-                    ..StatementEnd::default()
-                }),
-            }));
+                kind: EventKind::StatementEnded {
+                    end: Box::new(StatementEnd {
+                        statement_type: StatementType::Query,
+                        operation_type: OperationType::ExecuteStatement,
+                        statement_id: Some(id.clone()),
+                        latency_ms: 20,
+                        chunks,
+                        ..StatementEnd::default()
+                    }),
+                },
+            });
         }
         // The queue is full of events; time only the background task folding them.
         let t = Instant::now();
         rt.block_on(agg.flush());
         (t.elapsed(), STATEMENTS as u64)
     });
-    // Per statement (start + end carrying 3 folded chunks): the target is the old 2 M events/s
-    // at 5 events a statement (start, 3 chunk events, completion), now that chunks are no
-    // longer events.
+    // Per statement (one event carrying 3 folded chunks): the target is the old 2 M events/s
+    // at 5 events a statement (start, 3 chunk events, completion).
     let per_sec = 1e9 / ns;
     report(
-        "aggregation throughput (statements of start + end)",
+        "aggregation throughput (statements, one event each)",
         format!("{:.0} k statements/s", per_sec / 1e3),
         ">= 400 k/s",
         per_sec >= 4e5,
@@ -270,21 +263,19 @@ fn bench_serialisation() {
         .map(|i| {
             row::statement_row(
                 &conn,
-                &StatementSummary {
-                    started_at_millis: 1_767_225_600_000,
+                1_767_225_600_000,
+                &StatementEnd {
                     statement_type: StatementType::Query,
                     operation_type: OperationType::ExecuteStatement,
-                    end: StatementEnd {
-                        statement_id: Some(format!("01ef-statement-{i}").into()),
-                        latency_ms: 412,
-                        chunks,
-                        completion: StatementCompletion {
-                            poll_count: Some(3),
-                            chunks_present: Some(2),
-                            ..Default::default()
-                        },
+                    statement_id: Some(format!("01ef-statement-{i}").into()),
+                    latency_ms: 412,
+                    chunks,
+                    completion: StatementCompletion {
+                        poll_count: Some(3),
+                        chunks_present: Some(2),
                         ..Default::default()
                     },
+                    ..Default::default()
                 },
             )
         })

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use telemetry_client::{
     AuthFlow, AuthMech, AuthProvider, AuthType, BoxFuture, ClientPreset, ConnectionOptions,
-    DriverConnectionParameters, DriverMode, ExecutionResultFormat, OperationType,
-    ProviderOptions, ReportableError, StatementType, TelemetryClientProvider,
+    DriverConnectionParameters, DriverMode, ExecutionResultFormat, OperationType, ProviderOptions,
+    ReportableError, StatementType, TelemetryClientProvider,
 };
 
 // ---- stand-ins for the driver's own types ----------------------------------------------
@@ -84,7 +84,10 @@ fn main() {
     let conn = provider.connect(
         ConnectionOptions::new(host)
             .with_http_path("/sql/1.0/warehouses/abc")
-            .with_auth(Arc::new(TelemetryAuth(Arc::new(OAuthM2m))), AuthType::OauthM2m)
+            .with_auth(
+                Arc::new(TelemetryAuth(Arc::new(OAuthM2m))),
+                AuthType::OauthM2m,
+            )
             .with_connection_params(connection_params("oauth", false)),
     );
     let started = Instant::now();

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use telemetry_types::connection::ConnectionInfo;
@@ -47,11 +46,7 @@ impl Connection {
 
     pub(crate) fn new(info: Arc<ConnectionInfo>, lease: HostLease) -> Self {
         Self {
-            live: Some(Arc::new(Emitter {
-                info,
-                lease,
-                next_key: AtomicU64::new(0),
-            })),
+            live: Some(Arc::new(Emitter { info, lease })),
             disabled: None,
         }
     }
@@ -179,7 +174,7 @@ impl Connection {
             l.emit(
                 Some(Instant::now()),
                 EventKind::Error {
-                    statement: None,
+                    statement_id: None,
                     error: Box::new(DriverError::from_error(error)),
                 },
             );

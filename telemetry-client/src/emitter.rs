@@ -2,7 +2,6 @@
 //! lease on the host client, and the one method that queues an event.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use telemetry_types::connection::ConnectionInfo;
@@ -14,8 +13,6 @@ use crate::registry::HostLease;
 pub(crate) struct Emitter {
     pub(crate) info: Arc<ConnectionInfo>,
     pub(crate) lease: HostLease,
-    /// The next statement handle's key (unique within the connection).
-    pub(crate) next_key: AtomicU64,
 }
 
 impl Emitter {
@@ -23,13 +20,6 @@ impl Emitter {
     #[inline]
     pub(crate) fn is_on(&self) -> bool {
         !self.lease.flag_off()
-    }
-
-    /// A key for a new statement handle: uncontended unless the connection's statements begin
-    /// on several threads at once.
-    #[inline]
-    pub(crate) fn next_statement_key(&self) -> u64 {
-        self.next_key.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Queues one event. `at` dates the row it starts (see [`TelemetryEvent::at`]); events

@@ -25,9 +25,10 @@
 //! Telemetry never hurts the driver: every method here is synchronous, never waits on the
 //! network, never returns an error and never panics; when telemetry is off it costs one
 //! branch or one atomic load. When it is on, an event is one push into a lock-free queue
-//! (statement begin and end, errors, connection open / close); what a statement records as
+//! (a statement's end, an error, a connection's open or close); what a statement records as
 //! it runs (its late id, polls, format, CloudFetch chunks, result ready / consumed) is not an
-//! event at all but a few atomic operations on its shared handle, and rides with its end. Whether a connection reports is decided, in this order, by
+//! event at all but a few atomic operations on its shared handle, and rides with its end.
+//! Whether a connection reports is decided, in this order, by
 //! the `DATABRICKS_TELEMETRY_DISABLED` environment switch, the connection's `enabled`
 //! override, `config.enabled` (default `false`: opt-in), and the server's feature flag.
 //!

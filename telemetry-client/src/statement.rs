@@ -4,7 +4,7 @@
 //! them gets there first, or by the last clone's drop.
 //!
 //! Everything the driver records folds lock-free into the shared handle; the statement costs
-//! two queue pushes (its begin and its end) however many chunks and polls it has.
+//! one queue push, at its end, however many chunks and polls it has.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -57,13 +57,12 @@ pub struct Statement {
 /// The state every clone of one statement handle shares.
 struct Shared {
     conn: Arc<Emitter>,
-    key: u64,
     begun: Instant,
     statement_type: StatementType,
     operation_type: OperationType,
     ended: AtomicBool,
     id: OnceLock<StatementId>,
-    volume: Option<VolumeOp>,
+    volume: Option<Box<VolumeOp>>,
     /// Chunks fold here and ride with the end: a chunk costs a few atomic operations on the
     /// handle, not an event through the queue (a CloudFetch result can have thousands).
     chunks: FoldedChunks,
@@ -220,34 +219,23 @@ impl FoldedChunks {
 }
 
 impl Statement {
-    /// Begins a statement: one clock reading (the row's date and the latency's origin), one
-    /// allocation (the shared handle), one queue push.
+    /// Begins a statement: one clock reading (the row's date and the latency's origin) and
+    /// one allocation (the shared handle); nothing is queued until it ends.
     pub(crate) fn begin(
         conn: &Arc<Emitter>,
         statement_type: StatementType,
         operation_type: OperationType,
         volume: Option<VolumeOp>,
     ) -> Self {
-        let begun = Instant::now();
-        let key = conn.next_statement_key();
-        conn.emit(
-            Some(begun),
-            EventKind::StatementStarted {
-                key,
-                statement_type,
-                operation_type,
-            },
-        );
         Statement {
             shared: Some(Arc::new(Shared {
                 conn: conn.clone(),
-                key,
-                begun,
+                begun: Instant::now(),
                 statement_type,
                 operation_type,
                 ended: AtomicBool::new(false),
                 id: OnceLock::new(),
-                volume,
+                volume: volume.map(Box::new),
                 chunks: FoldedChunks::default(),
                 recorded: Recorded::default(),
             })),
@@ -353,7 +341,6 @@ impl Statement {
             s.conn.emit(
                 Some(Instant::now()),
                 EventKind::ChunkFailed {
-                    key: s.key,
                     failure: Box::new(ChunkFailure {
                         statement_id: s.id.get().cloned(),
                         statement_type: s.statement_type,
@@ -386,7 +373,7 @@ impl Statement {
 
     /// An error on this statement. A terminal one (by SQLSTATE or HTTP status) ends the
     /// statement as [`fail`](Self::fail) does, and is sent at once with its statistics; others
-    /// are reported with the statement when it ends.
+    /// are a row of their own, with the statement's id if it is attached.
     pub fn error<E: ReportableError + ?Sized>(&self, error: &E) {
         let Some(s) = &self.shared else { return };
         let error = DriverError::from_error(error);
@@ -396,7 +383,7 @@ impl Statement {
             s.conn.emit(
                 Some(Instant::now()),
                 EventKind::Error {
-                    statement: Some(s.key),
+                    statement_id: s.id.get().cloned(),
                     error: Box::new(error),
                 },
             );
@@ -447,28 +434,27 @@ impl Shared {
         self.emit_end(outcome, error, self.volume.clone());
     }
 
-    /// Out of line: builds the end from what was recorded and queues it.
+    /// Out of line: builds the end from what was recorded and queues it, dated by the begin.
     fn emit_end(
         &self,
         outcome: StatementOutcome,
         error: Option<DriverError>,
-        volume: Option<VolumeOp>,
+        volume: Option<Box<VolumeOp>>,
     ) {
         let end = StatementEnd {
+            statement_type: self.statement_type,
+            operation_type: self.operation_type,
             statement_id: self.id.get().cloned(),
             latency_ms: millis(self.begun.elapsed()),
             outcome,
             chunks: self.chunks.snapshot(),
             completion: self.recorded.snapshot(),
-            error,
+            error: error.map(Box::new),
             volume,
         };
         self.conn.emit(
-            None,
-            EventKind::StatementEnded {
-                key: self.key,
-                end: Box::new(end),
-            },
+            Some(self.begun),
+            EventKind::StatementEnded { end: Box::new(end) },
         );
     }
 }

@@ -19,14 +19,10 @@ pub enum DropUnit {
 pub enum DropReason {
     /// Event: the intake queue was full.
     QueueFull,
-    /// Event: emitted after its host's client closed.
+    /// Event: emitted after its host's client closed, or still queued when its close
+    /// deadline passed.
     AfterClose,
-    /// Event: for a statement not in flight (never started, already ended or evicted).
-    UnknownStatement,
-    /// Event: an error past the per-statement cap (in count, or in the byte budget).
-    ErrorCap,
-    /// Row: pending rows hit their cap, or the byte budget needed room (the oldest
-    /// non-error row goes).
+    /// Row: the byte budget needed room for a newer row (the oldest non-error row goes).
     PendingCap,
     /// Row: the host's byte budget is spent even after older rows made room.
     ByteBudget,
@@ -52,11 +48,9 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 13] = [
         Self::QueueFull,
         Self::AfterClose,
-        Self::UnknownStatement,
-        Self::ErrorCap,
         Self::PendingCap,
         Self::ByteBudget,
         Self::Shutdown,
@@ -75,8 +69,6 @@ impl DropReason {
         match self {
             Self::QueueFull => "queue_full",
             Self::AfterClose => "after_close",
-            Self::UnknownStatement => "unknown_statement",
-            Self::ErrorCap => "error_cap",
             Self::PendingCap => "pending_cap",
             Self::ByteBudget => "byte_budget",
             Self::Shutdown => "shutdown",
@@ -94,9 +86,7 @@ impl DropReason {
     /// What the drop lost.
     pub const fn unit(self) -> DropUnit {
         match self {
-            Self::QueueFull | Self::AfterClose | Self::UnknownStatement | Self::ErrorCap => {
-                DropUnit::Event
-            }
+            Self::QueueFull | Self::AfterClose => DropUnit::Event,
             _ => DropUnit::Row,
         }
     }

@@ -4,10 +4,9 @@
 //! A connection's identity lives once in an [`Arc<ConnectionInfo>`]; each event carries a
 //! clone of that `Arc` (one atomic increment, no allocation) and a small [`EventKind`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
-
-use std::borrow::Cow;
 
 use crate::classify::{ErrorClass, classify_driver_error, classify_error};
 use crate::connection::ConnectionInfo;
@@ -17,21 +16,17 @@ use crate::wire::{ExecutionResultFormat, OperationType, StatementType, VolumeOpe
 /// A statement id, shared between the handle and its events without copying the text.
 pub type StatementId = Arc<str>;
 
-/// Which statement handle an event belongs to: unique within its connection, assigned when
-/// the handle begins (before the server has said the statement's id).
-pub type StatementKey = u64;
-
 /// One thing that happened in the driver.
 #[derive(Debug, Clone)]
 pub struct TelemetryEvent {
     /// The connection it happened on.
     pub connection: Arc<ConnectionInfo>,
-    /// When it happened, for the events that date a row: a connection opened or closed, a
-    /// statement started, an error. `None` (statement ends: they date nothing) lets the
-    /// background task use the time it takes the event. An [`Instant`], not a wall time, so a
-    /// statement's start costs the driver one clock reading for both its date and its latency;
-    /// the background task dates instants with one [`WallClock`](crate::clock::WallClock)
-    /// reading per batch.
+    /// When it happened, which dates its row: a connection opened or closed, a statement
+    /// began (its end carries its begin), an error. `None` lets the background task use the
+    /// time it takes the event. An [`Instant`], not a wall time, so a statement costs the
+    /// driver one clock reading at its begin for both its date and its latency's origin; the
+    /// background task dates instants with one [`WallClock`](crate::clock::WallClock) reading
+    /// per batch.
     pub at: Option<Instant>,
     /// What happened.
     pub kind: EventKind,
@@ -41,7 +36,7 @@ pub struct TelemetryEvent {
 /// every kind, so a new kind is a compile error there rather than a silent drop.
 ///
 /// Kept to 40 bytes (an event to 64) so that one event is about one cache line of the
-/// queue: the large payloads, which come once per statement at most, are boxed.
+/// queue: the large payloads are boxed.
 #[derive(Debug, Clone)]
 pub enum EventKind {
     /// The session was opened; `latency_ms` is the open call's own duration.
@@ -61,35 +56,24 @@ pub enum EventKind {
         /// Why.
         error: Box<DriverError>,
     },
-    /// A statement began (before the server assigned its id).
-    StatementStarted {
-        /// The handle.
-        key: StatementKey,
-        /// What kind of statement.
-        statement_type: StatementType,
-        /// The operation (`EXECUTE_STATEMENT`, `LIST_TABLES`, ...).
-        operation_type: OperationType,
-    },
     /// A statement ended: completed, failed, cancelled, closed early or dropped. Everything
-    /// the handle recorded rides here (its id, chunks, polls, format), so a statement costs
-    /// two queue pushes however many chunks it has.
+    /// its handle recorded rides here (type, operation, id, outcome, chunks, polls, format,
+    /// error), and the event's `at` is the statement's begin: a statement is one event
+    /// through the queue however many chunks and polls it has, and nothing about it waits in
+    /// the background between its begin and its end.
     StatementEnded {
-        /// The handle.
-        key: StatementKey,
-        /// How it ended.
+        /// The statement.
         end: Box<StatementEnd>,
     },
     /// A CloudFetch chunk failed after its retries (a row of its own, sent at once).
     ChunkFailed {
-        /// The handle.
-        key: StatementKey,
         /// The chunk, the statement's chunk statistics so far, the error.
         failure: Box<ChunkFailure>,
     },
-    /// An error the driver saw that does not end a statement.
+    /// An error the driver saw that does not end a statement: a row of its own.
     Error {
-        /// The statement handle it belongs to, if any.
-        statement: Option<StatementKey>,
+        /// The server's id of the statement it belongs to, if any (and attached).
+        statement_id: Option<StatementId>,
         /// The error.
         error: Box<DriverError>,
     },
@@ -131,8 +115,7 @@ pub enum StatementOutcome {
     Cancelled,
     /// It was closed before completing (`CLOSE_STATEMENT`).
     Closed,
-    /// Its handle was dropped before any ending, or it never ended (evicted, open at close)
-    /// (`CLOSE_STATEMENT`).
+    /// Its handle's last clone was dropped before any ending (`CLOSE_STATEMENT`).
     Abandoned,
 }
 
@@ -170,11 +153,14 @@ pub struct VolumeOp {
     pub local_file: Option<String>,
 }
 
-/// How a statement ended: what the driver told and what its handle measured. Built by the
-/// statement handle, or by the aggregator for a statement that never ended (evicted, open at
-/// close).
+/// Everything about one statement when it ends: what the driver told and what its handle
+/// measured.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatementEnd {
+    /// What kind of statement.
+    pub statement_type: StatementType,
+    /// The operation (`EXECUTE_STATEMENT`, `LIST_TABLES`, ...).
+    pub operation_type: OperationType,
     /// The server's id, if it was attached (a statement whose execute call failed has none).
     pub statement_id: Option<StatementId>,
     /// Begin to end.
@@ -185,10 +171,11 @@ pub struct StatementEnd {
     pub chunks: ChunkStats,
     /// What the driver recorded.
     pub completion: StatementCompletion,
-    /// The error that ended it ([`StatementOutcome::Failed`]).
-    pub error: Option<DriverError>,
-    /// The volume operation, for `VOLUME` statements.
-    pub volume: Option<VolumeOp>,
+    /// The error that ended it ([`StatementOutcome::Failed`]); boxed, as it is rare and
+    /// ends wait in the queue.
+    pub error: Option<Box<DriverError>>,
+    /// The volume operation, for `VOLUME` statements (boxed: rare).
+    pub volume: Option<Box<VolumeOp>>,
 }
 
 /// A CloudFetch chunk that failed after its retries: a row of its own, sent at once.

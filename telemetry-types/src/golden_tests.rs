@@ -12,7 +12,7 @@ use crate::event::{
     VolumeOp,
 };
 use crate::host::Host;
-use crate::row::{self, SessionChange, StatementSummary};
+use crate::row::{self, SessionChange};
 use crate::wire::*;
 
 const TS: i64 = 1_767_225_600_000;
@@ -74,7 +74,7 @@ fn to_json(log: &TelemetryFrontendLog) -> Value {
     v
 }
 
-fn statement_summary(error: Option<DriverError>) -> StatementSummary {
+fn statement_end(error: Option<DriverError>) -> StatementEnd {
     let mut chunks = ChunkStats::default();
     for (lat, compressed) in [(0, false), (120, true), (300, false), (80, false)] {
         chunks.record(lat, 1000, compressed);
@@ -84,28 +84,25 @@ fn statement_summary(error: Option<DriverError>) -> StatementSummary {
     } else {
         StatementOutcome::Completed
     };
-    StatementSummary {
-        started_at_millis: TS,
+    StatementEnd {
         statement_type: StatementType::Query,
         operation_type: OperationType::ExecuteStatement,
-        end: StatementEnd {
-            statement_id: Some("stmt-9".into()),
-            latency_ms: 412,
-            outcome,
-            chunks,
-            error,
-            volume: None,
-            completion: StatementCompletion {
-                execution_result: Some(ExecutionResultFormat::ExternalLinks),
-                compressed: None,
-                poll_count: Some(3),
-                poll_latency_ms: Some(90),
-                retry_count: Some(1),
-                chunks_present: Some(4),
-                result_ready_latency_ms: Some(200),
-                result_consumption_latency_ms: Some(150),
-                is_internal_call: Some(false),
-            },
+        statement_id: Some("stmt-9".into()),
+        latency_ms: 412,
+        outcome,
+        chunks,
+        error: error.map(Box::new),
+        volume: None,
+        completion: StatementCompletion {
+            execution_result: Some(ExecutionResultFormat::ExternalLinks),
+            compressed: None,
+            poll_count: Some(3),
+            poll_latency_ms: Some(90),
+            retry_count: Some(1),
+            chunks_present: Some(4),
+            result_ready_latency_ms: Some(200),
+            result_consumption_latency_ms: Some(150),
+            is_internal_call: Some(false),
         },
     }
 }
@@ -165,7 +162,7 @@ fn golden_delete_session_row_has_no_configuration() {
 
 #[test]
 fn golden_statement_row_with_chunks() {
-    let v = to_json(&row::statement_row(&conn(), &statement_summary(None)));
+    let v = to_json(&row::statement_row(&conn(), TS, &statement_end(None)));
     assert_eq!(
         v,
         json!({
@@ -206,13 +203,13 @@ fn golden_statement_row_with_chunks() {
 
 #[test]
 fn golden_failed_statement_without_an_id() {
-    let mut s = statement_summary(Some(
+    let mut s = statement_end(Some(
         DriverError::new("SqlError", "no such table 'secret'").with_sqlstate("42P01"),
     ));
-    s.end.statement_id = None;
-    s.end.chunks = ChunkStats::default();
-    s.end.completion = StatementCompletion::default();
-    let v = to_json(&row::statement_row(&conn(), &s));
+    s.statement_id = None;
+    s.chunks = ChunkStats::default();
+    s.completion = StatementCompletion::default();
+    let v = to_json(&row::statement_row(&conn(), TS, &s));
     assert_eq!(
         v["entry"],
         json!({"sql_driver_log": {
@@ -237,9 +234,9 @@ fn a_statement_that_did_not_complete_says_so(
     #[case] outcome: StatementOutcome,
     #[case] operation: &str,
 ) {
-    let mut s = statement_summary(None);
-    s.end.outcome = outcome;
-    let v = to_json(&row::statement_row(&conn(), &s));
+    let mut s = statement_end(None);
+    s.outcome = outcome;
+    let v = to_json(&row::statement_row(&conn(), TS, &s));
     let op = &v["entry"]["sql_driver_log"]["sql_operation"];
     assert_eq!(op["operation_detail"]["operation_type"], json!(operation));
     assert_eq!(
@@ -251,16 +248,16 @@ fn a_statement_that_did_not_complete_says_so(
 
 #[test]
 fn golden_volume_row() {
-    let mut s = statement_summary(None);
+    let mut s = statement_end(None);
     s.statement_type = StatementType::Volume;
-    s.end.chunks = ChunkStats::default();
-    s.end.completion = StatementCompletion::default();
-    s.end.volume = Some(VolumeOp {
+    s.chunks = ChunkStats::default();
+    s.completion = StatementCompletion::default();
+    s.volume = Some(Box::new(VolumeOp {
         operation: VolumeOperationType::Put,
         volume_path: Some("/Volumes/main/default/vol/in.csv?sig=abc".into()),
         local_file: Some("C:\\Users\\bob\\data\\in.csv".into()),
-    });
-    let v = to_json(&row::statement_row(&conn(), &s));
+    }));
+    let v = to_json(&row::statement_row(&conn(), TS, &s));
     let d = &v["entry"]["sql_driver_log"];
     assert_eq!(d["sql_operation"]["statement_type"], json!("VOLUME"));
     assert_eq!(
@@ -359,7 +356,7 @@ fn golden_unauthenticated_variant() {
     let err = DriverError::new("E", "boom");
     for mut log in [
         row::connection_row(&conn(), TS, SessionChange::Opened, 1),
-        row::statement_row(&conn(), &statement_summary(Some(err.clone()))),
+        row::statement_row(&conn(), TS, &statement_end(Some(err.clone()))),
         row::error_row(&conn(), TS, Some("s"), &err),
     ] {
         row::strip_for_unauthenticated(&mut log);

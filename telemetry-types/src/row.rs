@@ -38,19 +38,6 @@ pub enum SessionChange {
     Closed,
 }
 
-/// Everything known about one statement when its row is built.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatementSummary {
-    /// When it started, ms since the epoch (the row's timestamp).
-    pub started_at_millis: i64,
-    /// Statement type.
-    pub statement_type: StatementType,
-    /// Operation type.
-    pub operation_type: OperationType,
-    /// How it ended (its id, if attached, and its error, if it failed, included).
-    pub end: StatementEnd,
-}
-
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -115,8 +102,8 @@ fn connection_row_with(
     let operation_type = match change {
         SessionChange::Opened => {
             let redacted = conn.redacted();
-            d.system_configuration = redacted.system_configuration.clone();
-            d.driver_connection_params = redacted.connection_params.clone();
+            d.system_configuration = redacted.system_configuration.clone().map(Box::new);
+            d.driver_connection_params = redacted.connection_params.clone().map(Box::new);
             d.auth_type = conn.auth_type;
             OperationType::CreateSession
         }
@@ -198,21 +185,28 @@ const MAX_PATH_CHARS: usize = 1024;
 
 /// The statement row. A statement that did not complete says so with the server's own
 /// operation (`CANCEL_STATEMENT`, `CLOSE_STATEMENT`); a failed one carries its error.
-pub fn statement_row(conn: &ConnectionInfo, s: &StatementSummary) -> TelemetryFrontendLog {
-    let mut log = base_log(conn, s.started_at_millis);
-    let end = &s.end;
+/// `began_at_millis` (the statement's begin) dates the row.
+pub fn statement_row(
+    conn: &ConnectionInfo,
+    began_at_millis: i64,
+    end: &StatementEnd,
+) -> TelemetryFrontendLog {
+    let mut log = base_log(conn, began_at_millis);
     let d = log.driver_log_mut();
     d.sql_statement_id = end.statement_id.as_deref().map(statement_id);
     d.operation_latency_ms = Some(to_i64(end.latency_ms));
-    let operation = end.outcome.operation_override().unwrap_or(s.operation_type);
+    let operation = end
+        .outcome
+        .operation_override()
+        .unwrap_or(end.operation_type);
     d.sql_operation = Some(sql_operation(
-        s.statement_type,
+        end.statement_type,
         operation,
         &end.chunks,
         &end.completion,
     ));
-    d.vol_operation = end.volume.as_ref().map(vol_operation);
-    d.error_info = end.error.as_ref().map(error_info);
+    d.vol_operation = end.volume.as_ref().map(|v| Box::new(vol_operation(v)));
+    d.error_info = end.error.as_deref().map(error_info);
     log
 }
 

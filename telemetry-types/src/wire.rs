@@ -125,12 +125,12 @@ pub struct SqlDriverLog {
     /// Statement id (correlation id: never on the unauthenticated endpoint).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sql_statement_id: Option<String>,
-    /// Only on `CREATE_SESSION` rows.
+    /// Only on `CREATE_SESSION` rows (boxed: most rows have none, and rows wait in memory).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub system_configuration: Option<DriverSystemConfiguration>,
-    /// Only on `CREATE_SESSION` rows.
+    pub system_configuration: Option<Box<DriverSystemConfiguration>>,
+    /// Only on `CREATE_SESSION` rows (boxed: most rows have none).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub driver_connection_params: Option<DriverConnectionParameters>,
+    pub driver_connection_params: Option<Box<DriverConnectionParameters>>,
     /// Only on `CREATE_SESSION` rows.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub auth_type: Option<AuthType>,
@@ -140,9 +140,9 @@ pub struct SqlDriverLog {
     /// Statement / operation details.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sql_operation: Option<SqlExecutionEvent>,
-    /// Unity Catalog volume operation (rows whose statement type is `VOLUME`).
+    /// Unity Catalog volume operation (rows whose statement type is `VOLUME`; boxed: rare).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub vol_operation: Option<VolumeOperation>,
+    pub vol_operation: Option<Box<VolumeOperation>>,
     /// Error details.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error_info: Option<DriverErrorInfo>,

@@ -322,8 +322,10 @@ async fn breaker_stops_requests_during_an_outage_and_they_resume() {
     while p.stats().dropped.get(DropReason::BreakerOpen) == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Up to `max_concurrent_exports` (4) requests go out side by side: those admitted
+    // before the third failure opened the breaker still arrive.
     let during = mock.export_requests();
-    assert!(during <= 4, "the breaker stopped requests: {during}");
+    assert!(during <= 6, "the breaker stopped requests: {during}");
     assert_eq!(p.stats().breaker_openings, 1);
     // The endpoint recovers; after the open period a probe closes the breaker and rows flow.
     mock.set_fault(Fault::None);

@@ -71,6 +71,10 @@ struct Cli {
     /// Connections whose first session open fails (a connection-failure row each).
     #[arg(long, default_value_t = 1)]
     failed_opens: usize,
+    /// CloudFetch download threads per connection (0: chunks reported on the connection's
+    /// thread, which measures telemetry without the hand-off's own cost).
+    #[arg(long, default_value_t = 2)]
+    download_threads: usize,
     /// Use a plain token provider instead of one that blocks in `block_in_place` the way the
     /// ADBC driver's OAuth providers do.
     #[arg(long)]
@@ -104,6 +108,10 @@ struct Cli {
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
+    /// Only serve the mock workspace (prints `listening on <url>`, then runs until killed),
+    /// so that a client in another process can report to it (see `--host`).
+    #[arg(long)]
+    serve: bool,
 }
 
 fn parse_rate(v: &str) -> Result<f64, String> {
@@ -139,6 +147,7 @@ struct Args {
     compare: bool,
     rounds: usize,
     json: bool,
+    serve: bool,
 }
 
 /// The arguments, checked beyond what clap checks alone.
@@ -179,6 +188,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args, clap::Error> {
             mixed: !cli.queries_only,
             failed_opens: cli.failed_opens,
             blocking_auth: !cli.non_blocking_auth,
+            download_threads: cli.download_threads,
             token: None,
         },
         batch_size: as_usize(cli.batch_size),
@@ -189,6 +199,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args, clap::Error> {
         compare: cli.compare,
         rounds: as_usize(cli.rounds),
         json: cli.json,
+        serve: cli.serve,
     })
 }
 
@@ -257,6 +268,23 @@ fn run_once(
     (report, p.stats())
 }
 
+/// CPU time this process has used so far, all threads, user and system.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct it is handed and reads nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return Duration::ZERO;
+        }
+        usage
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// Peak resident memory of this process, KiB (Linux `VmHWM`; `None` elsewhere).
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -293,6 +321,9 @@ fn main() -> ExitCode {
         }
     };
     let mut args = args;
+    if args.serve {
+        return serve(&mock_rt, &args.flag_name);
+    }
     let mock = if args.host.is_none() {
         match mock_rt.block_on(MockWorkspace::start(&args.flag_name)) {
             Ok(m) => {
@@ -364,7 +395,11 @@ fn main() -> ExitCode {
         }));
     }
 
+    let cpu_before = process_cpu();
     let (report, stats) = run_once(&args, &host, !args.no_telemetry, true);
+    let cpu = process_cpu().saturating_sub(cpu_before);
+    let statements = (args.workload.connections * args.workload.statements).max(1);
+    let cpu_us_per_statement = cpu.as_secs_f64() * 1e6 / statements as f64;
     let server_rows = mock.as_ref().map(MockWorkspace::rows_received);
     let dropped: BTreeMap<&str, u64> = stats
         .dropped
@@ -444,6 +479,16 @@ fn main() -> ExitCode {
     }
     let peak = peak_rss_kib();
     println!(
+        "  process CPU {:.1} ms, {:.2} us per statement (all threads, driver work included{})",
+        cpu.as_secs_f64() * 1000.0,
+        cpu_us_per_statement,
+        if mock.is_some() {
+            ", and the embedded workspace's: use --serve in another process to exclude it"
+        } else {
+            ""
+        }
+    );
+    println!(
         "  elapsed {:.1} ms, slowest close {:.1} ms, peak memory {} KiB",
         report.elapsed.as_secs_f64() * 1000.0,
         report.close_max.as_secs_f64() * 1000.0,
@@ -463,6 +508,8 @@ fn main() -> ExitCode {
             "elapsed_ms": report.elapsed.as_millis() as u64,
             "close_ms": report.close_max.as_millis() as u64,
             "peak_rss_kib": peak,
+            "cpu_ms": cpu.as_secs_f64() * 1000.0,
+            "cpu_us_per_statement": cpu_us_per_statement,
         });
         if let Some(rows) = server_rows {
             out["server_rows_received"] = json!(rows);
@@ -483,6 +530,24 @@ fn main() -> ExitCode {
     drop(mock);
     mock_rt.shutdown_background();
     ExitCode::SUCCESS
+}
+
+/// Serves the mock workspace until the process is killed.
+fn serve(rt: &tokio::runtime::Runtime, flag_name: &str) -> ExitCode {
+    match rt.block_on(MockWorkspace::start(flag_name)) {
+        Ok(mock) => {
+            use std::io::Write;
+            println!("listening on {}", mock.base_url());
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        Err(e) => {
+            eprintln!("telemetry-sim: cannot start the workspace: {e}");
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,291 @@
+//! The queue between producers (driver threads) and the background task: a fixed lock-free
+//! array for the steady state, an overflow that grows only while a burst needs it.
+//!
+//! A single array queue sized for a burst (64 connections x 200 statements at once is 13 000
+//! events) would hold most of a megabyte per host for its whole life; a segmented queue
+//! alone cost 50-70 ns more per push (measured side by side). So the array is small (512
+//! slots, allocated by the host's first event) and, when it is full, events go to a
+//! segmented overflow whose segments are allocated as the burst comes and freed as it
+//! drains. Both count against the host's byte budget and the queue's capacity. Events need
+//! no order between them (a statement is one event), so the consumer takes the array first.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crossbeam_queue::{ArrayQueue, SegQueue};
+use telemetry_types::drops::DropReason;
+use telemetry_types::event::{DriverError, EventKind, TelemetryEvent};
+
+use crate::stats::Counters;
+
+/// Slots of the array part, at most.
+pub(crate) const PRIMARY_SLOTS: usize = 512;
+
+/// What one event costs in the overflow, beyond its text: the slot and its share of the
+/// segment's bookkeeping.
+const OVERFLOW_SLOT_BYTES: usize = std::mem::size_of::<TelemetryEvent>() + 16;
+
+/// The heap bytes an event holds beyond its slot: its boxed payload and the driver's text, as
+/// allocated (capped at intake by the handles, and again by the background task).
+fn text_bytes(event: &TelemetryEvent) -> usize {
+    fn of(e: &DriverError) -> usize {
+        e.name.capacity() + e.message.capacity() + e.sqlstate.as_ref().map_or(0, String::capacity)
+    }
+    use std::mem::size_of;
+    match &event.kind {
+        EventKind::Error { error, .. } | EventKind::ConnectionFailed { error, .. } => {
+            size_of::<DriverError>() + of(error)
+        }
+        EventKind::ChunkFailed { failure } => {
+            size_of::<telemetry_types::event::ChunkFailure>() + of(&failure.error)
+        }
+        EventKind::StatementEnded { end } => {
+            size_of::<telemetry_types::event::StatementEnd>()
+                + end
+                    .error
+                    .as_deref()
+                    .map_or(0, |e| size_of::<DriverError>() + of(e))
+                + end.volume.as_deref().map_or(0, |v| {
+                    size_of::<telemetry_types::event::VolumeOp>()
+                        + v.volume_path.as_ref().map_or(0, String::capacity)
+                        + v.local_file.as_ref().map_or(0, String::capacity)
+                })
+        }
+        EventKind::ConnectionOpened { .. } | EventKind::ConnectionClosed { .. } => 0,
+    }
+}
+
+pub(crate) struct Intake {
+    primary: OnceLock<ArrayQueue<TelemetryEvent>>,
+    primary_slots: usize,
+    overflow: SegQueue<TelemetryEvent>,
+    overflow_len: AtomicUsize,
+    max_overflow: usize,
+    /// Bytes queued beyond the array: overflow slots and every queued event's text.
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
+    closed: AtomicBool,
+    wake: tokio::sync::Notify,
+    high_water: usize,
+    counters: std::sync::Arc<Counters>,
+}
+
+impl Intake {
+    pub(crate) fn new(
+        capacity: usize,
+        max_queued_bytes: usize,
+        counters: std::sync::Arc<Counters>,
+    ) -> Self {
+        let primary_slots = capacity.clamp(1, PRIMARY_SLOTS);
+        Self {
+            primary: OnceLock::new(),
+            primary_slots,
+            overflow: SegQueue::new(),
+            overflow_len: AtomicUsize::new(0),
+            max_overflow: capacity.saturating_sub(primary_slots),
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes,
+            closed: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            // Half the array: the task drains every few milliseconds anyway; a burst wakes it
+            // early, once per couple of hundred events rather than on each.
+            high_water: (primary_slots / 2).max(1),
+            counters,
+        }
+    }
+
+    /// Reserves `bytes` of the queue's budget; false (nothing reserved) if it would overrun.
+    fn reserve(&self, bytes: usize) -> bool {
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Queues `event` without blocking; a full queue, a spent budget or a closed intake drops
+    /// it, counted.
+    #[inline]
+    pub(crate) fn push(&self, event: TelemetryEvent) {
+        if self.closed.load(Ordering::Acquire) {
+            self.counters.count_drop(DropReason::AfterClose, 1);
+            return;
+        }
+        let text = text_bytes(&event);
+        if text > 0 && !self.reserve(text) {
+            self.counters.count_drop(DropReason::QueueFull, 1);
+            return;
+        }
+        let primary = self
+            .primary
+            .get_or_init(|| ArrayQueue::new(self.primary_slots));
+        match primary.push(event) {
+            Ok(()) => {
+                if primary.len() >= self.high_water {
+                    self.wake.notify_one();
+                }
+            }
+            Err(event) => self.push_overflow(event, text),
+        }
+    }
+
+    /// The array is full: a burst. Out of line, so the common push stays small.
+    #[cold]
+    #[inline(never)]
+    fn push_overflow(&self, event: TelemetryEvent, text: usize) {
+        let queued = self.overflow_len.fetch_add(1, Ordering::Relaxed);
+        if queued >= self.max_overflow || !self.reserve(OVERFLOW_SLOT_BYTES) {
+            self.overflow_len.fetch_sub(1, Ordering::Relaxed);
+            self.queued_bytes.fetch_sub(text, Ordering::Relaxed);
+            self.counters.count_drop(DropReason::QueueFull, 1);
+            return;
+        }
+        self.overflow.push(event);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn pop(&self) -> Option<TelemetryEvent> {
+        let (event, slot) = match self.primary.get().and_then(ArrayQueue::pop) {
+            Some(e) => (e, 0),
+            None => {
+                let e = self.overflow.pop()?;
+                self.overflow_len.fetch_sub(1, Ordering::Relaxed);
+                (e, OVERFLOW_SLOT_BYTES)
+            }
+        };
+        let bytes = text_bytes(&event) + slot;
+        if bytes > 0 {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        Some(event)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.primary.get().map_or(0, ArrayQueue::len) + self.overflow_len.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Whether the array has been allocated (by a first event).
+    #[cfg(test)]
+    pub(crate) fn is_allocated(&self) -> bool {
+        self.primary.get().is_some()
+    }
+
+    /// Queues past the closed check, as a producer racing `close` would.
+    #[cfg(test)]
+    pub(crate) fn push_racing_close(&self, event: TelemetryEvent) {
+        let _ = self
+            .primary
+            .get_or_init(|| ArrayQueue::new(self.primary_slots))
+            .push(event);
+    }
+}
+
+impl Drop for Intake {
+    /// An event pushed by a producer racing the final drain of `close` is still counted.
+    fn drop(&mut self) {
+        let left = self.len() as u64;
+        if left > 0 {
+            self.counters.count_drop(DropReason::AfterClose, left);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use telemetry_types::connection::ConnectionInfo;
+    use telemetry_types::host::Host;
+
+    use super::*;
+
+    fn event(kind: EventKind) -> TelemetryEvent {
+        TelemetryEvent {
+            connection: Arc::new(ConnectionInfo::new(
+                Host::parse("a.example", false).unwrap(),
+                "ua",
+            )),
+            at: None,
+            kind,
+        }
+    }
+
+    fn opened() -> TelemetryEvent {
+        event(EventKind::ConnectionOpened { latency_ms: 1 })
+    }
+
+    #[test]
+    fn a_burst_overflows_the_array_and_drains_back_to_nothing() {
+        let counters = Arc::new(Counters::default());
+        let intake = Intake::new(10_000, 4 << 20, counters.clone());
+        assert!(
+            intake.primary.get().is_none(),
+            "nothing before the first event"
+        );
+        for _ in 0..5_000 {
+            intake.push(opened());
+        }
+        assert_eq!(intake.len(), 5_000);
+        assert_eq!(
+            intake.queued_bytes.load(Ordering::Relaxed),
+            (5_000 - PRIMARY_SLOTS) * OVERFLOW_SLOT_BYTES
+        );
+        let mut popped = 0;
+        while intake.pop().is_some() {
+            popped += 1;
+        }
+        assert_eq!((popped, intake.len()), (5_000, 0));
+        assert_eq!(intake.queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.snapshot().dropped.total(), 0);
+    }
+
+    #[test]
+    fn capacity_and_bytes_bound_the_overflow() {
+        let counters = Arc::new(Counters::default());
+        let intake = Intake::new(600, 4 << 20, counters.clone());
+        for _ in 0..700 {
+            intake.push(opened());
+        }
+        assert_eq!(intake.len(), 600);
+        assert_eq!(counters.snapshot().dropped.get(DropReason::QueueFull), 100);
+        let small = Intake::new(100_000, 64 << 10, counters.clone());
+        for _ in 0..100_000 {
+            small.push(opened());
+        }
+        let held = PRIMARY_SLOTS + (64 << 10) / OVERFLOW_SLOT_BYTES;
+        assert_eq!(small.len(), held);
+        let huge = || {
+            event(EventKind::Error {
+                statement_id: None,
+                error: Box::new(DriverError::new("E", "x".repeat(40 << 10))),
+            })
+        };
+        small.pop();
+        small.push(huge());
+        small.push(huge());
+        assert_eq!(small.len(), held - 1, "text counts against the same budget");
+    }
+
+    #[test]
+    fn a_closed_intake_counts_what_it_refuses() {
+        let counters = Arc::new(Counters::default());
+        let intake = Intake::new(10, 1 << 20, counters.clone());
+        intake.close();
+        intake.push(opened());
+        assert_eq!(counters.snapshot().dropped.get(DropReason::AfterClose), 1);
+        assert!(intake.is_closed() && intake.len() == 0);
+    }
+}
