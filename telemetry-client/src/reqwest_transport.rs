@@ -111,7 +111,7 @@ mod optional_features {
             method: HttpMethod::Post,
             url,
             headers: vec![("X-Test".into(), "1".into())],
-            body: b"{}".to_vec(),
+            body: telemetry_types::transport::Bytes::from_static(b"{}"),
             timeout: Duration::from_secs(5),
             max_response_bytes: max,
         }

@@ -274,11 +274,9 @@ impl HyperTransport {
         for (k, v) in &request.headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
-        let req = builder
-            .body(Full::new(Bytes::from(request.body)))
-            .map_err(|e| {
-                TransportError::new(TransportErrorKind::Protocol, format!("bad request: {e}"))
-            })?;
+        let req = builder.body(Full::new(request.body)).map_err(|e| {
+            TransportError::new(TransportErrorKind::Protocol, format!("bad request: {e}"))
+        })?;
         let response = self.client.request(req).await.map_err(|e| map_error(&e))?;
         let status = response.status().as_u16();
         let headers = response

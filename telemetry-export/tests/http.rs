@@ -219,7 +219,7 @@ async fn oversized_response_body_is_cut() {
         method: HttpMethod::Get,
         url: server.url("/big"),
         headers: vec![],
-        body: vec![],
+        body: bytes::Bytes::new(),
         timeout: Duration::from_secs(2),
         max_response_bytes: max,
     };

@@ -63,7 +63,7 @@ fn get(url: String) -> HttpRequest {
         method: HttpMethod::Get,
         url,
         headers: vec![],
-        body: vec![],
+        body: telemetry_types::transport::Bytes::new(),
         timeout: Duration::from_secs(5),
         max_response_bytes: 1024,
     }

@@ -36,7 +36,7 @@ fn the_environment_names_the_proxy() {
         // A name only the proxy would resolve (it refuses first): nothing leaves the machine.
         url: "http://telemetry.invalid:9/never-reached".into(),
         headers: vec![],
-        body: vec![],
+        body: telemetry_types::transport::Bytes::new(),
         timeout: Duration::from_secs(5),
         max_response_bytes: 1024,
     }));
@@ -56,7 +56,7 @@ fn the_environment_names_the_proxy() {
         method: HttpMethod::Get,
         url: format!("http://127.0.0.1:{port}/"),
         headers: vec![],
-        body: vec![],
+        body: telemetry_types::transport::Bytes::new(),
         timeout: Duration::from_secs(5),
         max_response_bytes: 1024,
     }));

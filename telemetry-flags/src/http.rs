@@ -233,7 +233,7 @@ impl FlagSource for HttpFlagSource {
                     method: HttpMethod::Get,
                     url: self.url(host),
                     headers,
-                    body: Vec::new(),
+                    body: telemetry_types::transport::Bytes::new(),
                     timeout: self.timeout,
                     max_response_bytes: MAX_FLAG_BODY_BYTES,
                 })

@@ -378,7 +378,7 @@ mod tests {
             method: HttpMethod::Post,
             url: "https://a.example/telemetry-ext".into(),
             headers: vec![],
-            body: br#"{"protoLogs":["a","b"]}"#.to_vec(),
+            body: crate::transport::Bytes::from_static(br#"{"protoLogs":["a","b"]}"#),
             timeout: Duration::from_secs(1),
             max_response_bytes: 1024,
         }

@@ -17,6 +17,8 @@ pub enum HttpMethod {
     Post,
 }
 
+pub use bytes::Bytes;
+
 /// One HTTP request, independent of any HTTP stack.
 #[derive(Debug, Clone)]
 pub struct HttpRequest {
@@ -26,8 +28,9 @@ pub struct HttpRequest {
     pub url: String,
     /// Headers in order; names as given.
     pub headers: Vec<(String, String)>,
-    /// Request body (empty for GET).
-    pub body: Vec<u8>,
+    /// Request body (empty for GET). `Bytes`, so that a retry re-sends the same buffer
+    /// rather than a copy of it.
+    pub body: Bytes,
     /// Whole-request deadline, connect included.
     pub timeout: Duration,
     /// The transport stops reading past this many response-body bytes: a 2xx answer is

@@ -47,6 +47,10 @@ pub struct Workload {
     /// statement handle; 0 reports them on the connection's own thread (no hand-off cost in
     /// the driver work, for measuring telemetry alone).
     pub download_threads: usize,
+    /// Statements per millisecond per connection, paced by sleeping (0: as fast as the
+    /// driver thread goes). Pacing keeps a measurement of CPU per statement from measuring a
+    /// burst that overruns the queue, without spending CPU on the pause as busy work would.
+    pub pace_per_ms: usize,
 }
 
 impl Default for Workload {
@@ -64,6 +68,7 @@ impl Default for Workload {
             failed_opens: 1,
             blocking_auth: false,
             download_threads: 2,
+            pace_per_ms: 0,
         }
     }
 }
@@ -368,7 +373,14 @@ fn connection(
         }
     };
     let downloads = Downloads::start(if w.chunks > 0 { w.download_threads } else { 0 });
+    let paced_from = Instant::now();
     for s in 0..w.statements {
+        if w.pace_per_ms > 0 && s > 0 && s % w.pace_per_ms == 0 {
+            let due = paced_from + Duration::from_millis((s / w.pace_per_ms) as u64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
         let kind = if w.mixed { Kind::of(s) } else { Kind::Query };
         r.events += 1; // its end; everything else rides on the handle
         r.expected_rows += 1;

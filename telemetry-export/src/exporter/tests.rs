@@ -480,3 +480,48 @@ async fn an_export_dropped_before_its_first_poll_still_settles_its_rows() {
     let s = e.stats();
     assert_eq!((s.dropped(DropReason::Shutdown), t.count()), (3, 0));
 }
+
+mod one_encoding {
+    use proptest::prelude::*;
+    use telemetry_types::wire::{DriverErrorInfo, TelemetryFrontendLog, TelemetryRequest};
+
+    use super::*;
+
+    fn log(text: &str) -> TelemetryFrontendLog {
+        let mut log = TelemetryFrontendLog::new(format!("id-{text}"), 1, text.to_owned());
+        log.driver_log_mut().error_info = Some(DriverErrorInfo {
+            error_name: text.to_owned(),
+            stack_trace: format!("{text}\\{text}\"\n\t\u{1}\u{7f}é😀"),
+        });
+        log
+    }
+
+    /// The reference: each log serialised to a string, then the request serialised.
+    fn reference(upload_time: i64, logs: &[TelemetryFrontendLog]) -> Vec<u8> {
+        serde_json::to_vec(&TelemetryRequest::from_logs(upload_time, logs.iter()).unwrap()).unwrap()
+    }
+
+    #[rstest]
+    #[case("")]
+    #[case("plain")]
+    #[case("\"quoted\" and \\backslashed\\")]
+    #[case("\\\"\\\\\"")]
+    #[case("control \u{0}\u{1f} newline\n tab\t")]
+    #[case("unicode é ü 中文 😀 \u{2028}")]
+    fn byte_for_byte_the_reference(#[case] text: &str) {
+        let logs = vec![log(text), log(&text.repeat(3))];
+        assert_eq!(encode_body(-5, logs.iter()).unwrap(), reference(-5, &logs));
+        assert_eq!(encode_body(0, [].iter()).unwrap(), reference(0, &[]));
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_encodes_as_the_reference(texts in proptest::collection::vec(any::<String>(), 0..4), t in any::<i64>()) {
+            let logs: Vec<_> = texts.iter().map(|s| log(s)).collect();
+            let body = encode_body(t, logs.iter()).unwrap();
+            prop_assert_eq!(&body, &reference(t, &logs));
+            let parsed: TelemetryRequest = serde_json::from_slice(&body).unwrap();
+            prop_assert_eq!(parsed.proto_logs.len(), logs.len());
+        }
+    }
+}

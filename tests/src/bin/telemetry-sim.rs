@@ -75,6 +75,9 @@ struct Cli {
     /// thread, which measures telemetry without the hand-off's own cost).
     #[arg(long, default_value_t = 2)]
     download_threads: usize,
+    /// Statements per millisecond per connection, paced by sleeping (0: unpaced).
+    #[arg(long, default_value_t = 0)]
+    pace_per_ms: usize,
     /// Use a plain token provider instead of one that blocks in `block_in_place` the way the
     /// ADBC driver's OAuth providers do.
     #[arg(long)]
@@ -189,6 +192,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args, clap::Error> {
             failed_opens: cli.failed_opens,
             blocking_auth: !cli.non_blocking_auth,
             download_threads: cli.download_threads,
+            pace_per_ms: cli.pace_per_ms,
             token: None,
         },
         batch_size: as_usize(cli.batch_size),
