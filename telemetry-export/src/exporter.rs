@@ -256,7 +256,7 @@ impl DatabricksExporter {
             } else {
                 (None, None)
             };
-            match groups.iter_mut().find(|g| g.takes(&row, credentials)) {
+            match groups.iter_mut().find(|g| g.takes(row, credentials)) {
                 Some(g) => g.rows.push(row),
                 None => groups.push(Group {
                     auth,
