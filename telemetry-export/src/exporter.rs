@@ -477,7 +477,7 @@ impl Drop for Unsettled<'_> {
 /// use telemetry_export::encode_body;
 /// use telemetry_types::wire::{TelemetryFrontendLog, TelemetryRequest};
 /// let log = TelemetryFrontendLog::new("id-\"1\"".into(), 1, "ua".into());
-/// let body = encode_body(7, [&log]).unwrap();
+/// let body = encode_body(7, [&log].into_iter()).unwrap();
 /// let reference = serde_json::to_vec(&TelemetryRequest::from_logs(7, [&log]).unwrap()).unwrap();
 /// assert_eq!(body, reference);
 /// ```
