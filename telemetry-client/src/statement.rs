@@ -7,7 +7,7 @@
 //! one queue push, at its end, however many chunks and polls it has.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -163,11 +163,20 @@ impl Recorded {
     }
 }
 
+/// Longest chunk latency counted, in ms (about 35 years).
+const MAX_CHUNK_MS: i64 = 1 << 40;
+/// Largest chunk counted, in bytes (1 TiB).
+const MAX_CHUNK_BYTES: u64 = 1 << 40;
+
 /// [`ChunkStats`] folded lock-free, so download tasks sharing a statement never wait on
-/// each other. Every count saturates, as [`ChunkStats::record`] does.
+/// each other. A chunk costs three atomic additions; the first latency, the slowest and the
+/// compression flag are read first and written only when they change (once or twice a
+/// statement), since an atomic read-modify-write is the price of a chunk here. Each chunk's
+/// latency and size are capped so the 64-bit sums cannot wrap; the count saturates to the
+/// row's 32 bits when read, as [`ChunkStats::record`] does.
 #[derive(Default)]
 struct FoldedChunks {
-    iterated: AtomicU32,
+    iterated: AtomicU64,
     bytes: AtomicU64,
     compressed: AtomicBool,
     /// First positive latency; 0 until there is one.
@@ -178,40 +187,40 @@ struct FoldedChunks {
 }
 
 impl FoldedChunks {
+    #[inline]
     fn record(&self, latency_ms: i64, bytes: u64, compressed: bool) {
-        let _ = self
-            .iterated
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_add(1))
-            });
-        let _ = self
-            .bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_add(bytes))
-            });
-        if compressed {
+        self.iterated.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if compressed && !self.compressed.load(Ordering::Relaxed) {
             self.compressed.store(true, Ordering::Relaxed);
         }
         if latency_ms > 0 {
-            let _ =
-                self.initial
-                    .compare_exchange(0, latency_ms, Ordering::Relaxed, Ordering::Relaxed);
-            self.slowest.fetch_max(latency_ms, Ordering::Relaxed);
-            let _ = self
-                .sum
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some(n.saturating_add(latency_ms))
-                });
+            if self.initial.load(Ordering::Relaxed) == 0 {
+                let _ = self.initial.compare_exchange(
+                    0,
+                    latency_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            if latency_ms > self.slowest.load(Ordering::Relaxed) {
+                self.slowest.fetch_max(latency_ms, Ordering::Relaxed);
+            }
+            // Latencies are capped at MAX_CHUNK_MS, so the sum of 2^23 chunks cannot wrap.
+            self.sum.fetch_add(latency_ms, Ordering::Relaxed);
         }
     }
 
     fn snapshot(&self) -> ChunkStats {
         let positive = |v: i64| (v > 0).then_some(v);
         ChunkStats {
-            iterated: self.iterated.load(Ordering::Relaxed),
+            iterated: u32::try_from(self.iterated.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
             initial_latency_ms: positive(self.initial.load(Ordering::Relaxed)),
             slowest_latency_ms: positive(self.slowest.load(Ordering::Relaxed)),
-            sum_latency_ms: self.sum.load(Ordering::Relaxed),
+            sum_latency_ms: match self.sum.load(Ordering::Relaxed) {
+                sum if sum < 0 => i64::MAX,
+                sum => sum,
+            },
             compressed: self.compressed.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
         }
@@ -326,9 +335,11 @@ impl Statement {
     #[inline]
     pub fn chunk(&self, latency: Duration, bytes: u64, compressed: bool) {
         if let Some(s) = &self.shared {
+            // Capped so that the sums of 2^23 chunks still fit (a chunk is ~20 MB and well
+            // under a minute): the fold adds without checking for overflow.
             s.chunks.record(
-                i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
-                bytes,
+                i64::try_from(latency.as_millis()).map_or(MAX_CHUNK_MS, |ms| ms.min(MAX_CHUNK_MS)),
+                bytes.min(MAX_CHUNK_BYTES),
                 compressed,
             );
         }
@@ -487,16 +498,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn folded_chunks_saturate_like_chunk_stats() {
+    fn folded_chunks_agree_with_chunk_stats_at_the_caps() {
+        // Absurd values are capped before the fold (as `Statement::chunk` does), so the
+        // unchecked sums agree with ChunkStats' saturating ones.
         let folded = FoldedChunks::default();
         let mut whole = ChunkStats::default();
-        for (latency, bytes) in [(i64::MAX, u64::MAX), (i64::MAX, 7), (5, u64::MAX)] {
-            folded.record(latency, bytes, false);
-            whole.record(latency, bytes, false);
+        for (latency, bytes) in [(i64::MAX, u64::MAX), (i64::MAX, 7), (5, u64::MAX), (0, 1)] {
+            let (latency, bytes) = (latency.min(MAX_CHUNK_MS), bytes.min(MAX_CHUNK_BYTES));
+            folded.record(latency, bytes, bytes == 7);
+            whole.record(latency, bytes, bytes == 7);
         }
         let got = folded.snapshot();
         assert_eq!(got, whole);
-        assert_eq!((got.sum_latency_ms, got.bytes), (i64::MAX, u64::MAX));
+        assert_eq!(
+            (got.iterated, got.sum_latency_ms, got.bytes, got.compressed),
+            (4, 2 * MAX_CHUNK_MS + 5, 2 * MAX_CHUNK_BYTES + 8, true)
+        );
+        assert_eq!(
+            (got.initial_latency_ms, got.slowest_latency_ms),
+            (Some(MAX_CHUNK_MS), Some(MAX_CHUNK_MS))
+        );
+    }
+
+    #[test]
+    fn chunks_from_many_threads_fold_exactly() {
+        let folded = Arc::new(FoldedChunks::default());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let folded = folded.clone();
+                std::thread::spawn(move || {
+                    for i in 1..=1000 {
+                        folded.record(i + t, 10, false);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let got = folded.snapshot();
+        assert_eq!((got.iterated, got.bytes), (4000, 40_000));
+        assert_eq!(got.sum_latency_ms, 4 * 500_500 + 1000 * (1 + 2 + 3));
+        assert_eq!(got.slowest_latency_ms, Some(1003));
+        assert!(matches!(got.initial_latency_ms, Some(1..=4)));
     }
 
     #[test]
