@@ -79,7 +79,18 @@ async fn rows_arrive_with_the_right_fields() {
     );
     let logs: Vec<_> = received.into_iter().flat_map(|r| r.logs).collect();
     assert_eq!(logs.len(), 4);
-    let open = &logs[0];
+    // Several exports may be in flight at once, so requests can arrive in any order.
+    let open = logs
+        .iter()
+        .find(|l| {
+            l.driver_log()
+                .sql_operation
+                .as_ref()
+                .and_then(|op| op.operation_detail.as_ref())
+                .and_then(|d| d.operation_type)
+                == Some(OperationType::CreateSession)
+        })
+        .unwrap();
     assert_eq!(open.workspace_id, Some(555));
     let d = open.driver_log();
     assert_eq!(d.operation_latency_ms, Some(321));
