@@ -241,7 +241,26 @@ fn report(table: &BTreeMap<String, (u64, u64)>) -> Result {
 fn bench(args: &[String]) -> Result {
     let quick = args.iter().any(|a| a == "--quick");
     let out = root().join("target").join("bench-report.md");
-    let mut report = String::from("# Benchmark report\n\n");
+    let mut report = String::from(
+        "# Benchmark report\n\nEvery figure below comes from one run of `cargo xtask bench` on this \
+         machine; ratios compare figures of the same run.\n\n",
+    );
+    micro_benches(quick, &mut report)?;
+    let sim = build_sim()?;
+    {
+        let server = Server::start(&sim)?;
+        cpu_per_statement(&sim, &server.url, quick, &mut report)?;
+        bursts(&sim, &server.url, &mut report)?;
+    }
+    compare(&sim, quick, &mut report)?;
+    std::fs::write(&out, &report).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    println!("\n{report}\nwritten to {}", out.display());
+    Ok(())
+}
+
+/// The bench binaries (`telemetry`: driver thread, floor, aggregation, serialisation,
+/// redaction; `memory`: idle hosts); their `BENCH name|value|target|met` lines become a table.
+fn micro_benches(quick: bool, report: &mut String) -> Result {
     let mut bench_cmd = cargo();
     bench_cmd.args(["bench", "--workspace", "--locked", "--benches"]);
     if quick {
@@ -256,20 +275,29 @@ fn bench(args: &[String]) -> Result {
         eprint!("{}", String::from_utf8_lossy(&output.stderr));
         return Err("cargo bench failed".into());
     }
-    report.push_str("## Micro-benchmarks (median)\n\n| benchmark | median | target | met |\n|---|---:|---:|---|\n");
-    for line in stdout.lines().filter_map(|l| l.strip_prefix("BENCH ")) {
-        // BENCH <name>|<value>|<target>|<met>
-        let cols: Vec<&str> = line.split('|').collect();
-        if cols.len() == 4 {
-            report.push_str(&format!(
-                "| {} | {} | {} | {} |\n",
-                cols[0], cols[1], cols[2], cols[3]
-            ));
-        }
+    report.push_str(
+        "## Micro-benchmarks (`cargo bench -p telemetry-client`, medians)\n\n\
+         | benchmark | median | target | met |\n|---|---:|---:|---|\n",
+    );
+    for cols in stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("BENCH "))
+        .map(|l| l.split('|').collect::<Vec<_>>())
+        .filter(|cols| cols.len() == 4)
+    {
+        report.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            cols[0], cols[1], cols[2], cols[3]
+        ));
     }
-    let sim = cargo()
+    Ok(())
+}
+
+/// Builds `telemetry-sim` once (release) and returns its path.
+fn build_sim() -> Result<PathBuf> {
+    let status = cargo()
         .args([
-            "run",
+            "build",
             "--release",
             "--locked",
             "-q",
@@ -277,34 +305,161 @@ fn bench(args: &[String]) -> Result {
             "telemetry-tests",
             "--bin",
             "telemetry-sim",
-            "--",
-            "--compare",
-            "--work-us",
-            "50",
-            // One driver thread: with more, spinning workers alone fill both cores of the
-            // CI machine and the comparison measures the scheduler.
-            "--connections",
-            "1",
-            "--json",
         ])
-        .args(if quick {
-            vec!["--statements", "500"]
-        } else {
-            vec!["--statements", "2000", "--rounds", "9"]
-        })
+        .status()
+        .map_err(|e| format!("building telemetry-sim: {e}"))?;
+    if !status.success() {
+        return Err("building telemetry-sim failed".into());
+    }
+    Ok(root()
+        .join("target")
+        .join("release")
+        .join(format!("telemetry-sim{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// `telemetry-sim --serve` in its own process, killed on drop: the client's CPU is then
+/// the client's alone, and its exports go over real HTTP.
+struct Server {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Server {
+    fn start(sim: &Path) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(sim)
+            .arg("--serve")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("telemetry-sim --serve: cannot start: {e}"))?;
+        let line = child.stdout.take().and_then(|s| {
+            let mut line = String::new();
+            std::io::BufReader::new(s).read_line(&mut line).ok()?;
+            Some(line)
+        });
+        let url = line
+            .as_deref()
+            .and_then(|l| l.trim().strip_prefix("listening on "))
+            .map(str::to_owned);
+        match url {
+            Some(url) => Ok(Self { child, url }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err("telemetry-sim --serve did not print its address".into())
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `telemetry-sim <args> --json` and parses the JSON object it prints last.
+fn sim_json(sim: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    let output = Command::new(sim)
+        .args(args)
+        .arg("--json")
         .output()
         .map_err(|e| format!("telemetry-sim: cannot start: {e}"))?;
-    let sim_out = String::from_utf8_lossy(&sim.stdout);
-    print!("{sim_out}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| format!("telemetry-sim {}: no JSON result", args.join(" ")))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The client process's CPU (user + system, every thread, getrusage) per statement, with the
+/// export going over HTTP to the server process: the same paced workload with telemetry on
+/// and off, alternating, medians of each; the difference is telemetry's.
+fn cpu_per_statement(sim: &Path, url: &str, quick: bool, report: &mut String) -> Result {
+    let statements = if quick { "5000" } else { "20000" };
+    let rounds = if quick { 3 } else { 7 };
+    #[rustfmt::skip]
+    let base = [
+        "--host", url, "--token", "bench", "--connections", "2", "--statements", statements,
+        "--pace-per-ms", "20", "--error-rate", "0", "--queries-only", "--failed-opens", "0",
+        "--non-blocking-auth", "--download-threads", "0",
+    ];
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for (telemetry, into) in [(true, &mut on), (false, &mut off)] {
+            let mut args = base.to_vec();
+            if !telemetry {
+                args.push("--no-telemetry");
+            }
+            let v = sim_json(sim, &args)?;
+            into.push(v["cpu_us_per_statement"].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    let (on, off) = (median(on), median(off));
+    let delta = on - off;
+    report.push_str(&format!(
+        "\n## CPU per statement, all threads of the client process\n\n\
+         2 connections x {statements} statements (begin, id, 3 chunks, complete) paced at 20 per ms, \
+         exports over HTTP to `telemetry-sim --serve` in another process; median of {rounds} \
+         alternating rounds.\n\n\
+         | telemetry on | telemetry off | telemetry's share | target | met |\n|---:|---:|---:|---:|---|\n\
+         | {on:.2} us | {off:.2} us | {delta:.2} us | <= 1.5 us | {} |\n",
+        if delta <= 1.5 { "yes" } else { "no" }
+    ));
+    Ok(())
+}
+
+/// Rows delivered when connections burst statements back to back against a healthy endpoint
+/// in another process, with the default configuration.
+fn bursts(sim: &Path, url: &str, report: &mut String) -> Result {
+    report.push_str(
+        "\n## Bursts against a healthy endpoint (defaults, exports over HTTP)\n\n\
+         | connections x statements | rows expected | rows exported | dropped | delivered | target |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for (connections, statements) in [(1, 200), (1, 1000), (16, 200), (64, 200)] {
+        let (c, s) = (connections.to_string(), statements.to_string());
+        #[rustfmt::skip]
+        let args = [
+            "--host", url, "--token", "bench", "--connections", &c, "--statements", &s,
+            "--queries-only", "--failed-opens", "0", "--non-blocking-auth",
+            "--download-threads", "0", "--error-rate", "0",
+        ];
+        let v = sim_json(sim, &args)?;
+        let expected = v["expected_rows"].as_u64().unwrap_or(0);
+        let exported = v["rows_exported"].as_u64().unwrap_or(0);
+        report.push_str(&format!(
+            "| {connections} x {statements} | {expected} | {exported} | {} | {:.1} % | 100 % |\n",
+            v["rows_dropped"],
+            100.0 * exported as f64 / expected.max(1) as f64
+        ));
+    }
+    Ok(())
+}
+
+/// `telemetry-sim --compare`: the same workload with telemetry off and on, alternating,
+/// each timed up to its close, with 50 us of driver work per statement.
+fn compare(sim: &Path, quick: bool, report: &mut String) -> Result {
+    // One driver thread: with more, spinning workers alone fill both cores of the CI machine
+    // and the comparison measures the scheduler.
+    let mut args = vec!["--compare", "--work-us", "50", "--connections", "1"];
+    args.extend(if quick {
+        ["--statements", "500", "--rounds", "5"]
+    } else {
+        ["--statements", "2000", "--rounds", "9"]
+    });
     report.push_str(
         "\n## End to end (`telemetry-sim --compare --work-us 50 --connections 1`, target overhead < 0.5 %)\n\n",
     );
-    match sim_out
-        .lines()
-        .last()
-        .map(serde_json::from_str::<serde_json::Value>)
-    {
-        Some(Ok(v)) => {
+    match sim_json(sim, &args) {
+        Ok(v) => {
             report.push_str("| metric | value |\n|---|---:|\n");
             if let Some(obj) = v.get("compare").and_then(|c| c.as_object()) {
                 for (k, val) in obj {
@@ -315,10 +470,8 @@ fn bench(args: &[String]) -> Result {
                 }
             }
         }
-        _ => report.push_str("simulator output could not be read\n"),
+        Err(e) => report.push_str(&format!("{e}\n")),
     }
-    std::fs::write(&out, &report).map_err(|e| format!("writing {}: {e}", out.display()))?;
-    println!("\n{report}\nwritten to {}", out.display());
     Ok(())
 }
 
