@@ -435,9 +435,13 @@ fn bursts(sim: &Path, url: &str, report: &mut String) -> Result {
         let v = sim_json(sim, &args)?;
         let expected = v["expected_rows"].as_u64().unwrap_or(0);
         let exported = v["rows_exported"].as_u64().unwrap_or(0);
+        // Dropped rows by reason; the sum is what the table shows, the reasons follow it.
+        let by_reason = v["rows_dropped"].as_object().cloned().unwrap_or_default();
+        let dropped: u64 = by_reason.values().filter_map(|n| n.as_u64()).sum();
+        let reasons: Vec<String> = by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
         report.push_str(&format!(
-            "| {connections} x {statements} | {expected} | {exported} | {} | {:.1} % | 100 % |\n",
-            v["rows_dropped"],
+            "| {connections} x {statements} | {expected} | {exported} | {dropped}{} | {:.1} % | 100 % |\n",
+            if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
             100.0 * exported as f64 / expected.max(1) as f64
         ));
     }
