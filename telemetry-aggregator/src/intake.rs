@@ -66,6 +66,10 @@ pub(crate) struct Intake {
     max_queued_bytes: usize,
     closed: AtomicBool,
     wake: tokio::sync::Notify,
+    /// A wake-up is on its way to the task: set by the producer that sends it, cleared by
+    /// the task as it wakes. Producers of a burst then each read one flag instead of each
+    /// notifying (a read-modify-write on a line the task writes too).
+    wake_pending: AtomicBool,
     high_water: usize,
     counters: std::sync::Arc<Counters>,
 }
@@ -87,6 +91,7 @@ impl Intake {
             max_queued_bytes,
             closed: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
+            wake_pending: AtomicBool::new(false),
             // Half the array: the task drains every few milliseconds anyway; a burst wakes it
             // early, once per couple of hundred events rather than on each.
             high_water: (primary_slots / 2).max(1),
@@ -123,7 +128,7 @@ impl Intake {
         match primary.push(event) {
             Ok(()) => {
                 if primary.len() >= self.high_water {
-                    self.wake.notify_one();
+                    self.wake_task();
                 }
             }
             Err(event) => self.push_overflow(event, text),
@@ -142,7 +147,18 @@ impl Intake {
             return;
         }
         self.overflow.push(event);
-        self.wake.notify_one();
+        self.wake_task();
+    }
+
+    /// Wakes the background task unless a wake-up is already on its way: one per drain, not
+    /// one per event of a burst.
+    #[inline]
+    fn wake_task(&self) {
+        if !self.wake_pending.load(Ordering::Relaxed)
+            && !self.wake_pending.swap(true, Ordering::AcqRel)
+        {
+            self.wake.notify_one();
+        }
     }
 
     pub(crate) fn pop(&self) -> Option<TelemetryEvent> {
@@ -173,8 +189,12 @@ impl Intake {
         self.closed.store(true, Ordering::Release);
     }
 
+    /// Completes when a producer woke the task (a wake-up sent while the task was busy is
+    /// kept by the `Notify` and completes the next call at once). Events pushed from here on
+    /// may wake it again.
     pub(crate) async fn woken(&self) {
         self.wake.notified().await;
+        self.wake_pending.store(false, Ordering::Release);
     }
 
     /// Whether the array has been allocated (by a first event).
@@ -225,6 +245,37 @@ mod tests {
 
     fn opened() -> TelemetryEvent {
         event(EventKind::ConnectionOpened { latency_ms: 1 })
+    }
+
+    #[tokio::test]
+    async fn a_burst_wakes_the_task_once_per_drain_and_never_loses_a_wake_up() {
+        let intake = Intake::new(10_000, 4 << 20, Arc::new(Counters::default()));
+        let woken = |intake: &Intake| {
+            let mut f = std::pin::pin!(intake.woken());
+            std::future::Future::poll(
+                f.as_mut(),
+                &mut std::task::Context::from_waker(std::task::Waker::noop()),
+            )
+            .is_ready()
+        };
+        for _ in 0..intake.high_water - 1 {
+            intake.push(opened());
+        }
+        assert!(
+            !intake.wake_pending.load(Ordering::Relaxed),
+            "below the mark"
+        );
+        assert!(!woken(&intake));
+        for _ in 0..1_000 {
+            intake.push(opened()); // past the mark and into the overflow
+        }
+        assert!(intake.wake_pending.load(Ordering::Relaxed));
+        assert!(woken(&intake), "the wake-up was kept for the task");
+        assert!(!intake.wake_pending.load(Ordering::Relaxed));
+        assert!(!woken(&intake), "one wake-up for the whole burst");
+        // Still above the mark after the wake-up: the next event wakes the task again.
+        intake.push(opened());
+        assert!(woken(&intake));
     }
 
     #[test]
