@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use telemetry_types::classify::ErrorClass;
 use telemetry_types::event::{
-    ChunkFailure, ChunkStats, DriverError, EventKind, ReportableError, StatementCompletion,
-    StatementEnd, StatementId, StatementOutcome, VolumeOp,
+    ChunkFailure, ChunkStats, CompactId, DriverError, EventKind, ReportableError,
+    StatementCompletion, StatementEnd, StatementId, StatementOutcome, VolumeOp,
 };
 use telemetry_types::wire::{ExecutionResultFormat, OperationType, StatementType};
 
@@ -61,7 +61,7 @@ struct Shared {
     statement_type: StatementType,
     operation_type: OperationType,
     ended: AtomicBool,
-    id: OnceLock<StatementId>,
+    id: OnceLock<CompactId>,
     volume: Option<Box<VolumeOp>>,
     /// Chunks fold here and ride with the end: a chunk costs a few atomic operations on the
     /// handle, not an event through the queue (a CloudFetch result can have thousands).
@@ -263,7 +263,7 @@ impl Statement {
 
     /// The server's statement id, once attached.
     pub fn id(&self) -> Option<&str> {
-        self.shared.as_ref()?.id.get().map(|id| &**id)
+        self.shared.as_ref()?.id.get().map(CompactId::as_str)
     }
 
     /// Attaches the server's statement id (from the execute call's answer). The first id
@@ -271,7 +271,7 @@ impl Statement {
     /// call failed) is still reported, without an id.
     pub fn attach_id(&self, statement_id: &str) {
         if let Some(s) = self.shared.as_ref().filter(|s| s.id.get().is_none()) {
-            let _ = s.id.set(Arc::from(capped_id(statement_id)));
+            let _ = s.id.set(CompactId::from(capped_id(statement_id)));
         }
     }
 
@@ -394,7 +394,7 @@ impl Statement {
             s.conn.emit(
                 Some(Instant::now()),
                 EventKind::Error {
-                    statement_id: s.id.get().cloned(),
+                    statement_id: s.id.get().map(|id| StatementId::from(id.as_str())),
                     error: Box::new(error),
                 },
             );

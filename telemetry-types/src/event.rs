@@ -16,6 +16,80 @@ use crate::wire::{ExecutionResultFormat, OperationType, StatementType, VolumeOpe
 /// A statement id, shared between the handle and its events without copying the text.
 pub type StatementId = Arc<str>;
 
+/// A statement id carried inline when it fits (a Databricks statement id is a 36-character
+/// UUID), shared otherwise. Statement ends and chunk failures, boxed anyway, carry it:
+/// attaching an id then costs the driver's thread a copy instead of an allocation that the
+/// background thread frees later (the slow path of most allocators).
+///
+/// ```
+/// use telemetry_types::event::CompactId;
+/// let id = CompactId::from("01f0a1b2-c3d4-1e5f-8a9b-0123456789ab");
+/// assert_eq!(&*id, "01f0a1b2-c3d4-1e5f-8a9b-0123456789ab");
+/// assert_eq!(CompactId::from("x".repeat(100).as_str()).len(), 100);
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct CompactId(CompactRepr);
+
+/// Bytes kept inline: a UUID and a little more, so the id is 40 bytes in all.
+const COMPACT_INLINE: usize = 38;
+
+#[derive(Clone, PartialEq, Eq)]
+enum CompactRepr {
+    /// The first `len` bytes of `bytes` are the id (a whole `str`, so valid UTF-8); the rest
+    /// are zero, so equal ids compare equal.
+    Inline {
+        len: u8,
+        bytes: [u8; COMPACT_INLINE],
+    },
+    Shared(Arc<str>),
+}
+
+impl CompactId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            CompactRepr::Inline { len, bytes } => {
+                // A prefix copied from a whole `str`: always valid, so never "".
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            CompactRepr::Shared(s) => s,
+        }
+    }
+}
+
+impl From<&str> for CompactId {
+    fn from(id: &str) -> Self {
+        match u8::try_from(id.len()) {
+            Ok(len) if id.len() <= COMPACT_INLINE => {
+                let mut bytes = [0; COMPACT_INLINE];
+                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                Self(CompactRepr::Inline { len, bytes })
+            }
+            _ => Self(CompactRepr::Shared(Arc::from(id))),
+        }
+    }
+}
+
+impl From<String> for CompactId {
+    fn from(id: String) -> Self {
+        Self::from(id.as_str())
+    }
+}
+
+impl std::ops::Deref for CompactId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for CompactId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// One thing that happened in the driver.
 #[derive(Debug, Clone)]
 pub struct TelemetryEvent {
@@ -162,7 +236,7 @@ pub struct StatementEnd {
     /// The operation (`EXECUTE_STATEMENT`, `LIST_TABLES`, ...).
     pub operation_type: OperationType,
     /// The server's id, if it was attached (a statement whose execute call failed has none).
-    pub statement_id: Option<StatementId>,
+    pub statement_id: Option<CompactId>,
     /// Begin to end.
     pub latency_ms: u64,
     /// How it ended.
@@ -182,7 +256,7 @@ pub struct StatementEnd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkFailure {
     /// The server's statement id, if attached.
-    pub statement_id: Option<StatementId>,
+    pub statement_id: Option<CompactId>,
     /// The statement's type.
     pub statement_type: StatementType,
     /// The statement's operation.
@@ -415,6 +489,32 @@ impl ReportableError for DriverError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Any text comes back as it went in, inline or shared, and ids compare as their text.
+        #[test]
+        fn compact_ids_keep_their_text(a in "\\PC{0,60}", b in "\\PC{0,60}") {
+            let (ca, cb) = (CompactId::from(a.as_str()), CompactId::from(b.as_str()));
+            proptest::prop_assert_eq!(ca.as_str(), a.as_str());
+            proptest::prop_assert_eq!(ca == cb, a == b);
+            proptest::prop_assert_eq!(format!("{ca:?}"), format!("{a:?}"));
+        }
+    }
+
+    #[test]
+    fn compact_ids_are_inline_up_to_a_uuid_and_a_little_more() {
+        assert_eq!(std::mem::size_of::<Option<CompactId>>(), 40);
+        let inline = "0".repeat(COMPACT_INLINE);
+        assert!(matches!(
+            CompactId::from(inline.as_str()).0,
+            CompactRepr::Inline { .. }
+        ));
+        let long = "0".repeat(COMPACT_INLINE + 1);
+        assert!(matches!(
+            CompactId::from(long.as_str()).0,
+            CompactRepr::Shared(_)
+        ));
+    }
 
     #[test]
     fn merging_a_split_sequence_equals_recording_it_whole() {
