@@ -514,6 +514,91 @@ mod one_encoding {
         assert_eq!(encode_body(0, [].iter()).unwrap(), reference(0, &[]));
     }
 
+    /// Every row kind with every block the rows carry (configuration, connection parameters
+    /// with a list, proxy details, chunk statistics, latencies, error, volume operation),
+    /// byte for byte as the two-pass reference.
+    #[test]
+    fn every_row_kind_encodes_as_the_reference() {
+        use telemetry_types::connection::ConnectionInfo;
+        use telemetry_types::event::{
+            ChunkFailure, ChunkStats, DriverError, StatementCompletion, StatementEnd,
+            StatementOutcome, VolumeOp,
+        };
+        use telemetry_types::row::{self, SessionChange};
+        use telemetry_types::wire::*;
+
+        let mut c = ConnectionInfo::new(Host::parse("a.example", false).unwrap(), "Rust/1 \"q\"");
+        c.workspace_id = Some(42);
+        c.session_id.set("sess-1".into()).unwrap();
+        c.auth_type = Some(AuthType::Pat);
+        c.system_configuration = Some(DriverSystemConfiguration {
+            driver_name: Some("Rust\\Driver".into()),
+            os_name: Some("linux".into()),
+            ..Default::default()
+        });
+        c.connection_params = Some(DriverConnectionParameters {
+            http_path: Some("/sql/1.0/warehouses/abc".into()),
+            mode: Some(DriverMode::Sea),
+            host_info: Some(HostDetails::new("https://a.example", 443)),
+            proxy_host_info: Some(HostDetails {
+                proxy_auth_type: Some(ProxyAuthType::Basic),
+                ..HostDetails::new("http://proxy", 3128)
+            }),
+            non_proxy_hosts: Some(vec!["localhost".into(), ".corp".into()]),
+            socket_timeout: Some(900),
+            auth_mech: Some(AuthMech::Oauth),
+            ..Default::default()
+        });
+        let mut chunks = ChunkStats::default();
+        chunks.record(120, 1000, true);
+        chunks.record(80, 1000, false);
+        let error = DriverError::new("Err\"or", "line\nbreak").with_sqlstate("42000");
+        let end = StatementEnd {
+            statement_type: StatementType::Query,
+            operation_type: OperationType::ExecuteStatement,
+            statement_id: Some("01ef-stmt".into()),
+            latency_ms: 412,
+            outcome: StatementOutcome::Failed,
+            chunks,
+            completion: StatementCompletion {
+                execution_result: Some(ExecutionResultFormat::ExternalLinks),
+                poll_count: Some(3),
+                poll_latency_ms: Some(90),
+                chunks_present: Some(2),
+                result_ready_latency_ms: Some(200),
+                ..Default::default()
+            },
+            error: Some(Box::new(error.clone())),
+            volume: Some(Box::new(VolumeOp {
+                operation: VolumeOperationType::Put,
+                volume_path: Some("/Volumes/a/b".into()),
+                local_file: Some("/tmp/x.csv".into()),
+            })),
+        };
+        let logs = vec![
+            row::connection_row(&c, 1, SessionChange::Opened, 5),
+            row::connection_row(&c, 2, SessionChange::Closed, 6),
+            row::connection_failure_row(&c, 3, 7, &error),
+            row::statement_row(&c, 4, &end),
+            row::statement_row(&c, 5, &StatementEnd::default()),
+            row::chunk_failure_row(
+                &c,
+                6,
+                &ChunkFailure {
+                    statement_id: Some("01ef-stmt".into()),
+                    statement_type: StatementType::Query,
+                    operation_type: OperationType::ExecuteStatement,
+                    chunk_index: 3,
+                    chunks,
+                    completion: StatementCompletion::default(),
+                    error: error.clone(),
+                },
+            ),
+            row::error_row(&c, 7, Some("01ef-stmt"), &error),
+        ];
+        assert_eq!(encode_body(9, logs.iter()).unwrap(), reference(9, &logs));
+    }
+
     proptest! {
         #[test]
         fn any_text_encodes_as_the_reference(texts in proptest::collection::vec(any::<String>(), 0..4), t in any::<i64>()) {
