@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use telemetry_types::drops::DropReason;
-use telemetry_types::event::{DriverError, EventKind, TelemetryEvent};
+use telemetry_types::event::{CompactId, DriverError, EventKind, TelemetryEvent};
 
 use crate::stats::Counters;
 
@@ -25,22 +25,31 @@ pub(crate) const PRIMARY_SLOTS: usize = 512;
 /// segment's bookkeeping.
 const OVERFLOW_SLOT_BYTES: usize = std::mem::size_of::<TelemetryEvent>() + 16;
 
-/// The heap bytes an event holds beyond its slot: its boxed payload and the driver's text, as
-/// allocated (capped at intake by the handles, and again by the background task).
+/// The heap bytes an event holds beyond its slot: its boxed payload, the driver's text and a
+/// statement id too long to ride inline, as allocated (capped at intake by the handles, and
+/// again by the background task).
 fn text_bytes(event: &TelemetryEvent) -> usize {
     fn of(e: &DriverError) -> usize {
         e.name.capacity() + e.message.capacity() + e.sqlstate.as_ref().map_or(0, String::capacity)
     }
+    fn id(id: Option<&CompactId>) -> usize {
+        id.map_or(0, CompactId::heap_bytes)
+    }
     use std::mem::size_of;
     match &event.kind {
-        EventKind::Error { error, .. } | EventKind::ConnectionFailed { error, .. } => {
-            size_of::<DriverError>() + of(error)
-        }
+        EventKind::Error {
+            error,
+            statement_id,
+        } => size_of::<DriverError>() + of(error) + statement_id.as_ref().map_or(0, |s| s.len()),
+        EventKind::ConnectionFailed { error, .. } => size_of::<DriverError>() + of(error),
         EventKind::ChunkFailed { failure } => {
-            size_of::<telemetry_types::event::ChunkFailure>() + of(&failure.error)
+            size_of::<telemetry_types::event::ChunkFailure>()
+                + of(&failure.error)
+                + id(failure.statement_id.as_ref())
         }
         EventKind::StatementEnded { end } => {
             size_of::<telemetry_types::event::StatementEnd>()
+                + id(end.statement_id.as_ref())
                 + end
                     .error
                     .as_deref()
@@ -301,6 +310,27 @@ mod tests {
         assert_eq!((popped, intake.len()), (5_000, 0));
         assert_eq!(intake.queued_bytes.load(Ordering::Relaxed), 0);
         assert_eq!(counters.snapshot().dropped.total(), 0);
+    }
+
+    #[test]
+    fn statement_ids_too_long_to_ride_inline_count_against_the_budget() {
+        use telemetry_types::event::StatementEnd;
+        let end = |id: &str| {
+            event(EventKind::StatementEnded {
+                end: Box::new(StatementEnd {
+                    statement_id: Some(id.into()),
+                    ..StatementEnd::default()
+                }),
+            })
+        };
+        let short = text_bytes(&end("01f0a1b2-c3d4-1e5f-8a9b-0123456789ab"));
+        assert_eq!(short, std::mem::size_of::<StatementEnd>());
+        assert_eq!(text_bytes(&end(&"x".repeat(512))), short + 512);
+        let error = event(EventKind::Error {
+            statement_id: Some("y".repeat(100).into()),
+            error: Box::new(DriverError::new("", "")),
+        });
+        assert_eq!(text_bytes(&error), std::mem::size_of::<DriverError>() + 100);
     }
 
     #[test]

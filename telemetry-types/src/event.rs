@@ -55,6 +55,14 @@ impl CompactId {
             CompactRepr::Shared(s) => s,
         }
     }
+
+    /// Heap bytes the id holds: none inline, the text shared (for byte budgets).
+    pub fn heap_bytes(&self) -> usize {
+        match &self.0 {
+            CompactRepr::Inline { .. } => 0,
+            CompactRepr::Shared(s) => s.len(),
+        }
+    }
 }
 
 impl From<&str> for CompactId {
