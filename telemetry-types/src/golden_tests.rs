@@ -1,11 +1,8 @@
 //! Golden payloads: each row kind compared structurally to the JSON the spec describes. Any
 //! renamed, retyped or `null`-valued field fails these tests.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 
-use crate::auth::StaticToken;
 use crate::connection::ConnectionInfo;
 use crate::event::{
     ChunkFailure, ChunkStats, DriverError, StatementCompletion, StatementEnd, StatementOutcome,
@@ -18,46 +15,7 @@ use crate::wire::*;
 const TS: i64 = 1_767_225_600_000;
 
 fn conn() -> ConnectionInfo {
-    let mut c = ConnectionInfo::new(
-        Host::parse("adb-1.azuredatabricks.net", false).unwrap(),
-        "RustDriver/1.2.3",
-    );
-    c.workspace_id = Some(1_234_567_890_123_456);
-    c.session_id.set("sess-1".into()).unwrap();
-    c.auth_type = Some(AuthType::Pat);
-    c.auth = Some(Arc::new(StaticToken::new("t")));
-    c.system_configuration = Some(DriverSystemConfiguration {
-        driver_name: Some("RustDriver".into()),
-        driver_version: Some("1.2.3".into()),
-        runtime_name: Some("Rust".into()),
-        os_name: Some("linux".into()),
-        os_arch: Some("x86_64".into()),
-        locale_name: Some("en_US".into()),
-        char_set_encoding: Some("UTF-8".into()),
-        process_name: Some("app".into()),
-        ..Default::default()
-    });
-    c.connection_params = Some(DriverConnectionParameters {
-        http_path: Some("/sql/1.0/warehouses/abc".into()),
-        mode: Some(DriverMode::Sea),
-        host_info: Some(HostDetails::new("https://adb-1.azuredatabricks.net", 443)),
-        use_proxy: Some(true),
-        proxy_host_info: Some(HostDetails {
-            proxy_auth_type: Some(ProxyAuthType::Basic),
-            ..HostDetails::new("http://proxy.corp", 3128)
-        }),
-        non_proxy_hosts: Some(vec!["localhost".into(), ".corp".into()]),
-        enable_arrow: Some(true),
-        enable_direct_results: Some(true),
-        socket_timeout: Some(900),
-        auth_mech: Some(AuthMech::Oauth),
-        auth_flow: Some(AuthFlow::ClientCredentials),
-        string_column_length: Some(255),
-        jwt_key_file: Some("/home/alice/keys/key.pem".into()),
-        enable_metric_view_metadata: Some(false),
-        ..Default::default()
-    });
-    c
+    crate::testing::connection_with_every_block()
 }
 
 /// Serialises the log, pins the random event id, and checks that no `null` appears anywhere.

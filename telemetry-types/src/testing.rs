@@ -15,12 +15,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::BoxFuture;
-use crate::auth::AuthProvider;
+use crate::auth::{AuthProvider, StaticToken};
+use crate::connection::ConnectionInfo;
 use crate::flag::{FlagAnswer, FlagError, FlagGate, FlagSource, FlagState};
 use crate::host::Host;
 use crate::row::TelemetryRow;
 use crate::sink::BatchSink;
 use crate::transport::{HttpRequest, HttpResponse, HttpTransport, TransportError};
+use crate::wire::{
+    AuthFlow, AuthMech, AuthType, DriverConnectionParameters, DriverMode,
+    DriverSystemConfiguration, HostDetails, ProxyAuthType,
+};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -366,6 +371,53 @@ impl BatchSink for RecordingSink {
             }
         })
     }
+}
+
+/// A connection with every block a `CREATE_SESSION` row carries filled in (system
+/// configuration, connection parameters with proxy details and a host list), a session id,
+/// a workspace id and a static token: the fixture of golden payloads and encoding tests.
+pub fn connection_with_every_block() -> ConnectionInfo {
+    let mut c = ConnectionInfo::new(
+        // A fixed, valid host: parsing cannot fail.
+        Host::parse("adb-1.azuredatabricks.net", false).unwrap_or_else(|e| panic!("{e}")),
+        "RustDriver/1.2.3",
+    );
+    c.workspace_id = Some(1_234_567_890_123_456);
+    let _ = c.session_id.set("sess-1".into());
+    c.auth_type = Some(AuthType::Pat);
+    c.auth = Some(Arc::new(StaticToken::new("t")));
+    c.system_configuration = Some(DriverSystemConfiguration {
+        driver_name: Some("RustDriver".into()),
+        driver_version: Some("1.2.3".into()),
+        runtime_name: Some("Rust".into()),
+        os_name: Some("linux".into()),
+        os_arch: Some("x86_64".into()),
+        locale_name: Some("en_US".into()),
+        char_set_encoding: Some("UTF-8".into()),
+        process_name: Some("app".into()),
+        ..Default::default()
+    });
+    c.connection_params = Some(DriverConnectionParameters {
+        http_path: Some("/sql/1.0/warehouses/abc".into()),
+        mode: Some(DriverMode::Sea),
+        host_info: Some(HostDetails::new("https://adb-1.azuredatabricks.net", 443)),
+        use_proxy: Some(true),
+        proxy_host_info: Some(HostDetails {
+            proxy_auth_type: Some(ProxyAuthType::Basic),
+            ..HostDetails::new("http://proxy.corp", 3128)
+        }),
+        non_proxy_hosts: Some(vec!["localhost".into(), ".corp".into()]),
+        enable_arrow: Some(true),
+        enable_direct_results: Some(true),
+        socket_timeout: Some(900),
+        auth_mech: Some(AuthMech::Oauth),
+        auth_flow: Some(AuthFlow::ClientCredentials),
+        string_column_length: Some(255),
+        jwt_key_file: Some("/home/alice/keys/key.pem".into()),
+        enable_metric_view_metadata: Some(false),
+        ..Default::default()
+    });
+    c
 }
 
 #[cfg(test)]

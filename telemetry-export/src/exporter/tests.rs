@@ -519,7 +519,6 @@ mod one_encoding {
     /// byte for byte as the two-pass reference.
     #[test]
     fn every_row_kind_encodes_as_the_reference() {
-        use telemetry_types::connection::ConnectionInfo;
         use telemetry_types::event::{
             ChunkFailure, ChunkStats, DriverError, StatementCompletion, StatementEnd,
             StatementOutcome, VolumeOp,
@@ -527,28 +526,12 @@ mod one_encoding {
         use telemetry_types::row::{self, SessionChange};
         use telemetry_types::wire::*;
 
-        let mut c = ConnectionInfo::new(Host::parse("a.example", false).unwrap(), "Rust/1 \"q\"");
-        c.workspace_id = Some(42);
-        c.session_id.set("sess-1".into()).unwrap();
-        c.auth_type = Some(AuthType::Pat);
-        c.system_configuration = Some(DriverSystemConfiguration {
-            driver_name: Some("Rust\\Driver".into()),
-            os_name: Some("linux".into()),
-            ..Default::default()
-        });
-        c.connection_params = Some(DriverConnectionParameters {
-            http_path: Some("/sql/1.0/warehouses/abc".into()),
-            mode: Some(DriverMode::Sea),
-            host_info: Some(HostDetails::new("https://a.example", 443)),
-            proxy_host_info: Some(HostDetails {
-                proxy_auth_type: Some(ProxyAuthType::Basic),
-                ..HostDetails::new("http://proxy", 3128)
-            }),
-            non_proxy_hosts: Some(vec!["localhost".into(), ".corp".into()]),
-            socket_timeout: Some(900),
-            auth_mech: Some(AuthMech::Oauth),
-            ..Default::default()
-        });
+        // The golden fixture, with text that needs escaping where rows repeat it.
+        let mut c = telemetry_types::testing::connection_with_every_block();
+        c.user_agent = "Rust/1 \"q\"".into();
+        if let Some(config) = c.system_configuration.as_mut() {
+            config.driver_name = Some("Rust\\Driver".into());
+        }
         let mut chunks = ChunkStats::default();
         chunks.record(120, 1000, true);
         chunks.record(80, 1000, false);
