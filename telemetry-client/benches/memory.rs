@@ -7,13 +7,16 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use telemetry_client::{
     AuthType, ClientPreset, Connection, ConnectionOptions, DisableSwitch, FlagState, OperationType,
     ProviderOptions, StatementType, StaticToken, TelemetryClientProvider,
 };
 use telemetry_types::testing::{ScriptedFlagSource, ScriptedTransport};
+
+mod common;
+use common::{report, wait_until};
 
 /// The system allocator, counting the bytes it has handed out and not had back.
 struct Counting;
@@ -56,28 +59,10 @@ static ALLOCATOR: Counting = Counting;
 
 const HOSTS: usize = 100;
 
-fn wait_until(mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
-}
-
-fn report(name: &str, value: String, target: &str, met: bool) {
-    println!(
-        "{name:<48} {value:>14}   target {target:<14} {}",
-        if met { "met" } else { "NOT MET" }
-    );
-    println!(
-        "BENCH {name}|{value}|{target}|{}",
-        if met { "yes" } else { "no" }
-    );
 }
 
 /// A connection's open row and one statement's row.

@@ -24,6 +24,9 @@ use telemetry_types::row;
 use telemetry_types::testing::{RecordingSink, ScriptedFlagSource, ScriptedTransport};
 use telemetry_types::wire::TelemetryRequest;
 
+mod common;
+use common::{report, wait_until};
+
 fn quick() -> bool {
     std::env::var_os("TELEMETRY_BENCH_QUICK").is_some()
 }
@@ -45,17 +48,6 @@ fn median_per_unit(mut f: impl FnMut() -> (Duration, u64)) -> f64 {
     v[v.len() / 2]
 }
 
-fn report(name: &str, value: String, target: &str, met: bool) {
-    println!(
-        "{name:<48} median {value:>14}   target {target:<14} {}",
-        if met { "met" } else { "NOT MET" }
-    );
-    println!(
-        "BENCH {name}|{value}|{target}|{}",
-        if met { "yes" } else { "no" }
-    );
-}
-
 fn provider(enabled: bool, flag: bool) -> TelemetryClientProvider {
     let mut o = ProviderOptions::new("Bench", "1.0.0", ClientPreset::jdbc());
     o.config.enabled = enabled;
@@ -73,13 +65,6 @@ fn connect(p: &TelemetryClientProvider) -> Connection {
         ConnectionOptions::new("bench.example")
             .with_auth(Arc::new(StaticToken::new("t")), AuthType::Pat),
     )
-}
-
-fn wait_until(mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 const ITERS: u64 = 100_000;
