@@ -13,7 +13,8 @@ use crate::connection::ConnectionInfo;
 use crate::redact::cap_at_word;
 use crate::wire::{ExecutionResultFormat, OperationType, StatementType, VolumeOperationType};
 
-/// A statement id, shared between the handle and its events without copying the text.
+/// A statement id in an error event, which sits unboxed in the queue: a pointer keeps every
+/// event small. Statement ends and chunk failures, boxed anyway, carry a [`CompactId`].
 pub type StatementId = Arc<str>;
 
 /// A statement id carried inline when it fits (a Databricks statement id is a 36-character
