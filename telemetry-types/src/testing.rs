@@ -1,8 +1,8 @@
 //! Test doubles for every trait of this crate, shipped once (feature `testing`) so that each
 //! crate's tests, the benches, the end-to-end tests and a driver's own tests use the same
 //! ones: a scripted HTTP transport, a scripted flag source, a flag gate that answers late and
-//! a recording batch sink. [`StaticToken`](crate::auth::StaticToken) is the static auth
-//! provider.
+//! a recording batch sink, and a connection with every block a row can carry
+//! ([`connection_with_every_block`]). [`StaticToken`] is the static auth provider.
 //!
 //! Waits use `tokio::time`, so the doubles work on a paused clock.
 
