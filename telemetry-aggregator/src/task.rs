@@ -37,10 +37,10 @@ const DRAIN_SLICE: usize = 1024;
 /// there for redaction to miss).
 fn capped(mut error: DriverError) -> DriverError {
     if error.name.len() > MAX_ERROR_NAME_BYTES {
-        error.name = cap_at_word(error.name, MAX_ERROR_NAME_BYTES);
+        error.name = cap_at_word(&error.name, MAX_ERROR_NAME_BYTES);
     }
     if error.message.len() > MAX_ERROR_MESSAGE_BYTES {
-        error.message = cap_at_word(error.message, MAX_ERROR_MESSAGE_BYTES);
+        error.message = cap_at_word(&error.message, MAX_ERROR_MESSAGE_BYTES);
     }
     error
 }

@@ -40,6 +40,10 @@ pub enum TransportErrorKind {
     BodyTooLarge,
     /// A malformed request or response (HTTP protocol error).
     Protocol,
+    /// The request never reached the endpoint: the transport plug-in panicked, did not
+    /// answer within the request's timeout (plus slack), or refused the request. A local
+    /// failure: never retried, never counted against the endpoint's breaker.
+    Local,
     /// Anything else.
     Other,
 }
@@ -57,6 +61,7 @@ impl TransportErrorKind {
             Self::Tls => "tls",
             Self::BodyTooLarge => "body_too_large",
             Self::Protocol => "protocol",
+            Self::Local => "local",
             Self::Other => "other",
         }
     }
@@ -86,7 +91,7 @@ pub const fn classify_transport(kind: TransportErrorKind) -> ErrorClass {
         | TransportErrorKind::ConnectionReset
         | TransportErrorKind::HostUnreachable
         | TransportErrorKind::DnsTemporary => ErrorClass::Retryable,
-        TransportErrorKind::Tls => ErrorClass::Terminal,
+        TransportErrorKind::Tls | TransportErrorKind::Local => ErrorClass::Terminal,
         TransportErrorKind::DnsPermanent
         | TransportErrorKind::BodyTooLarge
         | TransportErrorKind::Protocol

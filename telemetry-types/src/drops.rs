@@ -44,11 +44,23 @@ pub enum DropReason {
     Transport,
     /// Row: the request body could not be serialised.
     Serialization,
+    /// Row: its connection's auth provider failed (panicked in the call or in its future):
+    /// only the rows of that credential are lost.
+    AuthFailed,
+    /// Row: its HTTP transport plug-in failed locally (panicked, or outlived the request's
+    /// timeout without answering), or refused the request before sending it. Never counted
+    /// against the host's breaker: the endpoint was not asked.
+    Plugin,
+    /// Row: the endpoint answered with a redirect (3xx). Redirects are never followed: extra
+    /// headers and the body must not go to another host.
+    Redirect,
+    /// Event: the runtime the caller handed in was shut down, so nothing could process it.
+    RuntimeGone,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 17] = [
         Self::QueueFull,
         Self::AfterClose,
         Self::PendingCap,
@@ -62,6 +74,10 @@ impl DropReason {
         Self::HttpOther,
         Self::Transport,
         Self::Serialization,
+        Self::AuthFailed,
+        Self::Plugin,
+        Self::Redirect,
+        Self::RuntimeGone,
     ];
 
     /// Stable snake-case name (logs, the simulator's JSON).
@@ -80,13 +96,17 @@ impl DropReason {
             Self::HttpOther => "http_other",
             Self::Transport => "transport",
             Self::Serialization => "serialization",
+            Self::AuthFailed => "auth_failed",
+            Self::Plugin => "plugin_failed",
+            Self::Redirect => "redirect",
+            Self::RuntimeGone => "runtime_gone",
         }
     }
 
     /// What the drop lost.
     pub const fn unit(self) -> DropUnit {
         match self {
-            Self::QueueFull | Self::AfterClose => DropUnit::Event,
+            Self::QueueFull | Self::AfterClose | Self::RuntimeGone => DropUnit::Event,
             _ => DropUnit::Row,
         }
     }
@@ -94,6 +114,7 @@ impl DropReason {
     /// The reason for a non-2xx HTTP status.
     pub const fn for_status(status: u16) -> Self {
         match status {
+            300..=399 => Self::Redirect,
             400..=499 => Self::Http4xx,
             500..=599 => Self::Http5xx,
             _ => Self::HttpOther,
@@ -237,6 +258,7 @@ mod tests {
     fn status_reasons() {
         assert_eq!(DropReason::for_status(404), DropReason::Http4xx);
         assert_eq!(DropReason::for_status(503), DropReason::Http5xx);
-        assert_eq!(DropReason::for_status(302), DropReason::HttpOther);
+        assert_eq!(DropReason::for_status(302), DropReason::Redirect);
+        assert_eq!(DropReason::for_status(600), DropReason::HttpOther);
     }
 }

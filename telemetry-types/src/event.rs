@@ -388,13 +388,9 @@ const MAX_INTAKE_NAME_BYTES: usize = 1024;
 /// after redaction, small enough that a megabyte message costs the driver little to copy.
 const MAX_INTAKE_MESSAGE_BYTES: usize = 16 * 1024;
 
-/// `text` cut at a word boundary to `max` bytes, copied.
+/// `text` cut at a word boundary to `max` bytes: only what is kept is copied.
 fn capped(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        text.to_owned()
-    } else {
-        cap_at_word(text.to_owned(), max)
-    }
+    cap_at_word(text, max)
 }
 
 /// An error reported by the driver. The message is redacted before it leaves the process.
@@ -575,6 +571,11 @@ mod tests {
         assert_eq!(huge.name, "SQLSTATE 08S01");
         assert_eq!(huge.class, ErrorClass::Retryable);
         assert!(huge.message.len() <= MAX_INTAKE_MESSAGE_BYTES);
+        assert!(huge.message.capacity() <= MAX_INTAKE_MESSAGE_BYTES, "capacity trimmed");
+        // A megabyte without whitespace is cut, not emptied.
+        let dense = DriverError::from_error(&Huge("x".repeat(1 << 20)));
+        assert_eq!(dense.message.len(), MAX_INTAKE_MESSAGE_BYTES);
+        assert_eq!(dense.message.capacity(), MAX_INTAKE_MESSAGE_BYTES);
         let again = DriverError::from_error(&huge);
         assert_eq!(again, huge, "a DriverError reports itself unchanged");
         let e = DriverError::new("X", "m").with_sqlstate("28000");

@@ -64,6 +64,13 @@ pub enum FlagError {
     /// The body was not the expected JSON.
     #[error("malformed body: {0}")]
     Malformed(String),
+    /// The flag-source plug-in panicked (the panic's message, redacted).
+    #[error("flag source panicked: {0}")]
+    Plugin(String),
+    /// No credentials could be had in time for the look-up: every auth provider known for
+    /// the host failed or did not answer within the auth timeout.
+    #[error("no credentials for the look-up: {0}")]
+    Auth(String),
 }
 
 /// Fetches a host's feature flag.

@@ -33,6 +33,11 @@ pub enum HostError {
     /// bracketed IPv6 address.
     #[error("not a valid host name or address")]
     InvalidName,
+    /// A name with characters outside ASCII (`wörkspace.example`): the same host can be
+    /// spelt in Unicode or in punycode (`xn--wrkspace-d1a.example`), and two spellings would
+    /// give one workspace two clients. Only the ASCII (punycode) spelling is taken.
+    #[error("host name is not ASCII: use its punycode (xn--) spelling")]
+    NotAscii,
 }
 
 /// The scheme used to reach a host.
@@ -98,8 +103,11 @@ impl Host {
             return Err(HostError::Path);
         }
         let (name, port) = split_port(rest)?;
-        // Unicode lower case: one host however the driver capitalised it.
-        let name = name.trim_end_matches('.').to_lowercase();
+        if !name.is_ascii() {
+            return Err(HostError::NotAscii);
+        }
+        // ASCII lower case: one host however the driver capitalised it.
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
         if name.is_empty() || name == "[]" {
             return Err(HostError::Empty);
         }
@@ -170,7 +178,8 @@ impl fmt::Display for Host {
 }
 
 /// A bracketed IPv6 address, or dot-separated labels of 1..=63 letters, digits, `-` or `_`
-/// (Unicode letters and digits allowed: IDN spellings), at most 253 bytes in all.
+/// (ASCII only: an internationalised name is taken in its punycode spelling), at most 253
+/// bytes in all.
 fn valid_name(name: &str) -> bool {
     if let Some(inner) = name.strip_prefix('[') {
         return inner
@@ -183,7 +192,7 @@ fn valid_name(name: &str) -> bool {
                 && label.len() <= 63
                 && label
                     .chars()
-                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
 }
 
@@ -236,8 +245,7 @@ mod tests {
     #[case("http://LOCALHOST:9", "http://localhost:9")]
     #[case("http://[::1]:8080/", "http://[::1]:8080")]
     #[case("[::1]:8443", "https://[::1]:8443")]
-    #[case("MY-WÖRKSPACE.example", "https://my-wörkspace.example")]
-    #[case("my-wörkspace.example", "https://my-wörkspace.example")]
+    #[case("XN--MY-WRKSPACE-D1A.example", "https://xn--my-wrkspace-d1a.example")]
     fn normalises(#[case] input: &str, #[case] expected: &str) {
         assert_eq!(Host::parse(input, true).unwrap().base_url(), expected);
     }
@@ -269,6 +277,9 @@ mod tests {
     #[case("a..b", HostError::InvalidName)]
     #[case(".a.example", HostError::InvalidName)]
     #[case("a*b.example", HostError::InvalidName)]
+    #[case("my-wörkspace.example", HostError::NotAscii)]
+    #[case("https://MY-WÖRKSPACE.example:443", HostError::NotAscii)]
+    #[case("ａｄｂ.example", HostError::NotAscii)]
     fn rejects(#[case] input: &str, #[case] expected: HostError) {
         assert_eq!(Host::parse(input, true), Err(expected));
     }

@@ -16,6 +16,9 @@
 //!   (aggregator -> exporter), [`transport::HttpTransport`] (exporter and flag source -> the
 //!   network), [`auth::AuthProvider`] (a connection's credentials), [`flag::FlagSource`] and
 //!   [`flag::FlagGate`] (flag cache <-> exporter);
+//! - [`boundary`]: the one place where a plug-in's code runs (contained, bounded, off the
+//!   runtime's workers when it may block), and the typed failures that charge a plug-in's
+//!   fault to the rows that depend on it;
 //! - [`clock`] and [`random`]: wall-clock dating and event-id / jitter randomness;
 //! - `testing` (feature `testing`): the test doubles of those traits, shipped once.
 //!
@@ -34,6 +37,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub mod auth;
+pub mod boundary;
 pub mod classify;
 pub mod clock;
 pub mod connection;

@@ -101,26 +101,38 @@ pub fn truncate_chars(s: &mut String, max_chars: usize) {
     }
 }
 
-/// Cuts `s` to at most `max_bytes` bytes on a character boundary and, when it cut, back to
-/// the last whitespace, so that a secret straddling the cut is dropped whole rather than
-/// left as a fragment redaction can no longer recognise. For capping driver text at intake.
+/// `s` cut to at most `max_bytes` bytes on a character boundary and, when it cut, back to
+/// the last whitespace (else the last character that cannot be part of a token), so that a
+/// secret straddling the cut is dropped whole rather than left as a fragment redaction can no
+/// longer recognise. Text with no such place in its first `max_bytes` is cut at the character
+/// boundary: never emptied. Copies at most `max_bytes` bytes, whatever the length of `s`
+/// (capping driver text at intake costs work proportional to the cap, not to the text).
 ///
 /// ```
 /// use telemetry_types::redact::cap_at_word;
-/// assert_eq!(cap_at_word("short".into(), 64), "short");
-/// assert_eq!(cap_at_word("see Bearer abcdefgh".into(), 14), "see Bearer");
+/// assert_eq!(cap_at_word("short", 64), "short");
+/// assert_eq!(cap_at_word("see Bearer abcdefgh", 14), "see Bearer");
+/// assert_eq!(cap_at_word("a,bcdefgh", 5), "a,");
+/// assert_eq!(cap_at_word("abcdefgh", 5), "abcde");
 /// ```
-pub fn cap_at_word(mut s: String, max_bytes: usize) -> String {
+pub fn cap_at_word(s: &str, max_bytes: usize) -> String {
     if s.len() <= max_bytes {
-        return s;
+        return s.to_owned();
     }
     let mut end = max_bytes;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    let end = s[..end].rfind(char::is_whitespace).unwrap_or(0);
-    s.truncate(end);
-    s
+    let head = &s[..end];
+    let cut = head
+        .rfind(char::is_whitespace)
+        .or_else(|| {
+            head.bytes()
+                .rposition(|b| b.is_ascii() && !is_token_byte(b))
+                .map(|i| i + 1)
+        })
+        .unwrap_or(end);
+    head[..cut].to_owned()
 }
 
 fn is_word_byte(b: u8) -> bool {
@@ -787,9 +799,12 @@ mod tests {
     fn caps_and_file_names() {
         assert_eq!(file_name_only("/home/alice/.ssh/id_rsa"), "id_rsa");
         assert_eq!(file_name_only("\\\\srv\\share\\f.txt"), "f.txt");
-        assert_eq!(cap_at_word("a b c".into(), 3), "a");
-        assert_eq!(cap_at_word("é".repeat(10), 5), "");
-        assert_eq!(cap_at_word("abc".into(), 0), "");
+        assert_eq!(cap_at_word("a b c", 3), "a");
+        assert_eq!(cap_at_word(&"é".repeat(10), 5), "éé");
+        assert_eq!(cap_at_word("abc", 0), "");
+        let huge = "x".repeat(1 << 20);
+        let cut = cap_at_word(&huge, 16 * 1024);
+        assert_eq!((cut.len(), cut.capacity()), (16 * 1024, 16 * 1024));
     }
 
     #[test]
