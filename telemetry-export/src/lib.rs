@@ -42,13 +42,13 @@
 //! ```
 
 mod config;
+mod encode;
 mod exporter;
 mod retry;
 mod transport;
 
 pub use config::ExportConfig;
-pub use exporter::{
-    AUTH_PATH, DatabricksExporter, ExportStats, UNAUTH_PATH, encode_body, parse_retry_after,
-};
+pub use encode::encode_body;
+pub use exporter::{AUTH_PATH, DatabricksExporter, ExportStats, UNAUTH_PATH, parse_retry_after};
 pub use retry::{Retry, RetryPolicy, retry_with_backoff};
 pub use transport::{HyperTransport, ProxyConfig, TransportBuildError, TransportOptions};

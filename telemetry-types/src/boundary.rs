@@ -21,12 +21,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::runtime::Handle;
 
 use crate::auth::AuthProvider;
 use crate::classify::TransportErrorKind;
@@ -92,34 +92,95 @@ async fn contained<F: Future>(make: impl FnOnce() -> F) -> Result<F::Output, Str
 
 type AuthResult = Result<AuthHeaders, PluginFailure>;
 
+/// One auth call in progress: its answer, once there is one. Concurrent callers for one
+/// provider share it.
+#[derive(Default)]
+struct AuthCall {
+    answer: Mutex<Option<AuthResult>>,
+    ready: Condvar,
+}
+
+impl AuthCall {
+    fn finish(&self, result: AuthResult) {
+        *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        self.ready.notify_all();
+    }
+
+    /// Waits for the answer on this thread, at most `timeout` of wall-clock time.
+    fn wait(&self, timeout: Duration) -> AuthResult {
+        let answer = self.answer.lock().unwrap_or_else(|e| e.into_inner());
+        let (answer, _) = self
+            .ready
+            .wait_timeout_while(answer, timeout, |a| a.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        answer
+            .clone()
+            .unwrap_or(Err(PluginFailure::TimedOut(timeout)))
+    }
+}
+
 /// Auth calls in progress, by provider object: a later caller waits for the call in
-/// progress instead of starting another (and taking another thread) while it runs. The
-/// entry holds the provider, so its address cannot be reused while the entry exists.
-/// Process-wide because the threads these calls hold are.
-fn auth_calls() -> &'static Mutex<HashMap<usize, watch::Receiver<Option<AuthResult>>>> {
-    static CALLS: OnceLock<Mutex<HashMap<usize, watch::Receiver<Option<AuthResult>>>>> =
-        OnceLock::new();
+/// progress instead of starting another (and taking another thread) while it runs. The call
+/// holds the provider, so its address cannot be reused while the entry exists. Process-wide
+/// because the threads these calls hold are.
+fn auth_calls() -> &'static Mutex<HashMap<usize, Arc<AuthCall>>> {
+    static CALLS: OnceLock<Mutex<HashMap<usize, Arc<AuthCall>>>> = OnceLock::new();
     CALLS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Where auth providers run: the blocking pool of a runtime of the boundary's own (threads
+/// made on demand, reused, ended when idle), so that a provider that never returns holds
+/// none of the caller's threads and never delays the shutdown of the caller's runtime.
+fn plugin_runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .thread_name("telemetry-plugin")
+                .max_blocking_threads(64)
+                .build()
+                .ok()
+        })
+        .as_ref()
 }
 
 fn provider_key(auth: &Arc<dyn AuthProvider>) -> usize {
     Arc::as_ptr(auth) as *const () as usize
 }
 
-/// Removes a provider's entry when its call ends, however it ends (even by a panic).
-struct CallEntry(usize);
-
-impl Drop for CallEntry {
-    fn drop(&mut self) {
+/// Starts `auth`'s call on a plug-in thread, or joins the one in progress.
+fn start_auth_call(auth: &Arc<dyn AuthProvider>, caller: Handle) -> Option<Arc<AuthCall>> {
+    let key = provider_key(auth);
+    let mut calls = auth_calls().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(call) = calls.get(&key) {
+        return Some(call.clone());
+    }
+    let call = Arc::new(AuthCall::default());
+    let (provider, running) = (auth.clone(), call.clone());
+    plugin_runtime()?.spawn_blocking(move || {
+        // The provider's future runs in the caller's runtime context (its timers, its I/O),
+        // on this thread, where blocking (even `block_in_place`) is safe.
+        let result = caller
+            .block_on(contained(|| provider.auth_headers()))
+            .map_err(PluginFailure::Panicked);
         auth_calls()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
-    }
+            .remove(&key);
+        running.finish(result);
+        drop(provider);
+    });
+    calls.insert(key, call.clone());
+    Some(call)
 }
 
-/// The provider's headers, asked on a blocking-capable thread of the current runtime and
-/// awaited at most `timeout`. Concurrent callers for one provider share one call.
+/// The provider's headers, asked on a plug-in thread (where it may block) and awaited at
+/// most `timeout`. Concurrent callers for one provider share one call; a call that outlives
+/// its timeout goes on alone, and later callers join it until it returns.
+///
+/// The timeout is measured on the wall clock: the provider runs on its own thread, outside
+/// any runtime's clock, and is waited for by a blocking task of the caller's runtime (so
+/// that a paused test clock does not jump while the provider works).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -134,44 +195,18 @@ impl Drop for CallEntry {
 /// # }
 /// ```
 pub async fn auth_headers(auth: &Arc<dyn AuthProvider>, timeout: Duration) -> AuthResult {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    let Ok(caller) = Handle::try_current() else {
         return Err(PluginFailure::NoRuntime);
     };
-    let key = provider_key(auth);
-    let mut answer = {
-        let mut calls = auth_calls().lock().unwrap_or_else(|e| e.into_inner());
-        match calls.get(&key) {
-            Some(rx) => rx.clone(),
-            None => {
-                let (tx, rx) = watch::channel(None);
-                calls.insert(key, rx.clone());
-                drop(calls);
-                let entry = CallEntry(key);
-                let provider = auth.clone();
-                let handle = runtime.clone();
-                // The blocking pool: the provider may block this thread as long as it likes.
-                let spawned = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    runtime.spawn_blocking(move || {
-                        let _entry = entry;
-                        let result = handle
-                            .block_on(contained(|| provider.auth_headers()))
-                            .map_err(PluginFailure::Panicked);
-                        let _ = tx.send(Some(result));
-                    })
-                }));
-                if spawned.is_err() {
-                    return Err(PluginFailure::NoRuntime);
-                }
-                rx
-            }
-        }
+    let Some(call) = start_auth_call(auth, caller.clone()) else {
+        return Err(PluginFailure::NoRuntime);
     };
-    let waited = tokio::time::timeout(timeout, answer.wait_for(Option::is_some)).await;
-    match waited {
-        Ok(Ok(result)) => result.clone().unwrap_or(Err(PluginFailure::NoRuntime)),
-        // The sender went without an answer: the runtime dropped the blocking task.
-        Ok(Err(_)) => Err(PluginFailure::NoRuntime),
-        Err(_) => Err(PluginFailure::TimedOut(timeout)),
+    let waiting = catch_unwind(AssertUnwindSafe(|| {
+        caller.spawn_blocking(move || call.wait(timeout))
+    }));
+    match waiting {
+        Ok(waiter) => waiter.await.unwrap_or(Err(PluginFailure::NoRuntime)),
+        Err(_) => Err(PluginFailure::NoRuntime),
     }
 }
 

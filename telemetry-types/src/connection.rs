@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use crate::auth::AuthProvider;
 use crate::host::Host;
 use crate::redact::redact_truncated;
-use crate::transport::HttpTransport;
+use crate::transport::{ExtraHeaders, HttpTransport};
 use crate::wire::{AuthType, DriverConnectionParameters, DriverSystemConfiguration, HostDetails};
 
 /// Longest id sent (session, statement), in characters.
@@ -40,8 +40,9 @@ pub struct ConnectionInfo {
     pub auth: Option<Arc<dyn AuthProvider>>,
     /// The connection's own HTTP stack (its proxy, its TLS); `None` uses the provider's.
     pub transport: Option<Arc<dyn HttpTransport>>,
-    /// Headers of this connection's authenticated requests (e.g. `x-databricks-org-id`).
-    pub extra_headers: Vec<(String, String)>,
+    /// Headers of this connection's authenticated requests (e.g. `x-databricks-org-id`),
+    /// validated when they were set; not sent to the unauthenticated endpoint.
+    pub extra_headers: ExtraHeaders,
     /// The strings above as they may leave the process, computed once, by the first row built.
     redacted: OnceLock<RedactedIdentity>,
     /// The session id as it may leave the process, computed once it is known.
@@ -214,7 +215,7 @@ impl ConnectionInfo {
             connection_params: None,
             auth: None,
             transport: None,
-            extra_headers: Vec::new(),
+            extra_headers: ExtraHeaders::default(),
             redacted: OnceLock::new(),
             redacted_session_id: OnceLock::new(),
         }

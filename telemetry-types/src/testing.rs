@@ -70,6 +70,7 @@ pub struct ScriptedTransport {
     keep: bool,
     count: AtomicUsize,
     requests: Mutex<Vec<(Instant, HttpRequest)>>,
+    arrived: tokio::sync::Notify,
 }
 
 impl fmt::Debug for ScriptedTransport {
@@ -94,6 +95,7 @@ impl ScriptedTransport {
             keep,
             count: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
+            arrived: tokio::sync::Notify::new(),
         })
     }
 
@@ -129,6 +131,18 @@ impl ScriptedTransport {
     /// Requests received.
     pub fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` requests were received (for tests whose other work waits on
+    /// a real thread, such as an auth provider, so that the paused clock cannot be used).
+    pub async fn received(&self, n: usize) {
+        loop {
+            let arrived = self.arrived.notified();
+            if self.count() >= n {
+                return;
+            }
+            arrived.await;
+        }
     }
 
     /// The requests received, in order.
@@ -177,6 +191,7 @@ impl HttpTransport for ScriptedTransport {
         if self.keep {
             lock(&self.requests).push((Instant::now(), request));
         }
+        self.arrived.notify_waiters();
         let hang = self.hang.load(Ordering::SeqCst);
         let reply = self.next_reply();
         Box::pin(async move {

@@ -8,10 +8,13 @@ use telemetry_types::event::DriverError;
 use telemetry_types::flag::FixedGate;
 use telemetry_types::row;
 use telemetry_types::testing::{LateGate, ScriptedTransport, status, with_retry_after};
-use telemetry_types::transport::TransportError;
+use telemetry_types::transport::{ExtraHeaders, HttpMethod, HttpRequest, HttpResponse, TransportError};
 use tokio::time::Instant;
 
 use super::*;
+use crate::encode::encode_body;
+use std::time::{Duration, SystemTime};
+use telemetry_types::auth::AuthProvider;
 
 type Scripted = ScriptedTransport;
 
@@ -48,6 +51,13 @@ fn conn_with(token: Option<&str>) -> Arc<ConnectionInfo> {
     c.workspace_id = Some(42);
     let _ = c.session_id.set("sess".into());
     c.auth = token.map(|t| Arc::new(StaticToken::new(t)) as Arc<dyn AuthProvider>);
+    c.extra_headers = ExtraHeaders::try_from_pairs([("x-databricks-org-id", "42")]).unwrap();
+    Arc::new(c)
+}
+
+fn conn_with_auth(auth: Arc<dyn AuthProvider>) -> Arc<ConnectionInfo> {
+    let mut c = ConnectionInfo::new(host(), "TestDriver/1.0");
+    c.auth = Some(auth);
     Arc::new(c)
 }
 
@@ -266,8 +276,7 @@ async fn unknown_flag_waits_up_to_the_bound_then_drops() {
 #[tokio::test(start_paused = true)]
 async fn unauthenticated_rows_carry_no_ids_config_or_stack_trace_and_no_token() {
     let t = Scripted::new(vec![]);
-    let e =
-        exporter(t.clone()).with_extra_headers(vec![("x-databricks-org-id".into(), "42".into())]);
+    let e = exporter(t.clone());
     e.export(rows(&conn_with(None), 2)).await;
     let req = t.requests()[0].clone();
     assert_eq!(req.url, "https://a.example/telemetry-unauth");
@@ -308,8 +317,7 @@ async fn authenticated_export_off_forces_unauth_endpoint() {
 #[tokio::test(start_paused = true)]
 async fn two_tenants_rows_never_share_a_request() {
     let t = Scripted::new(vec![]);
-    let e =
-        exporter(t.clone()).with_extra_headers(vec![("x-databricks-org-id".into(), "42".into())]);
+    let e = exporter(t.clone());
     let (a, b) = (conn_with(Some("token-a")), conn_with(Some("token-b")));
     let mut batch = rows(&a, 2);
     batch.extend(rows(&b, 3));
@@ -417,31 +425,23 @@ impl AuthProvider for HangingAuth {
 #[tokio::test(start_paused = true)]
 async fn a_hanging_auth_provider_delays_only_its_own_rows() {
     let t = Scripted::new(vec![]);
-    let e = exporter(t.clone());
+    let e = exporter_with(
+        t.clone(),
+        Arc::new(FixedGate(FlagState::Enabled)),
+        ExportConfig {
+            auth_timeout: Duration::from_millis(100),
+            ..config()
+        },
+    );
     let good = conn_with(Some("token-good"));
-    let mut hung = ConnectionInfo::new(host(), "ua");
-    hung.auth = Some(Arc::new(HangingAuth));
-    let hung = Arc::new(hung);
+    let hung = conn_with_auth(Arc::new(HangingAuth));
     let mut batch = rows(&hung, 2);
     batch.extend(rows(&good, 3));
-    let started = Instant::now();
-    let export = e.export(batch);
-    tokio::pin!(export);
-    // The good tenant's request goes out at once, while the other group waits on its provider.
-    tokio::select! {
-        _ = &mut export => panic!("the hanging group cannot be done yet"),
-        _ = tokio::time::sleep(Duration::from_millis(1)) => {}
-    }
-    assert_eq!(t.count(), 1);
-    assert!(t.requests()[0].url.ends_with(AUTH_PATH));
-    export.await;
-    assert_eq!(
-        Instant::now() - started,
-        Duration::from_secs(5),
-        "bounded by auth_timeout"
-    );
+    e.export(batch).await;
     let reqs = t.requests();
     assert_eq!(reqs.len(), 2);
+    // The good tenant's request went out first, while the other group waited on its provider.
+    assert!(reqs[0].url.ends_with(AUTH_PATH));
     assert!(
         reqs[1].url.ends_with(UNAUTH_PATH),
         "no credentials in time: unauthenticated"
@@ -450,18 +450,122 @@ async fn a_hanging_auth_provider_delays_only_its_own_rows() {
     assert_eq!((s.rows_exported, s.auth_timeouts), (5, 1));
 }
 
+/// Panics when asked, in the call itself or in the future it returns.
+struct PanickingAuth {
+    in_future: bool,
+}
+impl AuthProvider for PanickingAuth {
+    fn auth_headers(&self) -> BoxFuture<'_, Option<Vec<(String, String)>>> {
+        if self.in_future {
+            Box::pin(async { panic!("token refresh bug (in the future)") })
+        } else {
+            panic!("token refresh bug (in the call)")
+        }
+    }
+}
+
+/// A provider whose header value would split the request line.
+struct InjectingAuth;
+impl AuthProvider for InjectingAuth {
+    fn auth_headers(&self) -> BoxFuture<'_, Option<Vec<(String, String)>>> {
+        Box::pin(async {
+            Some(vec![(
+                "Authorization".to_owned(),
+                "Bearer x\r\nHost: evil.example".to_owned(),
+            )])
+        })
+    }
+}
+
+#[rstest]
+#[case::panic_in_call(Arc::new(PanickingAuth { in_future: false }) as Arc<dyn AuthProvider>)]
+#[case::panic_in_future(Arc::new(PanickingAuth { in_future: true }) as Arc<dyn AuthProvider>)]
+#[case::unsendable_header(Arc::new(InjectingAuth) as Arc<dyn AuthProvider>)]
+#[tokio::test(start_paused = true)]
+async fn a_failing_auth_provider_costs_only_its_own_rows_once(#[case] bad: Arc<dyn AuthProvider>) {
+    let t = Scripted::new(vec![]);
+    let e = exporter(t.clone());
+    let (good, bad) = (conn_with(Some("token-good")), conn_with_auth(bad));
+    let mut batch = rows(&bad, 4);
+    batch.extend(rows(&good, 6));
+    e.export(batch).await;
+    let reqs = t.requests();
+    assert_eq!(reqs.len(), 1, "the good tenant's rows went out in the same flush");
+    assert!(reqs[0].headers.iter().any(|(_, v)| v == "Bearer token-good"));
+    let s = e.stats();
+    assert_eq!(s.rows_exported, 6);
+    assert_eq!(s.dropped(DropReason::AuthFailed), 4);
+    assert_eq!(s.total_dropped(), 4, "counted once: produced 10 = 6 + 4");
+    assert_eq!(e.breaker().stats().failures, 0, "not the endpoint's failure");
+}
+
+/// A transport plug-in that panics.
+struct PanickingTransport;
+impl HttpTransport for PanickingTransport {
+    fn send(&self, _r: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+        Box::pin(async { panic!("transport bug") })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_transport_is_a_local_failure_never_the_breakers() {
+    let t = Scripted::new(vec![]);
+    let e = exporter(t.clone());
+    let mut own = ConnectionInfo::new(host(), "ua");
+    own.auth = Some(Arc::new(StaticToken::new("tok")));
+    own.transport = Some(Arc::new(PanickingTransport));
+    let own = Arc::new(own);
+    let clean = conn_with(Some("tok-clean"));
+    for _ in 0..10 {
+        let mut batch = rows(&own, 2);
+        batch.extend(rows(&clean, 3));
+        e.export(batch).await;
+    }
+    let s = e.stats();
+    assert_eq!(s.dropped(DropReason::Plugin), 20);
+    assert_eq!(s.rows_exported, 30, "the clean connection's rows all delivered");
+    assert_eq!(e.breaker().state(), BreakerState::Closed);
+    assert_eq!(e.breaker().stats().failures, 0);
+}
+
+#[rstest]
+#[case(301)]
+#[case(302)]
+#[case(307)]
+#[case(308)]
+#[tokio::test(start_paused = true)]
+async fn a_redirect_is_a_drop_of_its_own_never_followed(#[case] code: u16) {
+    let t = Scripted::new(vec![Ok(status(code))]);
+    let e = exporter(t.clone());
+    e.export(rows(&conn_with(Some("tok")), 3)).await;
+    assert_eq!(t.count(), 1, "not retried, not followed");
+    let s = e.stats();
+    assert_eq!((s.rows_exported, s.dropped(DropReason::Redirect)), (0, 3));
+    assert_eq!(e.breaker().stats().failures, 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_batch_cut_mid_way_settles_each_row_once() {
     let t = Scripted::new(vec![]);
-    let e = exporter(t.clone());
+    let e = exporter_with(
+        t.clone(),
+        Arc::new(FixedGate(FlagState::Enabled)),
+        ExportConfig {
+            auth_timeout: Duration::from_millis(100),
+            ..config()
+        },
+    );
     let good = conn_with(Some("token-good"));
     let mut hung = ConnectionInfo::new(host(), "ua");
     hung.auth = Some(Arc::new(HangingAuth));
     let mut batch = rows(&Arc::new(hung), 2);
     batch.extend(rows(&good, 3));
     // The close deadline cuts the export while one group is still waiting.
-    let cut = tokio::time::timeout(Duration::from_secs(1), e.export(batch)).await;
-    assert!(cut.is_err());
+    let export = e.export(batch);
+    tokio::select! {
+        _ = export => panic!("one group is still waiting on its provider"),
+        _ = t.received(1) => {}
+    }
     let s = e.stats();
     assert_eq!(s.rows_exported, 3, "the sent group counts as exported");
     assert_eq!(
