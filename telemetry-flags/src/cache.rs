@@ -8,14 +8,15 @@ use telemetry_types::BoxFuture;
 use telemetry_types::auth::AuthProvider;
 use telemetry_types::classify::TransportErrorKind;
 use telemetry_types::clock::saturating_add;
-use telemetry_types::flag::{FlagError, FlagGate, FlagSource, FlagState};
+use telemetry_types::boundary::{self, ResolvedAuth};
+use telemetry_types::flag::{FlagAnswer, FlagError, FlagGate, FlagSource, FlagState};
 use telemetry_types::host::Host;
 use telemetry_types::transport::HttpTransport;
 use telemetry_types::validation::ConfigError;
 
 use crate::switch::DisableSwitch;
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -37,6 +38,10 @@ pub struct FlagCacheConfig {
     /// Guard around one look-up, in case a source ignores its own timeout. Default 15 s;
     /// 1 s..=10 min.
     pub fetch_guard: Duration,
+    /// How long a look-up waits for one auth provider's credentials before it tries the
+    /// host's next known credentials. Default 5 s; 1 ms..=1 min. The facade sets it from its
+    /// `export.auth_timeout`, so that one setting bounds every call into a provider.
+    pub auth_timeout: Duration,
     /// The off switch; [`FlagCacheConfig::default`] reads it from the environment.
     pub switch: DisableSwitch,
 }
@@ -50,6 +55,7 @@ impl Default for FlagCacheConfig {
             failure_backoff: Duration::from_secs(60),
             max_failure_backoff: Duration::from_secs(15 * 60),
             fetch_guard: Duration::from_secs(15),
+            auth_timeout: Duration::from_secs(5),
             switch: DisableSwitch::from_env(),
         }
     }
@@ -101,6 +107,13 @@ impl FlagCacheConfig {
             Duration::from_secs(600),
             "flags.fetch_guard",
             "must be in 1 s..=10 min",
+        )?;
+        ConfigError::check_range(
+            self.auth_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+            "flags.auth_timeout",
+            "must be in 1 ms..=1 min",
         )
     }
 
@@ -127,9 +140,11 @@ struct HostContext {
     host: Host,
     state: Arc<AtomicU8>,
     tx: watch::Sender<FlagState>,
-    auth: Mutex<Option<Arc<dyn AuthProvider>>>,
-    /// The HTTP stack of the connection whose credentials are used, if it has its own.
-    transport: Mutex<Option<Arc<dyn HttpTransport>>>,
+    /// The host's known credentials, most recent first, each with the HTTP stack of its
+    /// connection (if it has its own): a look-up uses the first that answers in time.
+    credentials: Mutex<Vec<Credential>>,
+    /// Fired when new credentials arrive after a look-up found none that answered.
+    new_credentials: Notify,
     task: Mutex<Option<AbortHandle>>,
     /// Why the last look-up failed (cleared by an answer).
     failure: Mutex<Option<FlagFailure>>,
@@ -150,6 +165,12 @@ pub enum FlagFailure {
     Status(u16),
     /// The answer was not the expected JSON (or too large).
     Malformed,
+    /// No credentials could be had: every auth provider known for the host failed or did
+    /// not answer within the auth timeout (retried at once when a connection brings others).
+    Auth,
+    /// The flag-source plug-in panicked (the look-up failed closed; the next one is tried
+    /// after the backoff, as for any failure).
+    Plugin,
 }
 
 impl FlagFailure {
@@ -157,6 +178,8 @@ impl FlagFailure {
         match error {
             FlagError::Status(s) => Self::Status(*s),
             FlagError::Malformed(_) => Self::Malformed,
+            FlagError::Auth(_) => Self::Auth,
+            FlagError::Plugin(_) => Self::Plugin,
             FlagError::Transport(t) => match t.kind {
                 TransportErrorKind::DnsTemporary | TransportErrorKind::DnsPermanent => Self::Dns,
                 TransportErrorKind::Timeout => Self::Timeout,
@@ -175,11 +198,31 @@ impl std::fmt::Display for FlagFailure {
             Self::Network => f.write_str("network"),
             Self::Status(s) => write!(f, "status {s}"),
             Self::Malformed => f.write_str("malformed answer"),
+            Self::Auth => f.write_str("no credentials answered"),
+            Self::Plugin => f.write_str("flag source panicked"),
         }
     }
 }
 
+/// Credentials of one connection, and the HTTP stack they go through.
+#[derive(Clone)]
+struct Credential {
+    auth: Arc<dyn AuthProvider>,
+    transport: Option<Arc<dyn HttpTransport>>,
+}
+
+/// Credentials remembered per host, at most: the most recent connections'.
+const MAX_CREDENTIALS: usize = 4;
+
 impl HostContext {
+    /// Remembers `auth` first (once per provider object), dropping the oldest past the cap.
+    fn add_credential(&self, auth: Arc<dyn AuthProvider>, transport: Option<Arc<dyn HttpTransport>>) {
+        let mut list = lock(&self.credentials);
+        list.retain(|c| !Arc::ptr_eq(&c.auth, &auth));
+        list.insert(0, Credential { auth, transport });
+        list.truncate(MAX_CREDENTIALS);
+    }
+
     fn set(&self, state: FlagState) {
         self.state.store(state as u8, Ordering::Release);
         self.tx.send_replace(state);
@@ -277,9 +320,9 @@ impl FeatureFlagCache {
         let mut hosts = lock(&self.inner.hosts);
         if let Some(entry) = hosts.get_mut(host) {
             entry.refs += 1;
-            if auth.is_some() {
-                *lock(&entry.ctx.auth) = auth;
-                *lock(&entry.ctx.transport) = transport;
+            if let Some(auth) = auth {
+                entry.ctx.add_credential(auth, transport);
+                entry.ctx.new_credentials.notify_one();
             }
             return FlagHandle {
                 cache: self.clone(),
@@ -291,11 +334,14 @@ impl FeatureFlagCache {
             host: host.clone(),
             state: Arc::new(AtomicU8::new(FlagState::Unknown as u8)),
             tx,
-            auth: Mutex::new(auth),
-            transport: Mutex::new(transport),
+            credentials: Mutex::new(Vec::new()),
+            new_credentials: Notify::new(),
             task: Mutex::new(None),
             failure: Mutex::new(None),
         });
+        if let Some(auth) = auth {
+            ctx.add_credential(auth, transport);
+        }
         if self.inner.config.switch.is_disabled() {
             ctx.set(FlagState::Disabled);
         } else {
@@ -406,20 +452,7 @@ async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<Me
     }
     loop {
         inner.fetches.fetch_add(1, Ordering::Relaxed);
-        let auth = lock(&ctx.auth).clone();
-        let transport = lock(&ctx.transport).clone();
-        let fetch = inner
-            .source
-            .fetch_via(&ctx.host, auth.as_deref(), transport.as_deref());
-        let result = match tokio::time::timeout(config.fetch_guard, fetch).await {
-            Ok(r) => r,
-            Err(_) => Err(telemetry_types::flag::FlagError::Transport(
-                telemetry_types::transport::TransportError::new(
-                    telemetry_types::classify::TransportErrorKind::Timeout,
-                    "feature-flag look-up timed out",
-                ),
-            )),
-        };
+        let result = look_up(&inner, &ctx).await;
         let wait = match result {
             Ok(answer) => {
                 lock(&ctx.failure).take();
@@ -465,8 +498,57 @@ async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<Me
                 wait
             }
         };
-        tokio::time::sleep(wait).await;
+        let no_credentials = matches!(*lock(&ctx.failure), Some(FlagFailure::Auth));
+        if no_credentials {
+            // Credentials a later connection brings are tried at once, not after the backoff;
+            // rows wait for that answer instead of being dropped as disabled meanwhile.
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = ctx.new_credentials.notified() => ctx.set(FlagState::Unknown),
+            }
+        } else {
+            tokio::time::sleep(wait).await;
+        }
     }
+}
+
+/// One look-up: with the first of the host's credentials that answers within the auth
+/// timeout (every call into a provider through the plug-in boundary), then the flag source
+/// itself, contained and bounded by the fetch guard.
+async fn look_up(inner: &Inner, ctx: &HostContext) -> Result<FlagAnswer, FlagError> {
+    let candidates = lock(&ctx.credentials).clone();
+    let mut chosen: Option<(ResolvedAuth, Option<Arc<dyn HttpTransport>>)> = None;
+    let mut failures = Vec::new();
+    for c in &candidates {
+        match boundary::auth_headers(&c.auth, inner.config.auth_timeout).await {
+            Ok(Some(headers)) => {
+                chosen = Some((ResolvedAuth::new(Some(headers)), c.transport.clone()));
+                break;
+            }
+            // A provider without credentials: asked without them unless another has some.
+            Ok(None) => {
+                if chosen.is_none() {
+                    chosen = Some((ResolvedAuth::new(None), c.transport.clone()));
+                }
+            }
+            Err(failure) => failures.push(failure.to_string()),
+        }
+    }
+    if chosen.is_none() && !candidates.is_empty() {
+        return Err(FlagError::Auth(failures.join("; ")));
+    }
+    let (auth, transport) = match &chosen {
+        Some((auth, transport)) => (Some(auth as &dyn AuthProvider), transport.as_deref()),
+        None => (None, None),
+    };
+    boundary::fetch_flag(
+        &*inner.source,
+        &ctx.host,
+        auth,
+        transport,
+        inner.config.fetch_guard,
+    )
+    .await
 }
 
 /// A read-only view of one host's flag answer: one atomic load per question. It does not

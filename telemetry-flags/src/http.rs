@@ -228,16 +228,18 @@ impl FlagSource for HttpFlagSource {
             {
                 headers.extend(h);
             }
-            let response = transport
-                .send(HttpRequest {
+            let response = telemetry_types::boundary::send(
+                transport,
+                HttpRequest {
                     method: HttpMethod::Get,
                     url: self.url(host),
                     headers,
                     body: telemetry_types::transport::Bytes::new(),
                     timeout: self.timeout,
                     max_response_bytes: MAX_FLAG_BODY_BYTES,
-                })
-                .await?;
+                },
+            )
+            .await?;
             if !(200..300).contains(&response.status) {
                 return Err(FlagError::Status(response.status));
             }

@@ -1,4 +1,5 @@
 use rstest::rstest;
+use telemetry_types::BoxFuture;
 use telemetry_types::auth::StaticToken;
 use telemetry_types::flag::{FlagAnswer, FlagError};
 use telemetry_types::testing::{Answer, ScriptedFlagSource};
@@ -400,4 +401,84 @@ async fn a_failed_look_up_says_why_until_an_answer_comes() {
     tokio::time::advance(Duration::from_secs(121)).await;
     tokio::task::yield_now().await;
     assert_eq!((h.state(), h.failure()), (FlagState::Enabled, None));
+}
+
+/// Credentials that never come.
+struct HangingAuth;
+impl AuthProvider for HangingAuth {
+    fn auth_headers(&self) -> BoxFuture<'_, Option<Vec<(String, String)>>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// Credentials whose provider panics.
+struct PanickingAuth;
+impl AuthProvider for PanickingAuth {
+    fn auth_headers(&self) -> BoxFuture<'_, Option<Vec<(String, String)>>> {
+        panic!("provider bug")
+    }
+}
+
+fn quick_auth() -> FlagCacheConfig {
+    FlagCacheConfig {
+        auth_timeout: Duration::from_millis(50),
+        ..config()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_flag_source_fails_closed_and_its_task_lives_on() {
+    let src = Scripted::new(|n| if n == 0 { panic!("source bug") } else { on(None) });
+    let c = cache(src.clone());
+    let h = host("a.example");
+    let flag = c.acquire(&h, None);
+    assert_eq!(
+        flag.resolve(Duration::from_secs(1)).await,
+        FlagState::Disabled,
+        "failed closed at once, not after the wait bound"
+    );
+    assert_eq!(flag.failure(), Some(FlagFailure::Plugin));
+    assert_eq!(c.stats().failures, 1);
+    // The refresh task survived the panic: the next look-up, after the backoff, answers.
+    tokio::time::advance(config().failure_backoff).await;
+    settle().await;
+    assert_eq!(flag.state(), FlagState::Enabled);
+    assert_eq!(flag.failure(), None);
+    assert_eq!(src.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_provider_bounds_the_look_up_and_later_credentials_retry_at_once() {
+    let src = Scripted::new(|_| on(None));
+    let c = FeatureFlagCache::new(src.clone(), quick_auth(), Handle::current());
+    let h = host("a.example");
+    let first = c.acquire(&h, Some(Arc::new(HangingAuth)));
+    assert_eq!(
+        first.resolve(Duration::from_secs(1)).await,
+        FlagState::Disabled
+    );
+    assert_eq!(first.failure(), Some(FlagFailure::Auth));
+    assert_eq!(src.count(), 0, "the source was never asked without credentials");
+    // A later tenant's credentials are tried now, not after the 60 s backoff.
+    let second = c.acquire(&h, Some(Arc::new(StaticToken::new("good"))));
+    settle().await;
+    assert_eq!(
+        second.resolve(Duration::from_secs(1)).await,
+        FlagState::Enabled
+    );
+    assert_eq!((src.count(), src.count_with_auth()), (1, 1));
+    assert_eq!(first.failure(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_look_up_uses_the_first_credentials_that_answer() {
+    let src = Scripted::new(|_| on(None));
+    let c = FeatureFlagCache::new(src.clone(), quick_auth(), Handle::current());
+    let h = host("a.example");
+    let good = c.acquire(&h, Some(Arc::new(StaticToken::new("good"))));
+    let _panics = c.acquire(&h, Some(Arc::new(PanickingAuth)));
+    let _hangs = c.acquire(&h, Some(Arc::new(HangingAuth)));
+    assert_eq!(good.resolve(Duration::from_secs(1)).await, FlagState::Enabled);
+    assert_eq!(src.count(), 1, "one look-up, with the credentials that answered");
+    assert_eq!(good.failure(), None);
 }
