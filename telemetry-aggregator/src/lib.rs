@@ -166,6 +166,12 @@ impl Aggregator {
         !self.intake.is_closed()
     }
 
+    /// Resolves once the background task has ended (after [`close`](Self::close), every
+    /// batch in the sink settled or cut): the moment its counters are final.
+    pub async fn finished(&self) {
+        self.control.closed().await;
+    }
+
     /// Whether [`close`](Self::close) has completed or the task is gone.
     pub fn is_closed(&self) -> bool {
         self.control.is_closed()

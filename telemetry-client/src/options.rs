@@ -7,7 +7,7 @@ use std::sync::Arc;
 use telemetry_flags::{ClientPreset, DisableSwitch};
 use telemetry_types::auth::AuthProvider;
 use telemetry_types::flag::FlagSource;
-use telemetry_types::transport::HttpTransport;
+use telemetry_types::transport::{HeaderError, HttpTransport, validate_header};
 use telemetry_types::wire::{AuthType, DriverConnectionParameters, DriverSystemConfiguration};
 use tokio::runtime::Handle;
 
@@ -132,10 +132,32 @@ impl ProviderOptions {
         self
     }
 
-    /// A header of every authenticated export request.
+    /// A header of every authenticated export request. Checked when the provider is built:
+    /// a refused header (see [`try_with_header`](Self::try_with_header)) turns telemetry off
+    /// with the reason `invalid_header`.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.extra_headers.push((name.into(), value.into()));
         self
+    }
+
+    /// [`with_header`](Self::with_header), checked now: an invalid name or value (CR, LF,
+    /// controls, over the size cap) or a name the exporter sets itself (`Authorization`,
+    /// `Host`, `Content-Length`, ...) is an error.
+    ///
+    /// ```
+    /// use telemetry_client::{ClientPreset, ProviderOptions};
+    /// let options = ProviderOptions::new("MyDriver", "1.0.0", ClientPreset::jdbc());
+    /// assert!(options.clone().try_with_header("x-databricks-org-id", "42").is_ok());
+    /// assert!(options.try_with_header("Authorization", "Bearer x").is_err());
+    /// ```
+    pub fn try_with_header(
+        self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, HeaderError> {
+        let (name, value) = (name.into(), value.into());
+        validate_header(&name, &value)?;
+        Ok(self.with_header(name, value))
     }
 
     /// Whether the `DATABRICKS_TELEMETRY_*` overrides apply.
@@ -173,8 +195,8 @@ pub struct ConnectionOptions {
     /// credentials are the ones used for it.
     pub transport: Option<Arc<dyn HttpTransport>>,
     /// Headers added to this connection's authenticated requests (e.g.
-    /// `x-databricks-org-id`), after the provider's; rows of connections with different
-    /// headers never share a request.
+    /// `x-databricks-org-id`), over the provider's (one value per name, this connection's
+    /// winning); rows of connections with different headers never share a request.
     pub extra_headers: Vec<(String, String)>,
 }
 
@@ -246,10 +268,24 @@ impl ConnectionOptions {
         self
     }
 
-    /// A header of this connection's authenticated requests.
+    /// A header of this connection's authenticated requests (over the provider's of the same
+    /// name). Checked at `connect`: a refused header gives a disabled handle with the reason
+    /// `invalid_header` (see [`try_with_header`](Self::try_with_header)).
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.extra_headers.push((name.into(), value.into()));
         self
+    }
+
+    /// [`with_header`](Self::with_header), checked now: an invalid or reserved header is an
+    /// error.
+    pub fn try_with_header(
+        self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, HeaderError> {
+        let (name, value) = (name.into(), value.into());
+        validate_header(&name, &value)?;
+        Ok(self.with_header(name, value))
     }
 
     /// `system_configuration.client_app_name`.

@@ -19,7 +19,9 @@ use telemetry_types::connection::ConnectionInfo;
 use telemetry_types::flag::{FlagAnswer, FlagError, FlagSource};
 use telemetry_types::host::Host;
 use telemetry_types::redact::redact_user_agent;
-use telemetry_types::transport::{HttpRequest, HttpResponse, HttpTransport, TransportError};
+use telemetry_types::transport::{
+    ExtraHeaders, HttpRequest, HttpResponse, HttpTransport, TransportError,
+};
 use telemetry_types::wire::DriverSystemConfiguration;
 use tokio::sync::oneshot;
 
@@ -54,10 +56,10 @@ struct ProviderInner {
     disabled: [AtomicU64; DisabledReason::ALL.len()],
     /// Set by `shutdown`: later connections get disabled handles.
     shut_down: AtomicBool,
-    runtime: BackgroundRuntime,
+    runtime: Arc<BackgroundRuntime>,
     user_agent: String,
     system_configuration: DriverSystemConfiguration,
-    extra_headers: Vec<(String, String)>,
+    extra_headers: ExtraHeaders,
     transport: Arc<dyn HttpTransport>,
     flags: FeatureFlagCache,
     breakers: CircuitBreakerRegistry<String>,
@@ -102,7 +104,17 @@ impl TelemetryClientProvider {
             off = off.or(Some(DisabledReason::InvalidConfig));
         }
         config.flags.switch = switch.clone();
-        let runtime = BackgroundRuntime::new(options.runtime.clone());
+        // One setting bounds every call into an auth provider, exports and flag look-ups.
+        config.flags.auth_timeout = config.export.auth_timeout;
+        let extra_headers = match ExtraHeaders::try_from_pairs(options.extra_headers.clone()) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "telemetry header refused; telemetry disabled");
+                off = off.or(Some(DisabledReason::InvalidHeader));
+                ExtraHeaders::default()
+            }
+        };
+        let runtime = Arc::new(BackgroundRuntime::new(options.runtime.clone()));
         let transport = options.transport.clone().or_else(|| match HyperTransport::new() {
             Ok(t) => Some(Arc::new(t) as Arc<dyn HttpTransport>),
             Err(e) => {
@@ -147,7 +159,7 @@ impl TelemetryClientProvider {
                 ),
                 breakers: CircuitBreakerRegistry::new(config.breaker.clone()),
                 registry: Arc::new(HostRegistry::new(
-                    runtime.handle.clone(),
+                    runtime.clone(),
                     config.aggregation.close_timeout,
                 )),
                 config,
@@ -155,7 +167,7 @@ impl TelemetryClientProvider {
                 runtime,
                 user_agent,
                 system_configuration,
-                extra_headers: options.extra_headers,
+                extra_headers,
                 transport: transport.unwrap_or_else(|| Arc::new(NoTransport)),
             }),
         }
@@ -200,7 +212,15 @@ impl TelemetryClientProvider {
         info.system_configuration = Some(sys);
         info.auth = options.auth.clone();
         info.transport = options.transport;
-        info.extra_headers = options.extra_headers;
+        info.extra_headers = match ExtraHeaders::try_from_pairs(options.extra_headers)
+            .and_then(|own| inner.extra_headers.merged(&own))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %e, "telemetry disabled for a connection with a refused header");
+                return self.disabled(DisabledReason::InvalidHeader);
+            }
+        };
         let transport = info.transport.clone();
         let lease = inner.registry.lease(&host, inner.config.max_hosts, || {
             inner.host_client(&host, options.auth, transport)
@@ -402,8 +422,7 @@ impl ProviderInner {
                 breaker.breaker().clone(),
                 flag.clone(),
                 self.user_agent.clone(),
-            )
-            .with_extra_headers(self.extra_headers.clone()),
+            ),
         );
         let aggregator = Aggregator::spawn(
             &self.config.aggregation,
@@ -417,31 +436,6 @@ impl ProviderInner {
             flag,
             _breaker: breaker,
         }
-    }
-}
-
-impl Drop for ProviderInner {
-    fn drop(&mut self) {
-        // Every connection is gone (each holds the provider), so every host client has been
-        // released. Stop the owned runtime once the closes in progress end.
-        let closing = self.registry.take_closing();
-        let stop = self.runtime.take_stop();
-        let limit = self
-            .config
-            .aggregation
-            .close_timeout
-            .saturating_add(Duration::from_millis(500));
-        self.runtime.handle.spawn(async move {
-            let _ = tokio::time::timeout(limit, async {
-                for h in closing {
-                    let _ = h.await;
-                }
-            })
-            .await;
-            if let Some(tx) = stop {
-                let _ = tx.send(());
-            }
-        });
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::runtime::BackgroundRuntime;
 use crate::stats::{HostStats, HostStatsSummary, ProviderStats};
 
 /// Everything one host's telemetry needs, shared by that host's connections.
@@ -64,7 +65,9 @@ struct Released {
 /// The host clients of one provider, counted by the leases their connections hold, and the
 /// statistics of the clients released. Lock order: `hosts`, then `released`.
 pub(crate) struct HostRegistry {
-    runtime: Handle,
+    /// Held by every lease (through the registry): the provider's own runtime stops only
+    /// when the provider and every connection, statement and close in progress are gone.
+    runtime: Arc<BackgroundRuntime>,
     close_timeout: Duration,
     hosts: Mutex<HashMap<Host, Entry>>,
     released: Mutex<Released>,
@@ -76,7 +79,7 @@ pub(crate) struct HostRegistry {
 }
 
 impl HostRegistry {
-    pub(crate) fn new(runtime: Handle, close_timeout: Duration) -> Self {
+    pub(crate) fn new(runtime: Arc<BackgroundRuntime>, close_timeout: Duration) -> Self {
         Self {
             runtime,
             close_timeout,
@@ -156,8 +159,17 @@ impl HostRegistry {
         done: oneshot::Sender<()>,
     ) {
         let registry = self.clone();
-        let task = self.runtime.spawn(async move {
+        let settle = self.close_timeout;
+        let task = self.runtime.handle.spawn(async move {
             client.aggregator.close(deadline).await;
+            // The totals are read once the task has ended, so that nothing it settles late
+            // (a batch cut at the deadline) is left out of them.
+            if tokio::time::timeout(settle, client.aggregator.finished())
+                .await
+                .is_err()
+            {
+                tracing::debug!(host = %client.host, "telemetry task still running after its close; totals read now");
+            }
             let mut released = lock(&registry.released);
             released.closing.retain(|c| !Arc::ptr_eq(c, &client));
             released
@@ -297,7 +309,7 @@ impl HostLease {
 
     /// The runtime background work runs on.
     pub(crate) fn runtime(&self) -> &Handle {
-        &self.registry.runtime
+        &self.registry.runtime.handle
     }
 
     /// How long a close waits for its flush.

@@ -31,9 +31,21 @@ impl fmt::Debug for ReqwestTransport {
 }
 
 impl ReqwestTransport {
-    /// Wraps the driver's client.
+    /// Wraps the driver's client. Build it with `.redirect(reqwest::redirect::Policy::none())`
+    /// (or use [`from_builder`](Self::from_builder)): a client that follows redirects sends
+    /// the extra headers and body to wherever the redirect points before this transport can
+    /// refuse the answer. A followed redirect is still never trusted: its answer is a local
+    /// failure (rows dropped `plugin_failed`, a flag look-up failed), never an export.
     pub fn new(client: reqwest::Client) -> Self {
         Self { client }
+    }
+
+    /// A client built from the driver's builder (its proxy, its TLS) with redirects off:
+    /// a 3xx answer reaches the exporter as such (rows dropped `redirect`).
+    pub fn from_builder(builder: reqwest::ClientBuilder) -> Result<Self, reqwest::Error> {
+        Ok(Self::new(
+            builder.redirect(reqwest::redirect::Policy::none()).build()?,
+        ))
     }
 
     async fn send_inner(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
@@ -52,6 +64,12 @@ impl ReqwestTransport {
             builder = builder.body(request.body);
         }
         let mut response = builder.send().await.map_err(map_error)?;
+        if reqwest::Url::parse(&request.url).ok().as_ref() != Some(response.url()) {
+            return Err(TransportError::new(
+                TransportErrorKind::Local,
+                "the reqwest client followed a redirect; its answer is not trusted (build the client with redirects off)",
+            ));
+        }
         let status = response.status().as_u16();
         let mut headers = response
             .headers()
@@ -145,5 +163,37 @@ mod optional_features {
             .unwrap_err();
         assert_eq!(refused.kind, TransportErrorKind::ConnectionRefused);
         assert!(format!("{t:?}").contains("Reqwest"));
+    }
+
+    #[tokio::test]
+    async fn redirects_are_never_followed_nor_trusted() {
+        let server = MockServer::start_async().await;
+        let other = server
+            .mock_async(|when, then| {
+                when.path("/elsewhere");
+                then.status(200);
+            })
+            .await;
+        server
+            .mock_async(|when, then| {
+                when.path("/telemetry-ext");
+                then.status(302).header("location", "/elsewhere");
+            })
+            .await;
+        // Redirects off: the 3xx reaches the exporter as such.
+        let off = ReqwestTransport::from_builder(reqwest::Client::builder()).unwrap();
+        let r = off
+            .send(request(server.url("/telemetry-ext"), 10))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 302);
+        assert_eq!(other.calls_async().await, 0);
+        // A client that follows: the answer from elsewhere is refused, not counted exported.
+        let follows = ReqwestTransport::new(reqwest::Client::new());
+        let e = follows
+            .send(request(server.url("/telemetry-ext"), 10))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, TransportErrorKind::Local);
     }
 }

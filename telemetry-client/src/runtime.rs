@@ -26,9 +26,17 @@ impl BackgroundRuntime {
         }
     }
 
-    /// The stop switch of an owned runtime (taken once); `None` for a caller's runtime.
-    pub(crate) fn take_stop(&self) -> Option<oneshot::Sender<()>> {
-        self.stop.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+impl Drop for BackgroundRuntime {
+    /// Stops an owned runtime. Everything that needs it holds it (the provider, the host
+    /// registry that every connection's lease and every close in progress holds), so this
+    /// runs once the last of them is gone: a connection outliving its provider keeps
+    /// reporting, and a close in progress finishes.
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = stop.send(());
+        }
     }
 }
 

@@ -28,11 +28,14 @@ pub enum DisabledReason {
     TooManyHosts,
     /// The provider was shut down.
     ShutDown,
+    /// An extra header (the provider's or the connection's) was refused: an invalid name or
+    /// value, a reserved name, or too many (see `telemetry_types::transport::validate_header`).
+    InvalidHeader,
 }
 
 impl DisabledReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DisabledReason; 7] = [
+    pub const ALL: [DisabledReason; 8] = [
         Self::Config,
         Self::EnvSwitch,
         Self::InvalidHost,
@@ -40,6 +43,7 @@ impl DisabledReason {
         Self::TransportSetup,
         Self::TooManyHosts,
         Self::ShutDown,
+        Self::InvalidHeader,
     ];
 
     /// Stable snake-case name.
@@ -52,6 +56,7 @@ impl DisabledReason {
             Self::TransportSetup => "transport_setup",
             Self::TooManyHosts => "too_many_hosts",
             Self::ShutDown => "shut_down",
+            Self::InvalidHeader => "invalid_header",
         }
     }
 

@@ -75,7 +75,7 @@ fn platform_verified(
 /// Which proxy a [`HyperTransport`] goes through. HTTPS destinations are reached through a
 /// `CONNECT` tunnel (TLS end to end); proxy credentials in the proxy URL
 /// (`http://user:pass@proxy:3128`) are sent as `Proxy-Authorization: Basic`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProxyConfig {
     /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`, in either case, as curl reads
@@ -92,6 +92,27 @@ pub enum ProxyConfig {
         /// Hosts reached directly, comma-separated.
         no_proxy: String,
     },
+}
+
+/// Never prints proxy credentials: the URL's user info is redacted.
+///
+/// ```
+/// use telemetry_export::ProxyConfig;
+/// let p = ProxyConfig::Url { url: "http://alice:s3cret@proxy:3128".into(), no_proxy: String::new() };
+/// assert!(!format!("{p:?}").contains("s3cret"));
+/// ```
+impl fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FromEnv => f.write_str("FromEnv"),
+            Self::Direct => f.write_str("Direct"),
+            Self::Url { url, no_proxy } => f
+                .debug_struct("Url")
+                .field("url", &telemetry_types::redact::redact(url))
+                .field("no_proxy", no_proxy)
+                .finish(),
+        }
+    }
 }
 
 impl ProxyConfig {
