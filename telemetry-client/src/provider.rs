@@ -414,16 +414,14 @@ impl ProviderInner {
     ) -> HostClient {
         let flag = Arc::new(self.flags.acquire_via(host, auth, transport));
         let breaker = self.breakers.lease(host.to_string());
-        let exporter = Arc::new(
-            DatabricksExporter::new(
-                host.clone(),
-                self.config.export.clone(),
-                self.transport.clone(),
-                breaker.breaker().clone(),
-                flag.clone(),
-                self.user_agent.clone(),
-            ),
-        );
+        let exporter = Arc::new(DatabricksExporter::new(
+            host.clone(),
+            self.config.export.clone(),
+            self.transport.clone(),
+            breaker.breaker().clone(),
+            flag.clone(),
+            self.user_agent.clone(),
+        ));
         let aggregator = Aggregator::spawn(
             &self.config.aggregation,
             exporter.clone(),

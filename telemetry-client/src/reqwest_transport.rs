@@ -44,7 +44,9 @@ impl ReqwestTransport {
     /// a 3xx answer reaches the exporter as such (rows dropped `redirect`).
     pub fn from_builder(builder: reqwest::ClientBuilder) -> Result<Self, reqwest::Error> {
         Ok(Self::new(
-            builder.redirect(reqwest::redirect::Policy::none()).build()?,
+            builder
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
         ))
     }
 

@@ -25,7 +25,6 @@ impl BackgroundRuntime {
             stop: Mutex::new(stop),
         }
     }
-
 }
 
 impl Drop for BackgroundRuntime {
@@ -34,7 +33,12 @@ impl Drop for BackgroundRuntime {
     /// runs once the last of them is gone: a connection outliving its provider keeps
     /// reporting, and a close in progress finishes.
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(stop) = self
+            .stop
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             let _ = stop.send(());
         }
     }

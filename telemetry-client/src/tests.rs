@@ -1199,3 +1199,98 @@ fn a_disabled_statement_handle_does_nothing_and_allocates_nothing() {
     assert!(!st.is_enabled() && st.id().is_none());
     assert_eq!(format!("{st:?}"), "Statement(disabled)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_header_disables_only_its_own_connection_and_the_breaker_never_hears_of_it() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(ProviderOptions {
+        runtime: Some(tokio::runtime::Handle::current()),
+        ..options(&server, &f)
+    });
+    for (name, value) in [
+        ("x-bad", "1\r\nX-Injected: 1"),
+        ("bad name", "1"),
+        ("Authorization", "Bearer other"),
+        ("Host", "evil.example"),
+        ("Content-Length", "5"),
+    ] {
+        let bad = p.connect(conn_opts("a.example").with_header(name, value));
+        assert_eq!(bad.disabled_reason(), Some(DisabledReason::InvalidHeader));
+        assert!(
+            conn_opts("a.example").try_with_header(name, value).is_err(),
+            "{name}: a clear error when asked up front"
+        );
+    }
+    let big = p.connect(conn_opts("a.example").with_header("x-big", "v".repeat(1 << 20)));
+    assert_eq!(big.disabled_reason(), Some(DisabledReason::InvalidHeader));
+    let clean = p.connect(conn_opts("a.example"));
+    for _ in 0..20 {
+        workload(&clean);
+    }
+    clean.close().await;
+    p.wait_closed().await;
+    let s = p.stats();
+    assert_eq!(
+        s.rows_exported, 80,
+        "the clean connection's rows all delivered"
+    );
+    assert_eq!(
+        s.disabled_connections
+            .iter()
+            .find(|(r, _)| *r == DisabledReason::InvalidHeader)
+            .map(|(_, n)| *n),
+        Some(6)
+    );
+    // A provider-level refused header turns the provider off, visibly.
+    let off = TelemetryClientProvider::new(options(&server, &f).with_header("Connection", "close"));
+    let c = off.connect(conn_opts("a.example"));
+    assert_eq!(c.disabled_reason(), Some(DisabledReason::InvalidHeader));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_set_at_both_levels_is_sent_once_the_connections_winning() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(ProviderOptions {
+        runtime: Some(tokio::runtime::Handle::current()),
+        ..options(&server, &f).with_header("X-Databricks-Org-Id", "1")
+    });
+    let c = p.connect(conn_opts("a.example").with_header("x-databricks-org-id", "2"));
+    workload(&c);
+    c.close().await;
+    let req = &server.requests()[0];
+    let org: Vec<_> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-databricks-org-id"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(org, ["2"]);
+}
+
+#[test]
+fn a_connection_outliving_its_provider_still_delivers_its_rows() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    drop(p);
+    workload(&c);
+    // The last connection's close is the host's final flush, on the provider's runtime.
+    c.close_blocking();
+    assert_eq!(
+        server.rows(),
+        4,
+        "the runtime ran until the connection closed"
+    );
+}
+
+#[tokio::test]
+async fn a_unicode_host_is_refused_with_a_reason() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(ProviderOptions {
+        runtime: Some(tokio::runtime::Handle::current()),
+        ..options(&server, &f)
+    });
+    let c = p.connect(conn_opts("wörkspace.example"));
+    assert_eq!(c.disabled_reason(), Some(DisabledReason::InvalidHost));
+    assert_eq!(p.host_count(), 0);
+}

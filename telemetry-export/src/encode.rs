@@ -86,4 +86,3 @@ impl serde_json::ser::Formatter for NestedString {
         }
     }
 }
-

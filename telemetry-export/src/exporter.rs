@@ -203,11 +203,10 @@ impl DatabricksExporter {
         }
         // Credential groups go out side by side: one tenant's slow, hanging or failing auth
         // provider delays or loses only its own rows.
-        let sends: Vec<BoxFuture<'_, ()>> =
-            group::group(&batch, self.config.authenticated_export)
-                .into_iter()
-                .map(|g| Box::pin(self.send_group(g, unsettled)) as BoxFuture<'_, ()>)
-                .collect();
+        let sends: Vec<BoxFuture<'_, ()>> = group::group(&batch, self.config.authenticated_export)
+            .into_iter()
+            .map(|g| Box::pin(self.send_group(g, unsettled)) as BoxFuture<'_, ()>)
+            .collect();
         join_all(sends).await;
     }
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use telemetry_types::BoxFuture;
 use telemetry_types::auth::AuthProvider;
+use telemetry_types::boundary::{self, ResolvedAuth};
 use telemetry_types::classify::TransportErrorKind;
 use telemetry_types::clock::saturating_add;
-use telemetry_types::boundary::{self, ResolvedAuth};
 use telemetry_types::flag::{FlagAnswer, FlagError, FlagGate, FlagSource, FlagState};
 use telemetry_types::host::Host;
 use telemetry_types::transport::HttpTransport;
@@ -216,7 +216,11 @@ const MAX_CREDENTIALS: usize = 4;
 
 impl HostContext {
     /// Remembers `auth` first (once per provider object), dropping the oldest past the cap.
-    fn add_credential(&self, auth: Arc<dyn AuthProvider>, transport: Option<Arc<dyn HttpTransport>>) {
+    fn add_credential(
+        &self,
+        auth: Arc<dyn AuthProvider>,
+        transport: Option<Arc<dyn HttpTransport>>,
+    ) {
         let mut list = lock(&self.credentials);
         list.retain(|c| !Arc::ptr_eq(&c.auth, &auth));
         list.insert(0, Credential { auth, transport });

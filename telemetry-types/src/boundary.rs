@@ -244,8 +244,7 @@ pub async fn fetch_flag(
     transport: Option<&dyn HttpTransport>,
     guard: Duration,
 ) -> Result<FlagAnswer, FlagError> {
-    match tokio::time::timeout(guard, contained(|| source.fetch_via(host, auth, transport))).await
-    {
+    match tokio::time::timeout(guard, contained(|| source.fetch_via(host, auth, transport))).await {
         Ok(Ok(result)) => result,
         Ok(Err(panic)) => Err(FlagError::Plugin(panic)),
         Err(_) => Err(FlagError::Transport(TransportError::new(
@@ -322,18 +321,26 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_panic_in_the_call_or_its_future_is_that_calls_failure() {
         let a: Arc<dyn AuthProvider> = Arc::new(PanicsInCall);
-        let Err(PluginFailure::Panicked(m)) = auth_headers(&a, Duration::from_secs(5)).await
-        else {
+        let Err(PluginFailure::Panicked(m)) = auth_headers(&a, Duration::from_secs(5)).await else {
             panic!("expected a contained panic")
         };
-        assert!(m.contains("refresh failed") && !m.contains("dapi0123"), "{m}");
+        assert!(
+            m.contains("refresh failed") && !m.contains("dapi0123"),
+            "{m}"
+        );
         let b: Arc<dyn AuthProvider> = Arc::new(PanicsInFuture);
         assert!(matches!(
             auth_headers(&b, Duration::from_secs(5)).await,
             Err(PluginFailure::Panicked(_))
         ));
         // The entry is gone: a later call asks again (and fails again, not "busy").
-        assert!(auth_calls().lock().unwrap().get(&provider_key(&a)).is_none());
+        assert!(
+            auth_calls()
+                .lock()
+                .unwrap()
+                .get(&provider_key(&a))
+                .is_none()
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -342,15 +349,21 @@ mod tests {
         // the same runtime still fires while the provider blocks for 300 ms.
         let slow = Arc::new(Blocks(Duration::from_millis(300), AtomicUsize::new(0)));
         let a: Arc<dyn AuthProvider> = slow.clone();
-        let (first, second, timer) = tokio::join!(
+        let (first, second, ()) = tokio::join!(
             auth_headers(&a, Duration::from_millis(50)),
             auth_headers(&a, Duration::from_secs(5)),
             tokio::time::sleep(Duration::from_millis(10)),
         );
-        assert_eq!(first, Err(PluginFailure::TimedOut(Duration::from_millis(50))));
+        assert_eq!(
+            first,
+            Err(PluginFailure::TimedOut(Duration::from_millis(50)))
+        );
         assert_eq!(second.unwrap().unwrap()[0].1, "Bearer b");
-        let _ = timer;
-        assert_eq!(slow.1.load(Ordering::SeqCst), 1, "the callers shared one call");
+        assert_eq!(
+            slow.1.load(Ordering::SeqCst),
+            1,
+            "the callers shared one call"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

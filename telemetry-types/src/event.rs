@@ -571,7 +571,10 @@ mod tests {
         assert_eq!(huge.name, "SQLSTATE 08S01");
         assert_eq!(huge.class, ErrorClass::Retryable);
         assert!(huge.message.len() <= MAX_INTAKE_MESSAGE_BYTES);
-        assert!(huge.message.capacity() <= MAX_INTAKE_MESSAGE_BYTES, "capacity trimmed");
+        assert!(
+            huge.message.capacity() <= MAX_INTAKE_MESSAGE_BYTES,
+            "capacity trimmed"
+        );
         // A megabyte without whitespace is cut, not emptied.
         let dense = DriverError::from_error(&Huge("x".repeat(1 << 20)));
         assert_eq!(dense.message.len(), MAX_INTAKE_MESSAGE_BYTES);

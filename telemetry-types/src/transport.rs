@@ -129,10 +129,14 @@ pub trait HttpTransport: Send + Sync + 'static {
 #[non_exhaustive]
 pub enum HeaderError {
     /// The name is empty, too long, or not an RFC 9110 token.
-    #[error("header name is not a token (RFC 9110: letters, digits and !#$%&'*+-.^_`|~), or over {MAX_HEADER_NAME_BYTES} bytes")]
+    #[error(
+        "header name is not a token (RFC 9110: letters, digits and !#$%&'*+-.^_`|~), or over {MAX_HEADER_NAME_BYTES} bytes"
+    )]
     InvalidName,
     /// The value holds CR, LF, NUL or another control character, or is over the cap.
-    #[error("value of header `{name}` is not a field value (no CR, LF or control characters) or is over {MAX_HEADER_VALUE_BYTES} bytes")]
+    #[error(
+        "value of header `{name}` is not a field value (no CR, LF or control characters) or is over {MAX_HEADER_VALUE_BYTES} bytes"
+    )]
     InvalidValue {
         /// The header's name.
         name: String,
@@ -187,8 +191,7 @@ fn is_token_byte(b: u8) -> bool {
 /// assert_eq!(validate_header("bad name", "1"), Err(HeaderError::InvalidName));
 /// ```
 pub fn validate_header(name: &str, value: &str) -> Result<(), HeaderError> {
-    if name.is_empty() || name.len() > MAX_HEADER_NAME_BYTES || !name.bytes().all(is_token_byte)
-    {
+    if name.is_empty() || name.len() > MAX_HEADER_NAME_BYTES || !name.bytes().all(is_token_byte) {
         return Err(HeaderError::InvalidName);
     }
     let lower = name.to_ascii_lowercase();
@@ -234,7 +237,11 @@ impl ExtraHeaders {
         let (name, value) = (name.into(), value.into());
         validate_header(&name, &value)?;
         let full = self.0.len() >= MAX_EXTRA_HEADERS;
-        match self.0.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+        {
             Some(slot) => *slot = (name, value),
             None if full => return Err(HeaderError::TooMany),
             None => self.0.push((name, value)),
@@ -321,7 +328,11 @@ mod tests {
     #[case("Transfer-Encoding", "chunked", Err(HeaderError::Reserved("transfer-encoding".into())))]
     #[case("Connection", "close", Err(HeaderError::Reserved("connection".into())))]
     #[case("content-type", "text/plain", Err(HeaderError::Reserved("content-type".into())))]
-    fn extra_headers_are_checked(#[case] name: &str, #[case] value: &str, #[case] expected: Result<(), HeaderError>) {
+    fn extra_headers_are_checked(
+        #[case] name: &str,
+        #[case] value: &str,
+        #[case] expected: Result<(), HeaderError>,
+    ) {
         assert_eq!(validate_header(name, value), expected);
         let mut h = ExtraHeaders::default();
         assert_eq!(h.insert(name, value), expected);
@@ -331,15 +342,25 @@ mod tests {
     #[test]
     fn extra_headers_caps_and_debug() {
         let big = "v".repeat(MAX_HEADER_VALUE_BYTES + 1);
-        assert!(matches!(validate_header("x-big", &big), Err(HeaderError::InvalidValue { .. })));
+        assert!(matches!(
+            validate_header("x-big", &big),
+            Err(HeaderError::InvalidValue { .. })
+        ));
         assert!(validate_header(&"n".repeat(MAX_HEADER_NAME_BYTES + 1), "1").is_err());
         let many = (0..MAX_EXTRA_HEADERS).map(|i| (format!("x-{i}"), "1"));
         let mut h = ExtraHeaders::try_from_pairs(many).unwrap();
         assert_eq!(h.insert("x-one-more", "1"), Err(HeaderError::TooMany));
-        assert!(h.insert("X-0", "replaced").is_ok(), "a replacement is not one more");
+        assert!(
+            h.insert("X-0", "replaced").is_ok(),
+            "a replacement is not one more"
+        );
         let secret = ExtraHeaders::try_from_pairs([("x-secret", "hunter2")]).unwrap();
         assert_eq!(format!("{secret:?}"), "[\"x-secret: ***\"]");
-        assert!(HeaderError::Reserved("host".into()).to_string().contains("authorization"));
+        assert!(
+            HeaderError::Reserved("host".into())
+                .to_string()
+                .contains("authorization")
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@ use crate::encode::encode_body;
 /// Whether a header value an auth provider returned can go on the wire (no CR, LF or other
 /// control characters): a provider's bad value fails its own rows, never the request line.
 fn is_field_value(value: &str) -> bool {
-    value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 impl DatabricksExporter {

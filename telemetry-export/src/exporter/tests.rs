@@ -8,7 +8,9 @@ use telemetry_types::event::DriverError;
 use telemetry_types::flag::FixedGate;
 use telemetry_types::row;
 use telemetry_types::testing::{LateGate, ScriptedTransport, status, with_retry_after};
-use telemetry_types::transport::{ExtraHeaders, HttpMethod, HttpRequest, HttpResponse, TransportError};
+use telemetry_types::transport::{
+    ExtraHeaders, HttpMethod, HttpRequest, HttpResponse, TransportError,
+};
 use tokio::time::Instant;
 
 use super::*;
@@ -490,13 +492,26 @@ async fn a_failing_auth_provider_costs_only_its_own_rows_once(#[case] bad: Arc<d
     batch.extend(rows(&good, 6));
     e.export(batch).await;
     let reqs = t.requests();
-    assert_eq!(reqs.len(), 1, "the good tenant's rows went out in the same flush");
-    assert!(reqs[0].headers.iter().any(|(_, v)| v == "Bearer token-good"));
+    assert_eq!(
+        reqs.len(),
+        1,
+        "the good tenant's rows went out in the same flush"
+    );
+    assert!(
+        reqs[0]
+            .headers
+            .iter()
+            .any(|(_, v)| v == "Bearer token-good")
+    );
     let s = e.stats();
     assert_eq!(s.rows_exported, 6);
     assert_eq!(s.dropped(DropReason::AuthFailed), 4);
     assert_eq!(s.total_dropped(), 4, "counted once: produced 10 = 6 + 4");
-    assert_eq!(e.breaker().stats().failures, 0, "not the endpoint's failure");
+    assert_eq!(
+        e.breaker().stats().failures,
+        0,
+        "not the endpoint's failure"
+    );
 }
 
 /// A transport plug-in that panics.
@@ -523,7 +538,10 @@ async fn a_panicking_transport_is_a_local_failure_never_the_breakers() {
     }
     let s = e.stats();
     assert_eq!(s.dropped(DropReason::Plugin), 20);
-    assert_eq!(s.rows_exported, 30, "the clean connection's rows all delivered");
+    assert_eq!(
+        s.rows_exported, 30,
+        "the clean connection's rows all delivered"
+    );
     assert_eq!(e.breaker().state(), BreakerState::Closed);
     assert_eq!(e.breaker().stats().failures, 0);
 }

@@ -428,7 +428,13 @@ fn quick_auth() -> FlagCacheConfig {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_flag_source_fails_closed_and_its_task_lives_on() {
-    let src = Scripted::new(|n| if n == 0 { panic!("source bug") } else { on(None) });
+    let src = Scripted::new(|n| {
+        if n == 0 {
+            panic!("source bug")
+        } else {
+            on(None)
+        }
+    });
     let c = cache(src.clone());
     let h = host("a.example");
     let flag = c.acquire(&h, None);
@@ -458,7 +464,11 @@ async fn a_hanging_provider_bounds_the_look_up_and_later_credentials_retry_at_on
         FlagState::Disabled
     );
     assert_eq!(first.failure(), Some(FlagFailure::Auth));
-    assert_eq!(src.count(), 0, "the source was never asked without credentials");
+    assert_eq!(
+        src.count(),
+        0,
+        "the source was never asked without credentials"
+    );
     // A later tenant's credentials are tried now, not after the 60 s backoff.
     let second = c.acquire(&h, Some(Arc::new(StaticToken::new("good"))));
     settle().await;
@@ -478,7 +488,14 @@ async fn a_look_up_uses_the_first_credentials_that_answer() {
     let good = c.acquire(&h, Some(Arc::new(StaticToken::new("good"))));
     let _panics = c.acquire(&h, Some(Arc::new(PanickingAuth)));
     let _hangs = c.acquire(&h, Some(Arc::new(HangingAuth)));
-    assert_eq!(good.resolve(Duration::from_secs(1)).await, FlagState::Enabled);
-    assert_eq!(src.count(), 1, "one look-up, with the credentials that answered");
+    assert_eq!(
+        good.resolve(Duration::from_secs(1)).await,
+        FlagState::Enabled
+    );
+    assert_eq!(
+        src.count(),
+        1,
+        "one look-up, with the credentials that answered"
+    );
     assert_eq!(good.failure(), None);
 }
