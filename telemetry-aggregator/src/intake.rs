@@ -74,6 +74,9 @@ pub(crate) struct Intake {
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
     closed: AtomicBool,
+    /// The background task was dropped unfinished (its runtime shut down): nothing will
+    /// ever take what is queued.
+    gone: AtomicBool,
     wake: tokio::sync::Notify,
     /// A wake-up is on its way to the task: set by the producer that sends it, cleared by
     /// the task as it wakes. Producers of a burst then each read one flag instead of each
@@ -99,6 +102,7 @@ impl Intake {
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes,
             closed: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             wake_pending: AtomicBool::new(false),
             // Half the array: the task drains every few milliseconds anyway; a burst wakes it
@@ -123,7 +127,12 @@ impl Intake {
     #[inline]
     pub(crate) fn push(&self, event: TelemetryEvent) {
         if self.closed.load(Ordering::Acquire) {
-            self.counters.count_drop(DropReason::AfterClose, 1);
+            let reason = if self.gone.load(Ordering::Acquire) {
+                DropReason::RuntimeGone
+            } else {
+                DropReason::AfterClose
+            };
+            self.counters.count_drop(reason, 1);
             return;
         }
         let text = text_bytes(&event);
@@ -192,6 +201,23 @@ impl Intake {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// The task is gone for good: refuse later events and count what is queued, both as
+    /// `runtime_gone`.
+    pub(crate) fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Release);
+        self.close();
+        let mut left = 0u64;
+        while self.pop().is_some() {
+            left += 1;
+        }
+        self.counters.count_drop(DropReason::RuntimeGone, left);
+    }
+
+    /// Whether the task is gone for good.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
     }
 
     pub(crate) fn close(&self) {

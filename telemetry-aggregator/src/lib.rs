@@ -107,13 +107,19 @@ impl Aggregator {
             counters.clone(),
         ));
         let (control, control_rx) = mpsc::unbounded_channel();
-        runtime.spawn(task::run(
-            config.clone(),
-            sink,
-            intake.clone(),
-            control_rx,
-            counters.clone(),
-        ));
+        // Built before the task's future, so that a runtime that drops the task unpolled (a
+        // caller's runtime already shut down) still counts what it loses.
+        let guard = task::Unfinished::new(intake.clone());
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.spawn(task::run(
+                config.clone(),
+                sink,
+                intake.clone(),
+                control_rx,
+                counters.clone(),
+                guard,
+            ))
+        }));
         Self {
             intake,
             control,
@@ -170,6 +176,12 @@ impl Aggregator {
     /// batch in the sink settled or cut): the moment its counters are final.
     pub async fn finished(&self) {
         self.control.closed().await;
+    }
+
+    /// Whether the background task was dropped unfinished (its runtime shut down): every
+    /// event is then counted as dropped `runtime_gone`.
+    pub fn is_gone(&self) -> bool {
+        self.intake.is_gone()
     }
 
     /// Whether [`close`](Self::close) has completed or the task is gone.

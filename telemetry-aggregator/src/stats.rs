@@ -40,6 +40,7 @@ impl AggregatorStats {
             + self.queued_events
             + self.dropped.get(DropReason::QueueFull)
             + self.dropped.get(DropReason::AfterClose)
+            + self.dropped.get(DropReason::RuntimeGone)
     }
 
     /// Events dropped, all reasons.

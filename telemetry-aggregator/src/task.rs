@@ -85,7 +85,41 @@ struct State {
     held_bytes: usize,
 }
 
+/// Marks the intake gone if the task's future is dropped before it finishes (its runtime
+/// shut down), so that what it loses is counted.
+pub(crate) struct Unfinished(Option<Arc<Intake>>);
+
+impl Unfinished {
+    pub(crate) fn new(intake: Arc<Intake>) -> Self {
+        Self(Some(intake))
+    }
+
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(intake) = self.0.take() {
+            intake.mark_gone();
+        }
+    }
+}
+
 pub(crate) async fn run(
+    config: AggregatorConfig,
+    sink: Arc<dyn BatchSink>,
+    events: Arc<Intake>,
+    control: mpsc::UnboundedReceiver<Control>,
+    counters: Arc<Counters>,
+    guard: Unfinished,
+) {
+    run_until_closed(config, sink, events, control, counters).await;
+    guard.finished();
+}
+
+async fn run_until_closed(
     config: AggregatorConfig,
     sink: Arc<dyn BatchSink>,
     events: Arc<Intake>,

@@ -293,7 +293,8 @@ impl HostLease {
     /// outliving its connection, a handle kept past `shutdown`) no longer counts what it is
     /// handed once its totals are retired, so the provider counts those drops itself.
     pub(crate) fn emit(&self, event: TelemetryEvent) {
-        if self.client.aggregator.is_accepting() {
+        if self.client.aggregator.is_accepting() || self.client.aggregator.is_gone() {
+            // A gone task's intake counts the event itself (`runtime_gone`).
             self.client.aggregator.emit(event);
         } else {
             self.registry.late_drops.fetch_add(1, Ordering::Relaxed);

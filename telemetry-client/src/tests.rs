@@ -1294,3 +1294,26 @@ async fn a_unicode_host_is_refused_with_a_reason() {
     assert_eq!(c.disabled_reason(), Some(DisabledReason::InvalidHost));
     assert_eq!(p.host_count(), 0);
 }
+
+#[test]
+fn a_callers_runtime_shut_down_counts_every_event_it_loses() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let p = TelemetryClientProvider::new(ProviderOptions {
+        runtime: Some(rt.handle().clone()),
+        ..options(&server, &f)
+    });
+    let c = p.connect(conn_opts("a.example"));
+    c.opened(Duration::from_millis(1));
+    drop(rt);
+    workload(&c);
+    let s = p.stats();
+    // One open, then the workload's open, statement end, error and close.
+    assert_eq!(s.events_emitted, 5);
+    assert_eq!(s.dropped.get(DropReason::RuntimeGone), 5);
+    assert_eq!(s.rows_produced, 0);
+    assert_eq!(server.count(), 0);
+}
