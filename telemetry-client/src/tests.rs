@@ -526,10 +526,24 @@ async fn every_row_is_accounted_for_under_random_faults_and_close_races() {
         o.config.aggregation.close_timeout = Duration::from_millis(rnd(3000));
         o.config.aggregation.batch_size = 1 + rnd(5) as usize;
         o.config.export.retry.max_retries = rnd(4) as u32;
+        o.config.export.auth_timeout = Duration::from_millis(20);
         let p = TelemetryClientProvider::new(o);
         let hosts = ["a.example", "b.example"];
+        // Plug-ins that panic, hang or block, beside well-behaved ones.
         let conns: Vec<_> = (0..1 + rnd(3))
-            .map(|_| p.connect(conn_opts(hosts[rnd(2) as usize])))
+            .map(|_| {
+                let mut opts = conn_opts(hosts[rnd(2) as usize]);
+                opts.auth = Some(match rnd(5) {
+                    0 => Arc::new(plugins::PanickingAuth) as Arc<dyn AuthProvider>,
+                    1 => Arc::new(plugins::HangingAuth),
+                    2 => Arc::new(plugins::BlockingAuth),
+                    _ => Arc::new(StaticToken::new("tok")),
+                });
+                if rnd(6) == 0 {
+                    opts.transport = Some(Arc::new(plugins::PanickingTransport));
+                }
+                p.connect(opts)
+            })
             .collect();
         for c in &conns {
             for _ in 0..rnd(4) {
@@ -1316,4 +1330,43 @@ fn a_callers_runtime_shut_down_counts_every_event_it_loses() {
     assert_eq!(s.dropped.get(DropReason::RuntimeGone), 5);
     assert_eq!(s.rows_produced, 0);
     assert_eq!(server.count(), 0);
+}
+
+/// Plug-ins that misbehave, for the accounting tests.
+mod plugins {
+    use telemetry_types::BoxFuture;
+    use telemetry_types::auth::AuthProvider;
+    use telemetry_types::transport::{HttpRequest, HttpResponse, HttpTransport, TransportError};
+
+    type Headers = Option<Vec<(String, String)>>;
+
+    pub(super) struct PanickingAuth;
+    impl AuthProvider for PanickingAuth {
+        fn auth_headers(&self) -> BoxFuture<'_, Headers> {
+            panic!("auth provider bug")
+        }
+    }
+
+    pub(super) struct HangingAuth;
+    impl AuthProvider for HangingAuth {
+        fn auth_headers(&self) -> BoxFuture<'_, Headers> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    /// Blocks its thread briefly, as a synchronous token refresh does.
+    pub(super) struct BlockingAuth;
+    impl AuthProvider for BlockingAuth {
+        fn auth_headers(&self) -> BoxFuture<'_, Headers> {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            Box::pin(async { Some(vec![("Authorization".into(), "Bearer b".into())]) })
+        }
+    }
+
+    pub(super) struct PanickingTransport;
+    impl HttpTransport for PanickingTransport {
+        fn send(&self, _r: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+            Box::pin(async { panic!("transport bug") })
+        }
+    }
 }
