@@ -53,13 +53,14 @@ fn own_runtime() -> (Handle, Option<oneshot::Sender<()>>) {
     let spawned = std::thread::Builder::new()
         .name("databricks-telemetry".into())
         .spawn(move || {
-            // Blocking threads run DNS look-ups: a few suffice, and an unresolvable host name
-            // must not pile up hundreds of them.
+            // Blocking threads run DNS look-ups and wait (bounded by the auth timeout) for auth
+            // providers' answers: a few suffice, and an unresolvable host name must not pile
+            // up hundreds of them.
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .thread_name("databricks-telemetry-worker")
                 .enable_all()
-                .max_blocking_threads(4)
+                .max_blocking_threads(16)
                 .build()
             {
                 Ok(rt) => rt,
