@@ -44,6 +44,16 @@ fn exporter_with(
     DatabricksExporter::new(host(), config, transport, breaker, gate, "TestDriver/1.0")
 }
 
+/// An exporter whose auth timeout (measured on the wall clock: providers run on their own
+/// thread) is short, for tests with a provider that hangs.
+fn exporter_with_quick_auth(transport: Arc<Scripted>) -> DatabricksExporter {
+    let config = ExportConfig {
+        auth_timeout: Duration::from_millis(100),
+        ..config()
+    };
+    exporter_with(transport, Arc::new(FixedGate(FlagState::Enabled)), config)
+}
+
 fn exporter(transport: Arc<Scripted>) -> DatabricksExporter {
     exporter_with(transport, Arc::new(FixedGate(FlagState::Enabled)), config())
 }
@@ -427,14 +437,7 @@ impl AuthProvider for HangingAuth {
 #[tokio::test(start_paused = true)]
 async fn a_hanging_auth_provider_delays_only_its_own_rows() {
     let t = Scripted::new(vec![]);
-    let e = exporter_with(
-        t.clone(),
-        Arc::new(FixedGate(FlagState::Enabled)),
-        ExportConfig {
-            auth_timeout: Duration::from_millis(100),
-            ..config()
-        },
-    );
+    let e = exporter_with_quick_auth(t.clone());
     let good = conn_with(Some("token-good"));
     let hung = conn_with_auth(Arc::new(HangingAuth));
     let mut batch = rows(&hung, 2);
@@ -565,14 +568,7 @@ async fn a_redirect_is_a_drop_of_its_own_never_followed(#[case] code: u16) {
 #[tokio::test(start_paused = true)]
 async fn a_batch_cut_mid_way_settles_each_row_once() {
     let t = Scripted::new(vec![]);
-    let e = exporter_with(
-        t.clone(),
-        Arc::new(FixedGate(FlagState::Enabled)),
-        ExportConfig {
-            auth_timeout: Duration::from_millis(100),
-            ..config()
-        },
-    );
+    let e = exporter_with_quick_auth(t.clone());
     let good = conn_with(Some("token-good"));
     let mut hung = ConnectionInfo::new(host(), "ua");
     hung.auth = Some(Arc::new(HangingAuth));
