@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use crate::config::TelemetryConfig;
 use crate::connection::Connection;
 use crate::options::{ConnectionOptions, ProviderOptions};
-use crate::registry::{HostClient, HostRegistry, deadline_after};
+use crate::registry::{HostClient, HostCore, HostRegistry, deadline_after};
 use crate::runtime::BackgroundRuntime;
 use crate::stats::{DisabledReason, HostStats, ProviderStats};
 use crate::sysinfo::{default_system_configuration, workspace_id_from_http_path};
@@ -71,6 +71,14 @@ struct ProviderInner {
 #[derive(Clone)]
 pub struct TelemetryClientProvider {
     inner: Arc<ProviderInner>,
+}
+
+#[cfg(test)]
+impl TelemetryClientProvider {
+    /// The registry, for the crate's tests.
+    pub(crate) fn registry(&self) -> &Arc<HostRegistry> {
+        &self.inner.registry
+    }
 }
 
 impl fmt::Debug for TelemetryClientProvider {
@@ -301,9 +309,9 @@ impl TelemetryClientProvider {
             .into_iter()
             .map(|c| {
                 let (tx, rx) = oneshot::channel();
-                let host = c.host.to_string();
+                let host = c.core.host.to_string();
                 self.inner.runtime.handle.spawn(async move {
-                    c.aggregator.flush().await;
+                    c.core.aggregator.flush().await;
                     let _ = tx.send(());
                 });
                 (host, rx)
@@ -428,8 +436,7 @@ impl ProviderInner {
             &self.runtime.handle,
         );
         HostClient {
-            host: host.clone(),
-            aggregator,
+            core: Arc::new(HostCore::new(host.clone(), aggregator)),
             exporter,
             flag,
             _breaker: breaker,

@@ -22,23 +22,59 @@ use tokio::time::Instant;
 use crate::runtime::BackgroundRuntime;
 use crate::stats::{HostStats, HostStatsSummary, ProviderStats};
 
-/// Everything one host's telemetry needs, shared by that host's connections.
-pub(crate) struct HostClient {
+/// What a connection's handles hold of their host: its name, the intake of its background
+/// task, and the gauge of its open statements. Deliberately small: a handle leaked past its
+/// host's close keeps only this (a closed intake), never the exporter, its transport and
+/// connection pool, the flag's refresh or the breaker.
+pub(crate) struct HostCore {
     pub(crate) host: Host,
     pub(crate) aggregator: Aggregator,
+    open: OpenStatements,
+}
+
+impl HostCore {
+    pub(crate) fn new(host: Host, aggregator: Aggregator) -> Self {
+        Self {
+            host,
+            aggregator,
+            open: OpenStatements::default(),
+        }
+    }
+
+    /// Statements begun and not yet ended.
+    fn open_statements(&self) -> u64 {
+        self.open.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Statements begun and not ended, on a cache line of its own: every statement's begin and
+/// end touch it, and nothing else written as often should share its line.
+#[derive(Default)]
+#[repr(align(128))]
+struct OpenStatements(AtomicU64);
+
+/// Everything one host's telemetry needs, held by the registry while the host is live or
+/// closing; connections hold only its [`HostCore`].
+pub(crate) struct HostClient {
+    pub(crate) core: Arc<HostCore>,
     pub(crate) exporter: Arc<DatabricksExporter>,
     pub(crate) flag: Arc<FlagHandle>,
     pub(crate) _breaker: BreakerLease<String>,
 }
 
 impl HostClient {
+    fn host(&self) -> &Host {
+        &self.core.host
+    }
+
     fn stats(&self, connections: usize) -> HostStats {
         HostStats {
-            host: self.host.to_string(),
+            host: self.host().to_string(),
             connections,
             flag: self.flag.state(),
             flag_failure: self.flag.failure(),
-            aggregator: self.aggregator.stats(),
+            statements_open: self.core.open_statements(),
+            aggregator: self.core.aggregator.stats(),
             export: self.exporter.stats(),
         }
     }
@@ -124,7 +160,7 @@ impl HostRegistry {
         };
         Some(HostLease {
             flag: client.flag.view(),
-            client,
+            core: client.core.clone(),
             registry: self.clone(),
             released: AtomicBool::new(false),
         })
@@ -132,17 +168,17 @@ impl HostRegistry {
 
     /// Gives one lease back; the last one closes the host's client (final flush, bounded by
     /// the close timeout). Returns the close's completion signal if this was the last.
-    fn release(self: &Arc<Self>, client: &Arc<HostClient>) -> Option<oneshot::Receiver<()>> {
+    fn release(self: &Arc<Self>, core: &Arc<HostCore>) -> Option<oneshot::Receiver<()>> {
         let mut hosts = lock(&self.hosts);
-        let entry = hosts.get_mut(&client.host)?;
-        if !Arc::ptr_eq(&entry.client, client) {
+        let entry = hosts.get_mut(&core.host)?;
+        if !Arc::ptr_eq(&entry.client.core, core) {
             return None;
         }
         entry.leases -= 1;
         if entry.leases > 0 {
             return None;
         }
-        let entry = hosts.remove(&client.host)?;
+        let entry = hosts.remove(&core.host)?;
         // Still under the hosts lock: stats see the client live or closing, never neither.
         lock(&self.released).closing.push(entry.client.clone());
         drop(hosts);
@@ -161,23 +197,31 @@ impl HostRegistry {
         let registry = self.clone();
         let settle = self.close_timeout;
         let task = self.runtime.handle.spawn(async move {
-            client.aggregator.close(deadline).await;
+            let core = &client.core;
+            core.aggregator.close(deadline).await;
+            // From here on a statement's end is dropped `after_close`: those still open now
+            // are counted, so that a statement that never ends is not silent.
+            let open = core.open_statements();
+            if open > 0 {
+                tracing::debug!(host = %core.host, open, "statements still open at the host's close");
+            }
             // The totals are read once the task has ended, so that nothing it settles late
             // (a batch cut at the deadline) is left out of them.
-            if tokio::time::timeout(settle, client.aggregator.finished())
+            if tokio::time::timeout(settle, core.aggregator.finished())
                 .await
                 .is_err()
             {
-                tracing::debug!(host = %client.host, "telemetry task still running after its close; totals read now");
+                tracing::debug!(host = %core.host, "telemetry task still running after its close; totals read now");
             }
             let mut released = lock(&registry.released);
             released.closing.retain(|c| !Arc::ptr_eq(c, &client));
             released
                 .retired
-                .add(&client.aggregator.stats(), &client.exporter.stats());
+                .add(&core.aggregator.stats(), &client.exporter.stats());
             released.retired.clients_closed += 1;
+            released.retired.statements_open_at_close += open;
             drop(released);
-            tracing::debug!(host = %client.host, "telemetry client closed");
+            tracing::debug!(host = %core.host, "telemetry client closed");
             let _ = done.send(());
         });
         let mut tasks = lock(&self.close_tasks);
@@ -202,7 +246,7 @@ impl HostRegistry {
             .into_iter()
             .map(|e| {
                 let (tx, rx) = oneshot::channel();
-                let host = e.client.host.clone();
+                let host = e.client.host().clone();
                 self.close(e.client, deadline, tx);
                 (host, rx)
             })
@@ -244,12 +288,14 @@ impl HostRegistry {
         total.dropped.add(DropReason::AfterClose, late);
         total.statement_endings_ignored = self.ignored_endings.load(Ordering::Relaxed);
         for c in &released.closing {
-            total.add(&c.aggregator.stats(), &c.exporter.stats());
+            total.add(&c.core.aggregator.stats(), &c.exporter.stats());
+            total.statements_open += c.core.open_statements();
         }
         drop(released);
         for e in hosts.values() {
             let s = e.client.stats(e.leases);
             total.add(&s.aggregator, &s.export);
+            total.statements_open += s.statements_open;
             total.hosts.push(HostStatsSummary {
                 host: s.host,
                 connections: e.leases,
@@ -276,7 +322,7 @@ pub(crate) fn deadline_after(d: Duration) -> Instant {
 /// and what closing needs (the runtime, the close timeout). Released once, explicitly or on
 /// drop.
 pub(crate) struct HostLease {
-    client: Arc<HostClient>,
+    core: Arc<HostCore>,
     flag: FlagView,
     registry: Arc<HostRegistry>,
     released: AtomicBool,
@@ -293,12 +339,25 @@ impl HostLease {
     /// outliving its connection, a handle kept past `shutdown`) no longer counts what it is
     /// handed once its totals are retired, so the provider counts those drops itself.
     pub(crate) fn emit(&self, event: TelemetryEvent) {
-        if self.client.aggregator.is_accepting() || self.client.aggregator.is_gone() {
+        let aggregator = &self.core.aggregator;
+        if aggregator.is_accepting() || aggregator.is_gone() {
             // A gone task's intake counts the event itself (`runtime_gone`).
-            self.client.aggregator.emit(event);
+            aggregator.emit(event);
         } else {
             self.registry.late_drops.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A statement was begun (the open-statements gauge).
+    #[inline]
+    pub(crate) fn statement_begun(&self) {
+        self.core.open.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A statement ended (its first ending, or its last handle dropped).
+    #[inline]
+    pub(crate) fn statement_ended(&self) {
+        self.core.open.0.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// A statement was ended again (the first ending stands).
@@ -324,7 +383,7 @@ impl HostLease {
         if self.released.swap(true, Ordering::AcqRel) {
             return None;
         }
-        self.registry.release(&self.client)
+        self.registry.release(&self.core)
     }
 
     /// Flushes the host's rows so far, within the close timeout, on the background runtime;
@@ -332,10 +391,10 @@ impl HostLease {
     /// the host.
     pub(crate) fn flush_within_close_timeout(&self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        let client = self.client.clone();
+        let core = self.core.clone();
         let timeout = self.close_timeout();
         self.runtime().spawn(async move {
-            let _ = tokio::time::timeout(timeout, client.aggregator.flush()).await;
+            let _ = tokio::time::timeout(timeout, core.aggregator.flush()).await;
             let _ = tx.send(());
         });
         rx

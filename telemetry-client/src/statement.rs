@@ -236,6 +236,7 @@ impl Statement {
         operation_type: OperationType,
         volume: Option<VolumeOp>,
     ) -> Self {
+        conn.lease.statement_begun();
         Statement {
             shared: Some(Arc::new(Shared {
                 conn: conn.clone(),
@@ -442,6 +443,7 @@ impl Shared {
             self.conn.lease.count_ignored_ending();
             return;
         }
+        self.conn.lease.statement_ended();
         self.emit_end(outcome, error, self.volume.clone());
     }
 
@@ -473,6 +475,7 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         if !*self.ended.get_mut() {
+            self.conn.lease.statement_ended();
             let volume = self.volume.take();
             self.emit_end(StatementOutcome::Abandoned, None, volume);
         }

@@ -83,6 +83,8 @@ pub struct HostStats {
     /// Why the flag look-up failed, when it did (telemetry is then off for the host): DNS,
     /// network, timeout, a status, a malformed answer, as distinct from the server saying no.
     pub flag_failure: Option<FlagFailure>,
+    /// Statements begun on it and not ended yet.
+    pub statements_open: u64,
     /// Aggregation counters.
     pub aggregator: AggregatorStats,
     /// Export counters (breaker included).
@@ -115,6 +117,12 @@ pub struct ProviderStats {
     /// Statement endings after a statement's first (a `close` after `complete`, a second
     /// `fail`): ignored, since the first ending stands.
     pub statement_endings_ignored: u64,
+    /// Statements begun and not ended yet, on hosts live or closing.
+    pub statements_open: u64,
+    /// Statements not ended when their host's client closed (its last connection closed,
+    /// or `shutdown`). Nothing was queued for them; an end that comes later is dropped
+    /// `after_close`, and a handle leaked for good is counted only here.
+    pub statements_open_at_close: u64,
     /// Live host clients, one entry each.
     pub hosts: Vec<HostStatsSummary>,
 }

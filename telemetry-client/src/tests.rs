@@ -1370,3 +1370,85 @@ mod plugins {
         }
     }
 }
+
+mod open_statements {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn statements_open_are_shown_and_those_open_at_close_are_counted() {
+        let (server, f) = (FakeServer::always(200), flag(true));
+        let p = TelemetryClientProvider::new(options(&server, &f));
+        let c = p.connect(conn_opts("a.example"));
+        let done = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+        let open: Vec<_> = (0..3)
+            .map(|_| c.statement(StatementType::Query, OperationType::ExecuteStatement))
+            .collect();
+        let other = p.connect(conn_opts("b.example"));
+        let dropped = other.metadata(OperationType::ListCatalogs);
+        let s = p.stats();
+        assert_eq!(s.statements_open, 5);
+        assert_eq!(p.host_stats("a.example").unwrap().statements_open, 4);
+        done.complete();
+        drop(dropped); // abandoned: ended, its row reported
+        assert_eq!(p.stats().statements_open, 3);
+        c.close().await;
+        other.close().await;
+        let s = p.stats();
+        assert_eq!((s.statements_open, s.statements_open_at_close), (0, 3));
+        assert_eq!((s.events_emitted, s.rows_exported), (2, 2));
+        // One of them ends later: its end is dropped after close, counted once more.
+        open[0].fail(&DriverError::new("E", "late"));
+        let s = p.stats();
+        assert_eq!(s.events_emitted, 3);
+        assert_eq!(s.dropped.get(DropReason::AfterClose), 1);
+        assert_eq!(
+            s.statements_open_at_close, 3,
+            "counted when the host closed"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handle_leaked_past_close_keeps_only_the_hosts_intake() {
+        let (server, f) = (FakeServer::always(200), flag(true));
+        let p = TelemetryClientProvider::new(options(&server, &f));
+        let c = p.connect(conn_opts("a.example"));
+        let client = p.registry().live().pop().unwrap();
+        let (exporter, flag_handle) = (
+            Arc::downgrade(&client.exporter),
+            Arc::downgrade(&client.flag),
+        );
+        drop(client);
+        let leaked = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+        c.close().await;
+        p.wait_closed().await;
+        assert!(
+            exporter.upgrade().is_none(),
+            "the exporter (its transport, its pool) is freed"
+        );
+        assert!(flag_handle.upgrade().is_none(), "the flag's refresh stops");
+        assert_eq!(p.stats().statements_open_at_close, 1);
+        std::mem::forget(leaked);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_counts_the_statements_it_cuts_off() {
+        let (server, f) = (FakeServer::always(200), flag(true));
+        let p = TelemetryClientProvider::new(options(&server, &f));
+        let c = p.connect(conn_opts("a.example"));
+        let st = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+        c.opened(Duration::from_millis(1));
+        p.shutdown(Duration::from_secs(5)).await.unwrap();
+        let s = p.stats();
+        assert_eq!((s.statements_open, s.statements_open_at_close), (0, 1));
+        st.complete();
+        drop(c);
+        let s = p.stats();
+        assert_eq!(s.events_emitted, 2);
+        assert_eq!(
+            s.events_emitted,
+            s.rows_produced + s.events_dropped(),
+            "{s:?}"
+        );
+        assert_eq!(s.rows_produced, s.rows_exported + s.total_rows_dropped());
+    }
+}

@@ -444,6 +444,12 @@ fn main() -> ExitCode {
         stats.export_requests, stats.export_retries
     );
     println!("  breaker openings  {:>10}", stats.breaker_openings);
+    if stats.statements_open_at_close > 0 {
+        println!(
+            "  statements open at close {:>3}   (their ends come too late: counted, not sent)",
+            stats.statements_open_at_close
+        );
+    }
     let by_kind: BTreeMap<&str, u64> = mock
         .as_ref()
         .map(|m| {
@@ -509,6 +515,7 @@ fn main() -> ExitCode {
             "export_requests": stats.export_requests,
             "export_retries": stats.export_retries,
             "breaker_openings": stats.breaker_openings,
+            "statements_open_at_close": stats.statements_open_at_close,
             "elapsed_ms": report.elapsed.as_millis() as u64,
             "close_ms": report.close_max.as_millis() as u64,
             "peak_rss_kib": peak,
