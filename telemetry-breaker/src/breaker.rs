@@ -41,6 +41,10 @@ pub struct BreakerConfig {
     pub half_open_max_probes: u32,
     /// Successful probes that close the breaker. Default 2.
     pub success_threshold: u32,
+    /// Each open period is lengthened by a random share of itself, up to this fraction
+    /// (`0.0..=1.0`), so that many processes whose breakers opened together (a fleet behind
+    /// one endpoint) do not probe together. Default 0 (exact periods).
+    pub open_jitter: f64,
 }
 
 impl Default for BreakerConfig {
@@ -51,6 +55,7 @@ impl Default for BreakerConfig {
             max_open_duration: Duration::from_secs(600),
             half_open_max_probes: 1,
             success_threshold: 2,
+            open_jitter: 0.0,
         }
     }
 }
@@ -126,8 +131,21 @@ impl BreakerConfig {
         if self.success_threshold == 0 {
             return bad("success_threshold", "must be at least 1");
         }
+        if !(0.0..=1.0).contains(&self.open_jitter) {
+            return bad("open_jitter", "must be in 0.0..=1.0");
+        }
         Ok(())
     }
+}
+
+/// A random number in `0.0..1.0`, from the standard library's randomly keyed hasher (each
+/// `RandomState` has fresh keys): enough to spread probes, and called only when a breaker
+/// opens.
+fn random_fraction() -> f64 {
+    use std::hash::BuildHasher;
+    let bits = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    // The top 53 bits, as the mantissa of a number in [0, 1).
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// `now + d`, or a year on if the clock cannot hold it (an Instant spans centuries, so a year
@@ -386,9 +404,16 @@ impl CircuitBreaker {
 
     fn open_for(&self, retry_after: Option<Duration>) -> Duration {
         let c = &self.inner.config;
-        retry_after
+        let base = retry_after
             .map_or(c.open_duration, |r| r.max(c.open_duration))
-            .min(c.max_open_duration)
+            .min(c.max_open_duration);
+        // A NaN or out-of-range jitter (a config not validated) adds nothing.
+        let share = if (0.0..=1.0).contains(&c.open_jitter) {
+            c.open_jitter * random_fraction()
+        } else {
+            0.0
+        };
+        base.saturating_add(base.mul_f64(share))
     }
 
     /// Asks to run one call. On success, record the call's outcome on the permit; a permit

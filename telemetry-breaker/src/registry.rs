@@ -1,22 +1,40 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::breaker::{BreakerConfig, CircuitBreaker};
+use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 
-/// Breakers without a lease (open or half-open ones, kept until they close) a registry keeps
-/// at most; past it the oldest idle ones go.
+/// Breakers without a lease (kept because they remember failures, an open or half-open
+/// state) a registry keeps at most. Past it, idle breakers go in this order: those at rest,
+/// then closed ones counting failures, then open and half-open ones last (forgetting one
+/// forgets an outage); within each, the least recently used first.
 pub const MAX_IDLE_BREAKERS: usize = 1024;
 
 struct Entry {
     breaker: CircuitBreaker,
     leases: usize,
+    /// The registry's use counter when the entry was last leased or looked up.
+    last_used: u64,
+}
+
+impl Entry {
+    /// Which idle breakers go first: 0 at rest, 1 counting failures, 2 open or half-open.
+    fn keep_rank(&self) -> u8 {
+        match self.breaker.state() {
+            BreakerState::Open | BreakerState::HalfOpen => 2,
+            BreakerState::Closed if self.breaker.is_at_rest() => 0,
+            BreakerState::Closed => 1,
+        }
+    }
 }
 
 struct Shared<K> {
     config: BreakerConfig,
     map: Mutex<HashMap<K, Entry>>,
+    /// Counts uses, to order entries by recency.
+    uses: AtomicU64,
 }
 
 /// One breaker per key (typically a host), created on first use with a shared config.
@@ -58,6 +76,7 @@ impl<K: Eq + Hash + Clone + fmt::Display> CircuitBreakerRegistry<K> {
             shared: Arc::new(Shared {
                 config,
                 map: Mutex::new(HashMap::new()),
+                uses: AtomicU64::new(0),
             }),
         }
     }
@@ -68,10 +87,38 @@ impl<K: Eq + Hash + Clone + fmt::Display> CircuitBreakerRegistry<K> {
     }
 
     fn entry<'a>(&self, map: &'a mut HashMap<K, Entry>, key: &K) -> &'a mut Entry {
-        map.entry(key.clone()).or_insert_with(|| Entry {
+        let now = self.shared.uses.fetch_add(1, Ordering::Relaxed);
+        let entry = map.entry(key.clone()).or_insert_with(|| Entry {
             breaker: CircuitBreaker::new(key.to_string(), self.shared.config.clone()),
             leases: 0,
-        })
+            last_used: now,
+        });
+        entry.last_used = now;
+        entry
+    }
+
+    /// Makes room for one more idle breaker: removes the idle entries past
+    /// [`MAX_IDLE_BREAKERS`], at rest first, open and half-open last, least recently used
+    /// first within each.
+    fn evict_idle(map: &mut HashMap<K, Entry>) {
+        let mut idle: Vec<(u8, u64, &K)> = map
+            .iter()
+            .filter(|(_, e)| e.leases == 0)
+            .map(|(k, e)| (e.keep_rank(), e.last_used, k))
+            .collect();
+        if idle.len() < MAX_IDLE_BREAKERS {
+            return;
+        }
+        let excess = idle.len() + 1 - MAX_IDLE_BREAKERS;
+        idle.sort_unstable_by_key(|(rank, used, _)| (*rank, *used));
+        let victims: Vec<K> = idle
+            .into_iter()
+            .take(excess)
+            .map(|(_, _, k)| k.clone())
+            .collect();
+        for k in victims {
+            map.remove(&k);
+        }
     }
 
     /// The breaker for `key`, created if absent. It stays until [`remove`](Self::remove).
@@ -80,28 +127,24 @@ impl<K: Eq + Hash + Clone + fmt::Display> CircuitBreakerRegistry<K> {
         self.entry(&mut map, &key).breaker.clone()
     }
 
-    /// The breaker for `key`, if present.
+    /// The breaker for `key`, if present (a use: it counts as recent for eviction).
     pub fn get(&self, key: &K) -> Option<CircuitBreaker> {
-        self.map().get(key).map(|e| e.breaker.clone())
+        let now = self.shared.uses.fetch_add(1, Ordering::Relaxed);
+        self.map().get_mut(key).map(|e| {
+            e.last_used = now;
+            e.breaker.clone()
+        })
     }
 
     /// A reference-counted use of `key`'s breaker. When the last lease is dropped a breaker
     /// at rest ([`CircuitBreaker::is_at_rest`]) is removed; one that is open, half-open or
     /// counting failures stays, so that the next user of the key (a driver opening one
     /// connection per request) carries on where the last one left off. At most
-    /// [`MAX_IDLE_BREAKERS`] breakers without a lease are kept.
+    /// [`MAX_IDLE_BREAKERS`] breakers without a lease are kept (see there for which go).
     pub fn lease(&self, key: K) -> BreakerLease<K> {
         let mut map = self.map();
         if !map.contains_key(&key) {
-            let idle = map.values().filter(|e| e.leases == 0).count();
-            if idle >= MAX_IDLE_BREAKERS {
-                let mut excess = idle + 1 - MAX_IDLE_BREAKERS;
-                map.retain(|_, e| {
-                    let drop = excess > 0 && e.leases == 0;
-                    excess -= usize::from(drop);
-                    !drop
-                });
-            }
+            Self::evict_idle(&mut map);
         }
         let entry = self.entry(&mut map, &key);
         entry.leases += 1;

@@ -58,8 +58,11 @@ impl Default for TelemetryConfig {
             force_enable: false,
             aggregation: AggregatorConfig::default(),
             export: ExportConfig::default(),
+            // Open periods spread by up to a quarter, so that a fleet whose breakers opened
+            // in the same outage does not probe in the same second.
             breaker: BreakerConfig {
                 max_open_duration: Duration::from_secs(60),
+                open_jitter: 0.25,
                 ..BreakerConfig::default()
             },
             flags: FlagCacheConfig::default(),

@@ -374,6 +374,68 @@ async fn idle_breakers_are_bounded() {
     drop(busy);
 }
 
+#[tokio::test(start_paused = true)]
+async fn eviction_goes_least_recently_used_and_keeps_open_breakers_last() {
+    let reg = CircuitBreakerRegistry::new(BreakerConfig::default());
+    // One open breaker, idle, used first (the oldest of all).
+    let open = reg.lease("open".to_string());
+    for _ in 0..5 {
+        open.breaker().try_acquire().unwrap().failure();
+    }
+    assert_eq!(open.breaker().state(), BreakerState::Open);
+    drop(open);
+    // Then closed breakers counting one failure each, idle, up to the cap.
+    for i in 0..crate::MAX_IDLE_BREAKERS - 1 {
+        let lease = reg.lease(format!("h{i}"));
+        lease.breaker().try_acquire().unwrap().failure();
+    }
+    assert_eq!(reg.len(), crate::MAX_IDLE_BREAKERS);
+    // h0 is used again: it is now recent.
+    assert!(reg.get(&"h0".to_string()).is_some());
+    let newcomer = reg.lease("new".to_string());
+    assert_eq!(reg.len(), crate::MAX_IDLE_BREAKERS);
+    assert!(
+        reg.get(&"open".to_string()).is_some(),
+        "the open one is kept"
+    );
+    assert!(reg.get(&"h0".to_string()).is_some(), "recently used: kept");
+    assert!(
+        reg.get(&"h1".to_string()).is_none(),
+        "least recently used: gone"
+    );
+    drop(newcomer);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_open_period_is_jittered_within_its_bound() {
+    let config = BreakerConfig {
+        policy: FailurePolicy::Consecutive { threshold: 1 },
+        open_duration: Duration::from_secs(60),
+        open_jitter: 0.5,
+        ..BreakerConfig::default()
+    };
+    assert!(config.validate().is_ok());
+    let mut periods = Vec::new();
+    for _ in 0..40 {
+        let b = CircuitBreaker::new("h", config.clone());
+        b.try_acquire().unwrap().failure();
+        let mut waited = 0;
+        while b.try_acquire().is_err() {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            waited += 1;
+        }
+        periods.push(waited);
+    }
+    assert!(periods.iter().all(|p| (60..=91).contains(p)), "{periods:?}");
+    let distinct: std::collections::BTreeSet<_> = periods.iter().collect();
+    assert!(distinct.len() > 5, "spread: {periods:?}");
+    let bad = BreakerConfig {
+        open_jitter: 1.5,
+        ..BreakerConfig::default()
+    };
+    assert!(bad.validate().is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_stress_keeps_counters_consistent() {
     // Real time with a 1 ms opening, so the breaker cycles through every state many times.
