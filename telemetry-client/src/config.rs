@@ -39,7 +39,8 @@ pub struct TelemetryConfig {
     pub export: ExportConfig,
     /// The breaker in front of each host's export endpoint. Default: 5 consecutive failures
     /// open it for 60 s (at most 60 s even when a `Retry-After` asks for longer, the longest
-    /// `Retry-After` a retry honours), 2 successful probes of 1 close it.
+    /// `Retry-After` a retry honours), lengthened by up to 25 % at random (`open_jitter`),
+    /// 2 successful probes of 1 close it. Every attempt, retries included, asks it first.
     pub breaker: BreakerConfig,
     /// Feature-flag caching (TTL 15 min, failure backoff). Its `switch` is set by the
     /// provider from [`ProviderOptions::switch`](crate::ProviderOptions::switch).

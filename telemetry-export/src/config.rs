@@ -31,6 +31,10 @@ pub struct ExportConfig {
     /// Send with the connection's credentials to `/telemetry-ext` when it has some; `false`
     /// always uses `/telemetry-unauth`. Default `true`.
     pub authenticated_export: bool,
+    /// Requests one host sends at once, at most. After a failure the endpoint answered, the
+    /// host sends one at a time, and each success allows one more, back up to this (additive
+    /// increase, multiplicative decrease). Default 4; 1..=64.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ExportConfig {
@@ -41,6 +45,7 @@ impl Default for ExportConfig {
             flag_wait_timeout: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(5),
             authenticated_export: true,
+            max_concurrent_requests: 4,
         }
     }
 }
@@ -69,6 +74,13 @@ impl ExportConfig {
             Duration::from_secs(60),
             "auth_timeout",
             "must be in 1 ms..=1 min",
+        )?;
+        ConfigError::check_range(
+            self.max_concurrent_requests,
+            1,
+            64,
+            "max_concurrent_requests",
+            "must be in 1..=64",
         )
     }
 }

@@ -7,6 +7,7 @@
 //! [`crate::encode`].
 
 mod group;
+mod pacing;
 mod request;
 mod send;
 mod settle;
@@ -25,7 +26,8 @@ use telemetry_types::sink::BatchSink;
 use telemetry_types::transport::HttpTransport;
 
 use crate::config::ExportConfig;
-use group::Group;
+use group::{Fingerprints, Group};
+use pacing::Pacing;
 pub use send::parse_retry_after;
 use settle::Unsettled;
 
@@ -58,6 +60,9 @@ pub struct ExportStats {
     pub last_error: Option<String>,
     /// The host's breaker (shared with the host's earlier and later exporters).
     pub breaker: telemetry_breaker::BreakerStats,
+    /// Requests the host may have in flight now: `max_concurrent_requests` while healthy, 1
+    /// after a failure the endpoint answered, one more per success.
+    pub concurrency_limit: usize,
     /// Times the host's breaker opened while this exporter existed: the breaker outlives
     /// exporters, so totals over exporters add these, not `breaker.openings`.
     pub breaker_openings: u64,
@@ -91,12 +96,15 @@ struct Counters {
 /// Sends one host's batches to its telemetry endpoint. Implements [`BatchSink`].
 ///
 /// Per batch: ask the flag gate (wait up to `flag_wait_timeout` while unknown; drop unless
-/// enabled), group rows by the credentials of their connection, then per group, side by
-/// side, ask the group's auth provider through the plug-in boundary, build the body, pick
-/// the endpoint (`/telemetry-ext` with credentials, `/telemetry-unauth` without, with the
-/// privacy rules applied) and send it through the host's breaker, which sees the request and
-/// its retries as one call. A group's failure (its auth provider, its transport) costs only
-/// that group's rows.
+/// enabled), group rows by the credentials of their connection (by what the credentials
+/// resolve to, so one tenant's connections share requests), then per group, side by side,
+/// ask the group's auth provider through the plug-in boundary, build the body, pick the
+/// endpoint (`/telemetry-ext` with credentials, `/telemetry-unauth` without, with the
+/// privacy rules applied) and send it. Each attempt, retries included, asks the host's
+/// breaker first; the host sends at most `max_concurrent_requests` at once, one at a time
+/// after a failure until a success, and a `Retry-After` pauses the whole host. A group's
+/// failure (its auth provider, its transport) costs only that group's rows. Rows the server
+/// says it did not accept (`numProtoSuccess`) are dropped `server_rejected`.
 pub struct DatabricksExporter {
     host: Host,
     config: ExportConfig,
@@ -107,6 +115,8 @@ pub struct DatabricksExporter {
     counters: Counters,
     /// The breaker's openings when this exporter was made.
     openings_before: u64,
+    pacing: Pacing,
+    fingerprints: Fingerprints,
 }
 
 impl fmt::Debug for DatabricksExporter {
@@ -133,13 +143,15 @@ impl DatabricksExporter {
     ) -> Self {
         Self {
             host,
-            config,
             transport,
             gate,
             user_agent: user_agent.into(),
             counters: Counters::default(),
             openings_before: breaker.stats().openings,
             breaker,
+            pacing: Pacing::new(config.max_concurrent_requests),
+            fingerprints: Fingerprints::new(),
+            config,
         }
     }
 
@@ -167,6 +179,7 @@ impl DatabricksExporter {
                 .clone(),
             breaker,
             breaker_openings: breaker.openings.saturating_sub(self.openings_before),
+            concurrency_limit: self.pacing.limit(),
         }
     }
 
@@ -203,7 +216,8 @@ impl DatabricksExporter {
         }
         // Credential groups go out side by side: one tenant's slow, hanging or failing auth
         // provider delays or loses only its own rows.
-        let sends: Vec<BoxFuture<'_, ()>> = group::group(&batch, self.config.authenticated_export)
+        let groups = group::group(&batch, self.config.authenticated_export, &self.fingerprints);
+        let sends: Vec<BoxFuture<'_, ()>> = groups
             .into_iter()
             .map(|g| Box::pin(self.send_group(g, unsettled)) as BoxFuture<'_, ()>)
             .collect();
@@ -213,7 +227,12 @@ impl DatabricksExporter {
     async fn send_group(&self, group: Group<'_>, unsettled: &Unsettled<'_>) {
         let n = group.rows.len();
         let auth_headers = match self.credentials(group.auth.as_ref()).await {
-            Ok(h) => h,
+            Ok(h) => {
+                if let (Some(auth), Some(headers)) = (&group.auth, &h) {
+                    self.fingerprints.learn(auth, headers);
+                }
+                h
+            }
             Err(error) => {
                 return unsettled.drop_rows(DropReason::AuthFailed, n, Some(error));
             }
@@ -229,26 +248,28 @@ impl DatabricksExporter {
             .transport
             .clone()
             .unwrap_or_else(|| self.transport.clone());
-        let sent = self
-            .breaker
-            .call_admitted(
-                |admission| self.send_with_retries(&*transport, &request, admission),
-                |result| match result {
-                    Ok(()) => telemetry_breaker::Outcome::Success,
-                    Err(f) => f.outcome(),
-                },
-            )
-            .await;
+        let sent = {
+            let _slot = self.pacing.acquire().await;
+            self.send_with_retries(&*transport, &request).await
+        };
         match sent {
-            Err(_rejected) => unsettled.drop_rows(DropReason::BreakerOpen, n, None),
-            Ok(Ok(())) => unsettled.exported(n),
-            Ok(Err(failure)) => {
+            Ok(accepted) => {
+                let taken = accepted
+                    .logs
+                    .map_or(n, |logs| usize::try_from(logs).unwrap_or(usize::MAX).min(n));
+                unsettled.exported(taken);
+                if taken < n {
+                    unsettled.drop_rows(DropReason::ServerRejected, n - taken, accepted.error);
+                }
+            }
+            Err(failure) => {
                 if failure.is_not_the_endpoints()
                     && !self.counters.warned_terminal.swap(true, Ordering::Relaxed)
                 {
                     tracing::warn!(host = %self.host, error = %failure.error, reason = failure.reason.as_str(), "telemetry request refused or not sent; telemetry rows are dropped (logged once)");
                 }
-                unsettled.drop_rows(failure.reason, n, Some(failure.error));
+                let error = Some(failure.error).filter(|e| !e.is_empty());
+                unsettled.drop_rows(failure.reason, n, error);
             }
         }
     }

@@ -14,11 +14,14 @@ use telemetry_types::random::random_up_to;
 use telemetry_types::validation::ConfigError;
 
 /// How often and how patiently one request is retried:
-/// delay before retry `n` (from 0) = `min(base * 2^n, max) + random(0..=jitter)`, or the
-/// server's `Retry-After` (bounded by `max_retry_after`) when that is longer.
+/// delay before retry `n` (from 0) = `random(0..=min(base * 2^n, max)) + random(0..=jitter)`
+/// ("full jitter": a fleet's retries after a shared failure spread over the whole window
+/// instead of arriving together; without `full_jitter`, `min(base * 2^n, max) +
+/// random(0..=jitter)`), or the server's `Retry-After` (bounded by `max_retry_after`) plus
+/// `random(0..=jitter)` when that is longer.
 ///
 /// Defaults follow the Node.js driver: 3 retries, 100 ms base, 1 s max, 100 ms jitter, and a
-/// `Retry-After` honoured up to 60 s.
+/// `Retry-After` honoured up to 60 s; full jitter on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetryPolicy {
@@ -35,6 +38,9 @@ pub struct RetryPolicy {
     pub max_retry_after: Duration,
     /// Longest time all the waits of one request may add up to. Default 15 s; at most 1 h.
     pub max_total_wait: Duration,
+    /// Whether the backoff itself is drawn at random below its bound (full jitter). Default
+    /// true.
+    pub full_jitter: bool,
 }
 
 impl Default for RetryPolicy {
@@ -46,6 +52,7 @@ impl Default for RetryPolicy {
             jitter: Duration::from_millis(100),
             max_retry_after: Duration::from_secs(60),
             max_total_wait: Duration::from_secs(15),
+            full_jitter: true,
         }
     }
 }
@@ -105,11 +112,14 @@ impl RetryPolicy {
         if retry_after.is_some_and(|r| r > self.max_retry_after) {
             return None;
         }
-        let jitter_ms = u64::try_from(self.jitter.as_millis()).unwrap_or(u64::MAX);
-        let backoff = self
-            .backoff(attempt)
-            .saturating_add(Duration::from_millis(random_up_to(jitter_ms)));
-        Some(retry_after.map_or(backoff, |r| r.max(backoff)))
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let jitter = Duration::from_millis(random_up_to(ms(self.jitter)));
+        let backoff = match self.backoff(attempt) {
+            b if self.full_jitter => Duration::from_millis(random_up_to(ms(b))),
+            b => b,
+        }
+        .saturating_add(jitter);
+        Some(retry_after.map_or(backoff, |r| r.saturating_add(jitter).max(backoff)))
     }
 }
 
@@ -199,6 +209,7 @@ mod tests {
     fn retry_after_is_a_floor_and_past_its_cap_ends_the_retries() {
         let p = RetryPolicy {
             jitter: Duration::ZERO,
+            full_jitter: false,
             ..RetryPolicy::default()
         };
         let ms = |n| Some(Duration::from_millis(n));
@@ -212,6 +223,7 @@ mod tests {
             backoff_base: Duration::MAX,
             backoff_max: Duration::MAX,
             jitter: Duration::MAX,
+            full_jitter: false,
             ..RetryPolicy::default()
         };
         assert_eq!(
@@ -237,11 +249,27 @@ mod tests {
         RetryPolicy::default().validate().unwrap();
     }
 
+    #[test]
+    fn full_jitter_spreads_the_backoff_over_its_whole_window() {
+        let p = RetryPolicy {
+            jitter: Duration::ZERO,
+            ..RetryPolicy::default()
+        };
+        let waits: Vec<u128> = (0..200)
+            .map(|_| p.wait(3, None).unwrap().as_millis())
+            .collect();
+        assert!(waits.iter().all(|w| *w <= 800), "bounded by the backoff");
+        assert!(waits.iter().any(|w| *w < 200) && waits.iter().any(|w| *w > 600));
+        let after = p.wait(0, Some(Duration::from_secs(3))).unwrap();
+        assert_eq!(after, Duration::from_secs(3), "a Retry-After is a floor");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn stops_after_max_retries_and_reports_each_wait() {
         let policy = RetryPolicy {
             max_retries: 2,
             jitter: Duration::ZERO,
+            full_jitter: false,
             ..RetryPolicy::default()
         };
         let mut tries = 0;

@@ -56,11 +56,16 @@ pub enum DropReason {
     Redirect,
     /// Event: the runtime the caller handed in was shut down, so nothing could process it.
     RuntimeGone,
+    /// Row: the endpoint answered 2xx but said it accepted fewer logs than were sent
+    /// (`numProtoSuccess` below the count, with its `errors`): the rest are counted here, so
+    /// that `exported` means accepted by the server. Not retried (the server refused their
+    /// content, not the request).
+    ServerRejected,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         Self::QueueFull,
         Self::AfterClose,
         Self::PendingCap,
@@ -78,6 +83,7 @@ impl DropReason {
         Self::Plugin,
         Self::Redirect,
         Self::RuntimeGone,
+        Self::ServerRejected,
     ];
 
     /// Stable snake-case name (logs, the simulator's JSON).
@@ -100,6 +106,7 @@ impl DropReason {
             Self::Plugin => "plugin_failed",
             Self::Redirect => "redirect",
             Self::RuntimeGone => "runtime_gone",
+            Self::ServerRejected => "server_rejected",
         }
     }
 

@@ -1,22 +1,22 @@
-//! Sending one request: through the host's breaker, with retries, each attempt through the
-//! plug-in boundary, each answer classified. Only what the endpoint answered counts for the
+//! Sending one request: with retries, each attempt admitted by the host's breaker and paced
+//! with the host's other requests, sent through the plug-in boundary, its answer classified. Only what the endpoint answered counts for the
 //! breaker; a local failure (the transport plug-in panicked or hung, a redirect refused, a
 //! terminal refusal of ours) never does.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use telemetry_breaker::{Admission, Outcome};
+use telemetry_breaker::Outcome;
 use telemetry_types::boundary;
 use telemetry_types::classify::{
     ErrorClass, TransportErrorKind, classify_http_status, classify_transport,
 };
 use telemetry_types::drops::DropReason;
-use telemetry_types::redact::redact;
+use telemetry_types::redact::{cap_at_word, redact};
 use telemetry_types::transport::{HttpRequest, HttpTransport};
 
 use super::DatabricksExporter;
-use crate::retry::{Retry, RetryPolicy, retry_with_backoff};
+use crate::retry::{Retry, retry_with_backoff};
 
 /// Why one attempt (or, after its retries, one request) failed.
 pub(super) struct SendFailure {
@@ -24,6 +24,9 @@ pub(super) struct SendFailure {
     class: ErrorClass,
     /// The server's `Retry-After`, as it asked.
     retry_after: Option<Duration>,
+    /// The attempt was the breaker's probe: its answer decides the breaker, and a retry
+    /// would hold the probe slot, so it is not retried.
+    probe: bool,
     pub(super) error: String,
 }
 
@@ -37,7 +40,7 @@ impl SendFailure {
     }
 
     /// What the breaker records for this failure.
-    pub(super) fn outcome(&self) -> Outcome {
+    fn outcome(&self) -> Outcome {
         if self.is_not_the_endpoints() {
             Outcome::Ignored
         } else {
@@ -46,33 +49,78 @@ impl SendFailure {
             }
         }
     }
+
+    /// The breaker refused the attempt: the request ends, its rows dropped `breaker_open`.
+    fn breaker_open() -> Self {
+        Self {
+            reason: DropReason::BreakerOpen,
+            class: ErrorClass::Terminal,
+            retry_after: None,
+            probe: false,
+            error: String::new(),
+        }
+    }
+}
+
+/// What the endpoint said of a request it accepted (2xx).
+pub(super) struct Accepted {
+    /// Logs it says it accepted (`numProtoSuccess`), when its answer says so.
+    pub(super) logs: Option<u64>,
+    /// Its first error, redacted, when it reported some.
+    pub(super) error: Option<String>,
+}
+
+/// The endpoint's answer to an export, as far as it is read: every field optional (the
+/// answer is not required to have a body at all).
+#[derive(serde::Deserialize)]
+struct ExportAnswer {
+    #[serde(rename = "numProtoSuccess")]
+    num_proto_success: Option<u64>,
+    #[serde(default)]
+    errors: Vec<serde_json::Value>,
+}
+
+/// Longest server error text kept, in bytes.
+const MAX_SERVER_ERROR_BYTES: usize = 256;
+
+impl Accepted {
+    fn from_body(body: &[u8]) -> Self {
+        match serde_json::from_slice::<ExportAnswer>(body) {
+            Ok(a) => Self {
+                logs: a.num_proto_success,
+                error: a.errors.first().map(|e| {
+                    let text = match e {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    redact(&cap_at_word(&text, MAX_SERVER_ERROR_BYTES))
+                }),
+            },
+            Err(_) => Self {
+                logs: None,
+                error: None,
+            },
+        }
+    }
 }
 
 impl DatabricksExporter {
-    /// The first try and up to `max_retries` retries of one request; a breaker's probe is a
-    /// single attempt (its answer decides the breaker, and retries would hold the probe slot).
+    /// The first try and up to `max_retries` retries of one request. Every attempt asks the
+    /// host's breaker first (a loop in flight stops as soon as the breaker opens), honours a
+    /// pause the server asked of the host, and tells the breaker and the host's pacing what
+    /// the endpoint answered; a probe is a single attempt.
     pub(super) async fn send_with_retries(
         &self,
         transport: &dyn HttpTransport,
         request: &HttpRequest,
-        admission: Admission,
-    ) -> Result<(), SendFailure> {
-        let probe_policy;
-        let policy = match admission {
-            Admission::Probe => {
-                probe_policy = RetryPolicy {
-                    max_retries: 0,
-                    ..self.config.retry.clone()
-                };
-                &probe_policy
-            }
-            _ => &self.config.retry,
-        };
+    ) -> Result<Accepted, SendFailure> {
         retry_with_backoff(
-            policy,
-            || self.send_once(transport, request.clone()),
+            &self.config.retry,
+            || self.attempt(transport, request),
             |result| match result {
-                Err(f) if f.class == ErrorClass::Retryable => Retry::After(f.retry_after),
+                Err(f) if f.class == ErrorClass::Retryable && !f.probe => {
+                    Retry::After(f.retry_after)
+                }
                 _ => Retry::Stop,
             },
             |attempt, wait| {
@@ -83,22 +131,56 @@ impl DatabricksExporter {
         .await
     }
 
-    /// One attempt through the plug-in boundary, classified.
+    /// One attempt: admitted by the breaker, sent, and its answer recorded.
+    async fn attempt(
+        &self,
+        transport: &dyn HttpTransport,
+        request: &HttpRequest,
+    ) -> Result<Accepted, SendFailure> {
+        self.pacing.honour_pause().await;
+        let Ok(permit) = self.breaker.try_acquire() else {
+            return Err(SendFailure::breaker_open());
+        };
+        let probe = permit.is_probe();
+        match self.send_once(transport, request.clone()).await {
+            Ok(accepted) => {
+                permit.success();
+                self.pacing.succeeded();
+                Ok(accepted)
+            }
+            Err(mut failure) => {
+                let outcome = failure.outcome();
+                permit.record(outcome);
+                if matches!(outcome, Outcome::Failure { .. }) {
+                    self.pacing.failed();
+                }
+                if let Some(r) = failure.retry_after {
+                    // The whole host waits, not only this request.
+                    self.pacing.pause(r.min(self.config.retry.max_retry_after));
+                }
+                failure.probe = probe;
+                Err(failure)
+            }
+        }
+    }
+
+    /// One request through the plug-in boundary, classified.
     async fn send_once(
         &self,
         transport: &dyn HttpTransport,
         request: HttpRequest,
-    ) -> Result<(), SendFailure> {
+    ) -> Result<Accepted, SendFailure> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         match boundary::send(transport, request).await {
             Ok(resp) if (200..300).contains(&resp.status) => {
                 tracing::debug!(host = %self.host, status = resp.status, body = %String::from_utf8_lossy(&resp.body), "telemetry batch exported");
-                Ok(())
+                Ok(Accepted::from_body(&resp.body))
             }
             Ok(resp) => Err(SendFailure {
                 reason: DropReason::for_status(resp.status),
                 class: classify_http_status(resp.status),
                 retry_after: resp.header("retry-after").and_then(parse_retry_after),
+                probe: false,
                 error: format!("HTTP {}", resp.status),
             }),
             Err(e) => Err(SendFailure {
@@ -109,6 +191,7 @@ impl DatabricksExporter {
                 },
                 class: classify_transport(e.kind),
                 retry_after: None,
+                probe: false,
                 error: redact(&e.to_string()),
             }),
         }

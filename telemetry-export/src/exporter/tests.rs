@@ -127,14 +127,12 @@ async fn retries_retryable_statuses_up_to_the_limit(#[case] code: u16, #[case] r
         s.last_error.as_deref(),
         Some(format!("HTTP {code}").as_str())
     );
-    // Backoff grows: gaps of at least 100, 200, 400 ms (plus at most 100 ms jitter).
+    // Full jitter: each gap is drawn below its growing bound of 100, 200, 400 ms (plus at
+    // most 100 ms of jitter).
     let times = t.times();
     for (i, base) in [100u64, 200, 400].iter().enumerate() {
         let gap = times[i + 1] - times[i];
-        assert!(
-            gap >= Duration::from_millis(*base) && gap <= Duration::from_millis(base + 100),
-            "gap {i}: {gap:?}"
-        );
+        assert!(gap <= Duration::from_millis(base + 100), "gap {i}: {gap:?}");
     }
 }
 
@@ -413,18 +411,30 @@ fn future_http_date_is_a_delay() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_half_open_probe_is_one_attempt() {
+async fn the_breaker_sees_every_attempt_and_a_probe_is_one() {
     let t = Scripted::new(vec![Ok(status(503))]);
     let e = exporter(t.clone());
     let c = conn_with(Some("tok"));
-    for _ in 0..5 {
-        e.export(rows(&c, 1)).await;
-    }
+    e.export(rows(&c, 1)).await;
+    assert_eq!(t.count(), 4, "first try and 3 retries, each a failure");
+    e.export(rows(&c, 1)).await;
+    assert_eq!(
+        t.count(),
+        5,
+        "the fifth failure opened it: the retry was refused"
+    );
     assert_eq!(e.breaker().state(), BreakerState::Open);
-    assert_eq!(t.count(), 5 * 4, "closed: first try and 3 retries each");
+    let s = e.stats();
+    assert_eq!(s.dropped(DropReason::Http5xx), 1);
+    assert_eq!(
+        s.dropped(DropReason::BreakerOpen),
+        1,
+        "the loop in flight stopped"
+    );
+    assert_eq!(s.concurrency_limit, 1, "one at a time after a failure");
     tokio::time::advance(Duration::from_secs(60)).await;
     e.export(rows(&c, 1)).await;
-    assert_eq!(t.count(), 5 * 4 + 1, "the probe is a single request");
+    assert_eq!(t.count(), 6, "the probe is a single request");
     assert_eq!(e.breaker().state(), BreakerState::Open, "and it re-opened");
 }
 
@@ -719,5 +729,136 @@ mod one_encoding {
             let parsed: TelemetryRequest = serde_json::from_slice(&body).unwrap();
             prop_assert_eq!(parsed.proto_logs.len(), logs.len());
         }
+    }
+}
+
+mod fleet_safety {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_exports_against_a_failing_endpoint_cost_it_the_threshold_at_most() {
+        let t = Scripted::new(vec![Ok(status(503))]);
+        let e = exporter(t.clone());
+        let c = conn_with(Some("tok"));
+        let exports: Vec<_> = (0..8).map(|_| e.export(rows(&c, 10))).collect();
+        join_all(exports).await;
+        let s = e.stats();
+        // Four in flight fail together, then one at a time: the fifth failure opens the
+        // breaker and every loop still in flight stops.
+        assert_eq!(t.count(), 5, "{s:?}");
+        assert_eq!(e.breaker().state(), BreakerState::Open);
+        assert_eq!(s.rows_exported + s.total_dropped(), 80);
+        assert_eq!(
+            s.dropped(DropReason::BreakerOpen),
+            80 - s.dropped(DropReason::Http5xx)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_pauses_every_request_of_the_host() {
+        let t = Scripted::new(vec![Ok(with_retry_after(429, "7")), Ok(status(200))]);
+        let e = Arc::new(exporter(t.clone()));
+        let c = conn_with(Some("tok"));
+        let first = e.export(rows(&c, 1));
+        let e2 = e.clone();
+        let c2 = c.clone();
+        let second = async move {
+            // Starts after the 429 came back.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            e2.export(rows(&c2, 1)).await;
+        };
+        let start = Instant::now();
+        tokio::join!(first, second);
+        let times = t.times();
+        assert_eq!(times.len(), 3, "the 429, then both rows' requests");
+        for at in &times[1..] {
+            assert!(*at - start >= Duration::from_secs(7), "{:?}", *at - start);
+        }
+        assert_eq!(e.stats().rows_exported, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_the_server_did_not_accept_are_dropped_with_their_own_reason() {
+        let answer = HttpResponse {
+            status: 200,
+            headers: vec![],
+            body: br#"{"errors":["log 3: bad field at https://x.example/?sig=abc"],"numSuccess":0,"numProtoSuccess":3,"numRealtimeSuccess":0}"#.to_vec(),
+            body_truncated: false,
+        };
+        let t = Scripted::new(vec![Ok(answer)]);
+        let e = exporter(t.clone());
+        e.export(rows(&conn_with(Some("tok")), 5)).await;
+        let s = e.stats();
+        assert_eq!(
+            (s.rows_exported, s.dropped(DropReason::ServerRejected)),
+            (3, 2)
+        );
+        assert_eq!(t.count(), 1, "not retried: the server refused the content");
+        let error = s.last_error.unwrap();
+        assert!(
+            error.contains("bad field") && !error.contains("sig=abc"),
+            "{error}"
+        );
+    }
+
+    #[rstest]
+    #[case::no_body(b"".to_vec())]
+    #[case::not_json(b"ok".to_vec())]
+    #[case::no_count(br#"{"errors":[]}"#.to_vec())]
+    #[case::more_than_sent(br#"{"numProtoSuccess":99}"#.to_vec())]
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_without_a_usable_count_means_all_accepted(#[case] body: Vec<u8>) {
+        let answer = HttpResponse {
+            status: 200,
+            headers: vec![],
+            body,
+            body_truncated: false,
+        };
+        let e = exporter(Scripted::new(vec![Ok(answer)]));
+        e.export(rows(&conn_with(Some("tok")), 4)).await;
+        let s = e.stats();
+        assert_eq!((s.rows_exported, s.total_dropped()), (4, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_tenants_connections_share_requests_whatever_their_provider_objects() {
+        let t = Scripted::new(vec![]);
+        let e = exporter(t.clone());
+        // Three connections, each with its own provider object for the same token, and one
+        // of another tenant.
+        let same: Vec<_> = (0..3).map(|_| conn_with(Some("token-a"))).collect();
+        let other = conn_with(Some("token-b"));
+        let batch = |n| {
+            let mut b = Vec::new();
+            for c in &same {
+                b.extend(rows(c, n));
+            }
+            b.extend(rows(&other, n));
+            b
+        };
+        e.export(batch(2)).await;
+        assert_eq!(t.count(), 4, "first batch: each provider asked once");
+        e.export(batch(2)).await;
+        let reqs = t.requests();
+        assert_eq!(reqs.len(), 4 + 2, "then one request per credential");
+        let auth_of = |r: &HttpRequest| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == "Authorization")
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        for r in &reqs[4..] {
+            let logs = serde_json::from_slice::<Value>(&r.body).unwrap()["protoLogs"]
+                .as_array()
+                .unwrap()
+                .len();
+            match auth_of(r).as_str() {
+                "Bearer token-a" => assert_eq!(logs, 6),
+                "Bearer token-b" => assert_eq!(logs, 2),
+                other => panic!("{other}"),
+            }
+        }
+        assert_eq!(e.stats().rows_exported, 16);
     }
 }

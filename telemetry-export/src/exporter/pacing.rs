@@ -1,0 +1,185 @@
+//! How much one host asks of its endpoint: a limit on requests in flight that collapses to
+//! one after a failure the endpoint answered and grows back by one per success (additive
+//! increase, multiplicative decrease), and a pause every request of the host honours when the
+//! server asked for one (`Retry-After`).
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+struct State {
+    limit: usize,
+    in_flight: usize,
+    paused_until: Option<Instant>,
+}
+
+/// One host's pacing, shared by every request of its exporter.
+pub(super) struct Pacing {
+    max: usize,
+    state: Mutex<State>,
+    freed: Notify,
+}
+
+/// A request's place among those in flight; given back on drop (a request cut at a close
+/// deadline frees its place too).
+pub(super) struct Slot<'a> {
+    pacing: &'a Pacing,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.pacing.lock().in_flight -= 1;
+        self.pacing.freed.notify_waiters();
+    }
+}
+
+impl Pacing {
+    pub(super) fn new(max: usize) -> Self {
+        let max = max.max(1);
+        Self {
+            max,
+            state: Mutex::new(State {
+                limit: max,
+                in_flight: 0,
+                paused_until: None,
+            }),
+            freed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code in these critical sections panics; a poisoned lock still holds numbers.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for a place among the requests in flight.
+    pub(super) async fn acquire(&self) -> Slot<'_> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so that a place freed in between is not missed.
+            freed.as_mut().enable();
+            {
+                let mut s = self.lock();
+                if s.in_flight < s.limit {
+                    s.in_flight += 1;
+                    return Slot { pacing: self };
+                }
+            }
+            freed.await;
+        }
+    }
+
+    /// The endpoint accepted a request: one more may run at once, up to the maximum.
+    pub(super) fn succeeded(&self) {
+        let grew = {
+            let mut s = self.lock();
+            let before = s.limit;
+            s.limit = (s.limit + 1).min(self.max);
+            s.limit > before
+        };
+        if grew {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// The endpoint failed a request: one at a time until a success.
+    pub(super) fn failed(&self) {
+        self.lock().limit = 1;
+    }
+
+    /// The server asked every request to wait `d` (its `Retry-After`, already bounded).
+    pub(super) fn pause(&self, d: Duration) {
+        let now = Instant::now();
+        // An Instant spans centuries; `d` is at most an hour: the sum fits, and if it ever
+        // did not, no pause is safer than a panic.
+        let Some(until) = now.checked_add(d) else {
+            return;
+        };
+        let mut s = self.lock();
+        if s.paused_until.is_none_or(|u| u < until) {
+            s.paused_until = Some(until);
+        }
+    }
+
+    /// Waits out the host's pause, if one is running.
+    pub(super) async fn honour_pause(&self) {
+        loop {
+            let until = self.lock().paused_until;
+            match until {
+                Some(u) if u > Instant::now() => tokio::time::sleep_until(u).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// Requests allowed in flight now.
+    pub(super) fn limit(&self) -> usize {
+        self.lock().limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_collapses_the_limit_and_successes_grow_it_back() {
+        let p = Arc::new(Pacing::new(4));
+        let slots = futures_now(&p, 4).await;
+        assert_eq!(slots, 4, "four at once while healthy");
+        p.failed();
+        assert_eq!(p.limit(), 1);
+        p.succeeded();
+        p.succeeded();
+        assert_eq!(p.limit(), 3);
+        for _ in 0..5 {
+            p.succeeded();
+        }
+        assert_eq!(p.limit(), 4, "never past the maximum");
+    }
+
+    /// How many slots can be held at once right now.
+    async fn futures_now(p: &Arc<Pacing>, want: usize) -> usize {
+        let mut held = Vec::new();
+        for _ in 0..want + 1 {
+            match tokio::time::timeout(Duration::from_millis(1), p.acquire()).await {
+                Ok(slot) => held.push(slot),
+                Err(_) => break,
+            }
+        }
+        held.len()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failure_one_request_at_a_time_and_waiters_wake() {
+        let p = Arc::new(Pacing::new(4));
+        p.failed();
+        let first = p.acquire().await;
+        let p2 = p.clone();
+        let second = tokio::spawn(async move {
+            let _slot = p2.acquire().await;
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!second.is_finished(), "waits for the first");
+        drop(first);
+        let at = second.await.unwrap();
+        assert!(at.elapsed() <= Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_request_until_it_ends() {
+        let p = Pacing::new(4);
+        let start = Instant::now();
+        p.pause(Duration::from_secs(30));
+        p.pause(Duration::from_secs(5)); // a shorter one does not cut it
+        p.honour_pause().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        p.honour_pause().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(30), "over: no wait");
+    }
+}
