@@ -25,6 +25,10 @@ pub struct AggregatorConfig {
     pub batch_size: usize,
     /// Pending rows are flushed at least this often. Default 5 s; 1 ms..=1 h.
     pub flush_interval: Duration,
+    /// Each wait for the periodic flush, the first included, is drawn uniformly within this
+    /// many percent either side of `flush_interval`, so that processes started together (a
+    /// fleet after a deploy) do not export in step. Default 20; 0..=100.
+    pub flush_jitter_percent: u8,
     /// Rows waiting to be exported, at most; past it the oldest non-error row is dropped.
     /// Default 100 000 (the byte budget binds first); `batch_size..=1 000 000`.
     pub max_pending_rows: usize,
@@ -52,6 +56,7 @@ impl Default for AggregatorConfig {
         Self {
             batch_size: 100,
             flush_interval: Duration::from_secs(5),
+            flush_jitter_percent: 20,
             max_pending_rows: 100_000,
             max_concurrent_exports: 4,
             close_timeout: Duration::from_secs(2),
@@ -78,6 +83,13 @@ impl AggregatorConfig {
             Duration::from_secs(3600),
             "flush_interval",
             "must be in 1 ms..=1 h",
+        )?;
+        ConfigError::check_range(
+            self.flush_jitter_percent,
+            0,
+            100,
+            "flush_jitter_percent",
+            "must be in 0..=100",
         )?;
         ConfigError::check_range(
             self.max_pending_rows,

@@ -82,6 +82,10 @@ pub(crate) struct Intake {
     /// the task as it wakes. Producers of a burst then each read one flag instead of each
     /// notifying (a read-modify-write on a line the task writes too).
     wake_pending: AtomicBool,
+    /// The task found the intake empty and stopped its drain tick: the next event wakes it.
+    /// Read by every push (a line the task writes only when it goes idle); a wake-up missed
+    /// in a race costs a delay until the next flush tick drains, never an event.
+    sleeping: AtomicBool,
     high_water: usize,
     counters: std::sync::Arc<Counters>,
 }
@@ -105,6 +109,7 @@ impl Intake {
             gone: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             wake_pending: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
             // Half the array: the task drains every few milliseconds anyway; a burst wakes it
             // early, once per couple of hundred events rather than on each.
             high_water: (primary_slots / 2).max(1),
@@ -151,6 +156,29 @@ impl Intake {
             }
             Err(event) => self.push_overflow(event, text),
         }
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.wake_sleeper();
+        }
+    }
+
+    /// The task is idle: wake it for this event (the first producer to see it asleep).
+    #[cold]
+    #[inline(never)]
+    fn wake_sleeper(&self) {
+        if self.sleeping.swap(false, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The task goes idle if the intake is empty: returns whether it did (it then waits for
+    /// a producer's wake-up or its flush tick, not its drain tick).
+    pub(crate) fn sleep_if_empty(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        if self.len() > 0 {
+            self.sleeping.store(false, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// The array is full: a burst. Out of line, so the common push stays small.
@@ -230,6 +258,7 @@ impl Intake {
     pub(crate) async fn woken(&self) {
         self.wake.notified().await;
         self.wake_pending.store(false, Ordering::Release);
+        self.sleeping.store(false, Ordering::Relaxed);
     }
 
     /// Whether the array has been allocated (by a first event).

@@ -127,8 +127,12 @@ async fn run_until_closed(
     counters: Arc<Counters>,
 ) {
     let flush_every = config.flush_interval.max(Duration::from_millis(1));
-    let mut flush_tick = tokio::time::interval_at(after(flush_every), flush_every);
-    flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let jitter = config.flush_jitter_percent.min(100);
+    let flush_tick = tokio::time::sleep_until(after(jittered(flush_every, jitter)));
+    tokio::pin!(flush_tick);
+    // Idle (the intake found empty): the drain tick stops and the next event wakes the task,
+    // so a quiet host costs one wake-up per flush interval, not one per drain interval.
+    let mut idle = false;
     let mut drain_tick = tokio::time::interval_at(after(DRAIN_INTERVAL), DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let close_timeout = config.close_timeout;
@@ -172,9 +176,24 @@ async fn run_until_closed(
                 backlog = events.len() > 0;
             }
             _ = std::future::ready(()), if backlog => backlog = s.drain(&events, DRAIN_SLICE),
-            _ = events.woken() => backlog = s.drain(&events, DRAIN_SLICE),
-            _ = drain_tick.tick() => backlog = s.drain(&events, DRAIN_SLICE),
-            _ = flush_tick.tick() => s.start_flushes(true),
+            _ = events.woken() => {
+                if idle {
+                    idle = false;
+                    drain_tick.reset();
+                }
+                backlog = s.drain(&events, DRAIN_SLICE);
+            }
+            _ = drain_tick.tick(), if !idle => {
+                let was_empty = events.len() == 0;
+                backlog = s.drain(&events, DRAIN_SLICE);
+                idle = was_empty && events.sleep_if_empty();
+            }
+            () = &mut flush_tick => {
+                // What a missed wake-up left in the intake goes with this flush.
+                backlog = s.drain(&events, DRAIN_SLICE);
+                s.start_flushes(true);
+                flush_tick.as_mut().reset(after(jittered(flush_every, jitter)));
+            }
         }
         s.publish_gauges();
         if backlog {
@@ -520,6 +539,20 @@ enum Deadline {
 }
 
 /// `d` from now on the runtime's clock, saturating (see [`saturating_add`]).
+/// `every`, moved uniformly within `percent` percent either side.
+fn jittered(every: Duration, percent: u8) -> Duration {
+    if percent == 0 {
+        return every;
+    }
+    let span = every.mul_f64(f64::from(percent) / 100.0);
+    let span_ns = u64::try_from(span.as_nanos()).unwrap_or(u64::MAX);
+    let offset = Duration::from_nanos(telemetry_types::random::random_up_to(
+        span_ns.saturating_mul(2),
+    ));
+    // every - span + [0, 2 span]: never below zero, since span <= every.
+    every.saturating_sub(span).saturating_add(offset)
+}
+
 fn after(d: Duration) -> Instant {
     Instant::from_std(saturating_add(Instant::now().into_std(), d))
 }

@@ -83,8 +83,12 @@ fn error(id: Option<&str>, class: ErrorClass) -> EventKind {
     }
 }
 
+/// The defaults, with flushes on the exact interval (the tests count on when they happen).
 fn config() -> AggregatorConfig {
-    AggregatorConfig::default()
+    AggregatorConfig {
+        flush_jitter_percent: 0,
+        ..AggregatorConfig::default()
+    }
 }
 
 fn spawn(config: AggregatorConfig) -> (Aggregator, Arc<RecordingSink>) {
@@ -244,6 +248,59 @@ async fn interval_flush() {
     tokio::time::advance(Duration::from_millis(100)).await;
     settle().await;
     assert_eq!(sink.rows().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_task_sleeps_and_the_next_event_wakes_it() {
+    let (agg, sink) = spawn(AggregatorConfig {
+        batch_size: 1,
+        ..config()
+    });
+    let c = conn();
+    // Long idle: the drain tick has stopped.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    agg.emit(ev(&c, opened(1)));
+    // No drain tick runs now; the event's own wake-up drains it (batch of 1: sent at once).
+    tokio::task::yield_now().await;
+    settle().await;
+    assert_eq!(sink.rows().len(), 1);
+    // And again after another quiet spell.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    agg.emit(ev(&c, opened(2)));
+    settle().await;
+    assert_eq!(sink.rows().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn periodic_flushes_are_jittered_within_their_bound() {
+    let spawned: Vec<_> = (0..12)
+        .map(|_| {
+            spawn(AggregatorConfig {
+                flush_jitter_percent: 20,
+                ..config()
+            })
+        })
+        .collect();
+    let c = conn();
+    for (agg, _) in &spawned {
+        agg.emit(ev(&c, opened(1)));
+    }
+    settle().await;
+    let start = tokio::time::Instant::now();
+    let mut flushed_at = vec![None; spawned.len()];
+    while flushed_at.iter().any(Option::is_none) && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+        for (i, (_, sink)) in spawned.iter().enumerate() {
+            if flushed_at[i].is_none() && !sink.rows().is_empty() {
+                flushed_at[i] = Some(start.elapsed().as_millis() / 100);
+            }
+        }
+    }
+    let at: Vec<u128> = flushed_at.into_iter().map(Option::unwrap).collect();
+    assert!(at.iter().all(|t| (39..=61).contains(t)), "4 s..6 s: {at:?}");
+    let distinct: std::collections::BTreeSet<_> = at.iter().collect();
+    assert!(distinct.len() > 2, "spread, not in step: {at:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, Weak};
 
 use telemetry_types::auth::AuthProvider;
@@ -29,8 +29,11 @@ pub(super) enum CredentialKey {
 /// [`MAX_KNOWN`] providers it starts over (the next batches only group less).
 pub(super) struct Fingerprints {
     keys: (RandomState, RandomState),
-    known: Mutex<HashMap<usize, (Weak<dyn AuthProvider>, u128)>>,
+    known: Mutex<Known>,
 }
+
+/// Provider identity -> (the provider, to tell a reused address apart; its fingerprint).
+type Known = HashMap<usize, (Weak<dyn AuthProvider>, u128)>;
 
 /// Providers remembered at most.
 const MAX_KNOWN: usize = 4096;
@@ -47,7 +50,7 @@ impl Fingerprints {
         }
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<usize, (Weak<dyn AuthProvider>, u128)>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
         // No code in these critical sections panics; a poisoned map is still a valid map.
         self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -66,11 +69,7 @@ impl Fingerprints {
 
     /// Remembers what `auth` answered: a keyed hash of `headers`.
     pub(super) fn learn(&self, auth: &Arc<dyn AuthProvider>, headers: &[(String, String)]) {
-        let hash = |state: &RandomState| {
-            let mut h = state.build_hasher();
-            headers.hash(&mut h);
-            h.finish()
-        };
+        let hash = |state: &RandomState| state.hash_one(headers);
         let print = (u128::from(hash(&self.keys.0)) << 64) | u128::from(hash(&self.keys.1));
         let mut known = self.known();
         if known.len() >= MAX_KNOWN {
