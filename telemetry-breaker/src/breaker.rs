@@ -45,6 +45,10 @@ pub struct BreakerConfig {
     /// (`0.0..=1.0`), so that many processes whose breakers opened together (a fleet behind
     /// one endpoint) do not probe together. Default 0 (exact periods).
     pub open_jitter: f64,
+    /// Each failed probe multiplies the next open period by this (`1.0..=16.0`), up to
+    /// `max_open_duration`; closing resets it. An endpoint that stays down is then asked
+    /// less and less often. Default 1 (every period the same).
+    pub open_backoff: f64,
 }
 
 impl Default for BreakerConfig {
@@ -56,6 +60,7 @@ impl Default for BreakerConfig {
             half_open_max_probes: 1,
             success_threshold: 2,
             open_jitter: 0.0,
+            open_backoff: 1.0,
         }
     }
 }
@@ -133,6 +138,9 @@ impl BreakerConfig {
         }
         if !(0.0..=1.0).contains(&self.open_jitter) {
             return bad("open_jitter", "must be in 0.0..=1.0");
+        }
+        if !(1.0..=16.0).contains(&self.open_backoff) {
+            return bad("open_backoff", "must be in 1.0..=16.0");
         }
         Ok(())
     }
@@ -273,6 +281,8 @@ struct Core {
     open_until: Instant,
     probes_in_flight: u32,
     probe_successes: u32,
+    /// Failed probes since the breaker last closed: each grows the open period.
+    failed_probes: u32,
 }
 
 pub(crate) struct Inner {
@@ -320,6 +330,7 @@ impl CircuitBreaker {
                     open_until: Instant::now(),
                     probes_in_flight: 0,
                     probe_successes: 0,
+                    failed_probes: 0,
                 }),
                 counters: Counters::default(),
             }),
@@ -402,10 +413,19 @@ impl CircuitBreaker {
         self.inner.state.store(to as u8, Ordering::Release);
     }
 
-    fn open_for(&self, retry_after: Option<Duration>) -> Duration {
+    fn open_for(&self, retry_after: Option<Duration>, failed_probes: u32) -> Duration {
         let c = &self.inner.config;
+        let growth = if (1.0..=16.0).contains(&c.open_backoff) {
+            c.open_backoff
+                .powi(i32::try_from(failed_probes.min(64)).unwrap_or(64))
+        } else {
+            1.0
+        };
+        // A growth past what a Duration holds saturates to the cap below.
+        let grown = Duration::try_from_secs_f64(c.open_duration.as_secs_f64() * growth)
+            .unwrap_or(c.max_open_duration);
         let base = retry_after
-            .map_or(c.open_duration, |r| r.max(c.open_duration))
+            .map_or(grown, |r| r.max(grown))
             .min(c.max_open_duration);
         // A NaN or out-of-range jitter (a config not validated) adds nothing.
         let share = if (0.0..=1.0).contains(&c.open_jitter) {
@@ -462,7 +482,7 @@ impl CircuitBreaker {
                 },
             ) = (core.state, outcome)
             {
-                let until = later(now, self.open_for(Some(r)));
+                let until = later(now, self.open_for(Some(r), core.failed_probes));
                 if until > core.open_until {
                     core.open_until = until;
                 }
@@ -479,7 +499,8 @@ impl CircuitBreaker {
                     core.consecutive_failures = core.consecutive_failures.saturating_add(1);
                     self.push_window(&mut core, true);
                     if self.should_open(&core) {
-                        let open_for = self.open_for(retry_after);
+                        core.failed_probes = 0;
+                        let open_for = self.open_for(retry_after, 0);
                         self.set_state(&mut core, BreakerState::Open, now, open_for);
                     }
                 }
@@ -491,11 +512,13 @@ impl CircuitBreaker {
                     Outcome::Success => {
                         core.probe_successes += 1;
                         if core.probe_successes >= self.inner.config.success_threshold {
+                            core.failed_probes = 0;
                             self.set_state(&mut core, BreakerState::Closed, now, Duration::ZERO);
                         }
                     }
                     Outcome::Failure { retry_after } => {
-                        let open_for = self.open_for(retry_after);
+                        core.failed_probes = core.failed_probes.saturating_add(1);
+                        let open_for = self.open_for(retry_after, core.failed_probes);
                         self.set_state(&mut core, BreakerState::Open, now, open_for);
                     }
                     Outcome::Ignored => {}

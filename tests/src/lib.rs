@@ -6,6 +6,7 @@
 //! [`workload`] the `telemetry-sim` binary and the integration tests run through the public
 //! `telemetry-client` API.
 
+pub mod fleet;
 pub mod mock;
 pub mod schema;
 pub mod workload;

@@ -407,6 +407,54 @@ async fn eviction_goes_least_recently_used_and_keeps_open_breakers_last() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn failed_probes_grow_the_open_period_up_to_its_cap_and_closing_resets_it() {
+    let config = BreakerConfig {
+        policy: FailurePolicy::Consecutive { threshold: 1 },
+        open_duration: Duration::from_secs(10),
+        max_open_duration: Duration::from_secs(50),
+        open_backoff: 2.0,
+        success_threshold: 1,
+        ..BreakerConfig::default()
+    };
+    assert!(config.validate().is_ok());
+    // Each failed probe doubles the next period, up to 50 s.
+    let mut b2_periods = Vec::new();
+    let b2 = CircuitBreaker::new("h2", config);
+    b2.try_acquire().unwrap().failure();
+    for _ in 0..4 {
+        let mut waited = 0;
+        let probe = loop {
+            match b2.try_acquire() {
+                Ok(p) => break p,
+                Err(_) => {
+                    tokio::time::advance(Duration::from_secs(1)).await;
+                    waited += 1;
+                }
+            }
+        };
+        b2_periods.push(waited);
+        probe.failure();
+    }
+    assert_eq!(b2_periods, [10, 20, 40, 50]);
+    // A successful probe closes it; the next opening starts from the base again.
+    tokio::time::advance(Duration::from_secs(50)).await;
+    b2.try_acquire().unwrap().success();
+    assert_eq!(b2.state(), BreakerState::Closed);
+    b2.try_acquire().unwrap().failure();
+    let mut waited = 0;
+    while b2.try_acquire().is_err() {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        waited += 1;
+    }
+    assert_eq!(waited, 10);
+    let bad = BreakerConfig {
+        open_backoff: 0.5,
+        ..BreakerConfig::default()
+    };
+    assert!(bad.validate().is_err());
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_open_period_is_jittered_within_its_bound() {
     let config = BreakerConfig {
         policy: FailurePolicy::Consecutive { threshold: 1 },

@@ -90,9 +90,15 @@ impl Pacing {
         self.lock().limit = 1;
     }
 
-    /// The server asked every request to wait `d` (its `Retry-After`, already bounded).
+    /// The server asked every request to wait `d` (its `Retry-After`, already bounded): the
+    /// host waits that, plus up to a quarter more at random, so that a fleet told the same
+    /// `Retry-After` in the same second does not come back in the same second.
     pub(super) fn pause(&self, d: Duration) {
         let now = Instant::now();
+        let quarter = u64::try_from(d.as_millis() / 4).unwrap_or(u64::MAX);
+        let d = d.saturating_add(Duration::from_millis(
+            telemetry_types::random::random_up_to(quarter),
+        ));
         // An Instant spans centuries; `d` is at most an hour: the sum fits, and if it ever
         // did not, no pause is safer than a panic.
         let Some(until) = now.checked_add(d) else {
@@ -178,8 +184,12 @@ mod tests {
         p.pause(Duration::from_secs(30));
         p.pause(Duration::from_secs(5)); // a shorter one does not cut it
         p.honour_pause().await;
-        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(30) && waited <= Duration::from_millis(37_500),
+            "30 s and up to a quarter more: {waited:?}"
+        );
         p.honour_pause().await;
-        assert_eq!(start.elapsed(), Duration::from_secs(30), "over: no wait");
+        assert_eq!(start.elapsed(), waited, "over: no wait");
     }
 }

@@ -50,10 +50,11 @@ impl SendFailure {
         }
     }
 
-    /// The breaker refused the attempt: the request ends, its rows dropped `breaker_open`.
-    fn breaker_open() -> Self {
+    /// Refused before it was sent (by the breaker): the request ends, its rows dropped for
+    /// `reason`.
+    fn local(reason: DropReason) -> Self {
         Self {
-            reason: DropReason::BreakerOpen,
+            reason,
             class: ErrorClass::Terminal,
             retry_after: None,
             probe: false,
@@ -139,7 +140,7 @@ impl DatabricksExporter {
     ) -> Result<Accepted, SendFailure> {
         self.pacing.honour_pause().await;
         let Ok(permit) = self.breaker.try_acquire() else {
-            return Err(SendFailure::breaker_open());
+            return Err(SendFailure::local(DropReason::BreakerOpen));
         };
         let probe = permit.is_probe();
         match self.send_once(transport, request.clone()).await {

@@ -115,6 +115,18 @@ struct Cli {
     /// so that a client in another process can report to it (see `--host`).
     #[arg(long)]
     serve: bool,
+    /// Simulate a fleet of N client processes (each its own provider and connection, a
+    /// statement every 10 s) against a simulated endpoint, on a paused clock, in process:
+    /// 2 minutes healthy, 10 minutes of --scenario, 5 minutes healthy.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    fleet: Option<u64>,
+    /// The fleet's trouble: outage (503 to everything) or storm (a hundredth of the healthy
+    /// rate accepted, 429 with Retry-After to the rest).
+    #[arg(long, default_value = "outage", requires = "fleet")]
+    scenario: telemetry_tests::fleet::Scenario,
+    /// With --fleet: write the endpoint's requests per second over time to FILE (SVG).
+    #[arg(long, requires = "fleet")]
+    plot: Option<std::path::PathBuf>,
 }
 
 fn parse_rate(v: &str) -> Result<f64, String> {
@@ -151,6 +163,11 @@ struct Args {
     rounds: usize,
     json: bool,
     serve: bool,
+    fleet: Option<(
+        usize,
+        telemetry_tests::fleet::Scenario,
+        Option<std::path::PathBuf>,
+    )>,
 }
 
 /// The arguments, checked beyond what clap checks alone.
@@ -204,6 +221,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args, clap::Error> {
         rounds: as_usize(cli.rounds),
         json: cli.json,
         serve: cli.serve,
+        fleet: cli.fleet.map(|n| (as_usize(n), cli.scenario, cli.plot)),
     })
 }
 
@@ -324,6 +342,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    if let Some((clients, scenario, plot)) = &args.fleet {
+        return fleet(*clients, *scenario, plot.as_deref(), args.json);
+    }
     let mut args = args;
     if args.serve {
         return serve(&mock_rt, &args.flag_name);
@@ -544,6 +565,64 @@ fn main() -> ExitCode {
 }
 
 /// Serves the mock workspace until the process is killed.
+/// `--fleet`: runs the fleet, prints its summary (and JSON, and the plot).
+fn fleet(
+    clients: usize,
+    scenario: telemetry_tests::fleet::Scenario,
+    plot: Option<&std::path::Path>,
+    json: bool,
+) -> ExitCode {
+    use telemetry_tests::fleet;
+    let report = match fleet::run(&fleet::FleetConfig::new(clients, scenario)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("telemetry-sim: cannot start a runtime: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let s = &report.stats;
+    println!(
+        "telemetry-sim fleet: {} clients, {} (2 min healthy, 10 min trouble, 5 min healthy), simulated in {:.1} s",
+        report.clients,
+        scenario.as_str(),
+        report.wall.as_secs_f64()
+    );
+    println!("  statements        {:>10}", report.statements);
+    println!("  rows produced     {:>10}", s.rows_produced);
+    println!("  rows exported     {:>10}", s.rows_exported);
+    println!(
+        "  rows dropped      {:>10}   {:?}",
+        s.total_rows_dropped(),
+        report.rows_dropped()
+    );
+    println!("  endpoint requests {:>10}", report.endpoint_requests());
+    println!(
+        "  during the trouble: {:.2} requests per client",
+        report.outage_requests_per_client()
+    );
+    println!(
+        "  recovery peak / healthy mean (1-second counts): {:.2}",
+        report.recovery_peak_to_mean()
+    );
+    if scenario == fleet::Scenario::Storm {
+        println!(
+            "  storm: offered / accepted {:.2} (capacity {} requests/s)",
+            report.storm_offered_to_accepted(),
+            report.storm_capacity.unwrap_or(0)
+        );
+    }
+    if let Some(path) = plot {
+        match fleet::plot(&report, path) {
+            Ok(()) => println!("  plot written to {}", path.display()),
+            Err(e) => eprintln!("telemetry-sim: cannot write the plot: {e}"),
+        }
+    }
+    if json {
+        println!("{}", report.to_json());
+    }
+    ExitCode::SUCCESS
+}
+
 fn serve(rt: &tokio::runtime::Runtime, flag_name: &str) -> ExitCode {
     match rt.block_on(MockWorkspace::start(flag_name)) {
         Ok(mock) => {
