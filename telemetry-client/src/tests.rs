@@ -505,11 +505,19 @@ async fn every_row_is_accounted_for_under_random_faults_and_close_races() {
             x % n
         };
         let replies: Vec<_> = (0..1 + rnd(6))
-            .map(|_| match rnd(6) {
+            .map(|_| match rnd(8) {
                 0 | 1 => Ok(status(200)),
                 2 => Ok(status(500)),
                 3 => Ok(with_retry_after(503, "1")),
                 4 => Ok(status(401)),
+                5 => Ok(with_retry_after(429, "2")),
+                // A partial success: the server accepted none of the logs.
+                6 => Ok(HttpResponse {
+                    status: 200,
+                    headers: vec![],
+                    body: br#"{"errors":["bad"],"numProtoSuccess":0}"#.to_vec(),
+                    body_truncated: false,
+                }),
                 _ => Err(TransportError::new(
                     TransportErrorKind::ConnectionReset,
                     "reset",
@@ -527,6 +535,9 @@ async fn every_row_is_accounted_for_under_random_faults_and_close_races() {
         o.config.aggregation.batch_size = 1 + rnd(5) as usize;
         o.config.export.retry.max_retries = rnd(4) as u32;
         o.config.export.auth_timeout = Duration::from_millis(20);
+        // Concurrent exports against a failing endpoint, through the host's pacing.
+        o.config.export.max_concurrent_requests = 1 + rnd(4) as usize;
+        o.config.aggregation.max_concurrent_exports = 1 + rnd(4) as usize;
         let p = TelemetryClientProvider::new(o);
         let hosts = ["a.example", "b.example"];
         // Plug-ins that panic, hang or block, beside well-behaved ones.
