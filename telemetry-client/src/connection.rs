@@ -12,21 +12,49 @@ use crate::emitter::{Emitter, capped_id, millis};
 use crate::registry::HostLease;
 use crate::statement::Statement;
 use crate::stats::DisabledReason;
+use tokio::sync::oneshot;
 
-/// One driver connection's telemetry. Every method is synchronous, never waits on the network
-/// and never fails; when telemetry is off each costs one branch or one atomic load and
-/// allocates nothing. Dropping the handle releases the host's client (the last release
-/// flushes in the background); [`close`](Self::close) also waits for that flush.
+/// One driver connection's telemetry: `Clone + Send + Sync`, shared by every task of the
+/// connection (clones are one connection). Every method but `close` is synchronous, never
+/// waits on the network and never fails; when telemetry is off each costs one branch or one
+/// atomic load and allocates nothing. [`close`](Self::close) takes `&self` and is idempotent;
+/// dropping the last clone without it releases the host's client the same way (the last
+/// release flushes in the background). [`Connection::default()`] is a disabled handle, for a
+/// driver struct that needs one before telemetry is set up, or a test.
+#[derive(Clone)]
 pub struct Connection {
-    live: Option<Arc<Emitter>>,
+    live: Option<Arc<Handle>>,
     /// Why the handle is disabled, if it is (set only then).
     disabled: Option<DisabledReason>,
+}
+
+impl Default for Connection {
+    /// A disabled handle; its [`disabled_reason`](Connection::disabled_reason) is
+    /// [`DisabledReason::Config`] (telemetry not set up for it).
+    fn default() -> Self {
+        Self::disabled(DisabledReason::Config)
+    }
+}
+
+/// What the clones of one live connection share; the last one dropped releases the host.
+struct Handle {
+    emitter: Arc<Emitter>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.emitter.lease.release();
+    }
 }
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.live {
-            Some(l) => f.debug_struct("Connection").field("info", &l.info).finish(),
+            Some(l) => f
+                .debug_struct("Connection")
+                .field("info", &l.emitter.info)
+                .finish(),
             None => write!(
                 f,
                 "Connection(disabled: {})",
@@ -46,7 +74,10 @@ impl Connection {
 
     pub(crate) fn new(info: Arc<ConnectionInfo>, lease: HostLease) -> Self {
         Self {
-            live: Some(Arc::new(Emitter { info, lease })),
+            live: Some(Arc::new(Handle {
+                emitter: Arc::new(Emitter { info, lease }),
+                closed: std::sync::atomic::AtomicBool::new(false),
+            })),
             disabled: None,
         }
     }
@@ -60,7 +91,7 @@ impl Connection {
     /// The live state if telemetry may be sent: one atomic load of the host's flag.
     #[inline]
     fn live(&self) -> Option<&Arc<Emitter>> {
-        self.live.as_ref().filter(|l| l.is_on())
+        self.live.as_ref().map(|h| &h.emitter).filter(|l| l.is_on())
     }
 
     /// Whether this connection reports telemetry (not off by config, override, env switch or
@@ -181,42 +212,55 @@ impl Connection {
         }
     }
 
-    /// Releases this connection and, if it was the host's last, waits for the final flush
-    /// (bounded by the close timeout). Needs no particular runtime: it only awaits a signal.
-    pub async fn close(mut self) {
-        let Some(live) = self.live.take() else { return };
-        let done = match live.lease.release() {
-            Some(closed) => closed,
-            // Other connections keep the client: flush this connection's rows now.
-            None => live.lease.flush_within_close_timeout(),
+    /// Closes this connection (every clone of it) and, if it was the host's last, waits for
+    /// the final flush (bounded by the close timeout); otherwise waits for a flush of the
+    /// host's rows so far, equally bounded. Needs no particular runtime: it only awaits a
+    /// signal. Idempotent: a later call, from any clone, returns at once. Statements still
+    /// open keep reporting while the host lives (see `ProviderStats::statements_open_at_close`).
+    pub async fn close(&self) {
+        let Some(done) = self.begin_close() else {
+            return;
         };
         let _ = done.await;
     }
 
+    /// Marks the connection closed (once) and releases its lease: the signal of the flush
+    /// this close waits for, or `None` if it was closed already (or is disabled).
+    fn begin_close(&self) -> Option<oneshot::Receiver<()>> {
+        let handle = self.live.as_ref()?;
+        if handle
+            .closed
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return None;
+        }
+        let lease = &handle.emitter.lease;
+        Some(match lease.release() {
+            Some(closed) => closed,
+            // Other connections keep the client: flush this connection's rows now.
+            None => lease.flush_within_close_timeout(),
+        })
+    }
+
     /// [`close`](Self::close) for callers without an async context: blocks this thread up to
     /// the close timeout (plus a little). Do not call it from inside an async task.
-    pub fn close_blocking(mut self) {
-        let Some(live) = self.live.take() else { return };
-        if let Some(done) = live.lease.release() {
-            let limit = live
-                .lease
-                .close_timeout()
-                .saturating_add(Duration::from_millis(200));
-            let (tx, rx) = std::sync::mpsc::channel();
-            live.lease.runtime().spawn(async move {
-                let _ = done.await;
-                let _ = tx.send(());
-            });
-            let _ = rx.recv_timeout(limit);
-        }
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        if let Some(l) = self.live.take() {
-            let _ = l.lease.release();
-        }
+    pub fn close_blocking(&self) {
+        let Some(done) = self.begin_close() else {
+            return;
+        };
+        let Some(handle) = self.live.as_ref() else {
+            return;
+        };
+        let lease = &handle.emitter.lease;
+        let limit = lease
+            .close_timeout()
+            .saturating_add(Duration::from_millis(200));
+        let (tx, rx) = std::sync::mpsc::channel();
+        lease.runtime().spawn(async move {
+            let _ = done.await;
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(limit);
     }
 }
 

@@ -129,7 +129,7 @@ pub use sysinfo::{default_system_configuration, workspace_id_from_http_path};
 
 // What a driver reports.
 pub use telemetry_types::classify::ErrorClass;
-pub use telemetry_types::event::{DriverError, ReportableError, StatementOutcome};
+pub use telemetry_types::event::{DriverError, ErrorReport, ReportableError, StatementOutcome};
 pub use telemetry_types::wire::{
     AuthFlow, AuthMech, AuthType, DriverConnectionParameters, DriverMode,
     DriverSystemConfiguration, ExecutionResultFormat, HostDetails, OperationType, ProxyAuthType,

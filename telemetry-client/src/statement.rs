@@ -49,7 +49,10 @@ use crate::emitter::{Emitter, capped_id, millis};
 /// st.complete(); // ignored, counted
 /// # }
 /// ```
-#[derive(Clone)]
+///
+/// [`Statement::default()`] is a disabled handle (every method one branch), for a driver
+/// struct or a test mock that needs a statement before, or without, telemetry.
+#[derive(Clone, Default)]
 pub struct Statement {
     shared: Option<Arc<Shared>>,
 }
@@ -58,7 +61,9 @@ pub struct Statement {
 struct Shared {
     conn: Arc<Emitter>,
     begun: Instant,
-    statement_type: StatementType,
+    /// Its index in [`StatementType::ALL`]: the driver may learn the type after the begin
+    /// (QUERY or UPDATE is known from the server's answer).
+    statement_type: AtomicU8,
     operation_type: OperationType,
     ended: AtomicBool,
     id: OnceLock<CompactId>,
@@ -241,7 +246,7 @@ impl Statement {
             shared: Some(Arc::new(Shared {
                 conn: conn.clone(),
                 begun: Instant::now(),
-                statement_type,
+                statement_type: AtomicU8::new(type_index(statement_type)),
                 operation_type,
                 ended: AtomicBool::new(false),
                 id: OnceLock::new(),
@@ -273,6 +278,16 @@ impl Statement {
     pub fn attach_id(&self, statement_id: &str) {
         if let Some(s) = self.shared.as_ref().filter(|s| s.id.get().is_none()) {
             let _ = s.id.set(CompactId::from(capped_id(statement_id)));
+        }
+    }
+
+    /// The statement's type, once the driver knows it (`QUERY` or `UPDATE` often comes with
+    /// the server's answer, after the begin): replaces the type given at the begin, until the
+    /// statement ends.
+    pub fn set_statement_type(&self, statement_type: StatementType) {
+        if let Some(s) = &self.shared {
+            s.statement_type
+                .store(type_index(statement_type), Ordering::Relaxed);
         }
     }
 
@@ -355,7 +370,7 @@ impl Statement {
                 EventKind::ChunkFailed {
                     failure: Box::new(ChunkFailure {
                         statement_id: s.id.get().cloned(),
-                        statement_type: s.statement_type,
+                        statement_type: s.statement_type(),
                         operation_type: s.operation_type,
                         chunk_index,
                         chunks: s.chunks.snapshot(),
@@ -436,7 +451,24 @@ impl Statement {
     }
 }
 
+/// `t`'s index in [`StatementType::ALL`] (0, unspecified, if absent).
+fn type_index(t: StatementType) -> u8 {
+    StatementType::ALL
+        .iter()
+        .position(|x| *x == t)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(0)
+}
+
 impl Shared {
+    fn statement_type(&self) -> StatementType {
+        let i = usize::from(self.statement_type.load(Ordering::Relaxed));
+        StatementType::ALL
+            .get(i)
+            .copied()
+            .unwrap_or(StatementType::Unspecified)
+    }
+
     /// Reports the end once: the first caller wins; later ones are counted.
     fn end(&self, outcome: StatementOutcome, error: Option<DriverError>) {
         if self.ended.swap(true, Ordering::AcqRel) {
@@ -455,7 +487,7 @@ impl Shared {
         volume: Option<Box<VolumeOp>>,
     ) {
         let end = StatementEnd {
-            statement_type: self.statement_type,
+            statement_type: self.statement_type(),
             operation_type: self.operation_type,
             statement_id: self.id.get().cloned(),
             latency_ms: millis(self.begun.elapsed()),

@@ -5,6 +5,7 @@
 //! clone of that `Arc` (one atomic increment, no allocation) and a small [`EventKind`].
 
 use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -491,9 +492,184 @@ impl ReportableError for DriverError {
     }
 }
 
+/// Any error type, as it displays itself: no name, SQLSTATE or status (use [`ErrorReport`] to
+/// add them). Lets a driver report an error of a type it cannot implement
+/// [`ReportableError`] for (a type of its dependencies: the orphan rule) without wrapping it.
+impl ReportableError for dyn std::error::Error + '_ {
+    fn message(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Owned(display_capped(self, MAX_INTAKE_MESSAGE_BYTES)))
+    }
+}
+
+/// As for `dyn Error`, for the `Send + Sync` error objects most crates box.
+impl ReportableError for dyn std::error::Error + Send + Sync + '_ {
+    fn message(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Owned(display_capped(self, MAX_INTAKE_MESSAGE_BYTES)))
+    }
+}
+
+/// A driver's error of any type, with what the driver knows beside it, built at the report
+/// site: borrows the error (no clone, no wrapper type to define), and reads its text through
+/// `Display`, stopping at the intake cap (a megabyte message costs a bounded copy).
+///
+/// ```
+/// use telemetry_types::event::{DriverError, ErrorReport};
+/// use telemetry_types::classify::ErrorClass;
+/// // An error type from a dependency: no ReportableError impl is possible for it.
+/// let err = std::io::Error::new(std::io::ErrorKind::Other, "table not found: t1");
+/// let report = ErrorReport::of(&err).named("DriverError").sqlstate("42P01").http_status(404);
+/// let e = DriverError::from_error(&report);
+/// assert_eq!((e.name.as_str(), e.sqlstate.as_deref()), ("DriverError", Some("42P01")));
+/// assert_eq!((e.message.as_str(), e.class), ("table not found: t1", ErrorClass::Terminal));
+/// ```
+#[derive(Clone, Copy)]
+pub struct ErrorReport<'a> {
+    error: &'a dyn fmt::Display,
+    name: Option<&'a str>,
+    sqlstate: Option<&'a str>,
+    http_status: Option<u16>,
+}
+
+impl fmt::Debug for ErrorReport<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The error's text is the driver's (it may quote SQL): not in Debug output.
+        f.debug_struct("ErrorReport")
+            .field("name", &self.name)
+            .field("sqlstate", &self.sqlstate)
+            .field("http_status", &self.http_status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> ErrorReport<'a> {
+    /// The error, by its `Display` text.
+    pub fn of(error: &'a dyn fmt::Display) -> Self {
+        Self {
+            error,
+            name: None,
+            sqlstate: None,
+            http_status: None,
+        }
+    }
+
+    /// Its name or type (`AuthenticationError`, ...).
+    pub fn named(mut self, name: &'a str) -> Self {
+        self.name = Some(name);
+        self
+    }
+
+    /// Its SQLSTATE.
+    pub fn sqlstate(mut self, sqlstate: &'a str) -> Self {
+        self.sqlstate = Some(sqlstate);
+        self
+    }
+
+    /// The HTTP status behind it.
+    pub fn http_status(mut self, status: u16) -> Self {
+        self.http_status = Some(status);
+        self
+    }
+}
+
+impl ReportableError for ErrorReport<'_> {
+    fn error_name(&self) -> Option<Cow<'_, str>> {
+        self.name.map(Cow::Borrowed)
+    }
+    fn sqlstate(&self) -> Option<Cow<'_, str>> {
+        self.sqlstate.map(Cow::Borrowed)
+    }
+    fn http_status(&self) -> Option<u16> {
+        self.http_status
+    }
+    fn message(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Owned(display_capped(
+            self.error,
+            MAX_INTAKE_MESSAGE_BYTES,
+        )))
+    }
+}
+
+/// `value`'s `Display` text, at most about `max` bytes of it: writing stops once the cap is
+/// reached, so the work is proportional to the cap, not to the text.
+fn display_capped(value: &(impl fmt::Display + ?Sized), max: usize) -> String {
+    struct Capped {
+        out: String,
+        max: usize,
+    }
+    impl fmt::Write for Capped {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let room = self.max.saturating_sub(self.out.len());
+            if s.len() <= room {
+                self.out.push_str(s);
+                return Ok(());
+            }
+            let mut end = room;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.out.push_str(&s[..end]);
+            // Full: stop the formatting (the error is ours, not the value's).
+            Err(fmt::Error)
+        }
+    }
+    let mut w = Capped {
+        out: String::new(),
+        max,
+    };
+    let _ = fmt::write(&mut w, format_args!("{value}"));
+    // Cut at a word boundary, as every other capped text.
+    if w.out.len() >= max {
+        return capped(&w.out, max.saturating_sub(1).max(1));
+    }
+    w.out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error type from "another crate": only `Display` and `std::error::Error`.
+    #[derive(Debug)]
+    struct ForeignError(String);
+    impl fmt::Display for ForeignError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "driverbase: {}", self.0)
+        }
+    }
+    impl std::error::Error for ForeignError {}
+
+    #[test]
+    fn a_foreign_error_is_reported_without_a_wrapper() {
+        let err = ForeignError("warehouse is starting".into());
+        let plain = DriverError::from_error(&err as &dyn std::error::Error);
+        assert_eq!(plain.message, "driverbase: warehouse is starting");
+        assert_eq!(plain.name, "Error");
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(ForeignError("x".into()));
+        assert_eq!(DriverError::from_error(&*boxed).message, "driverbase: x");
+        let full = DriverError::from_error(
+            &ErrorReport::of(&err)
+                .named("ServiceUnavailable")
+                .http_status(503),
+        );
+        assert_eq!(full.name, "ServiceUnavailable");
+        assert_eq!(full.class, ErrorClass::Retryable);
+        assert!(!format!("{:?}", ErrorReport::of(&err)).contains("warehouse"));
+    }
+
+    #[test]
+    fn a_huge_foreign_message_costs_a_bounded_copy_and_is_never_emptied() {
+        let err = ForeignError("x".repeat(1 << 20));
+        let e = DriverError::from_error(&ErrorReport::of(&err));
+        assert!(!e.message.is_empty());
+        assert!(
+            e.message.len() <= MAX_INTAKE_MESSAGE_BYTES,
+            "{}",
+            e.message.len()
+        );
+        assert!(e.message.capacity() <= MAX_INTAKE_MESSAGE_BYTES);
+        // Cut at the last word boundary within the cap, as any capped text.
+        assert!(e.message.starts_with("driverbase:"));
+    }
 
     proptest::proptest! {
         /// Any text comes back as it went in, inline or shared, and ids compare as their text.

@@ -46,6 +46,7 @@ const MIN_TOKEN_BODY: usize = 16;
 pub fn redact(text: &str) -> String {
     let text = redact_pem_blocks(text);
     let text = redact_sql_blocks(&text);
+    let text = redact_inline_sql(&text);
     let text = redact_urls(&text);
     let text = redact_auth_schemes(&text);
     let text = redact_key_values(&text);
@@ -200,6 +201,68 @@ fn redact_pem_blocks(text: &str) -> String {
         i = end;
     }
     replace_spans(text, &spans)
+}
+
+/// Keywords that begin a statement a message may quote inline (`table not found: SELECT ...`).
+const SQL_STARTS: &[&str] = &[
+    "select", "insert", "update", "delete", "merge", "create", "drop", "alter", "truncate",
+    "grant", "revoke", "copy", "optimize", "vacuum",
+];
+/// Words of a statement's body: a start keyword followed on its line by one of these (within
+/// [`SQL_LOOKAHEAD_WORDS`] words) is taken as SQL text.
+const SQL_BODIES: &[&str] = &[
+    "from", "into", "set", "table", "view", "schema", "database", "catalog", "where", "values",
+    "join", "function", "volume", "select", "on",
+];
+const SQL_LOOKAHEAD_WORDS: usize = 40;
+
+/// SQL quoted inline in a message: from a statement keyword to the end of its line, when a
+/// word of a statement's body follows it on that line. Conservative on purpose: `cannot
+/// update table x` is redacted too, since the text may be a statement and no SQL text may
+/// leave the process.
+fn redact_inline_sql(text: &str) -> String {
+    let b = text.as_bytes();
+    let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    // Words of the text: (start, end) byte offsets.
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if is_word(b[i]) {
+            let start = i;
+            while i < b.len() && is_word(b[i]) {
+                i += 1;
+            }
+            words.push((start, i));
+        } else {
+            i += 1;
+        }
+    }
+    let is = |w: (usize, usize), set: &[&str]| {
+        let word = &text[w.0..w.1];
+        set.iter().any(|k| k.eq_ignore_ascii_case(word))
+    };
+    let mut spans = Vec::new();
+    let mut k = 0;
+    while k < words.len() {
+        let w = words[k];
+        if is(w, SQL_STARTS) {
+            let line_end = text[w.1..].find('\n').map_or(b.len(), |n| w.1 + n);
+            let body = words[k + 1..]
+                .iter()
+                .take(SQL_LOOKAHEAD_WORDS)
+                .take_while(|x| x.0 < line_end)
+                .any(|x| is(*x, SQL_BODIES));
+            if body {
+                spans.push((w.0, line_end));
+                while k < words.len() && words[k].0 < line_end {
+                    k += 1;
+                }
+                continue;
+            }
+        }
+        k += 1;
+    }
+    replace_spans_with(text, &spans, "[REDACTED SQL]")
 }
 
 /// Server errors quote the statement in an `== SQL ==` block: the block's lines (up to a
@@ -771,6 +834,20 @@ mod tests {
         "[PARSE_SYNTAX_ERROR] Syntax error at 'FROM'.\n== SQL ==\nSELECT ssn FROM people WHERE ssn = 123\n------^^^\n\nmore",
         "[PARSE_SYNTAX_ERROR] Syntax error at '?'.\n== SQL ==\n[REDACTED]\n\nmore"
     )]
+    #[case(
+        "table not found: SELECT * FROM secret_table",
+        "table not found: [REDACTED SQL]"
+    )]
+    #[case(
+        "[TABLE_OR_VIEW_NOT_FOUND] select a, b from hr.salaries where id = 7\nretry later",
+        "[TABLE_OR_VIEW_NOT_FOUND] [REDACTED SQL]\nretry later"
+    )]
+    #[case("INSERT INTO t VALUES (1)", "[REDACTED SQL]")]
+    #[case(
+        "Failed to create session: timeout",
+        "Failed to create session: timeout"
+    )]
+    #[case("select one of the options", "select one of the options")]
     fn sql_text(#[case] input: &str, #[case] expected: &str) {
         assert_eq!(redact(input), expected);
     }

