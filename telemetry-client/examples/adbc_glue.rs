@@ -1,52 +1,66 @@
 //! The glue the Databricks ADBC driver (Rust, SEA) needs, with stand-ins for its own types:
-//! its error type (ADBC status, SQLSTATE, message), its synchronous auth provider (which may
-//! call `block_in_place`), its string options. Everything else is calls on the handles at the
-//! moments the driver already has.
+//! its error type (generic, from its `driverbase` dependency: no `ReportableError` impl is
+//! possible, so it is reported through `ErrorReport`), its synchronous auth provider (which
+//! may call `block_in_place`), a statement executor shared by tasks (the connection handle is
+//! `Clone`; no `Arc<Mutex<Option<..>>>`), statement structs that hold a handle from the start
+//! (`Statement::default()` until the execute begins; no `Option`). Everything else is calls
+//! on the handles at the moments the driver already has.
 //!
 //! `cargo run -p telemetry-client --example adbc_glue`
 
-use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use telemetry_client::{
-    AuthFlow, AuthMech, AuthProvider, AuthType, BoxFuture, ClientPreset, ConnectionOptions,
-    DriverConnectionParameters, DriverMode, ExecutionResultFormat, OperationType, ProviderOptions,
-    ReportableError, StatementType, TelemetryClientProvider,
+    AuthFlow, AuthMech, AuthProvider, AuthType, BoxFuture, ClientPreset, Connection,
+    ConnectionOptions, DriverConnectionParameters, DriverMode, ErrorReport, ExecutionResultFormat,
+    OperationType, ProviderOptions, Statement, StatementType, TelemetryClientProvider,
 };
 
 // ---- stand-ins for the driver's own types ----------------------------------------------
 
-/// `driverbase::error::Error`: a status, a SQLSTATE, a message.
-struct DriverError {
+/// `driverbase::error::Error<K>`: generic, from another crate; a status, a SQLSTATE, a
+/// message.
+#[derive(Debug)]
+struct DriverError<K> {
+    kind: K,
     sqlstate: [u8; 5],
     message: String,
 }
 
+impl<K: fmt::Debug> fmt::Display for DriverError<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    Unauthorized,
+}
+
 /// `auth::AuthProvider`: synchronous, may block.
 trait DriverAuth: Send + Sync {
-    fn get_auth_header(&self) -> Result<String, DriverError>;
+    fn get_auth_header(&self) -> Result<String, DriverError<Kind>>;
 }
 
 struct OAuthM2m;
 impl DriverAuth for OAuthM2m {
-    fn get_auth_header(&self) -> Result<String, DriverError> {
+    fn get_auth_header(&self) -> Result<String, DriverError<Kind>> {
         // The real one refreshes its token with `block_in_place`.
         Ok("Bearer example-token".into())
     }
 }
 
-// ---- the glue: two small impls and one mapping ----------------------------------------
+// ---- the glue: one error mapping, one auth adapter, one parameter mapping --------------
 
-impl ReportableError for DriverError {
-    fn error_name(&self) -> Option<Cow<'_, str>> {
-        Some("DatabricksError".into())
-    }
-    fn sqlstate(&self) -> Option<Cow<'_, str>> {
-        std::str::from_utf8(&self.sqlstate).ok().map(Cow::from)
-    }
-    fn message(&self) -> Option<Cow<'_, str>> {
-        Some(self.message.as_str().into())
+/// Reports the driver's error at any report site: borrowed, nothing cloned.
+fn report<K: fmt::Debug>(err: &DriverError<K>) -> ErrorReport<'_> {
+    let report = ErrorReport::of(err).named("DatabricksError");
+    match std::str::from_utf8(&err.sqlstate) {
+        Ok(state) => report.sqlstate(state),
+        Err(_) => report,
     }
 }
 
@@ -93,9 +107,15 @@ fn main() {
     let started = Instant::now();
     conn.session_opened("01ef-session", started.elapsed()); // or conn.open_failed(latency, &err)
 
-    // client/sea.rs execute_and_read: begin before POST /statements.
-    let st = conn.statement(StatementType::Query, OperationType::ExecuteStatement);
+    // The statement executor shares the connection's handle (a clone), as do its tasks.
+    let executor = Executor {
+        telemetry: conn.clone(),
+    };
+    let mut stmt = AdbcStatement::default(); // telemetry handle disabled until executed
+    executor.begin(&mut stmt);
+    let st = &stmt.telemetry;
     st.attach_id("01ef-statement"); // from the answer
+    st.set_statement_type(StatementType::Query); // the answer's manifest says what it was
     st.poll(Duration::from_millis(100)); // wait_for_completion, per poll
     st.result_format(ExecutionResultFormat::ExternalLinks); // the manifest
     st.chunks_present(2);
@@ -111,12 +131,34 @@ fn main() {
 
     // A failing statement: the driver's own error, classified by its SQLSTATE.
     let failed = conn.metadata(OperationType::ListTables);
-    failed.fail(&DriverError {
+    failed.fail(&report(&DriverError {
+        kind: Kind::Unauthorized,
         sqlstate: *b"42501",
         message: "permission denied on catalog 'main'".into(),
-    });
+    }));
 
     conn.closed(Duration::from_millis(5)); // delete_session
-    conn.close_blocking(); // release: bounded, synchronous flush
+    conn.close_blocking(); // release: bounded, synchronous flush; idempotent
+    executor.telemetry.close_blocking(); // from another clone: a no-op
     println!("{:?}", provider.stats());
+}
+
+/// The driver's statement struct: holds a handle from construction.
+#[derive(Default)]
+struct AdbcStatement {
+    telemetry: Statement,
+}
+
+/// The driver's executor, shared and never dropped.
+struct Executor {
+    telemetry: Connection,
+}
+
+impl Executor {
+    /// client/sea.rs execute_and_read: begin before POST /statements.
+    fn begin(&self, stmt: &mut AdbcStatement) {
+        stmt.telemetry = self
+            .telemetry
+            .statement(StatementType::Query, OperationType::ExecuteStatement);
+    }
 }

@@ -38,7 +38,7 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use telemetry_client::{
-//!     AuthType, BoxFuture, ClientPreset, ConnectionOptions, DriverError, ExecutionResultFormat,
+//!     AuthType, BoxFuture, ClientPreset, ConnectionOptions, DriverError, ErrorReport, ExecutionResultFormat,
 //!     HttpRequest, HttpResponse, HttpTransport, OperationType, ProviderOptions, StatementType,
 //!     StaticToken, TelemetryClientProvider, TransportError,
 //! };
@@ -92,12 +92,15 @@
 //!
 //! // The driver's own error type, once it implements `ReportableError` (redacted before sending).
 //! connection.error(&DriverError::new("ServerError", "warehouse stopped").with_http_status(503));
+//! // A type it cannot implement it for (from a dependency): borrowed, nothing cloned.
+//! let io = std::io::Error::other("connection reset");
+//! connection.error(&ErrorReport::of(&io).named("IoError"));
 //!
 //! // Closing: report the close call, then release (the last connection to a host flushes).
 //! connection.closed(Duration::from_millis(12));
-//! connection.close_blocking(); // or `connection.close().await` in async code
+//! connection.close_blocking(); // or `connection.close().await`; any clone, once
 //! let stats = provider.stats();
-//! assert_eq!((stats.rows_produced, stats.rows_exported), (4, 4));
+//! assert_eq!((stats.rows_produced, stats.rows_exported), (5, 5));
 //! assert_eq!(stats.total_rows_dropped(), 0);
 //! ```
 //!
