@@ -138,8 +138,9 @@ fn main() {
     }));
 
     conn.closed(Duration::from_millis(5)); // delete_session
-    conn.close_blocking(); // release: bounded, synchronous flush; idempotent
-    executor.telemetry.close_blocking(); // from another clone: a no-op
+    conn.close(); // release: returns at once, the final flush runs in the background
+    executor.telemetry.close(); // from another clone: a no-op
+    let _ = conn.flush_blocking(Duration::from_secs(5)); // last database released: wait here
     println!("{:?}", provider.stats());
 }
 

@@ -60,6 +60,7 @@ fn main() {
     a.opened(Duration::from_millis(10));
     b.opened(Duration::from_millis(12));
     drop(a);
-    b.close_blocking();
+    b.close();
+    let _ = b.flush_blocking(Duration::from_secs(5));
     println!("{:?}", provider.stats());
 }

@@ -33,6 +33,6 @@ fn main() {
     }
     let provider = TelemetryClientProvider::new(options);
     let conn = provider.connect(ConnectionOptions::new(host));
-    conn.close_blocking();
+    conn.close();
     println!("{:?}", provider.stats());
 }

@@ -39,6 +39,7 @@ fn main() {
     stmt.complete();
 
     conn.closed(Duration::from_millis(3));
-    conn.close_blocking(); // the host's last connection: waits for the final flush (bounded)
+    conn.close(); // returns at once; the host's last connection: final flush in the background
+    let _ = conn.flush_blocking(Duration::from_secs(5)); // where the driver chooses to wait
     println!("{:?}", provider.stats());
 }

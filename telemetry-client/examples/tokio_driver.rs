@@ -24,9 +24,10 @@ async fn main() {
     options.runtime = Some(tokio::runtime::Handle::current()); // or leave None: own runtime
     let provider = TelemetryClientProvider::new(options);
 
-    let conn = Arc::new(provider.connect(
+    // `Clone + Send + Sync`: the driver's tasks share it by cloning.
+    let conn = provider.connect(
         ConnectionOptions::new(host).with_auth(Arc::new(StaticToken::new(token)), AuthType::Pat),
-    ));
+    );
     conn.opened(Duration::from_millis(120));
 
     // A statement whose CloudFetch chunks download on other tasks, each holding a clone.
@@ -43,9 +44,7 @@ async fn main() {
     }
     stmt.complete(); // whichever task ends it first wins; the others' endings are ignored
 
-    if let Ok(conn) = Arc::try_unwrap(conn) {
-        conn.close().await;
-    }
+    conn.close(); // by reference, from any clone: no Arc::try_unwrap needed
     if let Err(e) = provider.shutdown(Duration::from_secs(2)).await {
         eprintln!("{e}");
     }

@@ -9,10 +9,10 @@ use telemetry_types::event::{DriverError, EventKind, ReportableError, VolumeOp};
 use telemetry_types::wire::{OperationType, StatementType, VolumeOperationType};
 
 use crate::emitter::{Emitter, capped_id, millis};
+use crate::provider::TelemetryError;
 use crate::registry::HostLease;
 use crate::statement::Statement;
 use crate::stats::DisabledReason;
-use tokio::sync::oneshot;
 
 /// One driver connection's telemetry: `Clone + Send + Sync`, shared by every task of the
 /// connection (clones are one connection). Every method but `close` is synchronous, never
@@ -212,55 +212,63 @@ impl Connection {
         }
     }
 
-    /// Closes this connection (every clone of it) and, if it was the host's last, waits for
-    /// the final flush (bounded by the close timeout); otherwise waits for a flush of the
-    /// host's rows so far, equally bounded. Needs no particular runtime: it only awaits a
-    /// signal. Idempotent: a later call, from any clone, returns at once. Statements still
-    /// open keep reporting while the host lives (see `ProviderStats::statements_open_at_close`).
-    pub async fn close(&self) {
-        let Some(done) = self.begin_close() else {
-            return;
-        };
-        let _ = done.await;
-    }
-
-    /// Marks the connection closed (once) and releases its lease: the signal of the flush
-    /// this close waits for, or `None` if it was closed already (or is disabled).
-    fn begin_close(&self) -> Option<oneshot::Receiver<()>> {
-        let handle = self.live.as_ref()?;
-        if handle
-            .closed
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            return None;
-        }
-        let lease = &handle.emitter.lease;
-        Some(match lease.release() {
-            Some(closed) => closed,
-            // Other connections keep the client: flush this connection's rows now.
-            None => lease.flush_within_close_timeout(),
-        })
-    }
-
-    /// [`close`](Self::close) for callers without an async context: blocks this thread up to
-    /// the close timeout (plus a little). Do not call it from inside an async task.
-    pub fn close_blocking(&self) {
-        let Some(done) = self.begin_close() else {
-            return;
-        };
+    /// Closes this connection, every clone of it, once: releases the host's client and
+    /// returns at once. When it was the host's last connection the host's final flush runs
+    /// in the background (bounded by the close timeout, every row settled and counted);
+    /// otherwise the host flushes at its next interval. Never waits: a driver's close is
+    /// never held up by telemetry, whatever the endpoint does. To wait for the rows, call
+    /// [`flush`](Self::flush) (or the provider's `shutdown`) where waiting is wanted (the last
+    /// database released, process exit). Later calls, from any clone, do nothing. Statements
+    /// still open keep reporting while the host lives (see
+    /// `ProviderStats::statements_open_at_close`).
+    pub fn close(&self) {
         let Some(handle) = self.live.as_ref() else {
             return;
         };
+        if !handle
+            .closed
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let _ = handle.emitter.lease.release();
+        }
+    }
+
+    /// Waits, at most `timeout`, until every row of this connection's host produced so far
+    /// is settled (sent, or dropped with a counted reason); after [`close`](Self::close) of
+    /// the host's last connection, until the host's final flush is done. Needs no particular
+    /// runtime: it awaits a signal from the provider's. `Err` names the host if time ran
+    /// out. A disabled handle returns `Ok` at once.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), TelemetryError> {
+        let Some(handle) = self.live.as_ref() else {
+            return Ok(());
+        };
         let lease = &handle.emitter.lease;
-        let limit = lease
-            .close_timeout()
-            .saturating_add(Duration::from_millis(200));
+        match lease.settle_within(timeout).await {
+            Ok(true) => Ok(()),
+            _ => Err(TelemetryError::Timeout {
+                hosts: vec![handle.emitter.info.host.to_string()],
+            }),
+        }
+    }
+
+    /// [`flush`](Self::flush) for callers without an async context: blocks this thread at
+    /// most `timeout` (plus a little). Do not call it from inside an async task.
+    pub fn flush_blocking(&self, timeout: Duration) -> Result<(), TelemetryError> {
+        let Some(handle) = self.live.as_ref() else {
+            return Ok(());
+        };
+        let lease = &handle.emitter.lease;
+        let settled = lease.settle_within(timeout);
         let (tx, rx) = std::sync::mpsc::channel();
         lease.runtime().spawn(async move {
-            let _ = done.await;
-            let _ = tx.send(());
+            let _ = tx.send(settled.await.unwrap_or(false));
         });
-        let _ = rx.recv_timeout(limit);
+        match rx.recv_timeout(timeout.saturating_add(Duration::from_millis(200))) {
+            Ok(true) => Ok(()),
+            _ => Err(TelemetryError::Timeout {
+                hosts: vec![handle.emitter.info.host.to_string()],
+            }),
+        }
     }
 }
 

@@ -96,9 +96,12 @@
 //! let io = std::io::Error::other("connection reset");
 //! connection.error(&ErrorReport::of(&io).named("IoError"));
 //!
-//! // Closing: report the close call, then release (the last connection to a host flushes).
+//! // Closing: report the close call, then release (any clone, once; returns at once: the
+//! // last connection to a host flushes in the background).
 //! connection.closed(Duration::from_millis(12));
-//! connection.close_blocking(); // or `connection.close().await`; any clone, once
+//! connection.close();
+//! // Where the driver chooses to wait (last database released, process exit):
+//! connection.flush_blocking(Duration::from_secs(5)).unwrap(); // or `.flush(t).await`
 //! let stats = provider.stats();
 //! assert_eq!((stats.rows_produced, stats.rows_exported), (5, 5));
 //! assert_eq!(stats.total_rows_dropped(), 0);

@@ -206,12 +206,19 @@ impl HostRegistry {
                 tracing::debug!(host = %core.host, open, "statements still open at the host's close");
             }
             // The totals are read once the task has ended, so that nothing it settles late
-            // (a batch cut at the deadline) is left out of them.
+            // (a batch cut at the deadline) is left out of them. A task still busy then (a
+            // flush a caller asked for ahead of the close) ends by its own bounds: waiters are
+            // told now, and the totals wait for it.
+            let mut done = Some(done);
             if tokio::time::timeout(settle, core.aggregator.finished())
                 .await
                 .is_err()
             {
-                tracing::debug!(host = %core.host, "telemetry task still running after its close; totals read now");
+                tracing::debug!(host = %core.host, "telemetry task still running after its close; totals wait for it");
+                if let Some(done) = done.take() {
+                    let _ = done.send(());
+                }
+                core.aggregator.finished().await;
             }
             let mut released = lock(&registry.released);
             released.closing.retain(|c| !Arc::ptr_eq(c, &client));
@@ -222,7 +229,9 @@ impl HostRegistry {
             released.retired.statements_open_at_close += open;
             drop(released);
             tracing::debug!(host = %core.host, "telemetry client closed");
-            let _ = done.send(());
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
         });
         let mut tasks = lock(&self.close_tasks);
         tasks.retain(|h| !h.is_finished());
@@ -259,6 +268,13 @@ impl HostRegistry {
             .values()
             .map(|e| e.client.clone())
             .collect()
+    }
+
+    /// Whether `core` is its host's live client.
+    fn is_live(&self, core: &Arc<HostCore>) -> bool {
+        lock(&self.hosts)
+            .get(&core.host)
+            .is_some_and(|e| Arc::ptr_eq(&e.client.core, core))
     }
 
     /// Connections holding `host`.
@@ -372,11 +388,6 @@ impl HostLease {
         &self.registry.runtime.handle
     }
 
-    /// How long a close waits for its flush.
-    pub(crate) fn close_timeout(&self) -> Duration {
-        self.registry.close_timeout
-    }
-
     /// Gives the lease back (once; later calls do nothing). Returns the close's completion
     /// signal if it was the host's last lease.
     pub(crate) fn release(&self) -> Option<oneshot::Receiver<()>> {
@@ -386,16 +397,23 @@ impl HostLease {
         self.registry.release(&self.core)
     }
 
-    /// Flushes the host's rows so far, within the close timeout, on the background runtime;
-    /// the returned signal fires when done. For a connection that closes while others keep
-    /// the host.
-    pub(crate) fn flush_within_close_timeout(&self) -> oneshot::Receiver<()> {
+    /// Settles the host's rows so far within `timeout`, on the background runtime: a flush
+    /// while the host is open, the end of its final flush once it is closing. The signal
+    /// says whether it finished in time.
+    pub(crate) fn settle_within(&self, timeout: Duration) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
         let core = self.core.clone();
-        let timeout = self.close_timeout();
+        // Closing: this lease is given back and the host has no live client for it any more
+        // (its close task may not have run yet, so the intake may still be accepting).
+        let closing = self.released.load(Ordering::Acquire) && !self.registry.is_live(&core);
         self.runtime().spawn(async move {
-            let _ = tokio::time::timeout(timeout, core.aggregator.flush()).await;
-            let _ = tx.send(());
+            let aggregator = &core.aggregator;
+            let settled = if aggregator.is_accepting() && !closing {
+                tokio::time::timeout(timeout, aggregator.flush()).await
+            } else {
+                tokio::time::timeout(timeout, aggregator.finished()).await
+            };
+            let _ = tx.send(settled.is_ok());
         });
         rx
     }

@@ -60,10 +60,12 @@ async fn one_client_per_host_shared_and_ref_counted() {
     assert_eq!(p.ref_count("b.example"), 1);
     assert_eq!(p.stats().clients_created, 2);
     drop(a1);
-    a2.close().await;
+    a2.close();
+    let _ = a2.flush(Duration::from_secs(10)).await;
     assert_eq!(p.ref_count("a.example"), 1, "not closed before the last");
     assert_eq!(p.host_count(), 2);
-    a3.close().await;
+    a3.close();
+    p.wait_closed().await;
     assert_eq!(p.ref_count("a.example"), 0);
     assert_eq!(p.host_count(), 1);
     assert_eq!(p.stats().clients_closed, 1);
@@ -90,7 +92,8 @@ async fn close_flushes_everything_with_the_right_fields() {
     let p = TelemetryClientProvider::new(options(&server, &f));
     let c = p.connect(conn_opts("a.example"));
     workload(&c);
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     assert_eq!(server.rows(), 4);
     let req = server.requests()[0].clone();
     assert_eq!(req.url, "https://a.example/telemetry-ext");
@@ -132,7 +135,8 @@ async fn connection_close_with_others_alive_flushes_its_rows() {
     let keep = p.connect(conn_opts("a.example"));
     let c = p.connect(conn_opts("a.example"));
     c.opened(Duration::from_millis(1));
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     assert_eq!(server.rows(), 1);
     assert!(keep.is_enabled());
     assert!(format!("{keep:?}").contains("a.example"));
@@ -151,7 +155,8 @@ async fn disabled_costs_nothing_and_sends_nothing() {
     s.attach_id("x");
     assert!(s.id().is_none() && !s.is_enabled());
     drop(s);
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     assert_eq!(p.host_count(), 0);
     assert_eq!(server.count(), 0);
     assert_eq!(f.count(), 0);
@@ -188,7 +193,8 @@ async fn override_beats_config_and_flag() {
     });
     assert!(on.is_enabled());
     on.opened(Duration::ZERO);
-    on.close().await;
+    on.close();
+    let _ = on.flush(Duration::from_secs(10)).await;
     assert_eq!(server.rows(), 1);
 }
 
@@ -205,7 +211,8 @@ async fn env_switch_beats_everything() {
     assert!(!c.is_enabled());
     assert_eq!(c.disabled_reason(), Some(DisabledReason::EnvSwitch));
     workload(&c);
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     assert_eq!((server.count(), f.count()), (0, 0));
     assert_eq!(p.stats().disabled(DisabledReason::EnvSwitch), 1);
 }
@@ -251,7 +258,8 @@ async fn server_flag_off_sends_nothing_and_turns_the_hot_path_off() {
     }
     assert!(!c.is_enabled(), "the flag's answer reached the handle");
     workload(&c);
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     assert_eq!(server.count(), 0);
     let s = p.stats();
     // Only events emitted before the flag was known (some or all of the first workload) were
@@ -281,7 +289,8 @@ fn works_without_a_runtime() {
     workload(&c);
     let hs = p.host_stats("a.example").unwrap();
     assert_eq!(hs.connections, 1);
-    c.close_blocking();
+    c.close();
+    c.flush_blocking(Duration::from_secs(10)).unwrap();
     assert_eq!(server.rows(), 4);
     drop(p);
 }
@@ -295,7 +304,8 @@ async fn works_on_a_current_thread_runtime_and_drops_inside_it() {
     });
     let c = p.connect(conn_opts("a.example"));
     workload(&c);
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     assert_eq!(server.rows(), 4);
     // A provider with its own runtime, dropped inside an async context, does not panic.
     let own = TelemetryClientProvider::new(options(&server, &f));
@@ -312,7 +322,8 @@ async fn close_returns_by_its_deadline_when_the_endpoint_hangs() {
     let c = p.connect(conn_opts("a.example"));
     workload(&c);
     let started = Instant::now();
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     let took = started.elapsed();
     assert!(took < Duration::from_millis(1500), "took {took:?}");
     let s = p.stats();
@@ -337,7 +348,8 @@ async fn an_endpoint_failing_every_request_hurts_nothing() {
         }
     }
     for c in conns {
-        c.close().await;
+        c.close();
+        let _ = c.flush(Duration::from_secs(10)).await;
     }
     let s = p.stats();
     assert_eq!(s.rows_exported, 0);
@@ -370,7 +382,8 @@ async fn chunks_from_several_threads_ride_with_an_abandoned_statement() {
         }
     });
     drop(s); // never completed: reported as abandoned, chunks included
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     let req = server.requests()[0].clone();
     let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
     let row: serde_json::Value =
@@ -397,7 +410,8 @@ async fn a_newline_in_the_user_agent_is_removed_not_fatal() {
     let c = p.connect(conn_opts("a.example"));
     assert!(c.is_enabled());
     workload(&c);
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     let req = &server.requests()[0];
     let ua = req
         .headers
@@ -479,7 +493,8 @@ fn an_auth_provider_that_blocks_works_on_the_providers_own_runtime() {
         ConnectionOptions::new("a.example").with_auth(Arc::new(BlockingAuth), AuthType::OauthM2m),
     );
     workload(&c);
-    c.close_blocking();
+    c.close();
+    c.flush_blocking(Duration::from_secs(10)).unwrap();
     let s = p.stats();
     assert_eq!((s.rows_exported, server.rows()), (4, 4), "{s:?}");
     let auth = server.requests()[0]
@@ -566,7 +581,8 @@ async fn every_row_is_accounted_for_under_random_faults_and_close_races() {
         }
         for c in conns {
             if rnd(2) == 0 {
-                c.close().await;
+                c.close();
+                let _ = c.flush(Duration::from_secs(10)).await;
             } else {
                 drop(c);
             }
@@ -730,7 +746,8 @@ async fn every_config_knob_at_its_extremes_is_safe() {
                 for _ in 0..3 {
                     workload(&c);
                 }
-                c.close().await;
+                c.close();
+                let _ = c.flush(Duration::from_secs(10)).await;
                 p.wait_closed().await;
                 let s = p.stats();
                 assert_eq!(
@@ -813,7 +830,8 @@ async fn force_enable_sends_without_asking_the_flag() {
     let p = TelemetryClientProvider::new(o);
     let c = p.connect(conn_opts("a.example"));
     workload(&c);
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     assert_eq!(
         (f.count(), server.rows()),
         (0, 4),
@@ -999,7 +1017,8 @@ async fn a_sea_statement_lifecycle_with_a_late_id_and_a_shared_handle() {
     reader.close(); // the reader's close after completion: ignored, counted
     drop(reader);
     drop(st);
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     let logs = sent_logs(&server);
     assert_eq!(logs.len(), 2);
     assert_eq!(driver_log(&logs[0].1)["session_id"], "01ef-session");
@@ -1066,7 +1085,8 @@ async fn every_way_a_statement_ends_has_its_own_row() {
         Some("/home/alice/f.csv"),
     );
     volume.complete();
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     // The failed statement went at once, in a request of its own; the rest at the close. The
     // requests may finish in either order: find the rows by what they are.
     let logs = sent_logs(&server);
@@ -1177,7 +1197,8 @@ async fn a_terminal_failure_and_a_chunk_failure_are_sent_at_once() {
     );
     st.complete(); // after the terminal error: ignored
     assert_eq!(p.stats().statement_endings_ignored, 1);
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1196,7 +1217,8 @@ async fn a_failed_open_without_credentials_goes_to_the_unauthenticated_endpoint(
             message: "connect https://u:p@a.example refused",
         },
     );
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     let logs = sent_logs(&server);
     assert_eq!(logs.len(), 1);
     assert_eq!(logs[0].0, "https://a.example/telemetry-unauth");
@@ -1252,7 +1274,8 @@ async fn a_refused_header_disables_only_its_own_connection_and_the_breaker_never
     for _ in 0..20 {
         workload(&clean);
     }
-    clean.close().await;
+    clean.close();
+    let _ = clean.flush(Duration::from_secs(10)).await;
     p.wait_closed().await;
     let s = p.stats();
     assert_eq!(
@@ -1281,7 +1304,8 @@ async fn a_header_set_at_both_levels_is_sent_once_the_connections_winning() {
     });
     let c = p.connect(conn_opts("a.example").with_header("x-databricks-org-id", "2"));
     workload(&c);
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     let req = &server.requests()[0];
     let org: Vec<_> = req
         .headers
@@ -1300,7 +1324,8 @@ fn a_connection_outliving_its_provider_still_delivers_its_rows() {
     drop(p);
     workload(&c);
     // The last connection's close is the host's final flush, on the provider's runtime.
-    c.close_blocking();
+    c.close();
+    c.flush_blocking(Duration::from_secs(10)).unwrap();
     assert_eq!(
         server.rows(),
         4,
@@ -1402,8 +1427,10 @@ mod open_statements {
         done.complete();
         drop(dropped); // abandoned: ended, its row reported
         assert_eq!(p.stats().statements_open, 3);
-        c.close().await;
-        other.close().await;
+        c.close();
+        let _ = c.flush(Duration::from_secs(10)).await;
+        other.close();
+        let _ = other.flush(Duration::from_secs(10)).await;
         let s = p.stats();
         assert_eq!((s.statements_open, s.statements_open_at_close), (0, 3));
         assert_eq!((s.events_emitted, s.rows_exported), (2, 2));
@@ -1430,7 +1457,8 @@ mod open_statements {
         );
         drop(client);
         let leaked = c.statement(StatementType::Query, OperationType::ExecuteStatement);
-        c.close().await;
+        c.close();
+        let _ = c.flush(Duration::from_secs(10)).await;
         p.wait_closed().await;
         assert!(
             exporter.upgrade().is_none(),
@@ -1462,4 +1490,46 @@ mod open_statements {
         );
         assert_eq!(s.rows_produced, s.rows_exported + s.total_rows_dropped());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_queued_ahead_of_the_close_never_cost_the_totals() {
+    let (server, f) = (FakeServer::hanging(), flag(true));
+    let mut o = options(&server, &f);
+    o.config.aggregation.close_timeout = Duration::from_millis(300);
+    let p = TelemetryClientProvider::new(o);
+    let (a, b) = (
+        p.connect(conn_opts("a.example")),
+        p.connect(conn_opts("a.example")),
+    );
+    workload(&a);
+    workload(&b);
+    // Callers flush ahead of the close: each flush holds the host's task up to the close
+    // timeout, so the close runs late, after its own deadline and settle time.
+    let flushes: Vec<_> = (0..3)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.flush(Duration::from_secs(5)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = std::time::Instant::now();
+    a.close();
+    b.close();
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "close never waits"
+    );
+    for f in flushes {
+        let _ = f.await;
+    }
+    p.wait_closed().await;
+    let s = p.stats();
+    assert_eq!(s.rows_produced, 8, "{s:?}");
+    assert_eq!(
+        s.rows_produced,
+        s.rows_exported + s.total_rows_dropped(),
+        "{s:?}"
+    );
+    assert_eq!(s.clients_closed, 1);
 }

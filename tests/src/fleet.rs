@@ -335,7 +335,8 @@ pub fn run(config: &FleetConfig) -> std::io::Result<FleetReport> {
                         st.complete();
                         statements.fetch_add(1, Ordering::Relaxed);
                     }
-                    conn.close().await;
+                    conn.close();
+                    let _ = conn.flush(Duration::from_secs(10)).await;
                 })
             })
             .collect();

@@ -97,8 +97,10 @@ async fn an_adbc_shaped_driver_needs_no_wrapper_no_option_and_no_mutex() {
         w.await.unwrap();
     }
     // Closed through one clone, by reference; again from another clone: a no-op.
-    conn.close().await;
-    executor.telemetry.close().await;
+    conn.close();
+    let _ = conn.flush(Duration::from_secs(10)).await;
+    executor.telemetry.close();
+    let _ = executor.telemetry.flush(Duration::from_secs(10)).await;
     tokio::time::timeout(Duration::from_secs(5), async {
         while kit.provider().stats().clients_closed == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;

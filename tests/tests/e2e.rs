@@ -69,7 +69,8 @@ async fn rows_arrive_with_the_right_fields() {
         .with_http_status(401),
     );
     c.closed(Duration::from_millis(7));
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     assert_eq!(p.host_count(), 0, "clean-up on close");
     assert_eq!(mock.flag_requests(), 1);
     let received = mock.received();
@@ -165,7 +166,8 @@ async fn one_client_shared_by_many_connections_and_override() {
     }
     off.opened(Duration::from_millis(1));
     for c in conns {
-        c.close().await;
+        c.close();
+        let _ = c.flush(Duration::from_secs(10)).await;
     }
     assert_eq!(p.host_count(), 0);
     assert_eq!(
@@ -349,7 +351,8 @@ async fn breaker_stops_requests_during_an_outage_and_they_resume() {
         mock.rows_received() > 0,
         "requests resumed after the outage"
     );
-    keep.close().await;
+    keep.close();
+    let _ = keep.flush(Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,7 +365,8 @@ async fn close_returns_within_its_deadline_when_the_endpoint_hangs() {
     let c = connect(&p, &mock.base_url());
     c.opened(Duration::ZERO);
     let started = Instant::now();
-    c.close().await;
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
     let took = started.elapsed();
     assert!(took < Duration::from_millis(2500), "took {took:?}");
     assert_eq!(p.stats().dropped.get(DropReason::Shutdown), 1);

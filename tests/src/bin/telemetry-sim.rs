@@ -283,6 +283,10 @@ fn run_once(
         "/sql/1.0/warehouses/sim?o=1234567890123456",
         &args.workload,
     );
+    // Process exit: where a driver waits for what is still in flight (bounded).
+    let _ = p.shutdown_blocking(
+        Duration::from_millis(args.close_timeout_ms).saturating_add(Duration::from_secs(1)),
+    );
     stop.store(true, Ordering::Relaxed);
     if let Some(m) = monitor {
         let _ = m.join();
