@@ -1533,3 +1533,31 @@ async fn flushes_queued_ahead_of_the_close_never_cost_the_totals() {
     );
     assert_eq!(s.clients_closed, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_of_one_database_share_requests_through_its_transport() {
+    let (default, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&default, &f));
+    // One transport per database (its reqwest client), shared by the database's connections,
+    // each with its own provider object for the same token.
+    let database = FakeServer::always(200);
+    let conns: Vec<_> = (0..4)
+        .map(|_| p.connect(conn_opts("h.example").with_transport(database.clone())))
+        .collect();
+    for c in &conns {
+        c.opened(Duration::from_millis(1));
+    }
+    p.force_flush(Duration::from_secs(5)).await.unwrap();
+    let first = database.count();
+    for c in &conns {
+        c.opened(Duration::from_millis(1));
+    }
+    p.force_flush(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(database.rows(), 8);
+    assert_eq!(
+        database.count() - first,
+        1,
+        "once the credentials are known, one request for the four connections"
+    );
+    assert_eq!(default.count(), 0);
+}
