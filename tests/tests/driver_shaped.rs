@@ -101,13 +101,7 @@ async fn an_adbc_shaped_driver_needs_no_wrapper_no_option_and_no_mutex() {
     let _ = conn.flush(Duration::from_secs(10)).await;
     executor.telemetry.close();
     let _ = executor.telemetry.flush(Duration::from_secs(10)).await;
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while kit.provider().stats().clients_closed == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap();
+    kit.provider().wait_closed().await;
     let logs = kit.logs();
     let statements: Vec<_> = logs
         .iter()
