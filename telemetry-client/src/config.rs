@@ -117,7 +117,30 @@ pub enum OptionError {
     /// The values parse, but the config they make does not validate.
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    /// `key` is not a telemetry option (a driver passing all its options skips these).
+    #[error("`{key}` is not a telemetry option; known: {}", known.join(", "))]
+    UnknownKey {
+        /// The key as given.
+        key: String,
+        /// The options there are, by one of their names.
+        known: &'static [&'static str],
+    },
 }
+
+/// Every telemetry option, by one of its names (see [`TelemetryConfig::apply_option`]).
+pub const KNOWN_OPTIONS: &[&str] = &[
+    "telemetryEnabled",
+    "forceEnableTelemetry",
+    "telemetryBatchSize",
+    "telemetryFlushIntervalMs",
+    "telemetryMaxRetries",
+    "telemetryAuthenticatedExport",
+    "telemetryRequestTimeoutMs",
+    "telemetryCloseTimeoutMs",
+    "telemetryCircuitBreakerThreshold",
+    "telemetryCircuitBreakerTimeout",
+    "telemetryAllowInsecureLoopback",
+];
 
 /// Environment variables that override the config (see [`TelemetryConfig::apply_env`]),
 /// with the option each one sets.
@@ -141,6 +164,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     (
         "DATABRICKS_TELEMETRY_AUTHENTICATED_EXPORT",
         "telemetryAuthenticatedExport",
+    ),
+    (
+        "DATABRICKS_TELEMETRY_ALLOW_INSECURE_LOOPBACK",
+        "telemetryAllowInsecureLoopback",
     ),
 ];
 
@@ -196,20 +223,35 @@ impl TelemetryConfig {
     /// `enable_telemetry`, `telemetry_batch_size`, `force_enable_telemetry`; Go DSN
     /// `enableTelemetry`, `forceEnableTelemetry`; JDBC `EnableTelemetry`,
     /// `TelemetryBatchSize`, `TelemetryFlushInterval` (ms); and ours,
-    /// `telemetryRequestTimeoutMs`, `telemetryCloseTimeoutMs`. Returns whether the key is a
-    /// telemetry option (a driver passes all its options; others are ignored).
+    /// `telemetryRequestTimeoutMs`, `telemetryCloseTimeoutMs`,
+    /// `telemetryAllowInsecureLoopback`. The value is checked against its range at once: an
+    /// out-of-range value is an error and leaves the config as it was. A key that is not a
+    /// telemetry option is [`OptionError::UnknownKey`], naming the known ones (a driver that
+    /// passes all its options skips it; [`apply_options`](Self::apply_options) does).
     ///
     /// ```
-    /// use telemetry_client::TelemetryConfig;
+    /// use telemetry_client::{OptionError, TelemetryConfig};
     /// let mut c = TelemetryConfig::default();
-    /// assert_eq!(c.apply_option("enable_telemetry", "true"), Ok(true));
-    /// assert_eq!(c.apply_option("telemetryBatchSize", "50"), Ok(true));
-    /// assert_eq!(c.apply_option("databricks.http_path", "/sql/1.0/x"), Ok(false));
+    /// c.apply_option("enable_telemetry", "true").unwrap();
+    /// c.apply_option("telemetryBatchSize", "50").unwrap();
     /// assert!(c.enabled && c.aggregation.batch_size == 50);
+    /// let err = c.apply_option("databricks.http_path", "/sql/1.0/x").unwrap_err();
+    /// assert!(matches!(err, OptionError::UnknownKey { .. }));
+    /// assert!(err.to_string().contains("telemetryBatchSize"));
     /// let err = c.apply_option("telemetryFlushIntervalMs", "soon").unwrap_err();
     /// assert!(err.to_string().contains("telemetryFlushIntervalMs"));
+    /// c.apply_option("telemetryBatchSize", "20000").unwrap_err(); // out of range
+    /// assert_eq!(c.aggregation.batch_size, 50, "unchanged");
     /// ```
-    pub fn apply_option(&mut self, key: &str, value: &str) -> Result<bool, OptionError> {
+    pub fn apply_option(&mut self, key: &str, value: &str) -> Result<(), OptionError> {
+        let mut next = self.clone();
+        next.set_option(key, value)?;
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    fn set_option(&mut self, key: &str, value: &str) -> Result<(), OptionError> {
         match normalise(key).as_str() {
             "telemetryenabled" | "enabletelemetry" => self.enabled = parse_bool(key, value)?,
             "forceenabletelemetry" | "telemetryforceenable" => {
@@ -237,9 +279,17 @@ impl TelemetryConfig {
                     .max_open_duration
                     .max(self.breaker.open_duration);
             }
-            _ => return Ok(false),
+            "telemetryallowinsecureloopback" => {
+                self.allow_insecure_loopback = parse_bool(key, value)?
+            }
+            _ => {
+                return Err(OptionError::UnknownKey {
+                    key: key.to_owned(),
+                    known: KNOWN_OPTIONS,
+                });
+            }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Applies every option of `options` (see [`apply_option`](Self::apply_option)), then
@@ -255,7 +305,11 @@ impl TelemetryConfig {
         options: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<(), OptionError> {
         for (key, value) in options {
-            self.apply_option(key, value)?;
+            match self.apply_option(key, value) {
+                // A driver passes all its options: those that are not telemetry's are skipped.
+                Ok(()) | Err(OptionError::UnknownKey { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(self.validate()?)
     }
@@ -309,8 +363,34 @@ mod tests {
     #[case("databricks.telemetry.enabled", "true")]
     fn every_drivers_name_for_the_switch(#[case] key: &str, #[case] value: &str) {
         let mut c = TelemetryConfig::default();
-        assert_eq!(c.apply_option(key, value), Ok(true));
+        assert_eq!(c.apply_option(key, value), Ok(()));
         assert!(c.enabled, "{key}");
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_known_ones_and_a_value_out_of_range_changes_nothing() {
+        let mut c = TelemetryConfig::default();
+        let err = c.apply_option("telemetryBatchSise", "10").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("telemetryBatchSise") && text.contains("telemetryBatchSize"));
+        let before = c.clone();
+        let err = c.apply_option("telemetryBatchSize", "20000").unwrap_err();
+        assert!(matches!(err, OptionError::Invalid(_)), "{err}");
+        assert_eq!(c, before);
+        c.apply_option("telemetry_allow_insecure_loopback", "true")
+            .unwrap();
+        assert!(c.allow_insecure_loopback);
+        let mut e = TelemetryConfig::default();
+        e.apply_env(|k| {
+            (k == "DATABRICKS_TELEMETRY_ALLOW_INSECURE_LOOPBACK").then(|| "1".to_owned())
+        })
+        .unwrap();
+        assert!(e.allow_insecure_loopback);
+        // Every known option is one apply_option takes.
+        for key in KNOWN_OPTIONS {
+            let err = TelemetryConfig::default().apply_option(key, "not-a-value");
+            assert!(!matches!(err, Err(OptionError::UnknownKey { .. })), "{key}");
+        }
     }
 
     #[test]

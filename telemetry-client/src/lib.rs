@@ -126,7 +126,7 @@ mod stats;
 mod sysinfo;
 
 // The handles and how to make them.
-pub use config::{ENV_OVERRIDES, OptionError, TelemetryConfig};
+pub use config::{ENV_OVERRIDES, KNOWN_OPTIONS, OptionError, TelemetryConfig};
 pub use connection::Connection;
 pub use options::{ConnectionOptions, ProviderOptions};
 pub use provider::{TelemetryClientProvider, TelemetryError};

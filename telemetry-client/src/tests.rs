@@ -77,12 +77,13 @@ async fn one_client_per_host_shared_and_ref_counted() {
     p.wait_closed().await;
     assert_eq!(p.host_count(), 0);
     assert_eq!(p.stats().clients_closed, 3);
-    // At most one look-up per client; the last client may be released before its background
-    // look-up starts (the look-up is then cancelled, as it should be).
+    // At most one look-up per client; a client may be released before its background
+    // look-up starts (the look-up is then cancelled, as it should be), and closes no longer
+    // wait.
     let lookups = f.count();
     assert!(
-        (2..=3).contains(&lookups),
-        "one flag look-up per client: {lookups}"
+        (1..=3).contains(&lookups),
+        "at most one flag look-up per client: {lookups}"
     );
 }
 
