@@ -170,8 +170,17 @@ impl Connection {
     /// Begins a metadata look-up (`METADATA` with its `LIST_*` operation: catalogs, schemas,
     /// tables, columns, functions, primary / imported / exported keys, cross references, type
     /// info, table types).
+    /// A non-metadata operation is refused: the handle is disabled and the refusal counted
+    /// (`ProviderStats::statements_refused`). [`OperationType::for_metadata_call`] maps a
+    /// driver's metadata call by name (procedures to `LIST_FUNCTIONS`).
     #[inline]
     pub fn metadata(&self, operation_type: OperationType) -> Statement {
+        if !operation_type.is_metadata() {
+            if let Some(h) = &self.live {
+                h.emitter.lease.count_refused_statement();
+            }
+            return Statement::disabled();
+        }
         self.statement(StatementType::Metadata, operation_type)
     }
 

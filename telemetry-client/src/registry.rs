@@ -112,6 +112,8 @@ pub(crate) struct HostRegistry {
     late_drops: AtomicU64,
     /// Statement endings after the first (ignored).
     ignored_endings: AtomicU64,
+    /// Statements refused (a non-metadata operation handed to `metadata`).
+    refused_statements: AtomicU64,
 }
 
 impl HostRegistry {
@@ -124,6 +126,7 @@ impl HostRegistry {
             close_tasks: Mutex::new(Vec::new()),
             late_drops: AtomicU64::new(0),
             ignored_endings: AtomicU64::new(0),
+            refused_statements: AtomicU64::new(0),
         }
     }
 
@@ -303,6 +306,7 @@ impl HostRegistry {
         total.events_emitted += late;
         total.dropped.add(DropReason::AfterClose, late);
         total.statement_endings_ignored = self.ignored_endings.load(Ordering::Relaxed);
+        total.statements_refused = self.refused_statements.load(Ordering::Relaxed);
         for c in &released.closing {
             total.add(&c.core.aggregator.stats(), &c.exporter.stats());
             total.statements_open += c.core.open_statements();
@@ -362,6 +366,13 @@ impl HostLease {
         } else {
             self.registry.late_drops.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A statement was refused (a non-metadata operation handed to `metadata`).
+    pub(crate) fn count_refused_statement(&self) {
+        self.registry
+            .refused_statements
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// A statement was begun (the open-statements gauge).

@@ -117,6 +117,9 @@ pub struct ProviderStats {
     /// Statement endings after a statement's first (a `close` after `complete`, a second
     /// `fail`): ignored, since the first ending stands.
     pub statement_endings_ignored: u64,
+    /// Statements refused: a non-metadata operation handed to `Connection::metadata` (the
+    /// driver got a disabled handle).
+    pub statements_refused: u64,
     /// Statements begun and not ended yet, on hosts live or closing.
     pub statements_open: u64,
     /// Statements not ended when their host's client closed (its last connection closed,

@@ -1562,3 +1562,24 @@ async fn connections_of_one_database_share_requests_through_its_transport() {
     );
     assert_eq!(default.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_takes_only_metadata_operations_and_maps_a_drivers_calls() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    let refused = c.metadata(OperationType::ExecuteStatement);
+    assert!(!refused.is_enabled());
+    refused.complete();
+    let procedures = OperationType::for_metadata_call("list_procedures").unwrap();
+    c.metadata(procedures).complete();
+    c.close();
+    c.flush(Duration::from_secs(5)).await.unwrap();
+    let s = p.stats();
+    assert_eq!((s.statements_refused, s.rows_exported), (1, 1));
+    let ops: Vec<_> = sent_logs(&server)
+        .iter()
+        .map(|(_, l)| driver_log(l)["sql_operation"]["operation_detail"]["operation_type"].clone())
+        .collect();
+    assert_eq!(ops, ["LIST_FUNCTIONS"]);
+}

@@ -604,6 +604,52 @@ macro_rules! unspecified_fallback {
     )+};
 }
 
+impl OperationType {
+    /// Whether this is a metadata look-up (`LIST_*`), as `Connection::metadata` takes.
+    pub fn is_metadata(self) -> bool {
+        self.as_str().starts_with("LIST_")
+    }
+
+    /// The schema's closest operation for a metadata call by its name in a driver's API
+    /// (ADBC `get_objects` depths, JDBC `DatabaseMetaData` methods, ODBC `SQL*` calls): any
+    /// case, with or without `get` / `list` and separators. Procedures map to
+    /// `LIST_FUNCTIONS` (the schema has no procedure kind); `None` when nothing is close.
+    ///
+    /// ```
+    /// use telemetry_types::wire::OperationType;
+    /// assert_eq!(OperationType::for_metadata_call("list_procedures"), Some(OperationType::ListFunctions));
+    /// assert_eq!(OperationType::for_metadata_call("getTableTypes"), Some(OperationType::ListTableTypes));
+    /// assert_eq!(OperationType::for_metadata_call("SQLColumns"), Some(OperationType::ListColumns));
+    /// assert_eq!(OperationType::for_metadata_call("execute"), None);
+    /// ```
+    pub fn for_metadata_call(name: &str) -> Option<Self> {
+        let key: String = name
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        let key = key
+            .strip_prefix("sql")
+            .or_else(|| key.strip_prefix("get"))
+            .or_else(|| key.strip_prefix("list"))
+            .unwrap_or(&key);
+        Some(match key {
+            "catalogs" | "databases" => Self::ListCatalogs,
+            "schemas" | "dbschemas" => Self::ListSchemas,
+            "tables" | "objects" => Self::ListTables,
+            "tabletypes" => Self::ListTableTypes,
+            "columns" | "tableschema" | "procedurecolumns" | "functioncolumns" => Self::ListColumns,
+            "functions" | "procedures" => Self::ListFunctions,
+            "primarykeys" => Self::ListPrimaryKeys,
+            "importedkeys" | "foreignkeys" => Self::ListImportedKeys,
+            "exportedkeys" => Self::ListExportedKeys,
+            "crossreference" | "crossreferences" => Self::ListCrossReferences,
+            "typeinfo" | "info" => Self::ListTypeInfo,
+            _ => return None,
+        })
+    }
+}
+
 unspecified_fallback! {
     StatementType => Unspecified,
     ExecutionResultFormat => Unspecified,
