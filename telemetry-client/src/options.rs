@@ -174,8 +174,12 @@ impl ProviderOptions {
 pub struct ConnectionOptions {
     /// The workspace host as the driver has it (`https://...`, any case, port 443 or not).
     pub host: String,
-    /// The warehouse / cluster HTTP path (the workspace id is read from it, nothing else).
+    /// The warehouse / cluster HTTP path, given once: the workspace id is read from it
+    /// (`?o=<id>`, `/o/<id>/`) unless [`workspace_id`](Self::workspace_id) is set, and it is
+    /// the `http_path` of the connection parameters unless those carry their own.
     pub http_path: Option<String>,
+    /// The workspace id, when the driver knows it (over what the http path says).
+    pub workspace_id: Option<i64>,
     /// The server's session id.
     pub session_id: Option<String>,
     /// The connection's credentials; `None` reports to the unauthenticated endpoint.
@@ -231,9 +235,15 @@ impl ConnectionOptions {
         }
     }
 
-    /// The warehouse / cluster HTTP path.
+    /// The warehouse / cluster HTTP path (see [`http_path`](Self::http_path)).
     pub fn with_http_path(mut self, http_path: impl Into<String>) -> Self {
         self.http_path = Some(http_path.into());
+        self
+    }
+
+    /// The workspace id, when the driver knows it.
+    pub fn with_workspace_id(mut self, workspace_id: i64) -> Self {
+        self.workspace_id = Some(workspace_id);
         self
     }
 

@@ -204,15 +204,22 @@ impl TelemetryClientProvider {
             }
         };
         let mut info = ConnectionInfo::new(host.clone(), inner.user_agent.clone());
-        info.workspace_id = options
-            .http_path
-            .as_deref()
-            .and_then(workspace_id_from_http_path);
+        info.workspace_id = options.workspace_id.or_else(|| {
+            options
+                .http_path
+                .as_deref()
+                .and_then(workspace_id_from_http_path)
+        });
         if let Some(id) = options.session_id {
             let _ = info.session_id.set(id);
         }
         info.auth_type = options.auth_type;
-        info.connection_params = options.connection_params;
+        // The path is given once: the connection parameters take it unless they have their own.
+        let mut params = options.connection_params;
+        if let (Some(p), Some(path)) = (params.as_mut(), options.http_path) {
+            p.http_path.get_or_insert(path);
+        }
+        info.connection_params = params;
         let mut sys = inner.system_configuration.clone();
         if options.client_app_name.is_some() {
             sys.client_app_name = options.client_app_name;

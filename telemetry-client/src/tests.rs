@@ -1583,3 +1583,43 @@ async fn metadata_takes_only_metadata_operations_and_maps_a_drivers_calls() {
         .collect();
     assert_eq!(ops, ["LIST_FUNCTIONS"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_path_is_given_once_and_a_known_workspace_id_wins() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let path = "/sql/1.0/warehouses/abc?o=42";
+    let params = DriverConnectionParameters {
+        mode: Some(DriverMode::Sea),
+        ..Default::default()
+    };
+    let from_path = p.connect(
+        conn_opts("a.example")
+            .with_http_path(path)
+            .with_connection_params(params.clone()),
+    );
+    let known = p.connect(
+        conn_opts("b.example")
+            .with_http_path(path)
+            .with_workspace_id(7)
+            .with_connection_params(params),
+    );
+    for c in [&from_path, &known] {
+        c.opened(Duration::from_millis(1));
+    }
+    p.force_flush(Duration::from_secs(5)).await.unwrap();
+    let mut seen: Vec<(i64, String)> = sent_logs(&server)
+        .iter()
+        .map(|(_, l)| {
+            (
+                l["workspace_id"].as_i64().unwrap(),
+                driver_log(l)["driver_connection_params"]["http_path"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [(7, path.to_owned()), (42, path.to_owned())]);
+}
