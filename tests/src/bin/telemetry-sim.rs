@@ -388,7 +388,7 @@ fn main() -> ExitCode {
             let (off, _) = run_once(&args, &host, false, false);
             let (on, _) = run_once(&args, &host, true, false);
             // Both sides timed the same way: the driver's work up to its connections' close
-            // (the close, which waits for the final flush, is reported on its own).
+            // (the close and the wait for the final flush are not part of it).
             let (a, b) = (off.work.as_secs_f64(), on.work.as_secs_f64());
             ratios.push(b / a.max(1e-9) - 1.0);
             on_eps.push(on.events as f64 / b.max(1e-9));
