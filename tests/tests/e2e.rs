@@ -41,10 +41,17 @@ async fn run_workload(
     base: &str,
     w: Workload,
 ) -> workload::WorkloadReport {
-    let (p, base) = (p.clone(), base.to_owned());
-    tokio::task::spawn_blocking(move || workload::run(&p, &base, "/sql/1.0/warehouses/x?o=9", &w))
-        .await
-        .expect("workload thread")
+    let (provider, base) = (p.clone(), base.to_owned());
+    let report = tokio::task::spawn_blocking(move || {
+        workload::run(&provider, &base, "/sql/1.0/warehouses/x?o=9", &w)
+    })
+    .await
+    .expect("workload thread");
+    // Each connection waited for its own host's close; a host released earlier (a failed
+    // open's, closed before the others connected) may still be closing: its rows are then
+    // in flight, not yet settled. Every total is final once every close is done.
+    p.wait_closed().await;
+    report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
