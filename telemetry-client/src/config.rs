@@ -117,6 +117,15 @@ pub enum OptionError {
     /// The values parse, but the config they make does not validate.
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    /// `key` changes a setting the provider fixed when it started (its first enabled
+    /// connection); only `enabled`, `allow_insecure_loopback` and `max_hosts` change after.
+    #[error(
+        "telemetry option `{key}`: the provider has started; set it before the first connection"
+    )]
+    TooLate {
+        /// The key as given.
+        key: String,
+    },
     /// `key` is not a telemetry option (a driver passing all its options skips these).
     #[error("`{key}` is not a telemetry option; known: {}", known.join(", "))]
     UnknownKey {
@@ -469,7 +478,10 @@ mod tests {
             |c| c.export.request_timeout = Duration::ZERO,
             "request_timeout",
         );
-        check(|c| c.flags.default_ttl = Duration::ZERO, "flag_ttl");
+        check(
+            |c| c.flags.default_ttl = Duration::ZERO,
+            "flags.default_ttl",
+        );
         check(|c| c.breaker.success_threshold = 0, "success_threshold");
         check(|c| c.max_hosts = 0, "max_hosts");
     }

@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use telemetry_flags::PendingCredentials;
+use telemetry_types::auth::AuthProvider;
 use telemetry_types::connection::ConnectionInfo;
 use telemetry_types::event::{DriverError, EventKind, ReportableError, VolumeOp};
 use telemetry_types::wire::{OperationType, StatementType, VolumeOperationType};
@@ -40,6 +42,20 @@ impl Default for Connection {
 struct Handle {
     emitter: Arc<Emitter>,
     closed: std::sync::atomic::AtomicBool,
+    /// Credentials said to be coming and not attached yet (the host's look-up waits).
+    pending: std::sync::Mutex<Option<PendingCredentials>>,
+}
+
+impl Handle {
+    /// Ends this connection's part in the wait for credentials.
+    fn stop_waiting(&self) {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(pending);
+    }
 }
 
 impl Drop for Handle {
@@ -72,14 +88,43 @@ impl Connection {
         }
     }
 
-    pub(crate) fn new(info: Arc<ConnectionInfo>, lease: HostLease) -> Self {
+    pub(crate) fn new(
+        info: Arc<ConnectionInfo>,
+        lease: HostLease,
+        pending: Option<PendingCredentials>,
+    ) -> Self {
         Self {
             live: Some(Arc::new(Handle {
                 emitter: Arc::new(Emitter { info, lease }),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                pending: std::sync::Mutex::new(pending),
             })),
             disabled: None,
         }
+    }
+
+    /// Attaches (or replaces) the connection's credentials, for a connection registered
+    /// before the driver had any ([`ConnectionOptions::with_auth_later`](crate::ConnectionOptions::with_auth_later)),
+    /// or whose provider object changed. Rows sent from now on use them, and the host's flag
+    /// look-up, if it is waiting for credentials, goes on with them at once. Cheap; never
+    /// calls the provider here.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use telemetry_client::{Connection, StaticToken};
+    /// let conn = Connection::default();
+    /// conn.attach_auth(Arc::new(StaticToken::new("token"))); // a disabled handle: nothing
+    /// ```
+    pub fn attach_auth(&self, auth: Arc<dyn AuthProvider>) {
+        let Some(handle) = self.live.as_ref() else {
+            return;
+        };
+        let e = &handle.emitter;
+        e.info.attach_auth(auth.clone());
+        if let Some(flag) = e.lease.flag_handle() {
+            flag.add_credentials(auth, e.info.transport.clone());
+        }
+        handle.stop_waiting();
     }
 
     /// Why this handle reports nothing from the start, if it does not (the server's flag,
@@ -238,6 +283,7 @@ impl Connection {
             .closed
             .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
+            handle.stop_waiting();
             let _ = handle.emitter.lease.release();
         }
     }

@@ -114,6 +114,8 @@
 //! With the `testing` feature, `telemetry_client::testing` re-exports the test doubles of every trait (a
 //! scripted transport and flag source, a recording sink).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod config;
 mod connection;
 mod emitter;
@@ -152,6 +154,8 @@ pub use telemetry_flags::{
 pub use telemetry_types::validation::ConfigError;
 
 // The driver's own HTTP stack, credentials and flag source.
+#[cfg(feature = "hyper-transport")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper-transport")))]
 pub use telemetry_export::{HyperTransport, ProxyConfig, TransportBuildError, TransportOptions};
 pub use telemetry_types::BoxFuture;
 pub use telemetry_types::auth::{AuthProvider, StaticToken};
@@ -172,8 +176,10 @@ pub use telemetry_types::drops::{DropCounts, DropReason, DropUnit};
 #[cfg(feature = "reqwest")]
 mod reqwest_transport;
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use reqwest_transport::ReqwestTransport;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
 #[cfg(test)]

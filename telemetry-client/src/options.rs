@@ -182,8 +182,14 @@ pub struct ConnectionOptions {
     pub workspace_id: Option<i64>,
     /// The server's session id.
     pub session_id: Option<String>,
-    /// The connection's credentials; `None` reports to the unauthenticated endpoint.
+    /// The connection's credentials; `None` reports to the unauthenticated endpoint, unless
+    /// [`auth_later`](Self::auth_later) says they are coming.
     pub auth: Option<Arc<dyn AuthProvider>>,
+    /// The connection has no credentials yet and the driver will attach them
+    /// ([`Connection::attach_auth`](crate::Connection::attach_auth)) once its own first token
+    /// fetch succeeded: the host's flag look-up waits for them (at most
+    /// `flags.credentials_wait`) instead of asking without them or calling a provider early.
+    pub auth_later: bool,
     /// How the connection authenticates.
     pub auth_type: Option<AuthType>,
     /// `driver_connection_params` of the `CREATE_SESSION` row.
@@ -209,6 +215,7 @@ impl fmt::Debug for ConnectionOptions {
         f.debug_struct("ConnectionOptions")
             .field("host", &self.host)
             .field("has_credentials", &self.auth.is_some())
+            .field("auth_later", &self.auth_later)
             .field("auth_type", &self.auth_type)
             .field("enabled", &self.enabled)
             .field("own_transport", &self.transport.is_some())
@@ -256,6 +263,24 @@ impl ConnectionOptions {
     /// The connection's credentials and how it authenticates.
     pub fn with_auth(mut self, auth: Arc<dyn AuthProvider>, auth_type: AuthType) -> Self {
         self.auth = Some(auth);
+        self.auth_type = Some(auth_type);
+        self
+    }
+
+    /// How the connection authenticates, its credentials to come: the driver attaches them
+    /// with [`Connection::attach_auth`](crate::Connection::attach_auth) when it has them (an
+    /// OAuth flow that has not run yet). Nothing calls into the driver's provider before.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use telemetry_client::{AuthType, ConnectionOptions};
+    /// let options = ConnectionOptions::new("https://my-workspace.cloud.databricks.com")
+    ///     .with_auth_later(AuthType::ExternalBrowser);
+    /// assert!(options.auth_later && options.auth.is_none());
+    /// ```
+    pub fn with_auth_later(mut self, auth_type: AuthType) -> Self {
+        self.auth = None;
+        self.auth_later = true;
         self.auth_type = Some(auth_type);
         self
     }

@@ -4,14 +4,17 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use thiserror::Error;
 
 use telemetry_aggregator::Aggregator;
 use telemetry_breaker::CircuitBreakerRegistry;
-use telemetry_export::{DatabricksExporter, HyperTransport};
-use telemetry_flags::{DisableSwitch, FeatureFlagCache, HttpFlagSource};
+use telemetry_export::DatabricksExporter;
+use telemetry_flags::{
+    ClientPreset, DisableSwitch, FeatureFlagCache, HttpFlagSource, PendingCredentials,
+};
 use telemetry_types::BoxFuture;
 use telemetry_types::auth::AuthProvider;
 use telemetry_types::classify::TransportErrorKind;
@@ -23,9 +26,10 @@ use telemetry_types::transport::{
     ExtraHeaders, HttpRequest, HttpResponse, HttpTransport, TransportError,
 };
 use telemetry_types::wire::DriverSystemConfiguration;
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use crate::config::TelemetryConfig;
+use crate::config::{OptionError, TelemetryConfig};
 use crate::connection::Connection;
 use crate::options::{ConnectionOptions, ProviderOptions};
 use crate::registry::{HostClient, HostCore, HostRegistry, deadline_after};
@@ -49,21 +53,105 @@ pub enum TelemetryError {
 
 /// What every host client of a provider is built from.
 struct ProviderInner {
-    config: TelemetryConfig,
-    /// Why every connection is off, when it is: env switch, invalid config, no transport.
-    off: Option<DisabledReason>,
+    /// The settings, changed by `apply_option` (all of them until the provider starts;
+    /// then only those read at `connect`), and why every connection is off, when it is:
+    /// env switch, invalid config, bad header.
+    settings: Mutex<Settings>,
     /// Connections given a disabled handle, by reason; each reason logged once.
     disabled: [AtomicU64; DisabledReason::ALL.len()],
     /// Set by `shutdown`: later connections get disabled handles.
     shut_down: AtomicBool,
-    runtime: Arc<BackgroundRuntime>,
+    /// The runtime the driver handed in, if any.
+    given_runtime: Option<Handle>,
     user_agent: String,
     system_configuration: DriverSystemConfiguration,
     extra_headers: ExtraHeaders,
-    transport: Arc<dyn HttpTransport>,
+    /// The transport of connections that bring none: the driver's, or the default one,
+    /// built when a connection first needs it.
+    transport: Arc<DefaultTransport>,
+    /// Whether `DATABRICKS_TELEMETRY_*` overrides apply (over options applied later too).
+    read_env: bool,
+    /// The driver's flag source, if it handed one in (else the HTTP one, built at start).
+    given_flag_source: Option<Arc<dyn FlagSource>>,
+    flag_preset: ClientPreset,
+    driver_version: String,
+    /// Started by the first enabled connection: nothing runs before one needs it.
+    engine: OnceLock<Engine>,
+}
+
+/// The provider's settings: validated, environment overrides applied.
+#[derive(Clone)]
+struct Settings {
+    config: TelemetryConfig,
+    off: Option<DisabledReason>,
+}
+
+/// What runs once a connection needs it: the background runtime (the driver's, or a thread
+/// shared by every provider of the process), the flag cache and the host clients.
+struct Engine {
+    /// The settings as they were when it started.
+    config: TelemetryConfig,
+    runtime: Arc<BackgroundRuntime>,
     flags: FeatureFlagCache,
     breakers: CircuitBreakerRegistry<String>,
     registry: Arc<HostRegistry>,
+}
+
+/// The provider-wide transport: the one the driver handed in, or the default built on first
+/// need (never, when every connection brings its own).
+struct DefaultTransport {
+    given: Option<Arc<dyn HttpTransport>>,
+    built: OnceLock<Option<Arc<dyn HttpTransport>>>,
+}
+
+impl DefaultTransport {
+    /// The transport, built now if this is the first need; `None` if none can be had.
+    fn get(&self) -> Option<Arc<dyn HttpTransport>> {
+        if let Some(t) = &self.given {
+            return Some(t.clone());
+        }
+        self.built.get_or_init(build_default_transport).clone()
+    }
+
+    /// Whether the default transport has been built (or tried).
+    #[cfg(test)]
+    pub(crate) fn is_built(&self) -> bool {
+        self.built.get().is_some()
+    }
+}
+
+impl HttpTransport for DefaultTransport {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+        match self.get() {
+            Some(t) => Box::pin(async move { t.send(request).await }),
+            // Unreachable through `connect`, which refuses a connection with no transport.
+            None => Box::pin(async {
+                Err(TransportError::new(
+                    TransportErrorKind::Other,
+                    "no transport",
+                ))
+            }),
+        }
+    }
+}
+
+#[cfg(feature = "hyper-transport")]
+fn build_default_transport() -> Option<Arc<dyn HttpTransport>> {
+    match telemetry_export::HyperTransport::new() {
+        Ok(t) => Some(Arc::new(t)),
+        Err(e) => {
+            tracing::warn!(error = %e, "telemetry transport unavailable; connections without their own are disabled");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "hyper-transport"))]
+fn build_default_transport() -> Option<Arc<dyn HttpTransport>> {
+    tracing::warn!(
+        "telemetry-client was built without the `hyper-transport` feature: a connection needs its own transport"
+    );
+    None
 }
 
 /// The entry point for a driver: one per process (or per driver instance), holding one shared
@@ -77,7 +165,17 @@ pub struct TelemetryClientProvider {
 impl TelemetryClientProvider {
     /// The registry, for the crate's tests.
     pub(crate) fn registry(&self) -> &Arc<HostRegistry> {
-        &self.inner.registry
+        &self.inner.engine().registry
+    }
+
+    /// Whether background work has started (runtime, flag cache).
+    pub(crate) fn is_started(&self) -> bool {
+        self.inner.engine.get().is_some()
+    }
+
+    /// Whether the default transport has been built.
+    pub(crate) fn default_transport_built(&self) -> bool {
+        self.inner.transport.is_built()
     }
 }
 
@@ -90,9 +188,11 @@ impl fmt::Debug for TelemetryClientProvider {
 }
 
 impl TelemetryClientProvider {
-    /// A provider. Never fails: a problem (invalid config, TLS setup) disables telemetry and
-    /// is logged (warn). Background work runs on `options.runtime`, or on the provider's own
-    /// multi-thread runtime with one worker.
+    /// A provider. Never fails: a problem (invalid config, a refused header) disables
+    /// telemetry and is logged (warn). Nothing starts here: the background runtime (the
+    /// driver's `options.runtime`, or one worker thread shared by every provider of the
+    /// process) starts with the first enabled connection, and the default transport is built
+    /// when the first connection without its own needs it.
     pub fn new(options: ProviderOptions) -> Self {
         let switch = options
             .switch
@@ -122,63 +222,85 @@ impl TelemetryClientProvider {
                 ExtraHeaders::default()
             }
         };
-        let runtime = Arc::new(BackgroundRuntime::new(options.runtime.clone()));
-        let transport = options.transport.clone().or_else(|| match HyperTransport::new() {
-            Ok(t) => Some(Arc::new(t) as Arc<dyn HttpTransport>),
-            Err(e) => {
-                tracing::warn!(error = %e, "telemetry transport unavailable; telemetry disabled");
-                None
-            }
+        let transport = Arc::new(DefaultTransport {
+            given: options.transport.clone(),
+            built: OnceLock::new(),
         });
-        if transport.is_none() {
-            off = off.or(Some(DisabledReason::TransportSetup));
-        }
         let user_agent = redact_user_agent(
             &options
                 .user_agent
                 .clone()
                 .unwrap_or_else(|| format!("{}/{}", options.driver_name, options.driver_version)),
         );
-        let flag_source: Arc<dyn FlagSource> = match (&options.flag_source, &transport) {
-            _ if config.force_enable => Arc::new(AlwaysOn),
-            (Some(s), _) => s.clone(),
-            (None, Some(t)) => Arc::new(
-                HttpFlagSource::new(
-                    t.clone(),
-                    options.flag_preset.clone(),
-                    &options.driver_version,
-                    user_agent.clone(),
-                )
-                .with_timeout(config.export.request_timeout),
-            ),
-            (None, None) => Arc::new(NoFlags),
-        };
         let system_configuration = options.system_configuration.clone().unwrap_or_else(|| {
             default_system_configuration(&options.driver_name, &options.driver_version)
         });
         Self {
             inner: Arc::new(ProviderInner {
-                off,
+                settings: Mutex::new(Settings { config, off }),
                 disabled: Default::default(),
-                flags: FeatureFlagCache::new(
-                    flag_source,
-                    config.flags.clone(),
-                    runtime.handle.clone(),
-                ),
-                breakers: CircuitBreakerRegistry::new(config.breaker.clone()),
-                registry: Arc::new(HostRegistry::new(
-                    runtime.clone(),
-                    config.aggregation.close_timeout,
-                )),
-                config,
+                read_env: options.read_env,
+                given_flag_source: options.flag_source.clone(),
+                flag_preset: options.flag_preset.clone(),
+                driver_version: options.driver_version.clone(),
+                engine: OnceLock::new(),
                 shut_down: AtomicBool::new(false),
-                runtime,
+                given_runtime: options.runtime.clone(),
                 user_agent,
                 system_configuration,
                 extra_headers,
-                transport: transport.unwrap_or_else(|| Arc::new(NoTransport)),
+                transport,
             }),
         }
+    }
+
+    /// Applies one string option (see [`TelemetryConfig::apply_option`] for the keys) to a
+    /// provider already built: a driver whose options arrive after it made the provider (ADBC
+    /// sets options on a database after it exists) builds the provider at once and passes
+    /// each telemetry option here. Before the provider starts (its first enabled connection)
+    /// every option applies; afterwards those read at each `connect` still do (`enabled`,
+    /// `allow_insecure_loopback`, `max_hosts`), and the others are refused with
+    /// [`OptionError::TooLate`]. A value out of range or an unknown key is an error and
+    /// changes nothing; `DATABRICKS_TELEMETRY_*` overrides keep winning.
+    ///
+    /// ```
+    /// use telemetry_client::{ClientPreset, ProviderOptions, TelemetryClientProvider};
+    /// let provider = TelemetryClientProvider::new(ProviderOptions::new(
+    ///     "MyDriver",
+    ///     "1.0.0",
+    ///     ClientPreset::adbc(),
+    /// ));
+    /// provider.apply_option("databricks.telemetry.batch_size", "200").unwrap();
+    /// assert!(provider.apply_option("databricks.telemetry.batch_size", "0").is_err());
+    /// ```
+    pub fn apply_option(&self, key: &str, value: &str) -> Result<(), OptionError> {
+        let inner = &self.inner;
+        let mut settings = inner.settings();
+        let mut next = settings.config.clone();
+        next.apply_option(key, value)?;
+        if inner.read_env {
+            // Environment overrides were applied at construction and keep precedence.
+            let _ = next.apply_env(|k| std::env::var(k).ok());
+        }
+        next.flags.auth_timeout = next.export.auth_timeout;
+        if inner.engine.get().is_some() {
+            let mut fixed = next.clone();
+            fixed.enabled = settings.config.enabled;
+            fixed.allow_insecure_loopback = settings.config.allow_insecure_loopback;
+            fixed.max_hosts = settings.config.max_hosts;
+            if fixed != settings.config {
+                return Err(OptionError::TooLate {
+                    key: key.to_owned(),
+                });
+            }
+        }
+        settings.config = next;
+        Ok(())
+    }
+
+    /// The settings now (those the provider started with, but for the ones `connect` reads).
+    pub fn config(&self) -> TelemetryConfig {
+        self.inner.settings().config.clone()
     }
 
     /// Registers a connection. Synchronous and never waits on the network: the first
@@ -187,16 +309,25 @@ impl TelemetryClientProvider {
     /// for this connection or the host is invalid.
     pub fn connect(&self, options: ConnectionOptions) -> Connection {
         let inner = &self.inner;
-        if let Some(reason) = inner.off {
+        let (off, enabled, loopback, max_hosts) = {
+            let s = inner.settings();
+            (
+                s.off,
+                s.config.enabled,
+                s.config.allow_insecure_loopback,
+                s.config.max_hosts,
+            )
+        };
+        if let Some(reason) = off {
             return self.disabled(reason);
         }
         if inner.shut_down.load(Ordering::Acquire) {
             return self.disabled(DisabledReason::ShutDown);
         }
-        if !options.enabled.unwrap_or(inner.config.enabled) {
+        if !options.enabled.unwrap_or(enabled) {
             return self.disabled(DisabledReason::Config);
         }
-        let host = match Host::parse(&options.host, inner.config.allow_insecure_loopback) {
+        let host = match Host::parse(&options.host, loopback) {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(error = %e, "telemetry disabled for a connection with an invalid host");
@@ -236,14 +367,37 @@ impl TelemetryClientProvider {
                 return self.disabled(DisabledReason::InvalidHeader);
             }
         };
+        // The default transport is built by the first connection that needs it.
+        if info.transport.is_none() && inner.transport.get().is_none() {
+            return self.disabled(DisabledReason::TransportSetup);
+        }
         let transport = info.transport.clone();
-        let lease = inner.registry.lease(&host, inner.config.max_hosts, || {
-            inner.host_client(&host, options.auth, transport)
+        let auth_later = options.auth_later && options.auth.is_none();
+        let engine = inner.engine();
+        let mut created = None;
+        let lease = engine.registry.lease(&host, max_hosts, || {
+            let (client, pending) =
+                inner.host_client(engine, &host, options.auth.clone(), transport, auth_later);
+            created = Some(pending);
+            client
         });
         match lease {
-            Some(lease) => Connection::new(Arc::new(info), lease),
+            Some(lease) => {
+                let pending = match created {
+                    Some(pending) => pending,
+                    // The host's client exists: its flag learns this connection's credentials
+                    // (tried at once if its look-up found none that answered).
+                    None => lease.flag_handle().and_then(|flag| {
+                        if let Some(auth) = options.auth {
+                            flag.add_credentials(auth, info.transport.clone());
+                        }
+                        auth_later.then(|| flag.expect_credentials())
+                    }),
+                };
+                Connection::new(Arc::new(info), lease, pending)
+            }
             None => {
-                tracing::debug!(host = %host, max_hosts = inner.config.max_hosts, "telemetry disabled for a connection: too many hosts");
+                tracing::debug!(host = %host, max_hosts, "telemetry disabled for a connection: too many hosts");
                 self.disabled(DisabledReason::TooManyHosts)
             }
         }
@@ -273,29 +427,41 @@ impl TelemetryClientProvider {
     }
 
     fn parse_host(&self, host: &str) -> Option<Host> {
-        Host::parse(host, self.inner.config.allow_insecure_loopback).ok()
+        let loopback = self.inner.settings().config.allow_insecure_loopback;
+        Host::parse(host, loopback).ok()
     }
 
     /// Connections holding `host` (normalised the same way as `connect`).
     pub fn ref_count(&self, host: &str) -> usize {
-        self.parse_host(host)
-            .map_or(0, |h| self.inner.registry.lease_count(&h))
+        match (self.inner.engine.get(), self.parse_host(host)) {
+            (Some(engine), Some(h)) => engine.registry.lease_count(&h),
+            _ => 0,
+        }
     }
 
     /// Hosts with a live client.
     pub fn host_count(&self) -> usize {
-        self.inner.registry.len()
+        self.inner.engine.get().map_or(0, |e| e.registry.len())
     }
 
     /// Statistics of one live host.
     pub fn host_stats(&self, host: &str) -> Option<HostStats> {
-        self.inner.registry.host_stats(&self.parse_host(host)?)
+        self.inner
+            .engine
+            .get()?
+            .registry
+            .host_stats(&self.parse_host(host)?)
     }
 
     /// Totals over every host client, live and closed, and the connections given disabled
     /// handles.
     pub fn stats(&self) -> ProviderStats {
-        let mut stats = self.inner.registry.stats();
+        let mut stats = self
+            .inner
+            .engine
+            .get()
+            .map(|e| e.registry.stats())
+            .unwrap_or_default();
         stats.disabled_connections = DisabledReason::ALL
             .iter()
             .map(|r| (*r, self.inner.disabled[r.index()].load(Ordering::Relaxed)))
@@ -311,20 +477,23 @@ impl TelemetryClientProvider {
     /// `Err(Timeout)` names the hosts whose rows were still in flight when time ran out;
     /// they go on in the background.
     pub async fn force_flush(&self, timeout: Duration) -> Result<(), TelemetryError> {
-        let clients = self.inner.registry.live();
+        let Some(engine) = self.inner.engine.get() else {
+            return Ok(());
+        };
+        let clients = engine.registry.live();
         let waits = clients
             .into_iter()
             .map(|c| {
                 let (tx, rx) = oneshot::channel();
                 let host = c.core.host.to_string();
-                self.inner.runtime.handle.spawn(async move {
+                engine.runtime.handle.spawn(async move {
                     c.core.aggregator.flush().await;
                     let _ = tx.send(());
                 });
                 (host, rx)
             })
             .collect();
-        self.wait_all(waits, timeout).await
+        self.wait_all(engine, waits, timeout).await
     }
 
     /// Stops telemetry: later connections get disabled handles, every host's client is
@@ -334,15 +503,17 @@ impl TelemetryClientProvider {
     /// `Err(Timeout)` names the hosts whose close was still running when time ran out.
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), TelemetryError> {
         self.inner.shut_down.store(true, Ordering::Release);
+        let Some(engine) = self.inner.engine.get() else {
+            return Ok(());
+        };
         let deadline = deadline_after(timeout);
-        let closes = self
-            .inner
+        let closes = engine
             .registry
             .close_all(deadline)
             .into_iter()
             .map(|(host, rx)| (host.to_string(), rx))
             .collect();
-        let result = self.wait_all(closes, timeout).await;
+        let result = self.wait_all(engine, closes, timeout).await;
         self.wait_closed().await;
         result
     }
@@ -352,6 +523,9 @@ impl TelemetryClientProvider {
     /// form; on a current-thread runtime that also runs the provider's work, this can only
     /// time out.
     pub fn force_flush_blocking(&self, timeout: Duration) -> Result<(), TelemetryError> {
+        if self.inner.engine.get().is_none() {
+            return Ok(());
+        }
         let this = self.clone();
         self.block_on(async move { this.force_flush(timeout).await }, timeout)
     }
@@ -359,6 +533,10 @@ impl TelemetryClientProvider {
     /// [`shutdown`](Self::shutdown) for callers without an async context (see
     /// [`force_flush_blocking`](Self::force_flush_blocking)).
     pub fn shutdown_blocking(&self, timeout: Duration) -> Result<(), TelemetryError> {
+        if self.inner.engine.get().is_none() {
+            self.inner.shut_down.store(true, Ordering::Release);
+            return Ok(());
+        }
         let this = self.clone();
         self.block_on(async move { this.shutdown(timeout).await }, timeout)
     }
@@ -369,7 +547,7 @@ impl TelemetryClientProvider {
         timeout: Duration,
     ) -> Result<(), TelemetryError> {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.inner.runtime.handle.spawn(async move {
+        self.inner.engine().runtime.handle.spawn(async move {
             let _ = tx.send(work.await);
         });
         let limit = timeout.saturating_add(Duration::from_millis(200));
@@ -381,11 +559,12 @@ impl TelemetryClientProvider {
     /// error.
     async fn wait_all(
         &self,
+        engine: &Engine,
         waits: Vec<(String, oneshot::Receiver<()>)>,
         timeout: Duration,
     ) -> Result<(), TelemetryError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.runtime.handle.spawn(async move {
+        engine.runtime.handle.spawn(async move {
             let deadline = deadline_after(timeout);
             let mut late = Vec::new();
             for (host, done) in waits {
@@ -405,9 +584,12 @@ impl TelemetryClientProvider {
     /// Waits until every host client released so far has finished closing (bounded by the
     /// close timeout of each). Live connections are not touched.
     pub async fn wait_closed(&self) {
-        let handles = self.inner.registry.take_closing();
+        let Some(engine) = self.inner.engine.get() else {
+            return;
+        };
+        let handles = engine.registry.take_closing();
         let (tx, rx) = oneshot::channel();
-        self.inner.runtime.handle.spawn(async move {
+        engine.runtime.handle.spawn(async move {
             for h in handles {
                 let _ = h.await;
             }
@@ -418,36 +600,86 @@ impl TelemetryClientProvider {
 }
 
 impl ProviderInner {
+    /// The background work, started now if this is the first connection that needs it.
+    fn engine(&self) -> &Engine {
+        self.engine.get_or_init(|| {
+            // Settings are frozen from here on, but for those `connect` reads.
+            let config = self.settings().config.clone();
+            let runtime = Arc::new(BackgroundRuntime::new(self.given_runtime.clone()));
+            let flag_source: Arc<dyn FlagSource> = match &self.given_flag_source {
+                _ if config.force_enable => Arc::new(AlwaysOn),
+                Some(s) => s.clone(),
+                None => Arc::new(
+                    HttpFlagSource::new(
+                        self.transport.clone(),
+                        self.flag_preset.clone(),
+                        &self.driver_version,
+                        self.user_agent.clone(),
+                    )
+                    .with_timeout(config.export.request_timeout),
+                ),
+            };
+            Engine {
+                flags: FeatureFlagCache::new(
+                    flag_source,
+                    config.flags.clone(),
+                    runtime.handle.clone(),
+                ),
+                breakers: CircuitBreakerRegistry::new(config.breaker.clone()),
+                registry: Arc::new(HostRegistry::new(
+                    runtime.clone(),
+                    config.aggregation.close_timeout,
+                )),
+                runtime,
+                config,
+            }
+        })
+    }
+
+    fn settings(&self) -> MutexGuard<'_, Settings> {
+        // Nothing panics while holding it; a poisoned lock still holds whole settings.
+        self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A new client for `host`: its flag (looked up with the first connection's credentials,
     /// through its transport when it brings one),
     /// its breaker, its exporter and its aggregator task.
     fn host_client(
         &self,
+        engine: &Engine,
         host: &Host,
         auth: Option<Arc<dyn AuthProvider>>,
         transport: Option<Arc<dyn HttpTransport>>,
-    ) -> HostClient {
-        let flag = Arc::new(self.flags.acquire_via(host, auth, transport));
-        let breaker = self.breakers.lease(host.to_string());
+        auth_later: bool,
+    ) -> (HostClient, Option<PendingCredentials>) {
+        let (flag, pending) = if auth_later {
+            let (flag, pending) = engine.flags.acquire_expecting_credentials(host, transport);
+            (flag, Some(pending))
+        } else {
+            (engine.flags.acquire_via(host, auth, transport), None)
+        };
+        let flag = Arc::new(flag);
+        let breaker = engine.breakers.lease(host.to_string());
         let exporter = Arc::new(DatabricksExporter::new(
             host.clone(),
-            self.config.export.clone(),
+            engine.config.export.clone(),
             self.transport.clone(),
             breaker.breaker().clone(),
             flag.clone(),
             self.user_agent.clone(),
         ));
         let aggregator = Aggregator::spawn(
-            &self.config.aggregation,
+            &engine.config.aggregation,
             exporter.clone(),
-            &self.runtime.handle,
+            &engine.runtime.handle,
         );
-        HostClient {
+        let client = HostClient {
             core: Arc::new(HostCore::new(host.clone(), aggregator)),
             exporter,
             flag,
             _breaker: breaker,
-        }
+        };
+        (client, pending)
     }
 }
 
@@ -465,33 +697,6 @@ impl FlagSource for AlwaysOn {
                 enabled: true,
                 ttl: None,
             })
-        })
-    }
-}
-
-/// Used when no transport could be built: every look-up fails (disabled).
-struct NoFlags;
-
-impl FlagSource for NoFlags {
-    fn fetch<'a>(
-        &'a self,
-        _host: &'a Host,
-        _auth: Option<&'a dyn AuthProvider>,
-    ) -> BoxFuture<'a, Result<FlagAnswer, FlagError>> {
-        Box::pin(async { Err(FlagError::Status(0)) })
-    }
-}
-
-/// Used when no transport could be built: every request fails.
-struct NoTransport;
-
-impl HttpTransport for NoTransport {
-    fn send(&self, _request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
-        Box::pin(async {
-            Err(TransportError::new(
-                TransportErrorKind::Other,
-                "no transport",
-            ))
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use telemetry_aggregator::Aggregator;
@@ -163,6 +163,7 @@ impl HostRegistry {
         };
         Some(HostLease {
             flag: client.flag.view(),
+            flag_handle: Arc::downgrade(&client.flag),
             core: client.core.clone(),
             registry: self.clone(),
             released: AtomicBool::new(false),
@@ -344,6 +345,9 @@ pub(crate) fn deadline_after(d: Duration) -> Instant {
 pub(crate) struct HostLease {
     core: Arc<HostCore>,
     flag: FlagView,
+    /// The host's flag, for credentials that connections bring; weak, so that a handle
+    /// leaked past the host's close does not keep its refresh running.
+    flag_handle: Weak<FlagHandle>,
     registry: Arc<HostRegistry>,
     released: AtomicBool,
 }
@@ -366,6 +370,11 @@ impl HostLease {
         } else {
             self.registry.late_drops.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The host's flag (credentials a connection brings late), while the host's client lives.
+    pub(crate) fn flag_handle(&self) -> Option<Arc<FlagHandle>> {
+        self.flag_handle.upgrade()
     }
 
     /// A statement was refused (a non-metadata operation handed to `metadata`).

@@ -1,37 +1,50 @@
-//! Where background work runs: the caller's runtime, or one the provider starts on its own
-//! thread and stops when the provider goes.
+//! Where background work runs: the caller's runtime, or one runtime on a thread of ours,
+//! shared by every provider of the process, started by the first connection that needs it
+//! and stopped when the last provider (and everything holding one) is gone.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-/// The runtime of a provider's background work, and the switch that stops it if the
-/// provider owns it.
+/// The runtime of a provider's background work: the driver's, or the process's shared one.
 pub(crate) struct BackgroundRuntime {
     pub(crate) handle: Handle,
-    stop: Mutex<Option<oneshot::Sender<()>>>,
+    /// Keeps the shared runtime running while this provider needs it.
+    _owned: Option<Arc<OwnedRuntime>>,
 }
 
 impl BackgroundRuntime {
-    /// The caller's runtime, or one of our own.
+    /// The caller's runtime, or the one shared by every provider of the process (started
+    /// now if none is running).
     pub(crate) fn new(handle: Option<Handle>) -> Self {
-        let (handle, stop) = match handle {
-            Some(h) => (h, None),
-            None => own_runtime(),
-        };
-        Self {
-            handle,
-            stop: Mutex::new(stop),
+        match handle {
+            Some(handle) => Self {
+                handle,
+                _owned: None,
+            },
+            None => {
+                let owned = shared();
+                Self {
+                    handle: owned.handle.clone(),
+                    _owned: Some(owned),
+                }
+            }
         }
     }
 }
 
-impl Drop for BackgroundRuntime {
-    /// Stops an owned runtime. Everything that needs it holds it (the provider, the host
+/// A runtime on a thread of ours, stopped when the last provider using it is gone.
+struct OwnedRuntime {
+    handle: Handle,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Drop for OwnedRuntime {
+    /// Stops the runtime. Everything that needs it holds it (each provider, the host
     /// registry that every connection's lease and every close in progress holds), so this
-    /// runs once the last of them is gone: a connection outliving its provider keeps
-    /// reporting, and a close in progress finishes.
+    /// runs once the last of them, of every provider, is gone: a connection outliving its
+    /// provider keeps reporting, and a close in progress finishes.
     fn drop(&mut self) {
         if let Some(stop) = self
             .stop
@@ -42,6 +55,23 @@ impl Drop for BackgroundRuntime {
             let _ = stop.send(());
         }
     }
+}
+
+/// The process's shared runtime: one worker thread whatever the number of providers (an
+/// ADBC driver builds one per database), started by the first that needs it.
+fn shared() -> Arc<OwnedRuntime> {
+    static SHARED: Mutex<Weak<OwnedRuntime>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(running) = slot.upgrade() {
+        return running;
+    }
+    let (handle, stop) = own_runtime();
+    let owned = Arc::new(OwnedRuntime {
+        handle,
+        stop: Mutex::new(stop),
+    });
+    *slot = Arc::downgrade(&owned);
+    owned
 }
 
 /// Starts the provider's own runtime: a multi-thread runtime with one worker (so that a

@@ -1621,3 +1621,187 @@ async fn the_http_path_is_given_once_and_a_known_workspace_id_wins() {
     seen.sort();
     assert_eq!(seen, [(7, path.to_owned()), (42, path.to_owned())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_starts_until_an_enabled_connection_needs_it() {
+    let f = flag(true);
+    let mut o = options(&FakeServer::always(200), &f);
+    o.transport = None; // the default transport, built only if a connection needs it
+    o.config.enabled = false;
+    let p = TelemetryClientProvider::new(o.clone());
+    let off = p.connect(conn_opts("a.example"));
+    assert_eq!(off.disabled_reason(), Some(DisabledReason::Config));
+    assert!(!p.is_started(), "telemetry off: no runtime, no flag cache");
+    assert!(!p.default_transport_built());
+    assert_eq!(p.stats().events_emitted, 0);
+    p.force_flush(Duration::from_secs(1)).await.unwrap();
+
+    // Every connection brings its own transport: the runtime starts, the default transport
+    // is never built, and rows go out through the connection's.
+    o.config.enabled = true;
+    let p = TelemetryClientProvider::new(o);
+    assert!(!p.is_started());
+    let own = FakeServer::always(200);
+    let c = p.connect(conn_opts("a.example").with_transport(own.clone()));
+    assert!(p.is_started());
+    assert!(!p.default_transport_built());
+    c.opened(Duration::from_millis(3));
+    c.close();
+    c.flush(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(own.rows(), 1);
+    assert!(!p.default_transport_built());
+    // A connection without one builds it.
+    let plain = p.connect(conn_opts("b.example"));
+    assert!(plain.disabled_reason().is_none());
+    assert!(p.default_transport_built());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_attached_later_are_waited_for_and_used() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c =
+        p.connect(ConnectionOptions::new("a.example").with_auth_later(AuthType::ExternalBrowser));
+    c.opened(Duration::from_millis(3));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(f.count(), 0, "the flag look-up waits for the credentials");
+    assert_eq!(p.host_stats("a.example").unwrap().flag, FlagState::Unknown);
+    assert_eq!(server.count(), 0, "rows wait for the flag");
+    c.attach_auth(Arc::new(StaticToken::new("late-token")));
+    c.close();
+    c.flush(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((f.count(), f.count_with_auth()), (1, 1));
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(
+        requests[0].url.ends_with("/telemetry-ext"),
+        "{}",
+        requests[0].url
+    );
+    assert!(
+        requests[0]
+            .headers
+            .iter()
+            .any(|(k, v)| k == "Authorization" && v == "Bearer late-token")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_credentials_that_never_come_is_bounded_and_counted() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let mut o = options(&server, &f);
+    o.config.flags.credentials_wait = Duration::from_millis(100);
+    let p = TelemetryClientProvider::new(o);
+    let c =
+        p.connect(ConnectionOptions::new("a.example").with_auth_later(AuthType::ExternalBrowser));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.is_enabled() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let hs = p.host_stats("a.example").unwrap();
+    assert_eq!(
+        (hs.flag, hs.flag_failure),
+        (FlagState::Disabled, Some(FlagFailure::Auth))
+    );
+    assert_eq!(f.count(), 0, "never asked without the credentials");
+    // A later connection's credentials are tried at once.
+    let d = p.connect(conn_opts("a.example"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.host_stats("a.example").unwrap().flag != FlagState::Enabled && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!((f.count(), f.count_with_auth()), (1, 1));
+    drop((c, d));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_credentials_looks_the_flag_up_through_its_own_transport() {
+    let (default, own) = (FakeServer::always(200), FakeServer::always(200));
+    let mut o = options(&default, &flag(true));
+    o.flag_source = None; // the HTTP flag source
+    let p = TelemetryClientProvider::new(o);
+    let c = p.connect(ConnectionOptions::new("a.example").with_transport(own.clone()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while own.count() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(own.requests()[0].method, HttpMethod::Get);
+    assert_eq!(
+        default.count(),
+        0,
+        "nothing through the provider's transport"
+    );
+    drop(c);
+}
+
+/// Built without `hyper-transport` (`cargo xtask ci` runs these): no second TLS stack, and a
+/// connection must bring its own transport.
+#[cfg(not(feature = "hyper-transport"))]
+mod without_default_transport {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_needs_its_own_transport() {
+        let mut o = options(&FakeServer::always(200), &flag(true));
+        o.transport = None;
+        let p = TelemetryClientProvider::new(o);
+        let none = p.connect(conn_opts("a.example"));
+        assert_eq!(none.disabled_reason(), Some(DisabledReason::TransportSetup));
+        let own = FakeServer::always(200);
+        let c = p.connect(conn_opts("a.example").with_transport(own.clone()));
+        assert_eq!(c.disabled_reason(), None);
+        c.opened(Duration::from_millis(1));
+        c.close();
+        c.flush(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(own.rows(), 1);
+        assert_eq!(
+            p.stats().disabled_connections,
+            vec![(DisabledReason::TransportSetup, 1)]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_set_after_the_provider_exists_apply() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let mut o = options(&server, &f);
+    o.config.enabled = false; // the database is made first; its options come later
+    let p = TelemetryClientProvider::new(o);
+    p.apply_option("databricks.telemetry.enabled", "true")
+        .unwrap();
+    p.apply_option("telemetryBatchSize", "1").unwrap();
+    let err = p.apply_option("telemetryBatchSize", "0").unwrap_err();
+    assert!(matches!(err, OptionError::Invalid(_)), "{err}");
+    assert_eq!(
+        p.config().aggregation.batch_size,
+        1,
+        "unchanged by the refused value"
+    );
+    assert!(matches!(
+        p.apply_option("databricks.catalog", "main"),
+        Err(OptionError::UnknownKey { .. })
+    ));
+    let c = p.connect(conn_opts("a.example"));
+    assert!(c.disabled_reason().is_none(), "enabled by the late option");
+    c.opened(Duration::from_millis(1));
+    c.closed(Duration::from_millis(1));
+    // Started: the settings `connect` reads still change, the others are refused.
+    assert!(matches!(
+        p.apply_option("telemetryBatchSize", "50"),
+        Err(OptionError::TooLate { .. })
+    ));
+    assert_eq!(p.config().aggregation.batch_size, 1);
+    p.apply_option("telemetryEnabled", "false").unwrap();
+    assert_eq!(
+        p.connect(conn_opts("a.example")).disabled_reason(),
+        Some(DisabledReason::Config)
+    );
+    c.close();
+    c.flush(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (server.count(), server.rows()),
+        (2, 2),
+        "batch size 1: one request per row"
+    );
+}

@@ -41,14 +41,19 @@
 //! # let _ = exporter;
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod config;
 mod encode;
 mod exporter;
 mod retry;
+#[cfg(feature = "hyper-transport")]
 mod transport;
 
 pub use config::ExportConfig;
 pub use encode::encode_body;
 pub use exporter::{AUTH_PATH, DatabricksExporter, ExportStats, UNAUTH_PATH, parse_retry_after};
 pub use retry::{Retry, RetryPolicy, retry_with_backoff};
+#[cfg(feature = "hyper-transport")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper-transport")))]
 pub use transport::{HyperTransport, ProxyConfig, TransportBuildError, TransportOptions};

@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -42,6 +42,11 @@ pub struct FlagCacheConfig {
     /// host's next known credentials. Default 5 s; 1 ms..=1 min. The facade sets it from its
     /// `export.auth_timeout`, so that one setting bounds every call into a provider.
     pub auth_timeout: Duration,
+    /// How long a look-up waits for credentials when it has none yet but a connection said
+    /// they are coming ([`FlagHandle::expect_credentials`]), instead of asking without them.
+    /// Past it the look-up fails ([`FlagFailure::Auth`], counted) and is retried at once when
+    /// credentials arrive. Default 60 s; 0 (do not wait)..=10 min.
+    pub credentials_wait: Duration,
     /// The off switch; [`FlagCacheConfig::default`] reads it from the environment.
     pub switch: DisableSwitch,
 }
@@ -56,6 +61,7 @@ impl Default for FlagCacheConfig {
             max_failure_backoff: Duration::from_secs(15 * 60),
             fetch_guard: Duration::from_secs(15),
             auth_timeout: Duration::from_secs(5),
+            credentials_wait: Duration::from_secs(60),
             switch: DisableSwitch::from_env(),
         }
     }
@@ -70,7 +76,7 @@ impl FlagCacheConfig {
             self.default_ttl,
             SECOND,
             DAY,
-            "flag_ttl",
+            "flags.default_ttl",
             "must be in 1 s..=1 day",
         )?;
         ConfigError::check_range(
@@ -114,6 +120,13 @@ impl FlagCacheConfig {
             Duration::from_secs(60),
             "flags.auth_timeout",
             "must be in 1 ms..=1 min",
+        )?;
+        ConfigError::check_range(
+            self.credentials_wait,
+            Duration::ZERO,
+            Duration::from_secs(600),
+            "flags.credentials_wait",
+            "must be in 0..=10 min",
         )
     }
 
@@ -143,8 +156,13 @@ struct HostContext {
     /// The host's known credentials, most recent first, each with the HTTP stack of its
     /// connection (if it has its own): a look-up uses the first that answers in time.
     credentials: Mutex<Vec<Credential>>,
-    /// Fired when new credentials arrive after a look-up found none that answered.
+    /// Fired when new credentials arrive (or a connection stops waiting for its own).
     new_credentials: Notify,
+    /// Connections registered without credentials that said theirs are coming.
+    awaiting: AtomicUsize,
+    /// The HTTP stack of the latest connection that brought one, for look-ups made
+    /// without credentials (a connection with its own transport and no credentials).
+    transport: Mutex<Option<Arc<dyn HttpTransport>>>,
     task: Mutex<Option<AbortHandle>>,
     /// Why the last look-up failed (cleared by an answer).
     failure: Mutex<Option<FlagFailure>>,
@@ -225,6 +243,35 @@ impl HostContext {
         list.retain(|c| !Arc::ptr_eq(&c.auth, &auth));
         list.insert(0, Credential { auth, transport });
         list.truncate(MAX_CREDENTIALS);
+    }
+
+    /// What a connection brings: its credentials (tried first from now on; a look-up
+    /// waiting for credentials goes on at once) and its transport.
+    fn add(&self, auth: Option<Arc<dyn AuthProvider>>, transport: Option<Arc<dyn HttpTransport>>) {
+        if let Some(t) = &transport {
+            *lock(&self.transport) = Some(t.clone());
+        }
+        if let Some(auth) = auth {
+            self.add_credential(auth, transport);
+            self.new_credentials.notify_one();
+        }
+    }
+
+    /// Waits, at most `wait`, until credentials are known or no connection awaits any;
+    /// returns whether credentials are known.
+    async fn credentials_within(&self, wait: Duration) -> bool {
+        let arrived = async {
+            loop {
+                let notified = self.new_credentials.notified();
+                if !lock(&self.credentials).is_empty() || self.awaiting.load(Ordering::Acquire) == 0
+                {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(wait, arrived).await;
+        !lock(&self.credentials).is_empty()
     }
 
     fn set(&self, state: FlagState) {
@@ -321,17 +368,39 @@ impl FeatureFlagCache {
         auth: Option<Arc<dyn AuthProvider>>,
         transport: Option<Arc<dyn HttpTransport>>,
     ) -> FlagHandle {
+        self.acquire_inner(host, auth, transport, false).0
+    }
+
+    /// [`acquire_via`](Self::acquire_via) for a connection registered before it has
+    /// credentials, that says they are coming: the guard is taken before any look-up starts,
+    /// so the first look-up waits for them (see [`FlagHandle::expect_credentials`]).
+    pub fn acquire_expecting_credentials(
+        &self,
+        host: &Host,
+        transport: Option<Arc<dyn HttpTransport>>,
+    ) -> (FlagHandle, PendingCredentials) {
+        let (handle, pending) = self.acquire_inner(host, None, transport, true);
+        let pending = pending.unwrap_or_else(|| handle.expect_credentials());
+        (handle, pending)
+    }
+
+    fn acquire_inner(
+        &self,
+        host: &Host,
+        auth: Option<Arc<dyn AuthProvider>>,
+        transport: Option<Arc<dyn HttpTransport>>,
+        expecting: bool,
+    ) -> (FlagHandle, Option<PendingCredentials>) {
         let mut hosts = lock(&self.inner.hosts);
         if let Some(entry) = hosts.get_mut(host) {
             entry.refs += 1;
-            if let Some(auth) = auth {
-                entry.ctx.add_credential(auth, transport);
-                entry.ctx.new_credentials.notify_one();
-            }
-            return FlagHandle {
+            entry.ctx.add(auth, transport);
+            let handle = FlagHandle {
                 cache: self.clone(),
                 ctx: entry.ctx.clone(),
             };
+            let pending = expecting.then(|| handle.expect_credentials());
+            return (handle, pending);
         }
         let (tx, _) = watch::channel(FlagState::Unknown);
         let ctx = Arc::new(HostContext {
@@ -340,12 +409,17 @@ impl FeatureFlagCache {
             tx,
             credentials: Mutex::new(Vec::new()),
             new_credentials: Notify::new(),
+            awaiting: AtomicUsize::new(0),
+            transport: Mutex::new(None),
             task: Mutex::new(None),
             failure: Mutex::new(None),
         });
-        if let Some(auth) = auth {
-            ctx.add_credential(auth, transport);
-        }
+        ctx.add(auth, transport);
+        // Taken before the look-up is spawned, so that it sees it.
+        let pending = expecting.then(|| {
+            ctx.awaiting.fetch_add(1, Ordering::AcqRel);
+            PendingCredentials { ctx: ctx.clone() }
+        });
         if self.inner.config.switch.is_disabled() {
             ctx.set(FlagState::Disabled);
         } else {
@@ -369,10 +443,13 @@ impl FeatureFlagCache {
                 refs: 1,
             },
         );
-        FlagHandle {
-            cache: self.clone(),
-            ctx,
-        }
+        (
+            FlagHandle {
+                cache: self.clone(),
+                ctx,
+            },
+            pending,
+        )
     }
 
     fn release(&self, ctx: &Arc<HostContext>) {
@@ -520,6 +597,18 @@ async fn refresh_loop(inner: Arc<Inner>, ctx: Arc<HostContext>, first: Option<Me
 /// timeout (every call into a provider through the plug-in boundary), then the flag source
 /// itself, contained and bounded by the fetch guard.
 async fn look_up(inner: &Inner, ctx: &HostContext) -> Result<FlagAnswer, FlagError> {
+    // A connection said its credentials are coming: wait for them (bounded) rather than
+    // ask without, or ask the driver's provider before the driver itself did.
+    if lock(&ctx.credentials).is_empty()
+        && ctx.awaiting.load(Ordering::Acquire) > 0
+        && !ctx.credentials_within(inner.config.credentials_wait).await
+        && ctx.awaiting.load(Ordering::Acquire) > 0
+    {
+        return Err(FlagError::Auth(format!(
+            "no credentials arrived within {:?}",
+            inner.config.credentials_wait
+        )));
+    }
     let candidates = lock(&ctx.credentials).clone();
     let mut chosen: Option<(ResolvedAuth, Option<Arc<dyn HttpTransport>>)> = None;
     let mut failures = Vec::new();
@@ -541,9 +630,13 @@ async fn look_up(inner: &Inner, ctx: &HostContext) -> Result<FlagAnswer, FlagErr
     if chosen.is_none() && !candidates.is_empty() {
         return Err(FlagError::Auth(failures.join("; ")));
     }
+    let fallback = lock(&ctx.transport).clone();
     let (auth, transport) = match &chosen {
-        Some((auth, transport)) => (Some(auth as &dyn AuthProvider), transport.as_deref()),
-        None => (None, None),
+        Some((auth, transport)) => (
+            Some(auth as &dyn AuthProvider),
+            transport.as_deref().or(fallback.as_deref()),
+        ),
+        None => (None, fallback.as_deref()),
     };
     boundary::fetch_flag(
         &*inner.source,
@@ -618,6 +711,50 @@ impl FlagHandle {
             Ok(Ok(state)) => *state,
             _ => self.state(),
         }
+    }
+    /// Credentials a connection of this host brings after it was registered (its driver
+    /// fetched its first token): tried first by later look-ups, and at once by a look-up
+    /// that is waiting for credentials or found none that answered. Look-ups made with them
+    /// go through `transport` when given.
+    pub fn add_credentials(
+        &self,
+        auth: Arc<dyn AuthProvider>,
+        transport: Option<Arc<dyn HttpTransport>>,
+    ) {
+        self.ctx.add(Some(auth), transport);
+    }
+
+    /// Says that a connection's credentials are coming: until the returned guard is dropped
+    /// (once they were added, or the connection gave up), a look-up that knows no
+    /// credentials waits for them, at most [`FlagCacheConfig::credentials_wait`], instead of
+    /// asking without them.
+    pub fn expect_credentials(&self) -> PendingCredentials {
+        self.ctx.awaiting.fetch_add(1, Ordering::AcqRel);
+        PendingCredentials {
+            ctx: self.ctx.clone(),
+        }
+    }
+}
+
+/// A connection's credentials still to come (see [`FlagHandle::expect_credentials`]);
+/// dropping it ends the wait for them.
+pub struct PendingCredentials {
+    ctx: Arc<HostContext>,
+}
+
+impl fmt::Debug for PendingCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingCredentials")
+            .field("host", &self.ctx.host)
+            .finish()
+    }
+}
+
+impl Drop for PendingCredentials {
+    fn drop(&mut self) {
+        self.ctx.awaiting.fetch_sub(1, Ordering::AcqRel);
+        // A look-up waiting for these re-checks now.
+        self.ctx.new_credentials.notify_one();
     }
 }
 

@@ -45,6 +45,7 @@ mod switch;
 
 pub use cache::{
     FeatureFlagCache, FlagCacheConfig, FlagCacheStats, FlagFailure, FlagHandle, FlagView,
+    PendingCredentials,
 };
 pub use http::{ClientPreset, HttpFlagSource};
 pub use switch::{DISABLE_ENV_VAR, DisableSwitch};

@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use arc_swap::ArcSwapOption;
+
 use crate::auth::AuthProvider;
 use crate::host::Host;
 use crate::redact::redact_truncated;
@@ -36,8 +38,12 @@ pub struct ConnectionInfo {
     pub system_configuration: Option<DriverSystemConfiguration>,
     /// Sent on `CREATE_SESSION` rows only.
     pub connection_params: Option<DriverConnectionParameters>,
-    /// The connection's credentials; `None` sends to the unauthenticated endpoint.
+    /// The connection's credentials given when it was registered; `None` sends to the
+    /// unauthenticated endpoint unless credentials are attached later (see
+    /// [`attach_auth`](Self::attach_auth) and [`credentials`](Self::credentials)).
     pub auth: Option<Arc<dyn AuthProvider>>,
+    /// Credentials attached after registration (the driver had none yet): they win.
+    attached: ArcSwapOption<Attached>,
     /// The connection's own HTTP stack (its proxy, its TLS); `None` uses the provider's.
     pub transport: Option<Arc<dyn HttpTransport>>,
     /// Headers of this connection's authenticated requests (e.g. `x-databricks-org-id`),
@@ -48,6 +54,9 @@ pub struct ConnectionInfo {
     /// The session id as it may leave the process, computed once it is known.
     redacted_session_id: OnceLock<String>,
 }
+
+/// Credentials attached after registration.
+struct Attached(Arc<dyn AuthProvider>);
 
 /// A connection's driver-supplied strings, redacted and capped: what rows carry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -214,6 +223,7 @@ impl ConnectionInfo {
             system_configuration: None,
             connection_params: None,
             auth: None,
+            attached: ArcSwapOption::empty(),
             transport: None,
             extra_headers: ExtraHeaders::default(),
             redacted: OnceLock::new(),
@@ -255,9 +265,24 @@ impl ConnectionInfo {
 
     /// The identity of the credentials: rows with equal keys may share a request.
     pub fn credentials_key(&self) -> Option<usize> {
-        self.auth
+        self.credentials()
             .as_ref()
             .map(|a| Arc::as_ptr(a) as *const () as usize)
+    }
+
+    /// The connection's credentials now: those attached last, else those it was registered
+    /// with. Rows are exported with the credentials current when they are sent.
+    pub fn credentials(&self) -> Option<Arc<dyn AuthProvider>> {
+        match &*self.attached.load() {
+            Some(attached) => Some(attached.0.clone()),
+            None => self.auth.clone(),
+        }
+    }
+
+    /// Attaches (or replaces) the connection's credentials: for a driver that registers the
+    /// connection before its first token fetch. Rows sent from now on use them.
+    pub fn attach_auth(&self, auth: Arc<dyn AuthProvider>) {
+        self.attached.store(Some(Arc::new(Attached(auth))));
     }
 }
 
@@ -269,7 +294,7 @@ impl fmt::Debug for ConnectionInfo {
             .field("workspace_id", &self.workspace_id)
             .field("session_id", &self.session_id)
             .field("auth_type", &self.auth_type)
-            .field("has_credentials", &self.auth.is_some())
+            .field("has_credentials", &self.credentials().is_some())
             .finish_non_exhaustive()
     }
 }

@@ -124,6 +124,37 @@ fn ci() -> Result {
         ]),
     )?;
     run(
+        "clippy without the default transport",
+        cargo().args([
+            "clippy",
+            "-p",
+            "telemetry-client",
+            "--lib",
+            "--tests",
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "reqwest",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "tests without the default transport",
+        cargo().args([
+            "test",
+            "-p",
+            "telemetry-client",
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "reqwest",
+            "--lib",
+            "without_default_transport",
+        ]),
+    )?;
+    run(
         "doc tests",
         cargo().args(["test", "--workspace", "--doc", "--locked"]),
     )?;

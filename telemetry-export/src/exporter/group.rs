@@ -113,8 +113,8 @@ pub(super) fn group<'b>(
     // One look-up per provider object per batch, however many rows it has.
     let mut keys: Vec<(usize, CredentialKey)> = Vec::new();
     for row in batch {
-        let auth = row.connection.auth.as_ref().filter(|_| authenticated);
-        let credentials = match auth {
+        let auth = row.connection.credentials().filter(|_| authenticated);
+        let credentials = match &auth {
             None => CredentialKey::None,
             Some(a) => {
                 let id = provider_id(a);
@@ -131,7 +131,7 @@ pub(super) fn group<'b>(
         match groups.iter_mut().find(|g| g.takes(row, credentials)) {
             Some(g) => g.rows.push(row),
             None => groups.push(Group {
-                auth: auth.cloned(),
+                auth,
                 credentials,
                 transport: row.connection.transport_key(),
                 rows: vec![row],

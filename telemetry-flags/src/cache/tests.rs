@@ -318,8 +318,9 @@ fn effective_ttl_clamps() {
 }
 
 #[rstest]
-#[case(|c: &mut FlagCacheConfig| c.default_ttl = Duration::ZERO, "flag_ttl")]
-#[case(|c: &mut FlagCacheConfig| c.default_ttl = Duration::MAX, "flag_ttl")]
+#[case(|c: &mut FlagCacheConfig| c.default_ttl = Duration::ZERO, "flags.default_ttl")]
+#[case(|c: &mut FlagCacheConfig| c.default_ttl = Duration::MAX, "flags.default_ttl")]
+#[case(|c: &mut FlagCacheConfig| c.credentials_wait = Duration::from_secs(3600), "flags.credentials_wait")]
 #[case(|c: &mut FlagCacheConfig| c.max_ttl = Duration::MAX, "flags.max_ttl")]
 #[case(|c: &mut FlagCacheConfig| c.min_ttl = Duration::from_secs(7200), "flags.min_ttl")]
 #[case(|c: &mut FlagCacheConfig| c.max_failure_backoff = Duration::MAX, "flags.max_failure_backoff")]
@@ -498,4 +499,86 @@ async fn a_look_up_uses_the_first_credentials_that_answer() {
         "one look-up, with the credentials that answered"
     );
     assert_eq!(good.failure(), None);
+}
+
+fn waiting(wait: Duration) -> FlagCacheConfig {
+    FlagCacheConfig {
+        credentials_wait: wait,
+        ..quick_auth()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_look_up_waits_for_credentials_that_are_coming() {
+    let src = Scripted::new(|_| on(None));
+    let c = FeatureFlagCache::new(
+        src.clone(),
+        waiting(Duration::from_secs(60)),
+        Handle::current(),
+    );
+    let h = host("a.example");
+    let (handle, pending) = c.acquire_expecting_credentials(&h, None);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(handle.state(), FlagState::Unknown, "still waiting");
+    assert_eq!(src.count(), 0, "not asked without the credentials");
+    handle.add_credentials(Arc::new(StaticToken::new("late")), None);
+    drop(pending);
+    assert_eq!(
+        handle.resolve(Duration::from_millis(10)).await,
+        FlagState::Enabled
+    );
+    assert_eq!((src.count(), src.count_with_auth()), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_wait_for_credentials_is_bounded_and_their_arrival_retries_at_once() {
+    let src = Scripted::new(|_| on(None));
+    let c = FeatureFlagCache::new(
+        src.clone(),
+        waiting(Duration::from_secs(5)),
+        Handle::current(),
+    );
+    let h = host("a.example");
+    let (handle, _pending) = c.acquire_expecting_credentials(&h, None);
+    let started = Instant::now();
+    assert_eq!(
+        handle.resolve(Duration::from_secs(60)).await,
+        FlagState::Disabled
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    assert_eq!(handle.failure(), Some(FlagFailure::Auth));
+    assert_eq!((src.count(), c.stats().failures), (0, 1));
+    // They arrive well within the 60 s failure backoff: tried at once.
+    let asked = Instant::now();
+    handle.add_credentials(Arc::new(StaticToken::new("late")), None);
+    settle().await;
+    assert_eq!(
+        handle.resolve(Duration::from_secs(1)).await,
+        FlagState::Enabled
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "not after the backoff"
+    );
+    assert_eq!((src.count(), src.count_with_auth()), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_gives_up_ends_the_wait() {
+    let src = Scripted::new(|_| on(None));
+    let c = FeatureFlagCache::new(
+        src.clone(),
+        waiting(Duration::from_secs(60)),
+        Handle::current(),
+    );
+    let h = host("a.example");
+    let (handle, pending) = c.acquire_expecting_credentials(&h, None);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(pending);
+    assert_eq!(
+        handle.resolve(Duration::from_millis(10)).await,
+        FlagState::Enabled,
+        "nobody awaits credentials any more: asked without"
+    );
+    assert_eq!((src.count(), src.count_with_auth()), (1, 0));
 }
