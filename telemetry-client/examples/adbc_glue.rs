@@ -3,8 +3,11 @@
 //! possible, so it is reported through `ErrorReport`), its synchronous auth provider (which
 //! may call `block_in_place`), a statement executor shared by tasks (the connection handle is
 //! `Clone`; no `Arc<Mutex<Option<..>>>`), statement structs that hold a handle from the start
-//! (`Statement::default()` until the execute begins; no `Option`). Everything else is calls
-//! on the handles at the moments the driver already has.
+//! (`Statement::default()` until the execute begins; no `Option`), a provider built with the
+//! database whose options arrive later (`apply_option`), and a connection registered before
+//! its OAuth flow ran (`with_auth_later`, then `attach_auth`). Nothing starts until the first
+//! enabled connection. Everything else is calls on the handles at the moments the driver
+//! already has.
 //!
 //! `cargo run -p telemetry-client --example adbc_glue`
 
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use telemetry_client::{
     AuthFlow, AuthMech, AuthProvider, AuthType, BoxFuture, ClientPreset, Connection,
     ConnectionOptions, DriverConnectionParameters, DriverMode, ErrorReport, ExecutionResultFormat,
-    OperationType, ProviderOptions, Statement, StatementType, TelemetryClientProvider,
+    OperationType, OptionError, ProviderOptions, Statement, StatementType, TelemetryClientProvider,
 };
 
 // ---- stand-ins for the driver's own types ----------------------------------------------
@@ -89,21 +92,32 @@ fn connection_params(auth_type: &str, use_proxy: bool) -> DriverConnectionParame
 // ---- where the driver calls it ----------------------------------------------------------
 
 fn main() {
-    let mut options = ProviderOptions::new("databricks-adbc", "0.1.0", ClientPreset::adbc());
-    options.config.enabled = std::env::var("DATABRICKS_HOST").is_ok();
-    let provider = TelemetryClientProvider::new(options); // database.rs: once per database
+    // database.rs, new_database: once per database; starts nothing.
+    let options = ProviderOptions::new("databricks-adbc", "0.1.0", ClientPreset::adbc());
+    let provider = TelemetryClientProvider::new(options);
+    // Database::set_option, for each option the user sets: telemetry's are applied, the
+    // others skipped (a telemetry value out of range is the user's error to see).
+    let enabled = std::env::var("DATABRICKS_HOST").is_ok().to_string();
+    for (key, value) in [
+        ("databricks.catalog", "main"),
+        ("databricks.telemetry.enabled", enabled.as_str()),
+    ] {
+        match provider.apply_option(key, value) {
+            Ok(()) | Err(OptionError::UnknownKey { .. }) => {}
+            Err(e) => eprintln!("{e}"),
+        }
+    }
     let host = std::env::var("DATABRICKS_HOST").unwrap_or_else(|_| "https://example".into());
 
-    // connection.rs: before create_session.
+    // connection.rs: before create_session, before the OAuth flow has run.
     let conn = provider.connect(
         ConnectionOptions::new(host)
             .with_http_path("/sql/1.0/warehouses/abc")
-            .with_auth(
-                Arc::new(TelemetryAuth(Arc::new(OAuthM2m))),
-                AuthType::OauthM2m,
-            )
+            .with_auth_later(AuthType::OauthM2m)
             .with_connection_params(connection_params("oauth", false)),
     );
+    // The driver's own first token fetch succeeded: telemetry may use its provider now.
+    conn.attach_auth(Arc::new(TelemetryAuth(Arc::new(OAuthM2m))));
     let started = Instant::now();
     conn.session_opened("01ef-session", started.elapsed()); // or conn.open_failed(latency, &err)
 

@@ -51,6 +51,11 @@ pub struct TelemetryConfig {
     /// Workspace hosts with a live client, at most; a connection to one more host gets a
     /// disabled handle (`DisabledReason::TooManyHosts`). Default 256; 1..=100 000.
     pub max_hosts: usize,
+    /// The name of a [`testing::Capture`](crate::testing) every row goes to, with the flag
+    /// on and no network (feature `testing`; option key `telemetryTestCapture`): a driver
+    /// that builds its own provider from its options is pointed at a capture by its tests.
+    /// Ignored without the feature, or when no capture has that name. Default `None`.
+    pub test_capture: Option<String>,
 }
 
 impl Default for TelemetryConfig {
@@ -73,6 +78,7 @@ impl Default for TelemetryConfig {
             flags: FlagCacheConfig::default(),
             allow_insecure_loopback: false,
             max_hosts: 256,
+            test_capture: None,
         }
     }
 }
@@ -267,6 +273,9 @@ impl TelemetryConfig {
                 self.force_enable = parse_bool(key, value)?
             }
             "telemetrybatchsize" => self.aggregation.batch_size = parse_num(key, value)?,
+            // Only a build with the test kit knows it: elsewhere it is an unknown key.
+            #[cfg(feature = "testing")]
+            "telemetrytestcapture" => self.test_capture = Some(value.to_owned()),
             "telemetryflushintervalms" | "telemetryflushinterval" => {
                 self.aggregation.flush_interval = parse_ms(key, value)?
             }

@@ -95,6 +95,8 @@ struct Engine {
     flags: FeatureFlagCache,
     breakers: CircuitBreakerRegistry<String>,
     registry: Arc<HostRegistry>,
+    /// The test capture every connection sends to (`config.test_capture`), if any.
+    capture: Option<Arc<dyn HttpTransport>>,
 }
 
 /// The provider-wide transport: the one the driver handed in, or the default built on first
@@ -367,13 +369,16 @@ impl TelemetryClientProvider {
                 return self.disabled(DisabledReason::InvalidHeader);
             }
         };
+        let engine = inner.engine();
+        if let Some(capture) = &engine.capture {
+            info.transport = Some(capture.clone());
+        }
         // The default transport is built by the first connection that needs it.
         if info.transport.is_none() && inner.transport.get().is_none() {
             return self.disabled(DisabledReason::TransportSetup);
         }
         let transport = info.transport.clone();
         let auth_later = options.auth_later && options.auth.is_none();
-        let engine = inner.engine();
         let mut created = None;
         let lease = engine.registry.lease(&host, max_hosts, || {
             let (client, pending) =
@@ -606,8 +611,15 @@ impl ProviderInner {
             // Settings are frozen from here on, but for those `connect` reads.
             let config = self.settings().config.clone();
             let runtime = Arc::new(BackgroundRuntime::new(self.given_runtime.clone()));
+            #[cfg(feature = "testing")]
+            let capture = config
+                .test_capture
+                .as_deref()
+                .and_then(crate::testing::capture_transport);
+            #[cfg(not(feature = "testing"))]
+            let capture: Option<Arc<dyn HttpTransport>> = None;
             let flag_source: Arc<dyn FlagSource> = match &self.given_flag_source {
-                _ if config.force_enable => Arc::new(AlwaysOn),
+                _ if config.force_enable || capture.is_some() => Arc::new(AlwaysOn),
                 Some(s) => s.clone(),
                 None => Arc::new(
                     HttpFlagSource::new(
@@ -632,6 +644,7 @@ impl ProviderInner {
                 )),
                 runtime,
                 config,
+                capture,
             }
         })
     }
