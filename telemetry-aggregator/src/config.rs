@@ -74,56 +74,56 @@ impl AggregatorConfig {
             self.batch_size,
             1,
             10_000,
-            "batch_size",
+            "aggregation.batch_size",
             "must be in 1..=10000",
         )?;
         ConfigError::check_range(
             self.flush_interval,
             Duration::from_millis(1),
             Duration::from_secs(3600),
-            "flush_interval",
+            "aggregation.flush_interval",
             "must be in 1 ms..=1 h",
         )?;
         ConfigError::check_range(
             self.flush_jitter_percent,
             0,
             100,
-            "flush_jitter_percent",
+            "aggregation.flush_jitter_percent",
             "must be in 0..=100",
         )?;
         ConfigError::check_range(
             self.max_pending_rows,
             self.batch_size,
             MILLION,
-            "max_pending_rows",
+            "aggregation.max_pending_rows",
             "must be in batch_size..=1000000",
         )?;
         ConfigError::check_range(
             self.max_concurrent_exports,
             1,
             64,
-            "max_concurrent_exports",
+            "aggregation.max_concurrent_exports",
             "must be in 1..=64",
         )?;
         ConfigError::check_range(
             self.close_timeout,
             Duration::ZERO,
             Duration::from_secs(600),
-            "close_timeout",
+            "aggregation.close_timeout",
             "must be at most 10 min",
         )?;
         ConfigError::check_range(
             self.queue_capacity,
             1,
             MILLION,
-            "queue_capacity",
+            "aggregation.queue_capacity",
             "must be in 1..=1000000",
         )?;
         ConfigError::check_range(
             self.max_buffered_bytes,
             64 << 10,
             1 << 30,
-            "max_buffered_bytes",
+            "aggregation.max_buffered_bytes",
             "must be in 64 KiB..=1 GiB",
         )
     }
@@ -154,18 +154,18 @@ mod tests {
     }
 
     #[rstest]
-    #[case(with(|c| c.batch_size = 0), "batch_size")]
-    #[case(with(|c| c.batch_size = 10_001), "batch_size")]
-    #[case(with(|c| c.flush_interval = Duration::ZERO), "flush_interval")]
-    #[case(with(|c| c.flush_interval = Duration::MAX), "flush_interval")]
-    #[case(with(|c| c.max_pending_rows = 99), "max_pending_rows")]
-    #[case(with(|c| c.max_pending_rows = usize::MAX), "max_pending_rows")]
-    #[case(with(|c| c.max_concurrent_exports = 0), "max_concurrent_exports")]
-    #[case(with(|c| c.max_concurrent_exports = 65), "max_concurrent_exports")]
-    #[case(with(|c| c.close_timeout = Duration::MAX), "close_timeout")]
-    #[case(with(|c| c.queue_capacity = 0), "queue_capacity")]
-    #[case(with(|c| c.max_buffered_bytes = 0), "max_buffered_bytes")]
-    #[case(with(|c| c.max_buffered_bytes = usize::MAX), "max_buffered_bytes")]
+    #[case(with(|c| c.batch_size = 0), "aggregation.batch_size")]
+    #[case(with(|c| c.batch_size = 10_001), "aggregation.batch_size")]
+    #[case(with(|c| c.flush_interval = Duration::ZERO), "aggregation.flush_interval")]
+    #[case(with(|c| c.flush_interval = Duration::MAX), "aggregation.flush_interval")]
+    #[case(with(|c| c.max_pending_rows = 99), "aggregation.max_pending_rows")]
+    #[case(with(|c| c.max_pending_rows = usize::MAX), "aggregation.max_pending_rows")]
+    #[case(with(|c| c.max_concurrent_exports = 0), "aggregation.max_concurrent_exports")]
+    #[case(with(|c| c.max_concurrent_exports = 65), "aggregation.max_concurrent_exports")]
+    #[case(with(|c| c.close_timeout = Duration::MAX), "aggregation.close_timeout")]
+    #[case(with(|c| c.queue_capacity = 0), "aggregation.queue_capacity")]
+    #[case(with(|c| c.max_buffered_bytes = 0), "aggregation.max_buffered_bytes")]
+    #[case(with(|c| c.max_buffered_bytes = usize::MAX), "aggregation.max_buffered_bytes")]
     fn out_of_range_is_rejected(#[case] config: AggregatorConfig, #[case] field: &str) {
         let err = config.validate().unwrap_err();
         let ConfigError::Invalid { field: got, .. } = &err else {

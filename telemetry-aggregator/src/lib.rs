@@ -1,6 +1,6 @@
 //! # telemetry-aggregator
 //!
-//! Turns a driver's [`TelemetryEvent`]s into the rows of spec section 3 and hands them in
+//! Turns a driver's [`TelemetryEvent`]s into the rows the server's schema defines (docs/TELEMETRY.md, "What is sent") and hands them in
 //! batches to a [`BatchSink`] (the exporter in production, a recording sink in tests).
 //!
 //! - **Intake**: [`Aggregator::emit`] is a non-blocking push into a lock-free array queue of

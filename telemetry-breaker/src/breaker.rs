@@ -309,9 +309,22 @@ impl fmt::Debug for CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    /// A closed breaker. An invalid config is replaced field-by-field by nothing: call
-    /// [`BreakerConfig::validate`] first, or use [`CircuitBreaker::try_new`].
+    /// A closed breaker. A config that does not validate (e.g. `half_open_max_probes: 0`,
+    /// which could never close again) is replaced as a whole by [`BreakerConfig::default`],
+    /// with a warning; [`CircuitBreaker::try_new`] returns the error instead.
     pub fn new(name: impl Into<String>, config: BreakerConfig) -> Self {
+        let config = match config.validate() {
+            Ok(()) => config,
+            Err(e) => {
+                tracing::warn!(error = %e, "invalid breaker config replaced by the defaults");
+                BreakerConfig::default()
+            }
+        };
+        Self::with_valid(name, config)
+    }
+
+    /// A closed breaker with a config already validated.
+    fn with_valid(name: impl Into<String>, config: BreakerConfig) -> Self {
         let window = match config.policy {
             FailurePolicy::Rate { window, .. } => window as usize,
             FailurePolicy::Consecutive { .. } => 0,
@@ -343,7 +356,7 @@ impl CircuitBreaker {
         config: BreakerConfig,
     ) -> Result<Self, BreakerConfigError> {
         config.validate()?;
-        Ok(Self::new(name, config))
+        Ok(Self::with_valid(name, config))
     }
 
     pub(crate) fn inner_arc(&self) -> &Arc<Inner> {

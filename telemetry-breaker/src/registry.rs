@@ -121,7 +121,10 @@ impl<K: Eq + Hash + Clone + fmt::Display> CircuitBreakerRegistry<K> {
         }
     }
 
-    /// The breaker for `key`, created if absent. It stays until [`remove`](Self::remove).
+    /// The breaker for `key`, created if absent. Without a [`lease`](Self::lease) it is
+    /// idle: it stays until [`remove`](Self::remove), or until more than
+    /// [`MAX_IDLE_BREAKERS`] are idle and it is among those evicted (at rest first, open
+    /// last, least recently used first).
     pub fn get_or_create(&self, key: K) -> CircuitBreaker {
         let mut map = self.map();
         self.entry(&mut map, &key).breaker.clone()

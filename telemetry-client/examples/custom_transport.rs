@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use telemetry_client::{
-    BoxFuture, ClientPreset, ConnectionOptions, HttpRequest, HttpResponse, HttpTransport,
-    ProviderOptions, TelemetryClientProvider, TransportError,
+    AuthType, BoxFuture, ClientPreset, ConnectionOptions, HttpRequest, HttpResponse, HttpTransport,
+    ProviderOptions, StaticToken, TelemetryClientProvider, TransportError,
 };
 
 /// Stands in for the driver's client; per connection, so it can carry that database's proxy,
@@ -47,14 +47,18 @@ fn main() {
     let provider = TelemetryClientProvider::new(options);
 
     // Two databases of one workspace, each with its own stack and org id: never one request.
+    // Extra headers ride on authenticated requests only (rows without credentials go to
+    // `/telemetry-unauth`, which gets none), so each connection brings its token too.
     let a = provider.connect(
         ConnectionOptions::new("https://example.cloud.databricks.com")
             .with_transport(Arc::new(PrintingTransport { database: "db-a" }))
+            .with_auth(Arc::new(StaticToken::new("token-a")), AuthType::Pat)
             .with_header("x-databricks-org-id", "1"),
     );
     let b = provider.connect(
         ConnectionOptions::new("https://example.cloud.databricks.com")
             .with_transport(Arc::new(PrintingTransport { database: "db-b" }))
+            .with_auth(Arc::new(StaticToken::new("token-b")), AuthType::Pat)
             .with_header("x-databricks-org-id", "2"),
     );
     a.opened(Duration::from_millis(10));

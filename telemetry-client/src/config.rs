@@ -482,10 +482,10 @@ mod tests {
             let err = c.validate().unwrap_err();
             assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
         };
-        check(|c| c.aggregation.batch_size = 0, "batch_size");
+        check(|c| c.aggregation.batch_size = 0, "aggregation.batch_size");
         check(
             |c| c.export.request_timeout = Duration::ZERO,
-            "request_timeout",
+            "export.request_timeout",
         );
         check(
             |c| c.flags.default_ttl = Duration::ZERO,

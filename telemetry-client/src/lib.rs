@@ -17,13 +17,15 @@
 //!                                           v        flush, close)
 //!                                         exporter: flag gate (telemetry-flags)
 //!                                           -> group by credentials
-//!                                           -> breaker.call_with( retry_with_backoff(
-//!                                                  HttpTransport::send ) )
+//!                                           -> per attempt: breaker permit,
+//!                                              HttpTransport::send, retry with backoff
 //!                                           -> POST /telemetry-ext | /telemetry-unauth
 //! ```
 //!
-//! Telemetry never hurts the driver: every method here is synchronous, never waits on the
-//! network, never returns an error and never panics; when telemetry is off it costs one
+//! Telemetry never hurts the driver: every method of a connection or statement handle is
+//! synchronous, never waits on the network, never returns an error and never panics (the
+//! provider's `try_new`, `apply_option`, `force_flush`, `shutdown` and a connection's `flush`
+//! return a `Result` for the driver to look at, or not); when telemetry is off it costs one
 //! branch or one atomic load. When it is on, an event is one push into a lock-free queue
 //! (a statement's end, an error, a connection's open or close); what a statement records as
 //! it runs (its late id, polls, format, CloudFetch chunks, result ready / consumed) is not an
@@ -109,7 +111,7 @@
 //!
 //! `provider.stats()` reports what happened to every event: emitted, exported, and dropped by
 //! [`DropReason`]. Logs go through `tracing` at debug level, under the crates' targets
-//! (`RUST_LOG=telemetry_client=debug,telemetry_export=debug,telemetry_flags=debug,telemetry_aggregator=debug`).
+//! (`RUST_LOG=telemetry_client=debug,telemetry_export=debug,telemetry_flags=debug,telemetry_aggregator=debug,telemetry_breaker=debug`).
 //!
 //! With the `testing` feature, `telemetry_client::testing` re-exports the test doubles of every trait (a
 //! scripted transport and flag source, a recording sink).
@@ -131,7 +133,7 @@ mod sysinfo;
 pub use config::{ENV_OVERRIDES, KNOWN_OPTIONS, OptionError, TelemetryConfig};
 pub use connection::Connection;
 pub use options::{ConnectionOptions, ProviderOptions};
-pub use provider::{TelemetryClientProvider, TelemetryError};
+pub use provider::{BuildError, TelemetryClientProvider, TelemetryError};
 pub use statement::Statement;
 pub use sysinfo::{default_system_configuration, workspace_id_from_http_path};
 

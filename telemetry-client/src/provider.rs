@@ -23,8 +23,9 @@ use telemetry_types::flag::{FlagAnswer, FlagError, FlagSource};
 use telemetry_types::host::Host;
 use telemetry_types::redact::redact_user_agent;
 use telemetry_types::transport::{
-    ExtraHeaders, HttpRequest, HttpResponse, HttpTransport, TransportError,
+    ExtraHeaders, HeaderError, HttpRequest, HttpResponse, HttpTransport, TransportError,
 };
+use telemetry_types::validation::ConfigError;
 use telemetry_types::wire::DriverSystemConfiguration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -49,6 +50,24 @@ pub enum TelemetryError {
         /// The hosts still working, normalised.
         hosts: Vec<String>,
     },
+}
+
+/// The header that names a workspace behind a shared host.
+const ORG_ID_HEADER: &str = "x-databricks-org-id";
+
+/// Why [`TelemetryClientProvider::try_new`] refused its options.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A setting is out of its range (the error names it).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A `DATABRICKS_TELEMETRY_*` variable has a bad value, or makes the config invalid.
+    #[error("invalid telemetry environment override: {0}")]
+    Environment(OptionError),
+    /// An extra header was refused.
+    #[error("refused telemetry header: {0}")]
+    Header(HeaderError),
 }
 
 /// What every host client of a provider is built from.
@@ -196,34 +215,87 @@ impl TelemetryClientProvider {
     /// process) starts with the first enabled connection, and the default transport is built
     /// when the first connection without its own needs it.
     pub fn new(options: ProviderOptions) -> Self {
+        let (config, extra_headers, off) = match Self::settings_of(&options) {
+            Ok((config, headers)) => (config, headers, None),
+            Err(BuildError::Environment(e)) => {
+                tracing::warn!(error = %e, "telemetry environment override ignored");
+                let config = options.config.clone();
+                match ExtraHeaders::try_from_pairs(options.extra_headers.clone()) {
+                    Ok(h) => (config, h, None),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "telemetry header refused; telemetry disabled");
+                        (
+                            config,
+                            ExtraHeaders::default(),
+                            Some(DisabledReason::InvalidHeader),
+                        )
+                    }
+                }
+            }
+            Err(BuildError::Config(e)) => {
+                tracing::warn!(error = %e, "invalid telemetry config; telemetry disabled");
+                let off = Some(DisabledReason::InvalidConfig);
+                (TelemetryConfig::default(), ExtraHeaders::default(), off)
+            }
+            Err(BuildError::Header(e)) => {
+                tracing::warn!(error = %e, "telemetry header refused; telemetry disabled");
+                let off = Some(DisabledReason::InvalidHeader);
+                (options.config.clone(), ExtraHeaders::default(), off)
+            }
+        };
+        Self::build(&options, config, extra_headers, off)
+    }
+
+    /// [`new`](Self::new) for a driver that wants to see a problem rather than get a provider
+    /// whose every connection is disabled: an invalid config, an invalid
+    /// `DATABRICKS_TELEMETRY_*` override or a refused header is the error.
+    ///
+    /// ```
+    /// use telemetry_client::{BuildError, ClientPreset, ProviderOptions, TelemetryClientProvider};
+    /// let mut options = ProviderOptions::new("MyDriver", "1.0.0", ClientPreset::adbc());
+    /// options.config.aggregation.batch_size = 20_000;
+    /// let err = TelemetryClientProvider::try_new(options).unwrap_err();
+    /// assert!(matches!(err, BuildError::Config(_)));
+    /// assert!(err.to_string().contains("aggregation.batch_size"), "{err}");
+    /// ```
+    pub fn try_new(options: ProviderOptions) -> Result<Self, BuildError> {
+        let (config, extra_headers) = Self::settings_of(&options)?;
+        Ok(Self::build(&options, config, extra_headers, None))
+    }
+
+    /// The config (validated, then the environment's overrides) and the extra headers.
+    fn settings_of(
+        options: &ProviderOptions,
+    ) -> Result<(TelemetryConfig, ExtraHeaders), BuildError> {
+        let mut config = options.config.clone();
+        config.validate()?;
+        if options.read_env {
+            config
+                .apply_env(|k| std::env::var(k).ok())
+                .map_err(BuildError::Environment)?;
+        }
+        let headers = ExtraHeaders::try_from_pairs(options.extra_headers.clone())
+            .map_err(BuildError::Header)?;
+        Ok((config, headers))
+    }
+
+    fn build(
+        options: &ProviderOptions,
+        mut config: TelemetryConfig,
+        extra_headers: ExtraHeaders,
+        off: Option<DisabledReason>,
+    ) -> Self {
         let switch = options
             .switch
             .clone()
             .unwrap_or_else(DisableSwitch::from_env);
-        let mut config = options.config.clone();
-        if options.read_env
-            && let Err(e) = config.apply_env(|k| std::env::var(k).ok())
-        {
-            tracing::warn!(error = %e, "telemetry environment override ignored");
-            config = options.config.clone();
-        }
-        let mut off = switch.is_disabled().then_some(DisabledReason::EnvSwitch);
-        if let Err(e) = config.validate() {
-            tracing::warn!(error = %e, "invalid telemetry config; telemetry disabled");
-            config = TelemetryConfig::default();
-            off = off.or(Some(DisabledReason::InvalidConfig));
-        }
+        let off = switch
+            .is_disabled()
+            .then_some(DisabledReason::EnvSwitch)
+            .or(off);
         config.flags.switch = switch.clone();
         // One setting bounds every call into an auth provider, exports and flag look-ups.
         config.flags.auth_timeout = config.export.auth_timeout;
-        let extra_headers = match ExtraHeaders::try_from_pairs(options.extra_headers.clone()) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(error = %e, "telemetry header refused; telemetry disabled");
-                off = off.or(Some(DisabledReason::InvalidHeader));
-                ExtraHeaders::default()
-            }
-        };
         let transport = Arc::new(DefaultTransport {
             given: options.transport.clone(),
             built: OnceLock::new(),
@@ -360,7 +432,20 @@ impl TelemetryClientProvider {
         info.system_configuration = Some(sys);
         info.auth = options.auth.clone();
         info.transport = options.transport;
-        info.extra_headers = match ExtraHeaders::try_from_pairs(options.extra_headers)
+        // Workspaces behind a shared host are told apart by the org id: sent on every
+        // authenticated export, from the http path's `?o=<id>` unless a header names it.
+        let mut own_headers = options.extra_headers;
+        let named = |h: &(String, String)| h.0.eq_ignore_ascii_case(ORG_ID_HEADER);
+        if let Some(id) = info.workspace_id
+            && !own_headers.iter().any(named)
+            && !inner
+                .extra_headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(ORG_ID_HEADER))
+        {
+            own_headers.push((ORG_ID_HEADER.to_owned(), id.to_string()));
+        }
+        info.extra_headers = match ExtraHeaders::try_from_pairs(own_headers)
             .and_then(|own| inner.extra_headers.merged(&own))
         {
             Ok(h) => h,

@@ -231,6 +231,9 @@ impl HostRegistry {
                 .add(&core.aggregator.stats(), &client.exporter.stats());
             released.retired.clients_closed += 1;
             released.retired.statements_open_at_close += open;
+            released
+                .retired
+                .count_closed_flag(client.flag.state(), client.flag.failure());
             drop(released);
             tracing::debug!(host = %core.host, "telemetry client closed");
             if let Some(done) = done {

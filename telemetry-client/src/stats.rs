@@ -126,6 +126,13 @@ pub struct ProviderStats {
     /// or `shutdown`). Nothing was queued for them; an end that comes later is dropped
     /// `after_close`, and a handle leaked for good is counted only here.
     pub statements_open_at_close: u64,
+    /// Host clients closed while their flag said no: the server's answer (telemetry is not
+    /// turned on for the workspace).
+    pub hosts_flag_refused: u64,
+    /// Host clients closed while their flag look-up had failed, by why (DNS, timeout,
+    /// network, a status, a malformed answer, no credentials, a plug-in's panic): telemetry
+    /// was off for them for a reason of this side, not the server's.
+    pub hosts_flag_failed: Vec<(FlagFailure, u64)>,
     /// Live host clients, one entry each.
     pub hosts: Vec<HostStatsSummary>,
 }
@@ -162,6 +169,26 @@ impl ProviderStats {
     /// Rows dropped, all reasons.
     pub fn total_rows_dropped(&self) -> u64 {
         self.dropped.total_of(DropUnit::Row)
+    }
+
+    /// Host clients closed whose flag look-up had failed for `failure`.
+    pub fn hosts_flag_failed_for(&self, failure: FlagFailure) -> u64 {
+        self.hosts_flag_failed
+            .iter()
+            .find(|(f, _)| *f == failure)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Counts a host client closed with its flag `state` and `failure`.
+    pub(crate) fn count_closed_flag(&mut self, state: FlagState, failure: Option<FlagFailure>) {
+        match (failure, state) {
+            (Some(f), _) => match self.hosts_flag_failed.iter_mut().find(|(k, _)| *k == f) {
+                Some((_, n)) => *n += 1,
+                None => self.hosts_flag_failed.push((f, 1)),
+            },
+            (None, FlagState::Disabled) => self.hosts_flag_refused += 1,
+            _ => {}
+        }
     }
 
     pub(crate) fn add(&mut self, agg: &AggregatorStats, export: &ExportStats) {

@@ -3,8 +3,10 @@
 use telemetry_types::wire::DriverSystemConfiguration;
 
 /// The system configuration of this process: driver name and version from the caller,
-/// runtime `Rust`, the OS name / version / architecture, locale and charset from the
-/// environment (`LC_ALL`, `LC_CTYPE`, `LANG`), and the process name (basename only).
+/// runtime `Rust` with the toolchain version the crate was built with and vendor
+/// `rust-lang`, the OS name / version / architecture, locale and charset from the
+/// environment (`LC_ALL`, `LC_CTYPE`, `LANG`; `C` when none names one), and the process
+/// name (basename only).
 /// An embedding driver (Node.js, Python) overwrites the fields it knows better.
 pub fn default_system_configuration(
     driver_name: &str,
@@ -15,8 +17,10 @@ pub fn default_system_configuration(
         driver_name: Some(driver_name.to_owned()),
         driver_version: Some(driver_version.to_owned()),
         runtime_name: Some("Rust".to_owned()),
-        runtime_version: None,
-        runtime_vendor: None,
+        runtime_version: Some(env!("TELEMETRY_RUSTC_VERSION"))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned),
+        runtime_vendor: Some("rust-lang".to_owned()),
         os_name: Some(std::env::consts::OS.to_owned()),
         os_version: os_version(),
         os_arch: Some(std::env::consts::ARCH.to_owned()),
@@ -39,7 +43,8 @@ fn process_name() -> Option<String> {
     exe.file_name()?.to_str().map(str::to_owned)
 }
 
-/// `en_US.UTF-8` -> (`en_US`, `UTF-8`); `C` / `POSIX` / unset -> (None, None).
+/// `en_US.UTF-8` -> (`en_US`, `UTF-8`); `C.UTF-8` -> (`C`, `UTF-8`); unset -> (`C`, None):
+/// the process then runs in the POSIX locale, which is what is reported.
 pub(crate) fn locale_from(
     get: impl Fn(&str) -> Option<String>,
 ) -> (Option<String>, Option<String>) {
@@ -47,14 +52,16 @@ pub(crate) fn locale_from(
         .iter()
         .filter_map(|k| get(k))
         .find(|v| !v.is_empty());
-    let Some(raw) = raw else { return (None, None) };
+    let Some(raw) = raw else {
+        return (Some("C".to_owned()), None);
+    };
     let raw = raw.split('@').next().unwrap_or_default();
     let (locale, charset) = match raw.split_once('.') {
         Some((l, c)) => (l, Some(c)),
         None => (raw, None),
     };
-    if locale.is_empty() || locale == "C" || locale == "POSIX" {
-        return (None, charset.map(str::to_owned));
+    if locale.is_empty() || locale == "POSIX" {
+        return (Some("C".to_owned()), charset.map(str::to_owned));
     }
     (Some(locale.to_owned()), charset.map(str::to_owned))
 }
@@ -111,9 +118,10 @@ mod tests {
     #[rstest]
     #[case(&[("LANG", "en_US.UTF-8")], Some("en_US"), Some("UTF-8"))]
     #[case(&[("LC_ALL", "de_DE.ISO-8859-1@euro"), ("LANG", "en_US.UTF-8")], Some("de_DE"), Some("ISO-8859-1"))]
-    #[case(&[("LANG", "C.UTF-8")], None, Some("UTF-8"))]
+    #[case(&[("LANG", "C.UTF-8")], Some("C"), Some("UTF-8"))]
+    #[case(&[("LANG", "POSIX")], Some("C"), None)]
     #[case(&[("LANG", "fr_FR")], Some("fr_FR"), None)]
-    #[case(&[], None, None)]
+    #[case(&[], Some("C"), None)]
     fn locales(
         #[case] env: &[(&str, &str)],
         #[case] locale: Option<&str>,
@@ -132,6 +140,10 @@ mod tests {
         let c = default_system_configuration("RustDriver", "1.2.3");
         assert_eq!(c.driver_name.as_deref(), Some("RustDriver"));
         assert_eq!(c.runtime_name.as_deref(), Some("Rust"));
+        let version = c.runtime_version.unwrap();
+        assert!(version.starts_with("1."), "the toolchain's: {version}");
+        assert_eq!(c.runtime_vendor.as_deref(), Some("rust-lang"));
+        assert!(c.locale_name.is_some());
         assert_eq!(c.os_name.as_deref(), Some(std::env::consts::OS));
         let p = c.process_name.unwrap();
         assert!(!p.contains('/') && !p.is_empty());

@@ -58,28 +58,28 @@ impl ExportConfig {
             self.request_timeout,
             Duration::from_millis(1),
             Duration::from_secs(300),
-            "request_timeout",
+            "export.request_timeout",
             "must be in 1 ms..=5 min",
         )?;
         ConfigError::check_range(
             self.flag_wait_timeout,
             Duration::ZERO,
             Duration::from_secs(600),
-            "flag_wait_timeout",
+            "export.flag_wait_timeout",
             "must be at most 10 min",
         )?;
         ConfigError::check_range(
             self.auth_timeout,
             Duration::from_millis(1),
             Duration::from_secs(60),
-            "auth_timeout",
+            "export.auth_timeout",
             "must be in 1 ms..=1 min",
         )?;
         ConfigError::check_range(
             self.max_concurrent_requests,
             1,
             64,
-            "max_concurrent_requests",
+            "export.max_concurrent_requests",
             "must be in 1..=64",
         )
     }
@@ -103,21 +103,21 @@ mod tests {
                     request_timeout: Duration::ZERO,
                     ..c.clone()
                 },
-                "request_timeout",
+                "export.request_timeout",
             ),
             (
                 ExportConfig {
                     request_timeout: Duration::MAX,
                     ..c.clone()
                 },
-                "request_timeout",
+                "export.request_timeout",
             ),
             (
                 ExportConfig {
                     flag_wait_timeout: Duration::MAX,
                     ..c.clone()
                 },
-                "flag_wait_timeout",
+                "export.flag_wait_timeout",
             ),
         ] {
             let err = bad.validate().unwrap_err();

@@ -1,6 +1,6 @@
 //! # telemetry-export
 //!
-//! Delivers batches of telemetry rows to a Databricks workspace (spec sections 1, 3, 5).
+//! Delivers batches of telemetry rows to a Databricks workspace's telemetry endpoint.
 //!
 //! - [`HyperTransport`]: the default [`HttpTransport`](telemetry_types::transport::HttpTransport)
 //!   on hyper 1, hyper-util's pooled client and hyper-rustls (webpki roots; OS roots with the
@@ -13,9 +13,9 @@
 //!   for one host. It asks the feature flag first, groups rows by the credentials of their
 //!   connection (one tenant's rows never ride another's token), posts to `/telemetry-ext` with
 //!   credentials or `/telemetry-unauth` without (no correlation ids, no configuration, empty
-//!   stack traces), and sends each request through the host's circuit breaker
-//!   (`telemetry-breaker`'s `call_with`), the request and its retries counting as one call.
-//!   Terminal 4xx answers do not count as outages.
+//!   stack traces), and asks the host's circuit breaker (`telemetry-breaker`) before every
+//!   attempt, retries included: once it opens, loops in flight stop. Terminal 4xx answers
+//!   and local failures (a plug-in's panic, a refused header) do not count as outages.
 //! - [`retry_with_backoff`]: retries with capped exponential backoff and jitter under a
 //!   [`RetryPolicy`], honouring `Retry-After` as a floor.
 //! - [`ExportConfig`]: the exporter's settings, defaults and bounds.

@@ -60,40 +60,46 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Checks every value against its bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        ConfigError::check_range(self.max_retries, 0, 10, "max_retries", "must be at most 10")?;
+        ConfigError::check_range(
+            self.max_retries,
+            0,
+            10,
+            "export.retry.max_retries",
+            "must be at most 10",
+        )?;
         ConfigError::check_range(
             self.backoff_max,
             Duration::ZERO,
             Duration::from_secs(600),
-            "backoff_max",
+            "export.retry.backoff_max",
             "must be at most 10 min",
         )?;
         ConfigError::check_range(
             self.backoff_base,
             Duration::ZERO,
             self.backoff_max,
-            "backoff_base",
+            "export.retry.backoff_base",
             "must not exceed backoff_max",
         )?;
         ConfigError::check_range(
             self.jitter,
             Duration::ZERO,
             Duration::from_secs(60),
-            "jitter",
+            "export.retry.jitter",
             "must be at most 1 min",
         )?;
         ConfigError::check_range(
             self.max_retry_after,
             Duration::ZERO,
             Duration::from_secs(3600),
-            "max_retry_after",
+            "export.retry.max_retry_after",
             "must be at most 1 h",
         )?;
         ConfigError::check_range(
             self.max_total_wait,
             Duration::ZERO,
             Duration::from_secs(3600),
-            "max_total_wait",
+            "export.retry.max_total_wait",
             "must be at most 1 h",
         )
     }
@@ -234,12 +240,12 @@ mod tests {
     }
 
     #[rstest]
-    #[case(RetryPolicy { max_retries: 11, ..RetryPolicy::default() }, "max_retries")]
-    #[case(RetryPolicy { backoff_base: Duration::from_secs(2), ..RetryPolicy::default() }, "backoff_base")]
-    #[case(RetryPolicy { backoff_max: Duration::MAX, ..RetryPolicy::default() }, "backoff_max")]
-    #[case(RetryPolicy { jitter: Duration::MAX, ..RetryPolicy::default() }, "jitter")]
-    #[case(RetryPolicy { max_retry_after: Duration::MAX, ..RetryPolicy::default() }, "max_retry_after")]
-    #[case(RetryPolicy { max_total_wait: Duration::MAX, ..RetryPolicy::default() }, "max_total_wait")]
+    #[case(RetryPolicy { max_retries: 11, ..RetryPolicy::default() }, "export.retry.max_retries")]
+    #[case(RetryPolicy { backoff_base: Duration::from_secs(2), ..RetryPolicy::default() }, "export.retry.backoff_base")]
+    #[case(RetryPolicy { backoff_max: Duration::MAX, ..RetryPolicy::default() }, "export.retry.backoff_max")]
+    #[case(RetryPolicy { jitter: Duration::MAX, ..RetryPolicy::default() }, "export.retry.jitter")]
+    #[case(RetryPolicy { max_retry_after: Duration::MAX, ..RetryPolicy::default() }, "export.retry.max_retry_after")]
+    #[case(RetryPolicy { max_total_wait: Duration::MAX, ..RetryPolicy::default() }, "export.retry.max_total_wait")]
     fn out_of_range_is_rejected(#[case] policy: RetryPolicy, #[case] field: &str) {
         let err = policy.validate().unwrap_err();
         let ConfigError::Invalid { field: got, .. } = &err else {

@@ -9,7 +9,7 @@ use telemetry_types::flag::{FlagAnswer, FlagError, FlagSource};
 use telemetry_types::host::Host;
 use telemetry_types::transport::{HttpMethod, HttpRequest, HttpTransport};
 
-/// A client type and flag name pair (spec section 4).
+/// A client type and flag name pair: which driver asks, and the flag it reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientPreset {
     /// Path segment after `/feature-flags/`.

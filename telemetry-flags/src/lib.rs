@@ -1,7 +1,7 @@
 //! # telemetry-flags
 //!
 //! The per-host feature-flag cache that decides whether a workspace accepts driver telemetry
-//! (spec section 4). The exporter consults it before every batch and the client's event path
+//! (the connector service's feature-flag endpoint). The exporter consults it before every batch and the client's event path
 //! reads it with one atomic load; the network look-up always happens in the background.
 //!
 //! - [`FeatureFlagCache`]: instance-based. [`acquire`](FeatureFlagCache::acquire) a host to get

@@ -397,7 +397,7 @@ fn capped(text: &str, max: usize) -> String {
 /// An error reported by the driver. The message is redacted before it leaves the process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverError {
-    /// The error's name or type (`AuthenticationError`, `SQLSTATE 42P01`, ...).
+    /// The error's name or type (`AuthenticationError`, `42P01` for an error given only a SQLSTATE, ...).
     pub name: String,
     /// The SQLSTATE, if known.
     pub sqlstate: Option<String>,
@@ -440,7 +440,8 @@ impl DriverError {
             .filter(|s| !s.is_empty());
         let name = match (error.error_name(), &sqlstate) {
             (Some(n), _) if !n.trim().is_empty() => capped(n.trim(), MAX_INTAKE_NAME_BYTES),
-            (_, Some(state)) => format!("SQLSTATE {state}"),
+            // The bare code, as the JDBC driver sends it: rows group across drivers by it.
+            (_, Some(state)) => state.clone(),
             _ => "Error".to_owned(),
         };
         let http_status = error.http_status();
@@ -744,7 +745,7 @@ mod tests {
             ("Error", ErrorClass::Unknown)
         );
         let huge = DriverError::from_error(&Huge("word ".repeat(1_000_000)));
-        assert_eq!(huge.name, "SQLSTATE 08S01");
+        assert_eq!(huge.name, "08S01");
         assert_eq!(huge.class, ErrorClass::Retryable);
         assert!(huge.message.len() <= MAX_INTAKE_MESSAGE_BYTES);
         assert!(

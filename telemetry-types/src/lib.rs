@@ -6,7 +6,7 @@
 //!
 //! - [`wire`]: the exact JSON the telemetry endpoints accept (serde structs and closed enums);
 //! - [`connection`], [`event`]: who reports and what a driver reports; [`row`] turns what the
-//!   background task folded into the logs of spec section 3 and applies the unauthenticated
+//!   background task folded into the logs of each row kind (docs/TELEMETRY.md, "What is sent") and applies the unauthenticated
 //!   privacy rules;
 //! - [`classify`]: which failures are terminal and which are retryable; [`redact`]: secret and
 //!   personal-path redaction; [`host`]: host normalisation;

@@ -565,8 +565,76 @@ fn redact_emails(text: &str) -> String {
     replace_spans(text, &spans)
 }
 
-/// SQL string literals: `'…'` (with `''` escapes) -> `'?'`. A quote inside a word (an
-/// apostrophe) does not open a literal.
+/// SQL keywords a parser's error quotes (`Syntax error at or near 'FROM'`): kept when a
+/// quoted span is exactly one of them, since they are the language's words, not data.
+const SQL_KEYWORDS: &[&str] = &[
+    "ALL",
+    "ALTER",
+    "AND",
+    "AS",
+    "ASC",
+    "BETWEEN",
+    "BY",
+    "CASE",
+    "CAST",
+    "CREATE",
+    "CROSS",
+    "DELETE",
+    "DESC",
+    "DISTINCT",
+    "DROP",
+    "ELSE",
+    "END",
+    "EXCEPT",
+    "EXISTS",
+    "FALSE",
+    "FROM",
+    "FULL",
+    "GROUP",
+    "HAVING",
+    "IN",
+    "INNER",
+    "INSERT",
+    "INTERSECT",
+    "INTO",
+    "IS",
+    "JOIN",
+    "LEFT",
+    "LIKE",
+    "LIMIT",
+    "MERGE",
+    "NOT",
+    "NULL",
+    "ON",
+    "OR",
+    "ORDER",
+    "OUTER",
+    "OVER",
+    "PARTITION",
+    "RIGHT",
+    "SELECT",
+    "SET",
+    "TABLE",
+    "THEN",
+    "TRUE",
+    "UNION",
+    "UPDATE",
+    "USING",
+    "VALUES",
+    "VIEW",
+    "WHEN",
+    "WHERE",
+    "WITH",
+    "<EOF>",
+    "EOF",
+    "(",
+    ")",
+    ",",
+    ";",
+];
+
+/// SQL string literals: `'…'` (with `''` escapes) -> `'?'`, but for a lone SQL keyword
+/// ([`SQL_KEYWORDS`]). A quote inside a word (an apostrophe) does not open a literal.
 fn redact_sql_literals(text: &str) -> String {
     let b = text.as_bytes();
     let mut spans = Vec::new();
@@ -598,7 +666,8 @@ fn redact_sql_literals(text: &str) -> String {
             continue;
         }
         let content = &text[start..k];
-        if !content.is_empty() && content != "?" && content != REDACTED {
+        let keyword = SQL_KEYWORDS.iter().any(|w| w.eq_ignore_ascii_case(content));
+        if !content.is_empty() && content != "?" && content != REDACTED && !keyword {
             spans.push((start, k));
         }
         i = k + 1;
@@ -832,8 +901,11 @@ mod tests {
     #[case("don't stop", "don't stop")]
     #[case(
         "[PARSE_SYNTAX_ERROR] Syntax error at 'FROM'.\n== SQL ==\nSELECT ssn FROM people WHERE ssn = 123\n------^^^\n\nmore",
-        "[PARSE_SYNTAX_ERROR] Syntax error at '?'.\n== SQL ==\n[REDACTED]\n\nmore"
+        "[PARSE_SYNTAX_ERROR] Syntax error at 'FROM'.\n== SQL ==\n[REDACTED]\n\nmore"
     )]
+    #[case("syntax error at or near 'from'", "syntax error at or near 'from'")]
+    #[case("mismatched input '<EOF>'", "mismatched input '<EOF>'")]
+    #[case("value 'FROM here'", "value '?'")]
     #[case(
         "table not found: SELECT * FROM secret_table",
         "table not found: [REDACTED SQL]"

@@ -1,4 +1,4 @@
-//! Building the logs of spec section 3 from what the driver reported, and the privacy rules of
+//! Building the logs of each row kind (docs/TELEMETRY.md, "What is sent") from what the driver reported, and the privacy rules of
 //! the unauthenticated endpoint.
 
 use std::sync::Arc;

@@ -79,7 +79,7 @@ pub struct Received {
     pub authorization: Option<String>,
     /// The parsed logs.
     pub logs: Vec<TelemetryFrontendLog>,
-    /// Each log's row kind (spec section 3).
+    /// Each log's row kind (docs/TELEMETRY.md, "What is sent").
     pub kinds: Vec<RowKind>,
 }
 

@@ -2,7 +2,7 @@
 //! of the crates' own wire types, so that the mock workspace checks what we send against the
 //! server's field and enum set rather than against itself: unknown keys, unknown enum names,
 //! wrong JSON types and integers out of their width all fail. It also tells which row kind of
-//! spec section 3 a log is.
+//! row kind (docs/TELEMETRY.md, "What is sent") a log is.
 
 use serde_json::{Map, Value};
 
@@ -248,7 +248,7 @@ fn required<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a Value, Str
     obj.get(key).ok_or_else(|| format!("missing {key}"))
 }
 
-/// The row kinds of spec section 3.
+/// The row kinds docs/TELEMETRY.md lists under "What is sent".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RowKind {
     /// `CREATE_SESSION` / `DELETE_SESSION`.

@@ -223,7 +223,7 @@ async fn exactly_the_expected_rows_arrive_for_a_known_workload() {
         (s.events_emitted, s.rows_exported, s.total_rows_dropped()),
         (report.events, report.expected_rows, 0)
     );
-    // Every row kind of spec section 3 arrived and passed the server's schema.
+    // Every row kind arrived and passed the server's schema.
     let by_kind = mock.rows_by_kind();
     for kind in RowKind::ALL {
         assert!(

@@ -546,3 +546,14 @@ fn state_names() {
     assert_eq!(BreakerState::from_u8(0), BreakerState::Closed);
     assert_eq!(BreakerState::from_u8(2), BreakerState::HalfOpen);
 }
+
+#[test]
+fn new_replaces_a_config_that_could_never_close_again() {
+    let stuck = BreakerConfig {
+        half_open_max_probes: 0,
+        ..Default::default()
+    };
+    let b = CircuitBreaker::new("h", stuck.clone());
+    assert_eq!(b.config(), &BreakerConfig::default());
+    assert!(CircuitBreaker::try_new("h", stuck).is_err());
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser};
 use serde_json::json;
-use telemetry_client::{ClientPreset, DisableSwitch};
+use telemetry_client::{ClientPreset, DisableSwitch, DropUnit, Host};
 use telemetry_client::{ProviderOptions, ProviderStats, TelemetryClientProvider};
 use telemetry_tests::mock::{Fault, MockWorkspace};
 use telemetry_tests::schema::RowKind;
@@ -95,6 +95,9 @@ struct Cli {
     /// Close timeout, milliseconds.
     #[arg(long, default_value_t = 2000)]
     close_timeout_ms: u64,
+    /// The warehouse's HTTP path (its `?o=<id>` or `/o/<id>/` is the workspace id).
+    #[arg(long, default_value = "/sql/1.0/warehouses/sim?o=1234567890123456")]
+    http_path: String,
     /// Run the workload with telemetry off.
     #[arg(long)]
     no_telemetry: bool,
@@ -157,6 +160,7 @@ struct Args {
     batch_size: usize,
     flush_interval_ms: u64,
     close_timeout_ms: u64,
+    http_path: String,
     no_telemetry: bool,
     fault: Fault,
     compare: bool,
@@ -180,13 +184,11 @@ fn parse_args(raw: Vec<String>) -> Result<Args, clap::Error> {
         ));
     }
     if let Some(h) = &cli.host {
-        let lower = h.to_ascii_lowercase();
-        let local =
-            lower.starts_with("http://127.0.0.1:") || lower.starts_with("http://localhost:");
-        if !(lower.starts_with("https://") || local) {
-            return Err(invalid(
-                "--host must be https://..., http://127.0.0.1:PORT or http://localhost:PORT",
-            ));
+        // What the library would refuse is refused here, with its reason.
+        if let Err(e) = Host::parse(h, true) {
+            return Err(invalid(&format!(
+                "--host {h:?}: {e} (https://..., http://127.0.0.1:PORT or http://localhost:PORT)"
+            )));
         }
     }
     let preset = cli.preset;
@@ -215,6 +217,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args, clap::Error> {
         batch_size: as_usize(cli.batch_size),
         flush_interval_ms: cli.flush_interval_ms,
         close_timeout_ms: cli.close_timeout_ms,
+        http_path: cli.http_path,
         no_telemetry: cli.no_telemetry,
         fault: cli.fault,
         compare: cli.compare,
@@ -223,9 +226,20 @@ fn parse_args(raw: Vec<String>) -> Result<Args, clap::Error> {
         serve: cli.serve,
         fleet: cli.fleet.map(|n| (as_usize(n), cli.scenario, cli.plot)),
     })
+    .and_then(|args| {
+        // The settings are the library's to judge: a config it refuses is refused up front.
+        match TelemetryClientProvider::try_new(options(&args, true)) {
+            Ok(_) => Ok(args),
+            Err(e) => Err(invalid(&e.to_string())),
+        }
+    })
 }
 
 fn provider(args: &Args, enabled: bool) -> TelemetryClientProvider {
+    TelemetryClientProvider::new(options(args, enabled))
+}
+
+fn options(args: &Args, enabled: bool) -> ProviderOptions {
     let mut o = ProviderOptions::new(
         "telemetry-sim",
         env!("CARGO_PKG_VERSION"),
@@ -239,7 +253,7 @@ fn provider(args: &Args, enabled: bool) -> TelemetryClientProvider {
     agg.close_timeout = Duration::from_millis(args.close_timeout_ms);
     o.config.allow_insecure_loopback = true;
     o.switch = Some(DisableSwitch::from_env());
-    TelemetryClientProvider::new(o)
+    o
 }
 
 /// Prints progress to stderr once a second while a long run goes on.
@@ -277,12 +291,7 @@ fn run_once(
     let p = provider(args, enabled);
     let stop = Arc::new(AtomicBool::new(false));
     let monitor = show_progress.then(|| progress(&p, stop.clone()));
-    let report = workload::run(
-        &p,
-        host,
-        "/sql/1.0/warehouses/sim?o=1234567890123456",
-        &args.workload,
-    );
+    let report = workload::run(&p, host, &args.http_path, &args.workload);
     // Process exit: where a driver waits for what is still in flight (bounded).
     let _ = p.shutdown_blocking(
         Duration::from_millis(args.close_timeout_ms).saturating_add(Duration::from_secs(1)),
@@ -324,6 +333,12 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() -> ExitCode {
+    // A command-line tool ends quietly when its reader goes away (`telemetry-sim | head`):
+    // the default action of SIGPIPE, which Rust's runtime replaces with an error on write.
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = match parse_args(std::env::args().skip(1).collect()) {
         Ok(a) => a,
         // Help and version print and exit 0; bad arguments print and exit 2.
@@ -430,10 +445,26 @@ fn main() -> ExitCode {
     let statements = (args.workload.connections * args.workload.statements).max(1);
     let cpu_us_per_statement = cpu.as_secs_f64() * 1e6 / statements as f64;
     let server_rows = mock.as_ref().map(MockWorkspace::rows_received);
-    let dropped: BTreeMap<&str, u64> = stats
-        .dropped
+    let dropped_of = |unit: DropUnit| -> BTreeMap<&str, u64> {
+        stats
+            .dropped
+            .iter()
+            .filter(|(reason, _)| reason.unit() == unit)
+            .map(|(reason, n)| (reason.as_str(), n))
+            .collect()
+    };
+    let (events_dropped, dropped) = (dropped_of(DropUnit::Event), dropped_of(DropUnit::Row));
+    // Why telemetry was off, where it was: by connection (a choice or a setting) and by host
+    // (the flag look-up failed, or the server said no).
+    let off_connections: BTreeMap<&str, u64> = stats
+        .disabled_connections
         .iter()
-        .map(|(reason, n)| (reason.as_str(), n))
+        .map(|(r, n)| (r.as_str(), *n))
+        .collect();
+    let flag_failed: BTreeMap<String, u64> = stats
+        .hosts_flag_failed
+        .iter()
+        .map(|(f, n)| (f.to_string(), *n))
         .collect();
     println!(
         "telemetry-sim against {}{}",
@@ -457,6 +488,11 @@ fn main() -> ExitCode {
         report.events, report.expected_rows
     );
     println!("  events emitted    {:>10}", stats.events_emitted);
+    println!(
+        "  events dropped    {:>10}   {:?}",
+        stats.events_dropped(),
+        events_dropped
+    );
     println!("  rows produced     {:>10}", stats.rows_produced);
     println!("  rows exported     {:>10}", stats.rows_exported);
     println!(
@@ -469,6 +505,12 @@ fn main() -> ExitCode {
         stats.export_requests, stats.export_retries
     );
     println!("  breaker openings  {:>10}", stats.breaker_openings);
+    if !off_connections.is_empty() || !flag_failed.is_empty() || stats.hosts_flag_refused > 0 {
+        println!(
+            "  telemetry off     connections {:?}; hosts whose flag look-up failed {:?}; hosts the server said no to {}",
+            off_connections, flag_failed, stats.hosts_flag_refused
+        );
+    }
     if stats.statements_open_at_close > 0 {
         println!(
             "  statements open at close {:>3}   (their ends come too late: counted, not sent)",
@@ -500,8 +542,7 @@ fn main() -> ExitCode {
             "  rows by kind      {:?}{}",
             by_kind,
             if missing.is_empty() {
-                "  (every row kind of spec section 3, each valid against the server's schema)"
-                    .to_owned()
+                "  (every row kind, each valid against the server's schema)".to_owned()
             } else {
                 format!("  (none of: {})", missing.join(", "))
             }
@@ -537,6 +578,12 @@ fn main() -> ExitCode {
             "rows_produced": stats.rows_produced,
             "rows_exported": stats.rows_exported,
             "rows_dropped": dropped,
+            "events_dropped": events_dropped,
+            "telemetry_off": {
+                "connections": off_connections,
+                "hosts_flag_failed": flag_failed,
+                "hosts_flag_refused": stats.hosts_flag_refused,
+            },
             "export_requests": stats.export_requests,
             "export_retries": stats.export_retries,
             "breaker_openings": stats.breaker_openings,
@@ -680,6 +727,20 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        // What the library would refuse is refused up front, with the library's reason.
+        for (bad, reason) in [
+            ("--batch-size 20000", "aggregation.batch_size"),
+            ("--close-timeout-ms 99999999", "aggregation.close_timeout"),
+            ("--host https://", "empty"),
+            ("--host https://exa%mple.com", "not a valid host"),
+            ("--host http://localhost:notaport", "port"),
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert!(err.to_string().contains(reason), "{bad}: {err}");
+        }
+        let a = parse("--http-path /sql/1.0/warehouses/w?o=77").unwrap();
+        assert_eq!(a.http_path, "/sql/1.0/warehouses/w?o=77");
         assert!(parse("--host http://127.0.0.1:8080").is_ok());
         assert_eq!(
             parse("--help").unwrap_err().kind(),
