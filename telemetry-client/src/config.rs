@@ -132,6 +132,15 @@ pub enum OptionError {
         /// The key as given.
         key: String,
     },
+    /// `key` is another Databricks driver's telemetry option that has no counterpart here:
+    /// refused rather than silently ignored.
+    #[error("telemetry option `{key}` is not supported: {reason}")]
+    Unsupported {
+        /// The key as given.
+        key: String,
+        /// Why, and what to use instead.
+        reason: &'static str,
+    },
     /// `key` is not a telemetry option (a driver passing all its options skips these).
     #[error("`{key}` is not a telemetry option; known: {}", known.join(", "))]
     UnknownKey {
@@ -155,6 +164,11 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "telemetryCircuitBreakerThreshold",
     "telemetryCircuitBreakerTimeout",
     "telemetryAllowInsecureLoopback",
+    "telemetryRetryDelayMs",
+    "telemetryBackoffMaxMs",
+    "telemetryBackoffJitterMs",
+    "telemetryMaxPendingMetrics",
+    "telemetryCircuitBreakerEnabled",
 ];
 
 /// Environment variables that override the config (see [`TelemetryConfig::apply_env`]),
@@ -217,8 +231,48 @@ fn parse_num<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, OptionEr
         .map_err(|_| invalid(key, value, "a non-negative whole number"))
 }
 
+/// A duration: a whole number of milliseconds (`1500`), or a Go-style duration (`30s`,
+/// `500ms`, `1m30s`, `2h`; units `ms`, `s`, `m`, `h`).
 fn parse_ms(key: &str, value: &str) -> Result<Duration, OptionError> {
-    parse_num::<u64>(key, value).map(Duration::from_millis)
+    let v = value.trim();
+    if let Ok(ms) = v.parse::<u64>() {
+        return Ok(Duration::from_millis(ms));
+    }
+    let bad = || {
+        invalid(
+            key,
+            value,
+            "milliseconds or a duration such as 30s, 500ms, 1m30s",
+        )
+    };
+    let mut total = Duration::ZERO;
+    let mut rest = v;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total = total.saturating_add(part);
+    }
+    if v.is_empty() { Err(bad()) } else { Ok(total) }
+}
+
+fn unsupported(key: &str, reason: &'static str) -> OptionError {
+    OptionError::Unsupported {
+        key: key.to_owned(),
+        reason,
+    }
 }
 
 fn invalid(key: &str, value: &str, expected: &'static str) -> OptionError {
@@ -284,7 +338,49 @@ impl TelemetryConfig {
                 self.export.authenticated_export = parse_bool(key, value)?
             }
             "telemetryrequesttimeoutms" => self.export.request_timeout = parse_ms(key, value)?,
-            "telemetryclosetimeoutms" => self.aggregation.close_timeout = parse_ms(key, value)?,
+            "telemetryclosetimeoutms"
+            | "telemetryclosetimeout"
+            | "telemetrycloseflushtimeout"
+            | "telemetrycloseflushtimeoutms" => {
+                self.aggregation.close_timeout = parse_ms(key, value)?
+            }
+            "telemetryretrydelay"
+            | "telemetryretrydelayms"
+            | "telemetrybackoffbase"
+            | "telemetrybackoffbasems" => self.export.retry.backoff_base = parse_ms(key, value)?,
+            "telemetrybackoffmax" | "telemetrybackoffmaxms" => {
+                self.export.retry.backoff_max = parse_ms(key, value)?
+            }
+            "telemetrybackoffjitter" | "telemetrybackoffjitterms" => {
+                self.export.retry.jitter = parse_ms(key, value)?
+            }
+            "telemetrymaxpendingmetrics" | "telemetrymaxpendingrows" => {
+                self.aggregation.max_pending_rows = parse_num(key, value)?
+            }
+            "telemetrycircuitbreakerenabled"
+            | "enabletelemetrycircuitbreaker"
+            | "telemetrycircuitbreaker" => {
+                if !parse_bool(key, value)? {
+                    return Err(unsupported(
+                        key,
+                        "the breaker protects the endpoint every process shares and cannot be turned off; tune telemetryCircuitBreakerThreshold / Timeout",
+                    ));
+                }
+            }
+            "telemetryloglevel" => {
+                return Err(unsupported(
+                    key,
+                    "log levels come from tracing: RUST_LOG=telemetry_client=debug,telemetry_export=debug",
+                ));
+            }
+            "telemetrymaxerrorsperstatement"
+            | "telemetrystatementttlms"
+            | "telemetrymaxstatementmetrics" => {
+                return Err(unsupported(
+                    key,
+                    "statements are not buffered by count here: memory is bounded by aggregation.max_buffered_bytes",
+                ));
+            }
             "telemetrycircuitbreakerthreshold" => {
                 self.breaker.policy = FailurePolicy::Consecutive {
                     threshold: parse_num(key, value)?,
@@ -471,6 +567,59 @@ mod tests {
         assert!(
             err.to_string().contains("DATABRICKS_TELEMETRY_MAX_RETRIES"),
             "{err}"
+        );
+    }
+
+    #[rstest::rstest]
+    #[case("telemetry_flush_interval", "30s", |c: &TelemetryConfig| c.aggregation.flush_interval == Duration::from_secs(30))]
+    #[case("telemetryFlushIntervalMs", "1500", |c: &TelemetryConfig| c.aggregation.flush_interval == Duration::from_millis(1500))]
+    #[case("telemetry_flush_interval", "1m30s", |c: &TelemetryConfig| c.aggregation.flush_interval == Duration::from_secs(90))]
+    #[case("telemetryRetryDelayMs", "250", |c: &TelemetryConfig| c.export.retry.backoff_base == Duration::from_millis(250))]
+    #[case("telemetryBackoffBaseMs", "200ms", |c: &TelemetryConfig| c.export.retry.backoff_base == Duration::from_millis(200))]
+    #[case("telemetryBackoffMaxMs", "2s", |c: &TelemetryConfig| c.export.retry.backoff_max == Duration::from_secs(2))]
+    #[case("telemetryBackoffJitterMs", "50", |c: &TelemetryConfig| c.export.retry.jitter == Duration::from_millis(50))]
+    #[case("telemetryMaxPendingMetrics", "5000", |c: &TelemetryConfig| c.aggregation.max_pending_rows == 5000)]
+    #[case("telemetry_close_flush_timeout", "3s", |c: &TelemetryConfig| c.aggregation.close_timeout == Duration::from_secs(3))]
+    #[case("TelemetryCircuitBreakerEnabled", "true", |c: &TelemetryConfig| *c == TelemetryConfig::default())]
+    fn other_drivers_option_names_are_mapped(
+        #[case] key: &str,
+        #[case] value: &str,
+        #[case] check: fn(&TelemetryConfig) -> bool,
+    ) {
+        let mut c = TelemetryConfig::default();
+        c.apply_option(key, value).unwrap();
+        assert!(check(&c), "{key}={value}: {c:?}");
+    }
+
+    #[rstest::rstest]
+    #[case("TelemetryCircuitBreakerEnabled", "false")]
+    #[case("enable_telemetry_circuit_breaker", "0")]
+    #[case("TelemetryLogLevel", "DEBUG")]
+    #[case("telemetryMaxErrorsPerStatement", "5")]
+    #[case("telemetryStatementTtlMs", "60000")]
+    fn options_without_a_counterpart_are_refused(#[case] key: &str, #[case] value: &str) {
+        let mut c = TelemetryConfig::default();
+        let err = c.apply_option(key, value).unwrap_err();
+        assert!(matches!(err, OptionError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains(key), "{err}");
+        assert_eq!(c, TelemetryConfig::default(), "unchanged");
+        // A driver passing all its options sees it too (only unknown keys are skipped).
+        assert!(c.apply_options([(key, value)]).is_err());
+    }
+
+    #[rstest::rstest]
+    #[case("30x")]
+    #[case("s")]
+    #[case("1.5s")]
+    #[case("")]
+    #[case("-1")]
+    fn bad_durations_are_refused(#[case] value: &str) {
+        let err = TelemetryConfig::default()
+            .apply_option("telemetry_flush_interval", value)
+            .unwrap_err();
+        assert!(
+            matches!(err, OptionError::InvalidValue { .. }),
+            "{value}: {err}"
         );
     }
 
