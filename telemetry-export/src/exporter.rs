@@ -149,7 +149,7 @@ impl DatabricksExporter {
             counters: Counters::default(),
             openings_before: breaker.stats().openings,
             breaker,
-            pacing: Pacing::new(config.max_concurrent_requests),
+            pacing: Pacing::new(config.max_concurrent_requests, config.max_throttle_pause),
             fingerprints: Fingerprints::new(),
             config,
         }

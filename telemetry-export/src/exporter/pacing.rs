@@ -13,11 +13,14 @@ struct State {
     limit: usize,
     in_flight: usize,
     paused_until: Option<Instant>,
+    /// Throttled answers in a row (less one per success since): the pause's doubling.
+    throttle_level: u32,
 }
 
 /// One host's pacing, shared by every request of its exporter.
 pub(super) struct Pacing {
     max: usize,
+    max_pause: Duration,
     state: Mutex<State>,
     freed: Notify,
 }
@@ -36,14 +39,16 @@ impl Drop for Slot<'_> {
 }
 
 impl Pacing {
-    pub(super) fn new(max: usize) -> Self {
+    pub(super) fn new(max: usize, max_pause: Duration) -> Self {
         let max = max.max(1);
         Self {
             max,
+            max_pause,
             state: Mutex::new(State {
                 limit: max,
                 in_flight: 0,
                 paused_until: None,
+                throttle_level: 0,
             }),
             freed: Notify::new(),
         }
@@ -78,6 +83,7 @@ impl Pacing {
             let mut s = self.lock();
             let before = s.limit;
             s.limit = (s.limit + 1).min(self.max);
+            s.throttle_level = s.throttle_level.saturating_sub(1);
             s.limit > before
         };
         if grew {
@@ -91,9 +97,23 @@ impl Pacing {
     }
 
     /// The server asked every request to wait `d` (its `Retry-After`, already bounded): the
-    /// host waits that, plus up to a quarter more at random, so that a fleet told the same
-    /// `Retry-After` in the same second does not come back in the same second.
-    pub(super) fn pause(&self, d: Duration) {
+    /// host waits that, doubled for each throttled answer in a row before it (up to the
+    /// maximum pause, never below `d`), plus up to a quarter more at random, so that a fleet
+    /// told the same `Retry-After` in the same second does not come back in the same second,
+    /// and a fleet the endpoint keeps throttling keeps slowing down.
+    pub(super) fn throttled(&self, d: Duration) {
+        let level = {
+            let mut s = self.lock();
+            s.throttle_level = (s.throttle_level + 1).min(16);
+            s.throttle_level
+        };
+        let grown = d
+            .saturating_mul(1 << (level - 1))
+            .min(self.max_pause.max(d));
+        self.pause(grown);
+    }
+
+    fn pause(&self, d: Duration) {
         let now = Instant::now();
         let quarter = u64::try_from(d.as_millis() / 4).unwrap_or(u64::MAX);
         let d = d.saturating_add(Duration::from_millis(
@@ -134,7 +154,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failure_collapses_the_limit_and_successes_grow_it_back() {
-        let p = Arc::new(Pacing::new(4));
+        let p = Arc::new(Pacing::new(4, Duration::from_secs(600)));
         let slots = futures_now(&p, 4).await;
         assert_eq!(slots, 4, "four at once while healthy");
         p.failed();
@@ -162,7 +182,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn after_a_failure_one_request_at_a_time_and_waiters_wake() {
-        let p = Arc::new(Pacing::new(4));
+        let p = Arc::new(Pacing::new(4, Duration::from_secs(600)));
         p.failed();
         let first = p.acquire().await;
         let p2 = p.clone();
@@ -179,10 +199,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_pause_holds_every_request_until_it_ends() {
-        let p = Pacing::new(4);
+        let p = Pacing::new(4, Duration::ZERO); // no growth: the server's pause alone
         let start = Instant::now();
-        p.pause(Duration::from_secs(30));
-        p.pause(Duration::from_secs(5)); // a shorter one does not cut it
+        p.throttled(Duration::from_secs(30));
+        p.throttled(Duration::from_secs(5)); // a shorter one does not cut it
         p.honour_pause().await;
         let waited = start.elapsed();
         assert!(
@@ -191,5 +211,31 @@ mod tests {
         );
         p.honour_pause().await;
         assert_eq!(start.elapsed(), waited, "over: no wait");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_host_throttled_again_and_again_pauses_longer_and_successes_step_back() {
+        let p = Pacing::new(4, Duration::from_secs(600));
+        let mut pauses = Vec::new();
+        for _ in 0..6 {
+            p.throttled(Duration::from_secs(30));
+            pauses.push(waited(&p).await.as_secs());
+        }
+        // 30, 60, 120, 240, 480, then the 600 s cap; each up to a quarter longer.
+        for (got, base) in pauses.iter().zip([30u64, 60, 120, 240, 480, 600]) {
+            assert!(*got >= base && *got <= base + base / 4, "{pauses:?}");
+        }
+        p.succeeded();
+        p.succeeded();
+        p.throttled(Duration::from_secs(30));
+        let after = waited(&p).await.as_secs();
+        assert!((480..=600).contains(&after), "two levels down: {after}");
+    }
+
+    /// How long the host's pause holds a request now.
+    async fn waited(p: &Pacing) -> Duration {
+        let start = Instant::now();
+        p.honour_pause().await;
+        start.elapsed()
     }
 }

@@ -157,7 +157,8 @@ impl DatabricksExporter {
                 }
                 if let Some(r) = failure.retry_after {
                     // The whole host waits, not only this request.
-                    self.pacing.pause(r.min(self.config.retry.max_retry_after));
+                    self.pacing
+                        .throttled(r.min(self.config.retry.max_retry_after));
                 }
                 failure.probe = probe;
                 Err(failure)
