@@ -56,6 +56,11 @@ pub struct TelemetryConfig {
     /// that builds its own provider from its options is pointed at a capture by its tests.
     /// Ignored without the feature, or when no capture has that name. Default `None`.
     pub test_capture: Option<String>,
+    /// Send nothing: no flag look-up, no export; every request body goes to the provider's
+    /// audit sink (`ProviderOptions::audit`) as it would have been sent, and its rows are
+    /// counted dropped `dry_run`. Option key `telemetryDryRun`, variable
+    /// `DATABRICKS_TELEMETRY_DRY_RUN`. Default `false`.
+    pub dry_run: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -79,6 +84,7 @@ impl Default for TelemetryConfig {
             allow_insecure_loopback: false,
             max_hosts: 256,
             test_capture: None,
+            dry_run: false,
         }
     }
 }
@@ -169,6 +175,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "telemetryBackoffJitterMs",
     "telemetryMaxPendingMetrics",
     "telemetryCircuitBreakerEnabled",
+    "telemetryDryRun",
 ];
 
 /// Environment variables that override the config (see [`TelemetryConfig::apply_env`]),
@@ -198,6 +205,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "DATABRICKS_TELEMETRY_ALLOW_INSECURE_LOOPBACK",
         "telemetryAllowInsecureLoopback",
     ),
+    ("DATABRICKS_TELEMETRY_DRY_RUN", "telemetryDryRun"),
 ];
 
 /// A key without case, separators or a `databricks` prefix: `telemetry_batch_size`,
@@ -393,6 +401,7 @@ impl TelemetryConfig {
                     .max_open_duration
                     .max(self.breaker.open_duration);
             }
+            "telemetrydryrun" => self.dry_run = parse_bool(key, value)?,
             "telemetryallowinsecureloopback" => {
                 self.allow_insecure_loopback = parse_bool(key, value)?
             }

@@ -160,6 +160,7 @@ pub use telemetry_types::validation::ConfigError;
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper-transport")))]
 pub use telemetry_export::{HyperTransport, ProxyConfig, TransportBuildError, TransportOptions};
 pub use telemetry_types::BoxFuture;
+pub use telemetry_types::audit::{AuditSink, AuditedRequest, JsonLinesAudit};
 pub use telemetry_types::auth::{AuthProvider, StaticToken};
 pub use telemetry_types::classify::TransportErrorKind;
 pub use telemetry_types::flag::{FlagAnswer, FlagError, FlagSource, FlagState};

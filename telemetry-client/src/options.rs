@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use telemetry_flags::{ClientPreset, DisableSwitch};
+use telemetry_types::audit::AuditSink;
 use telemetry_types::auth::AuthProvider;
 use telemetry_types::flag::FlagSource;
 use telemetry_types::transport::{HeaderError, HttpTransport, validate_header};
@@ -43,6 +44,10 @@ pub struct ProviderOptions {
     /// [`ENV_OVERRIDES`](crate::ENV_OVERRIDES) over `config`. Default `true`; tests that must
     /// not depend on the environment turn it off.
     pub read_env: bool,
+    /// Sees every export request's body exactly as sent (see
+    /// [`AuditSink`](crate::AuditSink); [`JsonLinesAudit`](crate::JsonLinesAudit) writes them
+    /// to a file). With `config.dry_run`, nothing is sent and it sees what would have been.
+    pub audit: Option<Arc<dyn AuditSink>>,
 }
 
 impl fmt::Debug for ProviderOptions {
@@ -76,7 +81,23 @@ impl ProviderOptions {
             system_configuration: None,
             extra_headers: Vec::new(),
             read_env: true,
+            audit: None,
         }
+    }
+
+    /// Hands every export request's body to `audit` (see [`audit`](Self::audit)).
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use telemetry_client::{ClientPreset, JsonLinesAudit, ProviderOptions};
+    /// let audit = Arc::new(JsonLinesAudit::create("telemetry-audit.jsonl").unwrap());
+    /// let mut options = ProviderOptions::new("MyDriver", "1.0.0", ClientPreset::adbc())
+    ///     .with_audit(audit);
+    /// options.config.dry_run = true; // write what would be sent, send nothing
+    /// ```
+    pub fn with_audit(mut self, audit: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// The pipeline settings.

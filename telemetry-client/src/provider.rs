@@ -16,6 +16,7 @@ use telemetry_flags::{
     ClientPreset, DisableSwitch, FeatureFlagCache, HttpFlagSource, PendingCredentials,
 };
 use telemetry_types::BoxFuture;
+use telemetry_types::audit::AuditSink;
 use telemetry_types::auth::AuthProvider;
 use telemetry_types::classify::TransportErrorKind;
 use telemetry_types::connection::ConnectionInfo;
@@ -90,6 +91,8 @@ struct ProviderInner {
     transport: Arc<DefaultTransport>,
     /// Whether `DATABRICKS_TELEMETRY_*` overrides apply (over options applied later too).
     read_env: bool,
+    /// Sees every export request's body.
+    audit: Option<Arc<dyn AuditSink>>,
     /// The driver's flag source, if it handed one in (else the HTTP one, built at start).
     given_flag_source: Option<Arc<dyn FlagSource>>,
     flag_preset: ClientPreset,
@@ -314,6 +317,7 @@ impl TelemetryClientProvider {
                 settings: Mutex::new(Settings { config, off }),
                 disabled: Default::default(),
                 read_env: options.read_env,
+                audit: options.audit.clone(),
                 given_flag_source: options.flag_source.clone(),
                 flag_preset: options.flag_preset.clone(),
                 driver_version: options.driver_version.clone(),
@@ -458,8 +462,9 @@ impl TelemetryClientProvider {
         if let Some(capture) = &engine.capture {
             info.transport = Some(capture.clone());
         }
-        // The default transport is built by the first connection that needs it.
-        if info.transport.is_none() && inner.transport.get().is_none() {
+        // The default transport is built by the first connection that needs it (a dry run
+        // sends nothing and needs none).
+        if !engine.config.dry_run && info.transport.is_none() && inner.transport.get().is_none() {
             return self.disabled(DisabledReason::TransportSetup);
         }
         let transport = info.transport.clone();
@@ -704,7 +709,10 @@ impl ProviderInner {
             #[cfg(not(feature = "testing"))]
             let capture: Option<Arc<dyn HttpTransport>> = None;
             let flag_source: Arc<dyn FlagSource> = match &self.given_flag_source {
-                _ if config.force_enable || capture.is_some() => Arc::new(AlwaysOn),
+                // A dry run asks the server nothing, the flag included.
+                _ if config.force_enable || config.dry_run || capture.is_some() => {
+                    Arc::new(AlwaysOn)
+                }
                 Some(s) => s.clone(),
                 None => Arc::new(
                     HttpFlagSource::new(
@@ -758,14 +766,17 @@ impl ProviderInner {
         };
         let flag = Arc::new(flag);
         let breaker = engine.breakers.lease(host.to_string());
-        let exporter = Arc::new(DatabricksExporter::new(
-            host.clone(),
-            engine.config.export.clone(),
-            self.transport.clone(),
-            breaker.breaker().clone(),
-            flag.clone(),
-            self.user_agent.clone(),
-        ));
+        let exporter = Arc::new(
+            DatabricksExporter::new(
+                host.clone(),
+                engine.config.export.clone(),
+                self.transport.clone(),
+                breaker.breaker().clone(),
+                flag.clone(),
+                self.user_agent.clone(),
+            )
+            .with_audit(self.audit.clone(), engine.config.dry_run),
+        );
         let aggregator = Aggregator::spawn(
             &engine.config.aggregation,
             exporter.clone(),

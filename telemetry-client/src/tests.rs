@@ -1870,3 +1870,45 @@ async fn the_org_id_of_the_http_path_rides_on_every_authenticated_export() {
     seen.sort();
     assert_eq!(seen, vec![vec!["7".to_owned()], vec!["99".to_owned()]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_shows_what_would_be_sent_and_sends_nothing() {
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<Vec<(String, serde_json::Value, bool)>>);
+    impl AuditSink for Seen {
+        fn record(&self, r: &AuditedRequest<'_>) {
+            let body = serde_json::from_slice(r.body).unwrap();
+            self.0
+                .lock()
+                .unwrap()
+                .push((r.url.to_owned(), body, r.dry_run));
+        }
+    }
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let seen = Arc::new(Seen::default());
+    let mut o = options(&server, &f).with_audit(seen.clone());
+    o.config.dry_run = true;
+    let p = TelemetryClientProvider::new(o);
+    let c = p.connect(conn_opts("a.example"));
+    workload(&c);
+    c.close();
+    c.flush(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (server.count(), f.count()),
+        (0, 0),
+        "no export, no flag look-up"
+    );
+    let seen = seen.0.lock().unwrap().clone();
+    let logs: usize = seen
+        .iter()
+        .map(|(_, body, _)| body["protoLogs"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(logs, 4, "every row, as it would have been sent");
+    assert!(
+        seen.iter()
+            .all(|(url, _, dry)| url.ends_with("/telemetry-ext") && *dry)
+    );
+    let s = p.stats();
+    assert_eq!((s.rows_exported, s.dropped.get(DropReason::DryRun)), (0, 4));
+    assert_eq!(s.rows_produced, s.total_rows_dropped());
+}

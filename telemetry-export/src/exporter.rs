@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use telemetry_breaker::CircuitBreaker;
 use telemetry_types::BoxFuture;
+use telemetry_types::audit::AuditSink;
 use telemetry_types::drops::{DropCounters, DropCounts, DropReason};
 use telemetry_types::flag::{FlagGate, FlagState};
 use telemetry_types::host::Host;
@@ -117,6 +118,10 @@ pub struct DatabricksExporter {
     openings_before: u64,
     pacing: Pacing,
     fingerprints: Fingerprints,
+    /// Sees every request body sent (or, in a dry run, not sent).
+    audit: Option<Arc<dyn AuditSink>>,
+    /// Send nothing: each request goes to the audit only, its rows dropped `dry_run`.
+    dry_run: bool,
 }
 
 impl fmt::Debug for DatabricksExporter {
@@ -152,7 +157,18 @@ impl DatabricksExporter {
             pacing: Pacing::new(config.max_concurrent_requests, config.max_throttle_pause),
             fingerprints: Fingerprints::new(),
             config,
+            audit: None,
+            dry_run: false,
         }
+    }
+
+    /// Hands every request body to `audit` as it is sent, byte for byte (one call per
+    /// request, retries included); with `dry_run`, nothing is sent: the audit sees what would
+    /// have been, and the rows are dropped `dry_run` (the breaker never hears of it).
+    pub fn with_audit(mut self, audit: Option<Arc<dyn AuditSink>>, dry_run: bool) -> Self {
+        self.audit = audit;
+        self.dry_run = dry_run;
+        self
     }
 
     /// The host's breaker.

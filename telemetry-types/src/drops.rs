@@ -61,11 +61,13 @@ pub enum DropReason {
     /// that `exported` means accepted by the server. Not retried (the server refused their
     /// content, not the request).
     ServerRejected,
+    /// Row: a dry run (the audit shows what would have been sent); nothing was sent.
+    DryRun,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         Self::QueueFull,
         Self::AfterClose,
         Self::PendingCap,
@@ -84,6 +86,7 @@ impl DropReason {
         Self::Redirect,
         Self::RuntimeGone,
         Self::ServerRejected,
+        Self::DryRun,
     ];
 
     /// Stable snake-case name (logs, the simulator's JSON).
@@ -107,6 +110,7 @@ impl DropReason {
             Self::Redirect => "redirect",
             Self::RuntimeGone => "runtime_gone",
             Self::ServerRejected => "server_rejected",
+            Self::DryRun => "dry_run",
         }
     }
 

@@ -36,6 +36,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod audit;
 pub mod auth;
 pub mod boundary;
 pub mod classify;

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use telemetry_breaker::Outcome;
+use telemetry_types::audit::AuditedRequest;
 use telemetry_types::boundary;
 use telemetry_types::classify::{
     ErrorClass, TransportErrorKind, classify_http_status, classify_transport,
@@ -15,7 +16,7 @@ use telemetry_types::drops::DropReason;
 use telemetry_types::redact::{cap_at_word, redact};
 use telemetry_types::transport::{HttpRequest, HttpTransport};
 
-use super::DatabricksExporter;
+use super::{AUTH_PATH, DatabricksExporter};
 use crate::retry::{Retry, retry_with_backoff};
 
 /// Why one attempt (or, after its retries, one request) failed.
@@ -35,8 +36,10 @@ impl SendFailure {
     /// caller's request (auth, bad request), a redirect, or a local failure of the transport
     /// plug-in (the endpoint may never have been asked).
     pub(super) fn is_not_the_endpoints(&self) -> bool {
-        matches!(self.reason, DropReason::Redirect | DropReason::Plugin)
-            || (self.reason == DropReason::Http4xx && self.class == ErrorClass::Terminal)
+        matches!(
+            self.reason,
+            DropReason::Redirect | DropReason::Plugin | DropReason::DryRun
+        ) || (self.reason == DropReason::Http4xx && self.class == ErrorClass::Terminal)
     }
 
     /// What the breaker records for this failure.
@@ -172,6 +175,23 @@ impl DatabricksExporter {
         transport: &dyn HttpTransport,
         request: HttpRequest,
     ) -> Result<Accepted, SendFailure> {
+        if let Some(audit) = &self.audit {
+            let seen = AuditedRequest::new(
+                &request.url,
+                request.url.ends_with(AUTH_PATH),
+                &request.body,
+                self.dry_run,
+            );
+            // The audit is a plug-in too: its panic costs its own record, nothing else.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| audit.record(&seen)))
+                .is_err()
+            {
+                tracing::debug!(host = %self.host, "telemetry audit sink panicked");
+            }
+        }
+        if self.dry_run {
+            return Err(SendFailure::local(DropReason::DryRun));
+        }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         match boundary::send(transport, request).await {
             Ok(resp) if (200..300).contains(&resp.status) => {

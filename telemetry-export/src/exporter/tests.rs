@@ -863,3 +863,73 @@ mod fleet_safety {
         assert_eq!(e.stats().rows_exported, 16);
     }
 }
+
+/// One request the audit saw: url, authenticated, body, dry run.
+type Audited = (String, bool, Vec<u8>, bool);
+
+/// Records what the audit saw.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<Audited>>);
+
+impl telemetry_types::audit::AuditSink for Recorded {
+    fn record(&self, r: &telemetry_types::audit::AuditedRequest<'_>) {
+        self.0.lock().unwrap().push((
+            r.url.to_owned(),
+            r.authenticated,
+            r.body.to_vec(),
+            r.dry_run,
+        ));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_audit_sees_every_body_as_sent_retries_included() {
+    let t = Scripted::new(vec![Ok(status(503)), Ok(status(200))]);
+    let audit = Arc::new(Recorded::default());
+    let e = exporter(t.clone()).with_audit(Some(audit.clone()), false);
+    e.export(rows(&conn_with(Some("tok")), 2)).await;
+    let seen = audit.0.lock().unwrap().clone();
+    let sent = t.requests();
+    assert_eq!((seen.len(), sent.len()), (2, 2), "the retry too");
+    for ((url, authenticated, body, dry_run), req) in seen.iter().zip(&sent) {
+        assert_eq!((url, body.as_slice()), (&req.url, req.body.as_ref()));
+        assert!(*authenticated && !*dry_run);
+    }
+    assert_eq!(e.stats().rows_exported, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dry_run_sends_nothing_and_counts_its_rows() {
+    let t = Scripted::always(200);
+    let audit = Arc::new(Recorded::default());
+    let e = exporter(t.clone()).with_audit(Some(audit.clone()), true);
+    e.export(rows(&conn_with(None), 3)).await;
+    assert_eq!(t.count(), 0, "nothing sent");
+    let seen = audit.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].0.ends_with("/telemetry-unauth") && !seen[0].1 && seen[0].3);
+    let body: Value = serde_json::from_slice(&seen[0].2).unwrap();
+    assert_eq!(body["protoLogs"].as_array().unwrap().len(), 3);
+    let s = e.stats();
+    assert_eq!((s.requests, s.rows_exported), (0, 0));
+    assert_eq!(s.rows_dropped.get(DropReason::DryRun), 3);
+    assert_eq!(
+        e.breaker().stats().failures,
+        0,
+        "never the endpoint's failure"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_audit_costs_nothing_but_its_record() {
+    struct Panics;
+    impl telemetry_types::audit::AuditSink for Panics {
+        fn record(&self, _: &telemetry_types::audit::AuditedRequest<'_>) {
+            panic!("audit bug");
+        }
+    }
+    let t = Scripted::always(200);
+    let e = exporter(t.clone()).with_audit(Some(Arc::new(Panics)), false);
+    e.export(rows(&conn_with(Some("tok")), 2)).await;
+    assert_eq!((t.count(), e.stats().rows_exported), (1, 2));
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser};
 use serde_json::json;
-use telemetry_client::{ClientPreset, DisableSwitch, DropUnit, Host};
+use telemetry_client::{ClientPreset, DisableSwitch, DropUnit, Host, JsonLinesAudit};
 use telemetry_client::{ProviderOptions, ProviderStats, TelemetryClientProvider};
 use telemetry_tests::mock::{Fault, MockWorkspace};
 use telemetry_tests::schema::RowKind;
@@ -101,6 +101,13 @@ struct Cli {
     /// Run the workload with telemetry off.
     #[arg(long)]
     no_telemetry: bool,
+    /// Write every export request's body, exactly as sent, to FILE (one JSON line each).
+    #[arg(long)]
+    audit: Option<std::path::PathBuf>,
+    /// Send nothing (no flag look-up, no export): with --audit, FILE shows what would have
+    /// been sent.
+    #[arg(long)]
+    dry_run: bool,
     /// Embedded workspace only: none, fail500, fail503, fail429, hang, close, slow, flag-off,
     /// flag-malformed, flag-error.
     #[arg(long, default_value = "none", value_parser = parse_fault)]
@@ -162,6 +169,8 @@ struct Args {
     close_timeout_ms: u64,
     http_path: String,
     no_telemetry: bool,
+    audit: Option<Arc<JsonLinesAudit>>,
+    dry_run: bool,
     fault: Fault,
     compare: bool,
     rounds: usize,
@@ -191,6 +200,18 @@ fn parse_args(raw: Vec<String>) -> Result<Args, clap::Error> {
             )));
         }
     }
+    let audit = match &cli.audit {
+        Some(path) => match JsonLinesAudit::create(path) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) => {
+                return Err(invalid(&format!(
+                    "--audit {}: cannot create it: {e}",
+                    path.display()
+                )));
+            }
+        },
+        None => None,
+    };
     let preset = cli.preset;
     let as_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     Ok(Args {
@@ -219,6 +240,8 @@ fn parse_args(raw: Vec<String>) -> Result<Args, clap::Error> {
         close_timeout_ms: cli.close_timeout_ms,
         http_path: cli.http_path,
         no_telemetry: cli.no_telemetry,
+        audit,
+        dry_run: cli.dry_run,
         fault: cli.fault,
         compare: cli.compare,
         rounds: as_usize(cli.rounds),
@@ -252,7 +275,11 @@ fn options(args: &Args, enabled: bool) -> ProviderOptions {
     agg.flush_interval = Duration::from_millis(args.flush_interval_ms);
     agg.close_timeout = Duration::from_millis(args.close_timeout_ms);
     o.config.allow_insecure_loopback = true;
+    o.config.dry_run = args.dry_run;
     o.switch = Some(DisableSwitch::from_env());
+    if let Some(audit) = &args.audit {
+        o.audit = Some(audit.clone());
+    }
     o
 }
 
@@ -739,6 +766,8 @@ mod tests {
             assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
             assert!(err.to_string().contains(reason), "{bad}: {err}");
         }
+        let err = parse("--audit /nonexistent-dir/audit.jsonl").unwrap_err();
+        assert!(err.to_string().contains("cannot create"), "{err}");
         let a = parse("--http-path /sql/1.0/warehouses/w?o=77").unwrap();
         assert_eq!(a.http_path, "/sql/1.0/warehouses/w?o=77");
         assert!(parse("--host http://127.0.0.1:8080").is_ok());
