@@ -50,6 +50,7 @@
 
 mod config;
 mod intake;
+mod latency;
 mod stats;
 mod task;
 
@@ -65,6 +66,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 pub use config::AggregatorConfig;
+pub use latency::{Latencies, LatencyPercentiles, Percentiles};
 pub use stats::AggregatorStats;
 
 use intake::Intake;
@@ -187,6 +189,15 @@ impl Aggregator {
     /// Whether [`close`](Self::close) has completed or the task is gone.
     pub fn is_closed(&self) -> bool {
         self.control.is_closed()
+    }
+
+    /// The latency sketches of the statements folded so far (mergeable with other hosts').
+    pub fn latencies(&self) -> Latencies {
+        self.counters
+            .latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A snapshot of the counters.

@@ -60,6 +60,8 @@ macro_rules! counters {
         pub(crate) struct Counters {
             $(pub(crate) $name: AtomicU64,)+
             pub(crate) dropped: DropCounters,
+            /// Written by the task once per statement end; read by `latencies()`.
+            pub(crate) latencies: std::sync::Mutex<crate::latency::Latencies>,
         }
         impl Counters {
             pub(crate) fn snapshot(&self) -> AggregatorStats {

@@ -363,6 +363,11 @@ impl State {
                     .as_ref()
                     .is_some_and(|e| e.class == ErrorClass::Terminal);
                 end.error = end.error.map(|e| Box::new(capped(*e)));
+                self.counters
+                    .latencies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(&end);
                 let log = row::statement_row(&connection, timestamp_millis, &end);
                 self.push_row(connection, log);
                 // A terminal failure is sent at once, with the statement's statistics.

@@ -171,7 +171,7 @@ pub use telemetry_types::transport::{
 
 // Statistics.
 pub use stats::{DisabledReason, HostStats, HostStatsSummary, ProviderStats};
-pub use telemetry_aggregator::AggregatorStats;
+pub use telemetry_aggregator::{AggregatorStats, LatencyPercentiles, Percentiles};
 pub use telemetry_breaker::{BreakerState, BreakerStats};
 pub use telemetry_export::ExportStats;
 pub use telemetry_types::drops::{DropCounts, DropReason, DropUnit};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use telemetry_aggregator::Aggregator;
+use telemetry_aggregator::{Aggregator, Latencies};
 use telemetry_breaker::{BreakerLease, BreakerState};
 use telemetry_export::DatabricksExporter;
 use telemetry_flags::{FlagHandle, FlagView};
@@ -74,6 +74,7 @@ impl HostClient {
             flag: self.flag.state(),
             flag_failure: self.flag.failure(),
             statements_open: self.core.open_statements(),
+            latency: self.core.aggregator.latencies().percentiles(),
             aggregator: self.core.aggregator.stats(),
             export: self.exporter.stats(),
         }
@@ -96,6 +97,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Released {
     closing: Vec<Arc<HostClient>>,
     retired: ProviderStats,
+    /// The latency sketches of the clients closed, merged.
+    retired_latencies: Latencies,
 }
 
 /// The host clients of one provider, counted by the leases their connections hold, and the
@@ -230,6 +233,9 @@ impl HostRegistry {
                 .retired
                 .add(&core.aggregator.stats(), &client.exporter.stats());
             released.retired.clients_closed += 1;
+            released
+                .retired_latencies
+                .merge(&core.aggregator.latencies());
             released.retired.statements_open_at_close += open;
             released
                 .retired
@@ -306,6 +312,7 @@ impl HostRegistry {
         let hosts = lock(&self.hosts);
         let released = lock(&self.released);
         let mut total = released.retired.clone();
+        let mut latencies = released.retired_latencies.clone();
         let late = self.late_drops.load(Ordering::Relaxed);
         total.events_emitted += late;
         total.dropped.add(DropReason::AfterClose, late);
@@ -314,9 +321,12 @@ impl HostRegistry {
         for c in &released.closing {
             total.add(&c.core.aggregator.stats(), &c.exporter.stats());
             total.statements_open += c.core.open_statements();
+            latencies.merge(&c.core.aggregator.latencies());
         }
         drop(released);
         for e in hosts.values() {
+            let host_latencies = e.client.core.aggregator.latencies();
+            latencies.merge(&host_latencies);
             let s = e.client.stats(e.leases);
             total.add(&s.aggregator, &s.export);
             total.statements_open += s.statements_open;
@@ -326,8 +336,10 @@ impl HostRegistry {
                 flag: s.flag,
                 flag_failure: s.flag_failure,
                 breaker: s.export.breaker.state.unwrap_or(BreakerState::Closed),
+                latency: host_latencies.percentiles(),
             });
         }
+        total.latency = latencies.percentiles();
         total
     }
 

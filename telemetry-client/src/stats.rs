@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use telemetry_aggregator::AggregatorStats;
+use telemetry_aggregator::{AggregatorStats, LatencyPercentiles};
 use telemetry_breaker::BreakerState;
 use telemetry_export::ExportStats;
 use telemetry_flags::FlagFailure;
@@ -85,6 +85,8 @@ pub struct HostStats {
     pub flag_failure: Option<FlagFailure>,
     /// Statements begun on it and not ended yet.
     pub statements_open: u64,
+    /// p50 / p95 / p99 of its statements' latency, time to first result and chunk download.
+    pub latency: LatencyPercentiles,
     /// Aggregation counters.
     pub aggregator: AggregatorStats,
     /// Export counters (breaker included).
@@ -133,6 +135,10 @@ pub struct ProviderStats {
     /// network, a status, a malformed answer, no credentials, a plug-in's panic): telemetry
     /// was off for them for a reason of this side, not the server's.
     pub hosts_flag_failed: Vec<(FlagFailure, u64)>,
+    /// p50 / p95 / p99 of statement latency, time to first result and CloudFetch chunk
+    /// download latency, over every host (live and closed), from mergeable sketches (1 %
+    /// relative error, bounded memory per host).
+    pub latency: LatencyPercentiles,
     /// Live host clients, one entry each.
     pub hosts: Vec<HostStatsSummary>,
 }
@@ -150,6 +156,8 @@ pub struct HostStatsSummary {
     pub flag_failure: Option<FlagFailure>,
     /// The export breaker's state.
     pub breaker: BreakerState,
+    /// Its latency percentiles.
+    pub latency: LatencyPercentiles,
 }
 
 impl ProviderStats {

@@ -1912,3 +1912,42 @@ async fn a_dry_run_shows_what_would_be_sent_and_sends_nothing() {
     assert_eq!((s.rows_exported, s.dropped.get(DropReason::DryRun)), (0, 4));
     assert_eq!(s.rows_produced, s.total_rows_dropped());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_percentiles_per_host_and_over_every_host_live_or_closed() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let a = p.connect(conn_opts("a.example"));
+    let b = p.connect(conn_opts("b.example"));
+    for (c, n) in [(&a, 10u64), (&b, 30)] {
+        for _ in 0..n {
+            let s = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+            s.chunk(Duration::from_millis(40), 100, true);
+            s.chunk(Duration::from_millis(60), 100, true);
+            s.complete();
+        }
+    }
+    p.force_flush(Duration::from_secs(5)).await.unwrap();
+    let s = p.stats();
+    let host = |name: &str| {
+        s.hosts
+            .iter()
+            .find(|h| h.host.contains(name))
+            .unwrap()
+            .latency
+    };
+    assert_eq!(host("a.example").statement.unwrap().count, 10);
+    assert_eq!(host("b.example").statement.unwrap().count, 30);
+    let all = s.latency;
+    assert_eq!(all.statement.unwrap().count, 40);
+    let chunk = all.chunk.unwrap();
+    assert_eq!(chunk.count, 40, "one mean per statement with chunks");
+    let p50 = chunk.p50.as_secs_f64() * 1000.0;
+    assert!((49.0..=51.0).contains(&p50), "mean of 40 and 60 ms: {p50}");
+    assert_eq!(all.first_result, None, "no result_ready recorded");
+    // A closed host's values stay in the totals.
+    a.close();
+    p.wait_closed().await;
+    assert_eq!(p.stats().latency.statement.unwrap().count, 40);
+    drop(b);
+}

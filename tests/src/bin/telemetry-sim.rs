@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser};
 use serde_json::json;
-use telemetry_client::{ClientPreset, DisableSwitch, DropUnit, Host, JsonLinesAudit};
+use telemetry_client::{ClientPreset, DisableSwitch, DropUnit, Host, JsonLinesAudit, Percentiles};
 use telemetry_client::{ProviderOptions, ProviderStats, TelemetryClientProvider};
 use telemetry_tests::mock::{Fault, MockWorkspace};
 use telemetry_tests::schema::RowKind;
@@ -354,6 +354,18 @@ fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `{p50, p95, p99}` in milliseconds, or null when nothing was recorded.
+fn pct_json(p: Option<Percentiles>) -> serde_json::Value {
+    p.map_or(
+        serde_json::Value::Null,
+        |p| json!({"p50": ms(p.p50), "p95": ms(p.p95), "p99": ms(p.p99), "count": p.count}),
+    )
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
@@ -532,6 +544,25 @@ fn main() -> ExitCode {
         stats.export_requests, stats.export_retries
     );
     println!("  breaker openings  {:>10}", stats.breaker_openings);
+    let pct = |p: Option<Percentiles>| {
+        p.map_or_else(
+            || "-".to_owned(),
+            |p| {
+                format!(
+                    "p50 {:.1} / p95 {:.1} / p99 {:.1} ms",
+                    ms(p.p50),
+                    ms(p.p95),
+                    ms(p.p99)
+                )
+            },
+        )
+    };
+    println!(
+        "  latency           statement {}; first result {}; chunk {}",
+        pct(stats.latency.statement),
+        pct(stats.latency.first_result),
+        pct(stats.latency.chunk)
+    );
     if !off_connections.is_empty() || !flag_failed.is_empty() || stats.hosts_flag_refused > 0 {
         println!(
             "  telemetry off     connections {:?}; hosts whose flag look-up failed {:?}; hosts the server said no to {}",
@@ -606,6 +637,9 @@ fn main() -> ExitCode {
             "rows_exported": stats.rows_exported,
             "rows_dropped": dropped,
             "events_dropped": events_dropped,
+            "statement_latency_percentiles_ms": pct_json(stats.latency.statement),
+            "first_result_latency_percentiles_ms": pct_json(stats.latency.first_result),
+            "chunk_latency_percentiles_ms": pct_json(stats.latency.chunk),
             "telemetry_off": {
                 "connections": off_connections,
                 "hosts_flag_failed": flag_failed,
