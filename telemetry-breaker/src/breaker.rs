@@ -1,8 +1,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -166,6 +166,7 @@ fn later(now: Instant, d: Duration) -> Instant {
 /// The breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum BreakerState {
     /// Calls run.
     Closed = 0,
@@ -173,6 +174,12 @@ pub enum BreakerState {
     Open = 1,
     /// A few probes run.
     HalfOpen = 2,
+    /// Set by hand ([`CircuitBreaker::disable`]): every call runs, outcomes are counted and
+    /// never move the state, until [`CircuitBreaker::reset`].
+    Disabled = 3,
+    /// Set by hand ([`CircuitBreaker::force_open`]): every call is rejected, until
+    /// [`CircuitBreaker::reset`].
+    ForcedOpen = 4,
 }
 
 impl BreakerState {
@@ -180,16 +187,20 @@ impl BreakerState {
         match v {
             1 => Self::Open,
             2 => Self::HalfOpen,
+            3 => Self::Disabled,
+            4 => Self::ForcedOpen,
             _ => Self::Closed,
         }
     }
 
-    /// `closed`, `open` or `half_open`.
+    /// `closed`, `open`, `half_open`, `disabled` or `forced_open`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Closed => "closed",
             Self::Open => "open",
             Self::HalfOpen => "half_open",
+            Self::Disabled => "disabled",
+            Self::ForcedOpen => "forced_open",
         }
     }
 }
@@ -291,6 +302,36 @@ pub(crate) struct Inner {
     state: AtomicU8,
     core: Mutex<Core>,
     counters: Counters,
+    listeners: RwLock<Vec<Listener>>,
+    /// Whether any listener is registered: the event path's one check when none is.
+    has_listeners: AtomicBool,
+}
+
+/// A listener of [`CircuitBreaker::on_event`].
+type Listener = Arc<dyn Fn(&str, &BreakerEvent) + Send + Sync>;
+
+/// What a breaker tells its listeners ([`CircuitBreaker::on_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakerEvent {
+    /// The state changed (by the rules, or by hand).
+    StateTransition {
+        /// Before.
+        from: BreakerState,
+        /// After.
+        to: BreakerState,
+    },
+    /// A call was rejected in this state.
+    Rejected {
+        /// The state that rejected it.
+        state: BreakerState,
+    },
+    /// A call was recorded as a success.
+    Success,
+    /// A call was recorded as a failure.
+    Failure,
+    /// A call's outcome said nothing of the endpoint (or its permit was dropped).
+    Ignored,
 }
 
 /// A circuit breaker. Cheap to clone (clones share state).
@@ -346,6 +387,8 @@ impl CircuitBreaker {
                     failed_probes: 0,
                 }),
                 counters: Counters::default(),
+                listeners: RwLock::new(Vec::new()),
+                has_listeners: AtomicBool::new(false),
             }),
         }
     }
@@ -373,10 +416,58 @@ impl CircuitBreaker {
         &self.inner.config
     }
 
-    /// The last recorded state: one atomic load. An OPEN breaker whose time is up still
-    /// reads OPEN until the next call turns it HALF_OPEN.
+    /// The state: one atomic load (and, for an OPEN breaker, a look at its deadline). An
+    /// OPEN breaker whose open period is over reads HALF_OPEN: the next call is a probe.
     pub fn state(&self) -> BreakerState {
-        BreakerState::from_u8(self.inner.state.load(Ordering::Acquire))
+        match BreakerState::from_u8(self.inner.state.load(Ordering::Acquire)) {
+            BreakerState::Open if Instant::now() >= self.lock().open_until => {
+                BreakerState::HalfOpen
+            }
+            state => state,
+        }
+    }
+
+    /// Opens the breaker by hand: every call is rejected until [`reset`](Self::reset)
+    /// (maintenance, a known outage). Reads [`BreakerState::ForcedOpen`].
+    pub fn force_open(&self) {
+        let mut core = self.lock();
+        let t = self.set_state(
+            &mut core,
+            BreakerState::ForcedOpen,
+            Instant::now(),
+            Duration::ZERO,
+        );
+        drop(core);
+        self.emit(t);
+    }
+
+    /// Turns the breaker off by hand: every call runs, outcomes are still counted but never
+    /// open it, until [`reset`](Self::reset). Reads [`BreakerState::Disabled`].
+    pub fn disable(&self) {
+        let mut core = self.lock();
+        let t = self.set_state(
+            &mut core,
+            BreakerState::Disabled,
+            Instant::now(),
+            Duration::ZERO,
+        );
+        drop(core);
+        self.emit(t);
+    }
+
+    /// Back to CLOSED with nothing remembered (failures, the open period's growth), from any
+    /// state, forced or not. Permits taken before do not move the new state.
+    pub fn reset(&self) {
+        let mut core = self.lock();
+        core.failed_probes = 0;
+        let t = self.set_state(
+            &mut core,
+            BreakerState::Closed,
+            Instant::now(),
+            Duration::ZERO,
+        );
+        drop(core);
+        self.emit(t);
     }
 
     /// Whether the breaker remembers nothing worth keeping: CLOSED with no failure counted
@@ -407,7 +498,16 @@ impl CircuitBreaker {
         self.inner.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_state(&self, core: &mut Core, to: BreakerState, now: Instant, open_for: Duration) {
+    /// Moves to `to`; the transition is told to the listeners by the caller, once the lock is
+    /// released (a listener may call back into the breaker).
+    #[must_use = "the transition goes to the listeners once the lock is released"]
+    fn set_state(
+        &self,
+        core: &mut Core,
+        to: BreakerState,
+        now: Instant,
+        open_for: Duration,
+    ) -> BreakerEvent {
         let from = core.state;
         core.state = to;
         core.generation = core.generation.wrapping_add(1);
@@ -424,6 +524,49 @@ impl CircuitBreaker {
             tracing::debug!(breaker = %self.inner.name, from = %from, to = %to, "circuit breaker transition");
         }
         self.inner.state.store(to as u8, Ordering::Release);
+        BreakerEvent::StateTransition { from, to }
+    }
+
+    /// Tells every listener of `event` (none registered: one atomic load). A listener's
+    /// panic is contained.
+    fn emit(&self, event: BreakerEvent) {
+        if !self.inner.has_listeners.load(Ordering::Acquire) {
+            return;
+        }
+        let listeners = self
+            .inner
+            .listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for l in listeners {
+            let name = self.inner.name.as_str();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l(name, &event)));
+        }
+    }
+
+    /// Calls `listener` with the breaker's name and each [`BreakerEvent`] from now on: state
+    /// transitions, rejections, successes, failures, ignored outcomes (to feed metrics or
+    /// logs). Shared by every clone. Called outside the breaker's lock, on the thread that
+    /// caused the event; keep it quick. A panic in it is contained.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use telemetry_breaker::{BreakerConfig, BreakerEvent, CircuitBreaker};
+    /// let breaker = CircuitBreaker::new("api", BreakerConfig::default());
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// breaker.on_event(move |_name, e| log.lock().unwrap().push(*e));
+    /// breaker.try_acquire().unwrap().success();
+    /// assert_eq!(*seen.lock().unwrap(), vec![BreakerEvent::Success]);
+    /// ```
+    pub fn on_event(&self, listener: impl Fn(&str, &BreakerEvent) + Send + Sync + 'static) {
+        self.inner
+            .listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(listener));
+        self.inner.has_listeners.store(true, Ordering::Release);
     }
 
     fn open_for(&self, retry_after: Option<Duration>, failed_probes: u32) -> Duration {
@@ -454,26 +597,32 @@ impl CircuitBreaker {
     pub fn try_acquire(&self) -> Result<Permit, Rejected> {
         let now = Instant::now();
         let mut core = self.lock();
-        if core.state == BreakerState::Open && now >= core.open_until {
-            self.set_state(&mut core, BreakerState::HalfOpen, now, Duration::ZERO);
-        }
-        match core.state {
-            BreakerState::Closed => Ok(Permit::new(self.clone(), core.generation, false)),
+        let transition = (core.state == BreakerState::Open && now >= core.open_until)
+            .then(|| self.set_state(&mut core, BreakerState::HalfOpen, now, Duration::ZERO));
+        let admitted = match core.state {
+            BreakerState::Closed | BreakerState::Disabled => {
+                Ok(Permit::new(self.clone(), core.generation, false))
+            }
             BreakerState::HalfOpen
                 if core.probes_in_flight < self.inner.config.half_open_max_probes =>
             {
                 core.probes_in_flight += 1;
                 Ok(Permit::new(self.clone(), core.generation, true))
             }
-            state => {
-                drop(core);
-                self.inner.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(Rejected {
-                    name: self.inner.name.clone(),
-                    state,
-                })
-            }
+            state => Err(state),
+        };
+        drop(core);
+        if let Some(t) = transition {
+            self.emit(t);
         }
+        admitted.map_err(|state| {
+            self.inner.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            self.emit(BreakerEvent::Rejected { state });
+            Rejected {
+                name: self.inner.name.clone(),
+                state,
+            }
+        })
     }
 
     fn record(&self, generation: u64, probe: bool, outcome: Outcome) {
@@ -483,8 +632,14 @@ impl CircuitBreaker {
             Outcome::Failure { .. } => counters.failures.fetch_add(1, Ordering::Relaxed),
             Outcome::Ignored => counters.ignored.fetch_add(1, Ordering::Relaxed),
         };
+        self.emit(match outcome {
+            Outcome::Success => BreakerEvent::Success,
+            Outcome::Failure { .. } => BreakerEvent::Failure,
+            Outcome::Ignored => BreakerEvent::Ignored,
+        });
         let now = Instant::now();
         let mut core = self.lock();
+        let mut transition = None;
         if generation != core.generation {
             // The state moved on while this call ran. A late failure with a server hint may
             // still keep an open breaker open longer.
@@ -514,7 +669,8 @@ impl CircuitBreaker {
                     if self.should_open(&core) {
                         core.failed_probes = 0;
                         let open_for = self.open_for(retry_after, 0);
-                        self.set_state(&mut core, BreakerState::Open, now, open_for);
+                        transition =
+                            Some(self.set_state(&mut core, BreakerState::Open, now, open_for));
                     }
                 }
                 Outcome::Ignored => {}
@@ -526,18 +682,28 @@ impl CircuitBreaker {
                         core.probe_successes += 1;
                         if core.probe_successes >= self.inner.config.success_threshold {
                             core.failed_probes = 0;
-                            self.set_state(&mut core, BreakerState::Closed, now, Duration::ZERO);
+                            transition = Some(self.set_state(
+                                &mut core,
+                                BreakerState::Closed,
+                                now,
+                                Duration::ZERO,
+                            ));
                         }
                     }
                     Outcome::Failure { retry_after } => {
                         core.failed_probes = core.failed_probes.saturating_add(1);
                         let open_for = self.open_for(retry_after, core.failed_probes);
-                        self.set_state(&mut core, BreakerState::Open, now, open_for);
+                        transition =
+                            Some(self.set_state(&mut core, BreakerState::Open, now, open_for));
                     }
                     Outcome::Ignored => {}
                 }
             }
             _ => {}
+        }
+        drop(core);
+        if let Some(t) = transition {
+            self.emit(t);
         }
     }
 
@@ -616,6 +782,39 @@ impl CircuitBreaker {
         Ok(out)
     }
 
+    /// [`call_with`](Self::call_with) for a synchronous call: runs `f` on this thread if
+    /// admitted, and `classify` says what its output means. A panic in `f` unwinds through
+    /// and counts as ignored (its permit is dropped unrecorded).
+    pub fn call_sync_with<T>(
+        &self,
+        f: impl FnOnce() -> T,
+        classify: impl FnOnce(&T) -> Outcome,
+    ) -> Result<T, Rejected> {
+        let permit = self.try_acquire()?;
+        let out = f();
+        permit.record(classify(&out));
+        Ok(out)
+    }
+
+    /// [`call`](Self::call) for a synchronous call.
+    ///
+    /// ```
+    /// use telemetry_breaker::{BreakerConfig, CallError, CircuitBreaker};
+    /// let breaker = CircuitBreaker::new("db", BreakerConfig::default());
+    /// let rows: Result<u32, CallError<std::io::Error>> =
+    ///     breaker.call_sync(|| Ok(42), |_e: &std::io::Error| true);
+    /// assert_eq!(rows.unwrap(), 42);
+    /// ```
+    pub fn call_sync<T, E>(
+        &self,
+        f: impl FnOnce() -> Result<T, E>,
+        is_failure: impl FnOnce(&E) -> bool,
+    ) -> Result<T, CallError<E>> {
+        self.call_sync_with(f, |r| classify_result(r, is_failure))
+            .map_err(CallError::Rejected)?
+            .map_err(CallError::Inner)
+    }
+
     /// Runs `fut` if admitted. `Ok` is a success; an `Err` for which `is_failure` is true is a
     /// failure, any other `Err` leaves the breaker alone.
     pub async fn call<T, E, F>(
@@ -627,14 +826,19 @@ impl CircuitBreaker {
         F: Future<Output = Result<T, E>>,
     {
         let out = self
-            .call_with(fut, |r| match r {
-                Ok(_) => Outcome::Success,
-                Err(e) if is_failure(e) => Outcome::Failure { retry_after: None },
-                Err(_) => Outcome::Ignored,
-            })
+            .call_with(fut, |r| classify_result(r, is_failure))
             .await
             .map_err(CallError::Rejected)?;
         out.map_err(CallError::Inner)
+    }
+}
+
+/// `Ok` a success; an `Err` that `is_failure` says is one a failure; any other ignored.
+fn classify_result<T, E>(r: &Result<T, E>, is_failure: impl FnOnce(&E) -> bool) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Success,
+        Err(e) if is_failure(e) => Outcome::Failure { retry_after: None },
+        Err(_) => Outcome::Ignored,
     }
 }
 

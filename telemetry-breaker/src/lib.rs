@@ -13,8 +13,19 @@
 //! - **HALF_OPEN**: after the open duration, a limited number of concurrent probes (default 1)
 //!   run. `success_threshold` successes (default 2) close the breaker; any failure re-opens it.
 //!
+//! - By hand: [`CircuitBreaker::force_open`] (reject everything), [`CircuitBreaker::disable`]
+//!   (let everything through, still counting), [`CircuitBreaker::reset`] (back to CLOSED with
+//!   nothing remembered).
+//! - Listeners ([`CircuitBreaker::on_event`]) hear every [`BreakerEvent`]: transitions,
+//!   rejections, successes, failures, ignored outcomes; synchronous calls go through
+//!   [`CircuitBreaker::call_sync`]; a [`CircuitBreakerRegistry`] keeps one breaker per key
+//!   (any `Eq + Hash + Clone + Debug` key, e.g. `(String, u16)`), with a config per key if
+//!   wanted, and lists them.
+//!
 //! Time comes from `tokio::time`, so tests can run on a paused clock. State is read with one
-//! atomic load; transitions take a short `std` mutex that is never held across an `.await`.
+//! atomic load (an OPEN breaker whose period is over reads HALF_OPEN); transitions take a
+//! short `std` mutex that is never held across an `.await`, and listeners are called after it
+//! is released. See the crate's README for the concepts beside resilience4j's names.
 //!
 //! ```
 //! use std::time::Duration;
@@ -52,7 +63,7 @@ mod breaker;
 mod registry;
 
 pub use breaker::{
-    Admission, BreakerConfig, BreakerConfigError, BreakerState, BreakerStats, CallError,
-    CircuitBreaker, FailurePolicy, Outcome, Permit, Rejected,
+    Admission, BreakerConfig, BreakerConfigError, BreakerEvent, BreakerState, BreakerStats,
+    CallError, CircuitBreaker, FailurePolicy, Outcome, Permit, Rejected,
 };
 pub use registry::{BreakerLease, CircuitBreakerRegistry, MAX_IDLE_BREAKERS};

@@ -20,10 +20,14 @@ struct Entry {
 }
 
 impl Entry {
-    /// Which idle breakers go first: 0 at rest, 1 counting failures, 2 open or half-open.
+    /// Which idle breakers go first: 0 at rest, 1 counting failures, 2 open, half-open or set
+    /// by hand (forgetting one forgets an outage, or an operator's decision).
     fn keep_rank(&self) -> u8 {
         match self.breaker.state() {
-            BreakerState::Open | BreakerState::HalfOpen => 2,
+            BreakerState::Open
+            | BreakerState::HalfOpen
+            | BreakerState::Disabled
+            | BreakerState::ForcedOpen => 2,
             BreakerState::Closed if self.breaker.is_at_rest() => 0,
             BreakerState::Closed => 1,
         }
@@ -69,7 +73,7 @@ impl<K: fmt::Debug> fmt::Debug for CircuitBreakerRegistry<K> {
     }
 }
 
-impl<K: Eq + Hash + Clone + fmt::Display> CircuitBreakerRegistry<K> {
+impl<K: Eq + Hash + Clone + fmt::Debug> CircuitBreakerRegistry<K> {
     /// An empty registry whose breakers use `config`.
     pub fn new(config: BreakerConfig) -> Self {
         Self {
@@ -86,10 +90,18 @@ impl<K: Eq + Hash + Clone + fmt::Display> CircuitBreakerRegistry<K> {
         self.shared.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn entry<'a>(&self, map: &'a mut HashMap<K, Entry>, key: &K) -> &'a mut Entry {
+    fn entry<'a>(
+        &self,
+        map: &'a mut HashMap<K, Entry>,
+        key: &K,
+        config: Option<&BreakerConfig>,
+    ) -> &'a mut Entry {
         let now = self.shared.uses.fetch_add(1, Ordering::Relaxed);
         let entry = map.entry(key.clone()).or_insert_with(|| Entry {
-            breaker: CircuitBreaker::new(key.to_string(), self.shared.config.clone()),
+            breaker: CircuitBreaker::new(
+                name_of(key),
+                config.unwrap_or(&self.shared.config).clone(),
+            ),
             leases: 0,
             last_used: now,
         });
@@ -127,7 +139,23 @@ impl<K: Eq + Hash + Clone + fmt::Display> CircuitBreakerRegistry<K> {
     /// last, least recently used first).
     pub fn get_or_create(&self, key: K) -> CircuitBreaker {
         let mut map = self.map();
-        self.entry(&mut map, &key).breaker.clone()
+        self.entry(&mut map, &key, None).breaker.clone()
+    }
+
+    /// [`get_or_create`](Self::get_or_create) with `config` for this key, if the breaker is
+    /// created now (an existing one keeps its own).
+    pub fn get_or_create_with(&self, key: K, config: &BreakerConfig) -> CircuitBreaker {
+        let mut map = self.map();
+        self.entry(&mut map, &key, Some(config)).breaker.clone()
+    }
+
+    /// Every key with its breaker, in no particular order (a snapshot: e.g. to export their
+    /// states as metrics).
+    pub fn breakers(&self) -> Vec<(K, CircuitBreaker)> {
+        self.map()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.breaker.clone()))
+            .collect()
     }
 
     /// The breaker for `key`, if present (a use: it counts as recent for eviction).
@@ -145,11 +173,21 @@ impl<K: Eq + Hash + Clone + fmt::Display> CircuitBreakerRegistry<K> {
     /// connection per request) carries on where the last one left off. At most
     /// [`MAX_IDLE_BREAKERS`] breakers without a lease are kept (see there for which go).
     pub fn lease(&self, key: K) -> BreakerLease<K> {
+        self.lease_inner(key, None)
+    }
+
+    /// [`lease`](Self::lease) with `config` for this key, if its breaker is created now (an
+    /// existing one keeps its own): one registry for endpoints that need different settings.
+    pub fn lease_with(&self, key: K, config: &BreakerConfig) -> BreakerLease<K> {
+        self.lease_inner(key, Some(config))
+    }
+
+    fn lease_inner(&self, key: K, config: Option<&BreakerConfig>) -> BreakerLease<K> {
         let mut map = self.map();
         if !map.contains_key(&key) {
             Self::evict_idle(&mut map);
         }
-        let entry = self.entry(&mut map, &key);
+        let entry = self.entry(&mut map, &key, config);
         entry.leases += 1;
         BreakerLease {
             breaker: entry.breaker.clone(),
@@ -174,29 +212,39 @@ impl<K: Eq + Hash + Clone + fmt::Display> CircuitBreakerRegistry<K> {
     }
 }
 
+/// A breaker's name from its key: the key's `Debug` form, without the quotes a string's has
+/// (`a.example`, `("a.example", 443)`).
+fn name_of<K: fmt::Debug>(key: &K) -> String {
+    let name = format!("{key:?}");
+    match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(inner) if !inner.contains('"') => inner.to_owned(),
+        _ => name,
+    }
+}
+
 /// A use of one key's breaker; see [`CircuitBreakerRegistry::lease`].
-pub struct BreakerLease<K: Eq + Hash + Clone + fmt::Display> {
+pub struct BreakerLease<K: Eq + Hash + Clone + fmt::Debug> {
     breaker: CircuitBreaker,
     registry: CircuitBreakerRegistry<K>,
     key: K,
 }
 
-impl<K: Eq + Hash + Clone + fmt::Display> BreakerLease<K> {
+impl<K: Eq + Hash + Clone + fmt::Debug> BreakerLease<K> {
     /// The breaker.
     pub fn breaker(&self) -> &CircuitBreaker {
         &self.breaker
     }
 }
 
-impl<K: Eq + Hash + Clone + fmt::Display> fmt::Debug for BreakerLease<K> {
+impl<K: Eq + Hash + Clone + fmt::Debug> fmt::Debug for BreakerLease<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BreakerLease")
-            .field("key", &self.key.to_string())
+            .field("key", &self.key)
             .finish()
     }
 }
 
-impl<K: Eq + Hash + Clone + fmt::Display> Drop for BreakerLease<K> {
+impl<K: Eq + Hash + Clone + fmt::Debug> Drop for BreakerLease<K> {
     fn drop(&mut self) {
         let mut map = self.registry.map();
         if let Some(entry) = map.get_mut(&self.key) {

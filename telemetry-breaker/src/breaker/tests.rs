@@ -557,3 +557,169 @@ fn new_replaces_a_config_that_could_never_close_again() {
     assert_eq!(b.config(), &BreakerConfig::default());
     assert!(CircuitBreaker::try_new("h", stuck).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn state_reads_half_open_once_the_open_period_is_over() {
+    let b = CircuitBreaker::new(
+        "t",
+        BreakerConfig {
+            policy: FailurePolicy::Consecutive { threshold: 1 },
+            open_duration: Duration::from_secs(10),
+            open_jitter: 0.0,
+            ..BreakerConfig::default()
+        },
+    );
+    fail(&b, 1);
+    assert_eq!(b.state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(b.state(), BreakerState::HalfOpen, "without a call");
+    assert!(b.try_acquire().unwrap().is_probe());
+}
+
+#[tokio::test(start_paused = true)]
+async fn forced_open_rejects_until_reset_and_disabled_admits_without_opening() {
+    let b = breaker(2);
+    b.force_open();
+    assert_eq!(b.state(), BreakerState::ForcedOpen);
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    let err = b.try_acquire().unwrap_err();
+    assert_eq!(
+        err.state,
+        BreakerState::ForcedOpen,
+        "no open period ends it"
+    );
+    b.reset();
+    assert_eq!(b.state(), BreakerState::Closed);
+    b.try_acquire().unwrap().success();
+
+    b.disable();
+    fail(&b, 10);
+    assert_eq!(b.state(), BreakerState::Disabled, "failures never open it");
+    assert_eq!(b.stats().failures, 10, "but are counted");
+    b.reset();
+    fail(&b, 2);
+    assert_eq!(
+        b.state(),
+        BreakerState::Open,
+        "back to the rules after reset"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_forgets_the_open_periods_growth_and_old_permits_do_not_move_it() {
+    let b = CircuitBreaker::new(
+        "t",
+        BreakerConfig {
+            policy: FailurePolicy::Consecutive { threshold: 1 },
+            open_duration: Duration::from_secs(10),
+            open_backoff: 2.0,
+            open_jitter: 0.0,
+            max_open_duration: Duration::from_secs(600),
+            ..BreakerConfig::default()
+        },
+    );
+    let old = b.try_acquire().unwrap();
+    fail(&b, 1);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    b.try_acquire().unwrap().failure(); // a failed probe: the next period is 20 s
+    b.reset();
+    old.failure();
+    assert_eq!(
+        b.state(),
+        BreakerState::Closed,
+        "a permit from before the reset"
+    );
+    fail(&b, 1);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(b.state(), BreakerState::HalfOpen, "10 s again, not 20");
+}
+
+#[tokio::test(start_paused = true)]
+async fn listeners_hear_every_event_outside_the_lock() {
+    let b = breaker(2);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (log, again) = (seen.clone(), b.clone());
+    b.on_event(move |name, e| {
+        assert_eq!(name, "test");
+        // Calling back into the breaker from a listener must not deadlock.
+        let _ = again.state();
+        log.lock().unwrap().push(*e);
+    });
+    b.on_event(|_, _| panic!("a listener's bug"));
+    b.try_acquire().unwrap().success();
+    fail(&b, 2);
+    let _ = b.try_acquire().unwrap_err();
+    drop(b.clone());
+    b.reset();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            BreakerEvent::Success,
+            BreakerEvent::Failure,
+            BreakerEvent::Failure,
+            BreakerEvent::StateTransition {
+                from: BreakerState::Closed,
+                to: BreakerState::Open
+            },
+            BreakerEvent::Rejected {
+                state: BreakerState::Open
+            },
+            BreakerEvent::StateTransition {
+                from: BreakerState::Open,
+                to: BreakerState::Closed
+            },
+        ]
+    );
+}
+
+#[test]
+fn sync_calls_are_admitted_classified_and_rejected() {
+    let b = breaker(2);
+    let ok: Result<u32, CallError<&str>> = b.call_sync(|| Ok(1), |_| true);
+    assert_eq!(ok.unwrap(), 1);
+    for _ in 0..2 {
+        let e = b.call_sync(|| Err::<u32, _>("down"), |_| true);
+        assert!(matches!(e, Err(CallError::Inner("down"))));
+    }
+    let mut ran = false;
+    let r = b.call_sync_with(
+        || {
+            ran = true;
+        },
+        |_| Outcome::Success,
+    );
+    assert!(r.is_err() && !ran, "open: not run");
+    assert_eq!(b.stats().successes, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registry_takes_any_hashable_key_a_config_per_key_and_lists_its_breakers() {
+    let r: CircuitBreakerRegistry<(String, u16)> =
+        CircuitBreakerRegistry::new(BreakerConfig::default());
+    let strict = BreakerConfig {
+        policy: FailurePolicy::Consecutive { threshold: 1 },
+        ..BreakerConfig::default()
+    };
+    let a = r.lease_with(("a.example".into(), 443), &strict);
+    let b = r.lease(("b.example".into(), 8443));
+    assert_eq!(a.breaker().name(), r#"("a.example", 443)"#);
+    assert_eq!(a.breaker().config(), &strict);
+    assert_eq!(b.breaker().config(), &BreakerConfig::default());
+    // An existing breaker keeps its own config.
+    let again = r.get_or_create_with(("a.example".into(), 443), &BreakerConfig::default());
+    assert_eq!(again.config(), &strict);
+    a.breaker().try_acquire().unwrap().failure();
+    let mut listed: Vec<_> = r
+        .breakers()
+        .into_iter()
+        .map(|(k, b)| (k.1, b.state()))
+        .collect();
+    listed.sort_by_key(|(port, _)| *port);
+    assert_eq!(
+        listed,
+        vec![(443, BreakerState::Open), (8443, BreakerState::Closed)]
+    );
+    let s: CircuitBreakerRegistry<String> = CircuitBreakerRegistry::new(BreakerConfig::default());
+    assert_eq!(s.get_or_create("h.example".into()).name(), "h.example");
+}
