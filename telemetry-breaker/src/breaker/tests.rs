@@ -723,3 +723,100 @@ async fn a_registry_takes_any_hashable_key_a_config_per_key_and_lists_its_breake
     let s: CircuitBreakerRegistry<String> = CircuitBreakerRegistry::new(BreakerConfig::default());
     assert_eq!(s.get_or_create("h.example".into()).name(), "h.example");
 }
+
+mod state_machine {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Acquire,
+        Record(usize, u8),
+        Drop(usize),
+        Advance(u64),
+        ForceOpen,
+        Disable,
+        Reset,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => Just(Op::Acquire),
+            4 => (0usize..8, 0u8..3).prop_map(|(i, o)| Op::Record(i, o)),
+            1 => (0usize..8).prop_map(Op::Drop),
+            2 => (0u64..90).prop_map(Op::Advance),
+            1 => prop_oneof![Just(Op::ForceOpen), Just(Op::Disable), Just(Op::Reset)],
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Never more concurrent probes than allowed in one HALF_OPEN period, and every
+        /// admitted call recorded exactly once, recorded or dropped, whatever the order.
+        #[test]
+        fn probes_are_bounded_and_every_admitted_call_is_recorded_once(
+            ops in proptest::collection::vec(op(), 1..120),
+            max_probes in 1u32..4,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let b = CircuitBreaker::new(
+                    "p",
+                    BreakerConfig {
+                        policy: FailurePolicy::Consecutive { threshold: 2 },
+                        open_duration: Duration::from_secs(30),
+                        half_open_max_probes: max_probes,
+                        success_threshold: 2,
+                        ..BreakerConfig::default()
+                    },
+                );
+                // Periods of HALF_OPEN, counted by the listener.
+                let epoch = Arc::new(AtomicU64::new(0));
+                let e = epoch.clone();
+                b.on_event(move |_, ev| {
+                    if matches!(ev, BreakerEvent::StateTransition { to: BreakerState::HalfOpen, .. }) {
+                        e.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+                let mut held: Vec<(Permit, u64)> = Vec::new();
+                let mut admitted = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Acquire => {
+                            if let Ok(p) = b.try_acquire() {
+                                admitted += 1;
+                                held.push((p, epoch.load(Ordering::SeqCst)));
+                            }
+                        }
+                        Op::Record(i, o) if !held.is_empty() => {
+                            let (p, _) = held.remove(i % held.len());
+                            p.record(match o {
+                                0 => Outcome::Success,
+                                1 => Outcome::Failure { retry_after: None },
+                                _ => Outcome::Ignored,
+                            });
+                        }
+                        Op::Drop(i) if !held.is_empty() => drop(held.remove(i % held.len())),
+                        Op::Advance(s) => tokio::time::advance(Duration::from_secs(s)).await,
+                        Op::ForceOpen => b.force_open(),
+                        Op::Disable => b.disable(),
+                        Op::Reset => b.reset(),
+                        _ => {}
+                    }
+                    let now = epoch.load(Ordering::SeqCst);
+                    let probes = held.iter().filter(|(p, e)| p.is_probe() && *e == now).count();
+                    assert!(probes <= max_probes as usize, "{probes} probes at once");
+                }
+                drop(held);
+                let s = b.stats();
+                assert_eq!(s.successes + s.failures + s.ignored, admitted);
+            });
+        }
+    }
+}
