@@ -26,6 +26,17 @@ pub enum FailurePolicy {
         /// How many of the latest calls the window holds.
         window: u32,
     },
+    /// Open when, over the calls of the last `window` of time (and at least `minimum_calls`
+    /// of them), the share of failures is at least `failure_rate`: resilience4j's time-based
+    /// sliding window, kept as one bucket per second (bounded memory whatever the call rate).
+    TimeRate {
+        /// Share of failures in `0.0..=1.0` that opens the breaker.
+        failure_rate: f64,
+        /// Calls needed in the window before the rate is judged.
+        minimum_calls: u32,
+        /// How far back the window reaches: 1 s..=1 h, in whole seconds.
+        window: Duration,
+    },
 }
 
 /// Breaker settings.
@@ -49,6 +60,10 @@ pub struct BreakerConfig {
     /// `max_open_duration`; closing resets it. An endpoint that stays down is then asked
     /// less and less often. Default 1 (every period the same).
     pub open_backoff: f64,
+    /// A call that succeeds but takes longer than this counts as a failure (a slow call:
+    /// [`BreakerEvent::SlowCall`], [`BreakerStats::slow_calls`]): an endpoint that answers
+    /// in 30 s is as bad as one that fails. Default `None` (speed is not judged).
+    pub slow_call_threshold: Option<Duration>,
 }
 
 impl Default for BreakerConfig {
@@ -61,6 +76,7 @@ impl Default for BreakerConfig {
             success_threshold: 2,
             open_jitter: 0.0,
             open_backoff: 1.0,
+            slow_call_threshold: None,
         }
     }
 }
@@ -115,7 +131,25 @@ impl BreakerConfig {
                     return bad("policy.minimum_calls", "must be in 1..=window");
                 }
             }
+            FailurePolicy::TimeRate {
+                failure_rate,
+                minimum_calls,
+                window,
+            } => {
+                if !(failure_rate > 0.0 && failure_rate <= 1.0) {
+                    return bad("policy.failure_rate", "must be in (0, 1]");
+                }
+                if window < Duration::from_secs(1) || window > Duration::from_secs(3600) {
+                    return bad("policy.window", "must be in 1 s..=1 h");
+                }
+                if minimum_calls == 0 {
+                    return bad("policy.minimum_calls", "must be at least 1");
+                }
+            }
             FailurePolicy::Consecutive { .. } => {}
+        }
+        if self.slow_call_threshold.is_some_and(|t| t.is_zero()) {
+            return bad("slow_call_threshold", "must be above zero");
         }
         const DAY: Duration = Duration::from_secs(24 * 3600);
         if self.open_duration.is_zero() || self.open_duration > DAY {
@@ -269,6 +303,9 @@ pub struct BreakerStats {
     pub successes: u64,
     /// Calls recorded as ignored (or whose permit was dropped).
     pub ignored: u64,
+    /// Successful calls slower than `slow_call_threshold`, recorded as failures (among
+    /// `failures`).
+    pub slow_calls: u64,
     /// Times the breaker opened.
     pub openings: u64,
 }
@@ -280,6 +317,7 @@ struct Counters {
     successes: AtomicU64,
     ignored: AtomicU64,
     openings: AtomicU64,
+    slow_calls: AtomicU64,
 }
 
 struct Core {
@@ -289,6 +327,9 @@ struct Core {
     consecutive_failures: u32,
     window: VecDeque<bool>,
     window_failures: u32,
+    /// `TimeRate`: (second since `base`, calls, failures), oldest first.
+    buckets: VecDeque<(u64, u32, u32)>,
+    base: Instant,
     open_until: Instant,
     probes_in_flight: u32,
     probe_successes: u32,
@@ -332,6 +373,12 @@ pub enum BreakerEvent {
     Failure,
     /// A call's outcome said nothing of the endpoint (or its permit was dropped).
     Ignored,
+    /// A call succeeded slower than `slow_call_threshold`: recorded as a failure (a
+    /// [`Failure`](Self::Failure) event follows).
+    SlowCall {
+        /// How long it took.
+        took: Duration,
+    },
 }
 
 /// A circuit breaker. Cheap to clone (clones share state).
@@ -368,7 +415,7 @@ impl CircuitBreaker {
     fn with_valid(name: impl Into<String>, config: BreakerConfig) -> Self {
         let window = match config.policy {
             FailurePolicy::Rate { window, .. } => window as usize,
-            FailurePolicy::Consecutive { .. } => 0,
+            FailurePolicy::Consecutive { .. } | FailurePolicy::TimeRate { .. } => 0,
         };
         Self {
             inner: Arc::new(Inner {
@@ -381,6 +428,8 @@ impl CircuitBreaker {
                     consecutive_failures: 0,
                     window: VecDeque::with_capacity(window),
                     window_failures: 0,
+                    buckets: VecDeque::new(),
+                    base: Instant::now(),
                     open_until: Instant::now(),
                     probes_in_flight: 0,
                     probe_successes: 0,
@@ -477,6 +526,7 @@ impl CircuitBreaker {
         core.state == BreakerState::Closed
             && core.consecutive_failures == 0
             && core.window_failures == 0
+            && core.buckets.iter().all(|b| b.2 == 0)
     }
 
     /// Counters and state.
@@ -488,6 +538,7 @@ impl CircuitBreaker {
             failures: c.failures.load(Ordering::Relaxed),
             successes: c.successes.load(Ordering::Relaxed),
             ignored: c.ignored.load(Ordering::Relaxed),
+            slow_calls: c.slow_calls.load(Ordering::Relaxed),
             openings: c.openings.load(Ordering::Relaxed),
         }
     }
@@ -514,6 +565,7 @@ impl CircuitBreaker {
         core.consecutive_failures = 0;
         core.window.clear();
         core.window_failures = 0;
+        core.buckets.clear();
         core.probes_in_flight = 0;
         core.probe_successes = 0;
         if to == BreakerState::Open {
@@ -601,13 +653,13 @@ impl CircuitBreaker {
             .then(|| self.set_state(&mut core, BreakerState::HalfOpen, now, Duration::ZERO));
         let admitted = match core.state {
             BreakerState::Closed | BreakerState::Disabled => {
-                Ok(Permit::new(self.clone(), core.generation, false))
+                Ok(Permit::new(self.clone(), core.generation, false, now))
             }
             BreakerState::HalfOpen
                 if core.probes_in_flight < self.inner.config.half_open_max_probes =>
             {
                 core.probes_in_flight += 1;
-                Ok(Permit::new(self.clone(), core.generation, true))
+                Ok(Permit::new(self.clone(), core.generation, true, now))
             }
             state => Err(state),
         };
@@ -623,6 +675,26 @@ impl CircuitBreaker {
                 state,
             }
         })
+    }
+
+    /// A success slower than the slow-call threshold is a failure.
+    fn judge_speed(&self, started: Instant, outcome: Outcome) -> Outcome {
+        match (outcome, self.inner.config.slow_call_threshold) {
+            (Outcome::Success, Some(threshold)) => {
+                let took = started.elapsed();
+                if took > threshold {
+                    self.inner
+                        .counters
+                        .slow_calls
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.emit(BreakerEvent::SlowCall { took });
+                    Outcome::Failure { retry_after: None }
+                } else {
+                    outcome
+                }
+            }
+            _ => outcome,
+        }
     }
 
     fn record(&self, generation: u64, probe: bool, outcome: Outcome) {
@@ -661,11 +733,11 @@ impl CircuitBreaker {
             BreakerState::Closed => match outcome {
                 Outcome::Success => {
                     core.consecutive_failures = 0;
-                    self.push_window(&mut core, false);
+                    self.push_window(&mut core, false, now);
                 }
                 Outcome::Failure { retry_after } => {
                     core.consecutive_failures = core.consecutive_failures.saturating_add(1);
-                    self.push_window(&mut core, true);
+                    self.push_window(&mut core, true, now);
                     if self.should_open(&core) {
                         core.failed_probes = 0;
                         let open_for = self.open_for(retry_after, 0);
@@ -707,13 +779,35 @@ impl CircuitBreaker {
         }
     }
 
-    fn push_window(&self, core: &mut Core, failed: bool) {
-        if let FailurePolicy::Rate { window, .. } = self.inner.config.policy {
-            if core.window.len() >= window as usize && core.window.pop_front() == Some(true) {
-                core.window_failures -= 1;
+    fn push_window(&self, core: &mut Core, failed: bool, now: Instant) {
+        match self.inner.config.policy {
+            FailurePolicy::Rate { window, .. } => {
+                if core.window.len() >= window as usize && core.window.pop_front() == Some(true) {
+                    core.window_failures -= 1;
+                }
+                core.window.push_back(failed);
+                core.window_failures += u32::from(failed);
             }
-            core.window.push_back(failed);
-            core.window_failures += u32::from(failed);
+            FailurePolicy::TimeRate { window, .. } => {
+                let second = now.saturating_duration_since(core.base).as_secs();
+                Self::prune(core, second, window);
+                match core.buckets.back_mut() {
+                    Some(b) if b.0 == second => {
+                        b.1 = b.1.saturating_add(1);
+                        b.2 = b.2.saturating_add(u32::from(failed));
+                    }
+                    _ => core.buckets.push_back((second, 1, u32::from(failed))),
+                }
+            }
+            FailurePolicy::Consecutive { .. } => {}
+        }
+    }
+
+    /// Drops the buckets that fell out of a `window` ending at `second`.
+    fn prune(core: &mut Core, second: u64, window: Duration) {
+        let oldest = second.saturating_sub(window.as_secs().saturating_sub(1));
+        while core.buckets.front().is_some_and(|b| b.0 < oldest) {
+            core.buckets.pop_front();
         }
     }
 
@@ -728,6 +822,16 @@ impl CircuitBreaker {
                 let calls = core.window.len() as u32;
                 calls >= minimum_calls
                     && f64::from(core.window_failures) >= failure_rate * f64::from(calls)
+            }
+            FailurePolicy::TimeRate {
+                failure_rate,
+                minimum_calls,
+                ..
+            } => {
+                let (calls, failures) = core.buckets.iter().fold((0u64, 0u64), |(c, f), b| {
+                    (c + u64::from(b.1), f + u64::from(b.2))
+                });
+                calls >= u64::from(minimum_calls) && failures as f64 >= failure_rate * calls as f64
             }
         }
     }
@@ -833,6 +937,45 @@ impl CircuitBreaker {
     }
 }
 
+impl CircuitBreaker {
+    /// [`call`](Self::call) with the outcome decided by `classify` from the whole result, so
+    /// that a failure can carry the server's `Retry-After`, without the nested
+    /// `Ok(Err(..))` of [`call_with`](Self::call_with).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use telemetry_breaker::{BreakerConfig, CallError, CircuitBreaker, Outcome};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let breaker = CircuitBreaker::new("api", BreakerConfig::default());
+    /// // A 429 with `Retry-After: 30`, as the caller's own error type.
+    /// let r: Result<(), CallError<(u16, u64)>> = breaker
+    ///     .call_classified(async { Err((429, 30)) }, |r| match r {
+    ///         Err((429 | 503, secs)) => Outcome::Failure {
+    ///             retry_after: Some(Duration::from_secs(*secs)),
+    ///         },
+    ///         Err(_) => Outcome::Ignored,
+    ///         Ok(_) => Outcome::Success,
+    ///     })
+    ///     .await;
+    /// assert!(matches!(r, Err(CallError::Inner((429, 30)))));
+    /// # }
+    /// ```
+    pub async fn call_classified<T, E, F>(
+        &self,
+        fut: F,
+        classify: impl FnOnce(&Result<T, E>) -> Outcome,
+    ) -> Result<T, CallError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        self.call_with(fut, classify)
+            .await
+            .map_err(CallError::Rejected)?
+            .map_err(CallError::Inner)
+    }
+}
+
 /// `Ok` a success; an `Err` that `is_failure` says is one a failure; any other ignored.
 fn classify_result<T, E>(r: &Result<T, E>, is_failure: impl FnOnce(&E) -> bool) -> Outcome {
     match r {
@@ -850,6 +993,8 @@ pub struct Permit {
     generation: u64,
     probe: bool,
     recorded: bool,
+    /// When it was admitted (slow calls are judged from here).
+    started: Instant,
 }
 
 impl fmt::Debug for Permit {
@@ -862,12 +1007,13 @@ impl fmt::Debug for Permit {
 }
 
 impl Permit {
-    fn new(breaker: CircuitBreaker, generation: u64, probe: bool) -> Self {
+    fn new(breaker: CircuitBreaker, generation: u64, probe: bool, started: Instant) -> Self {
         Self {
             breaker,
             generation,
             probe,
             recorded: false,
+            started,
         }
     }
 
@@ -879,6 +1025,7 @@ impl Permit {
     /// Records the outcome.
     pub fn record(mut self, outcome: Outcome) {
         self.recorded = true;
+        let outcome = self.breaker.judge_speed(self.started, outcome);
         self.breaker.record(self.generation, self.probe, outcome);
     }
 

@@ -820,3 +820,99 @@ mod state_machine {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_time_based_window_judges_the_last_seconds_only() {
+    let b = CircuitBreaker::new(
+        "t",
+        BreakerConfig {
+            policy: FailurePolicy::TimeRate {
+                failure_rate: 0.5,
+                minimum_calls: 4,
+                window: Duration::from_secs(10),
+            },
+            ..BreakerConfig::default()
+        },
+    );
+    // Three failures, then 11 s pass: they fall out of the window.
+    fail(&b, 3);
+    tokio::time::advance(Duration::from_secs(11)).await;
+    b.try_acquire().unwrap().success();
+    fail(&b, 1);
+    assert_eq!(
+        b.state(),
+        BreakerState::Closed,
+        "2 calls in the window: too few"
+    );
+    b.try_acquire().unwrap().success();
+    fail(&b, 1);
+    assert_eq!(b.state(), BreakerState::Open, "2 of 4 in the last 10 s");
+    assert!(
+        BreakerConfig {
+            policy: FailurePolicy::TimeRate {
+                failure_rate: 0.5,
+                minimum_calls: 1,
+                window: Duration::from_millis(500),
+            },
+            ..BreakerConfig::default()
+        }
+        .validate()
+        .is_err()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_slower_than_the_threshold_is_a_failure() {
+    let b = CircuitBreaker::new(
+        "t",
+        BreakerConfig {
+            policy: FailurePolicy::Consecutive { threshold: 2 },
+            slow_call_threshold: Some(Duration::from_secs(2)),
+            ..BreakerConfig::default()
+        },
+    );
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    b.on_event(move |_, e| log.lock().unwrap().push(*e));
+    for _ in 0..2 {
+        let r = b
+            .call_with(
+                async { tokio::time::sleep(Duration::from_secs(3)).await },
+                |_| Outcome::Success,
+            )
+            .await;
+        assert!(r.is_ok(), "the call itself ran and returned");
+    }
+    assert_eq!(b.state(), BreakerState::Open);
+    let s = b.stats();
+    assert_eq!((s.slow_calls, s.failures, s.successes), (2, 2, 0));
+    assert!(seen.lock().unwrap().contains(&BreakerEvent::SlowCall {
+        took: Duration::from_secs(3)
+    }));
+    // A fast one is a success as usual.
+    b.reset();
+    b.try_acquire().unwrap().success();
+    assert_eq!(b.stats().successes, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn call_classified_honours_retry_after_without_nesting() {
+    let b = breaker(1);
+    let r: Result<(), CallError<u64>> = b
+        .call_classified(async { Err(90) }, |r| match r {
+            Err(secs) => Outcome::Failure {
+                retry_after: Some(Duration::from_secs(*secs)),
+            },
+            Ok(_) => Outcome::Success,
+        })
+        .await;
+    assert!(matches!(r, Err(CallError::Inner(90))));
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(
+        b.state(),
+        BreakerState::Open,
+        "90 s asked, not the 60 s default"
+    );
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+}
