@@ -59,8 +59,13 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod breaker;
 mod registry;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 
 pub use breaker::{
     Admission, BreakerConfig, BreakerConfigError, BreakerEvent, BreakerState, BreakerStats,

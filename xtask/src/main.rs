@@ -124,6 +124,32 @@ fn ci() -> Result {
         ]),
     )?;
     run(
+        "clippy of the breaker's tower layer",
+        cargo().args([
+            "clippy",
+            "-p",
+            "telemetry-breaker",
+            "--all-targets",
+            "--locked",
+            "--features",
+            "tower",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "tests of the breaker's tower layer",
+        cargo().args([
+            "test",
+            "-p",
+            "telemetry-breaker",
+            "--locked",
+            "--features",
+            "tower",
+        ]),
+    )?;
+    run(
         "clippy without the default transport",
         cargo().args([
             "clippy",
