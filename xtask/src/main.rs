@@ -333,7 +333,7 @@ fn micro_benches(quick: bool, report: &mut String) -> Result {
         return Err("cargo bench failed".into());
     }
     report.push_str(
-        "## Micro-benchmarks (`cargo bench -p telemetry-client`, medians)\n\n\
+        "## Micro-benchmarks (`cargo bench --workspace`, medians)\n\n\
          | benchmark | median | target | met |\n|---|---:|---:|---|\n",
     );
     for cols in stdout
