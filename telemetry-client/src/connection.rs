@@ -122,7 +122,10 @@ impl Connection {
         let e = &handle.emitter;
         e.info.attach_auth(auth.clone());
         if let Some(flag) = e.lease.flag_handle() {
-            flag.add_credentials(auth, e.info.transport.clone());
+            flag.add_credentials(
+                crate::provider::flag_credentials(auth, &e.info),
+                e.info.transport.clone(),
+            );
         }
         handle.stop_waiting();
     }

@@ -135,7 +135,7 @@ pub use connection::Connection;
 pub use options::{ConnectionOptions, ProviderOptions};
 pub use provider::{BuildError, TelemetryClientProvider, TelemetryError};
 pub use statement::Statement;
-pub use sysinfo::{default_system_configuration, workspace_id_from_http_path};
+pub use sysinfo::{IDENTITY_OPTIONS, default_system_configuration, workspace_id_from_http_path};
 
 // What a driver reports.
 pub use telemetry_types::classify::ErrorClass;

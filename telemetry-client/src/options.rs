@@ -12,7 +12,7 @@ use telemetry_types::transport::{HeaderError, HttpTransport, validate_header};
 use telemetry_types::wire::{AuthType, DriverConnectionParameters, DriverSystemConfiguration};
 use tokio::runtime::Handle;
 
-use crate::config::TelemetryConfig;
+use crate::config::{OptionError, TelemetryConfig};
 
 /// How a provider is set up. Start from [`ProviderOptions::new`] and override fields.
 #[derive(Clone)]
@@ -83,6 +83,33 @@ impl ProviderOptions {
             read_env: true,
             audit: None,
         }
+    }
+
+    /// Applies one string option the driver collected: an identity option (`driver_name`,
+    /// `runtime_version`, `os_name`, `client_app_name`, `locale_name`, `char_set_encoding`,
+    /// `process_name`, ... in any case and separator style, see
+    /// [`IDENTITY_OPTIONS`](crate::IDENTITY_OPTIONS)) sets that field of
+    /// `system_configuration`; any other goes to
+    /// [`TelemetryConfig::apply_option`](crate::TelemetryConfig::apply_option).
+    ///
+    /// ```
+    /// use telemetry_client::{ClientPreset, ProviderOptions};
+    /// let mut o = ProviderOptions::new("MyDriver", "1.0.0", ClientPreset::adbc());
+    /// o.apply_option("runtime_version", "node 22.3").unwrap();
+    /// o.apply_option("telemetry_batch_size", "200").unwrap();
+    /// let sys = o.system_configuration.as_ref().unwrap();
+    /// assert_eq!(sys.runtime_version.as_deref(), Some("node 22.3"));
+    /// assert_eq!(o.config.aggregation.batch_size, 200);
+    /// ```
+    pub fn apply_option(&mut self, key: &str, value: &str) -> Result<(), OptionError> {
+        let (name, version) = (&self.driver_name, &self.driver_version);
+        let sys = self
+            .system_configuration
+            .get_or_insert_with(|| crate::default_system_configuration(name, version));
+        if crate::sysinfo::apply_identity_option(sys, key, value) {
+            return Ok(());
+        }
+        self.config.apply_option(key, value)
     }
 
     /// Hands every export request's body to `audit` (see [`audit`](Self::audit)).

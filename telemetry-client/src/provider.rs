@@ -56,6 +56,48 @@ pub enum TelemetryError {
 /// The header that names a workspace behind a shared host.
 const ORG_ID_HEADER: &str = "x-databricks-org-id";
 
+/// A connection's credentials as its host's flag look-up uses them: with the connection's
+/// org id header (from its http path, or the one the driver set), as the other drivers send
+/// it on the feature-flag GET.
+pub(crate) fn flag_credentials(
+    auth: Arc<dyn AuthProvider>,
+    info: &ConnectionInfo,
+) -> Arc<dyn AuthProvider> {
+    let org_id = info
+        .extra_headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(ORG_ID_HEADER))
+        .map(|(_, v)| v.to_owned());
+    match org_id {
+        Some(org_id) => Arc::new(WithOrgId {
+            inner: auth,
+            org_id,
+        }),
+        None => auth,
+    }
+}
+
+/// Credentials with the org id header added.
+struct WithOrgId {
+    inner: Arc<dyn AuthProvider>,
+    org_id: String,
+}
+
+impl AuthProvider for WithOrgId {
+    fn auth_headers(&self) -> BoxFuture<'_, Option<Vec<(String, String)>>> {
+        Box::pin(async move {
+            let mut headers = self.inner.auth_headers().await?;
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(ORG_ID_HEADER))
+            {
+                headers.push((ORG_ID_HEADER.to_owned(), self.org_id.clone()));
+            }
+            Some(headers)
+        })
+    }
+}
+
 /// Why [`TelemetryClientProvider::try_new`] refused its options.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -84,7 +126,6 @@ struct ProviderInner {
     /// The runtime the driver handed in, if any.
     given_runtime: Option<Handle>,
     user_agent: String,
-    system_configuration: DriverSystemConfiguration,
     extra_headers: ExtraHeaders,
     /// The transport of connections that bring none: the driver's, or the default one,
     /// built when a connection first needs it.
@@ -106,6 +147,8 @@ struct ProviderInner {
 struct Settings {
     config: TelemetryConfig,
     off: Option<DisabledReason>,
+    /// `system_configuration` of the connections made from now on.
+    system_configuration: DriverSystemConfiguration,
 }
 
 /// What runs once a connection needs it: the background runtime (the driver's, or a thread
@@ -314,7 +357,11 @@ impl TelemetryClientProvider {
         });
         Self {
             inner: Arc::new(ProviderInner {
-                settings: Mutex::new(Settings { config, off }),
+                settings: Mutex::new(Settings {
+                    config,
+                    off,
+                    system_configuration,
+                }),
                 disabled: Default::default(),
                 read_env: options.read_env,
                 audit: options.audit.clone(),
@@ -325,7 +372,6 @@ impl TelemetryClientProvider {
                 shut_down: AtomicBool::new(false),
                 given_runtime: options.runtime.clone(),
                 user_agent,
-                system_configuration,
                 extra_headers,
                 transport,
             }),
@@ -354,6 +400,10 @@ impl TelemetryClientProvider {
     pub fn apply_option(&self, key: &str, value: &str) -> Result<(), OptionError> {
         let inner = &self.inner;
         let mut settings = inner.settings();
+        // Identity (driver, runtime, OS, app, locale, charset, process): read at each connect.
+        if crate::sysinfo::apply_identity_option(&mut settings.system_configuration, key, value) {
+            return Ok(());
+        }
         let mut next = settings.config.clone();
         next.apply_option(key, value)?;
         if inner.read_env {
@@ -429,7 +479,7 @@ impl TelemetryClientProvider {
             p.http_path.get_or_insert(path);
         }
         info.connection_params = params;
-        let mut sys = inner.system_configuration.clone();
+        let mut sys = inner.settings().system_configuration.clone();
         if options.client_app_name.is_some() {
             sys.client_app_name = options.client_app_name;
         }
@@ -469,10 +519,11 @@ impl TelemetryClientProvider {
         }
         let transport = info.transport.clone();
         let auth_later = options.auth_later && options.auth.is_none();
+        let flag_auth = options.auth.clone().map(|a| flag_credentials(a, &info));
         let mut created = None;
         let lease = engine.registry.lease(&host, max_hosts, || {
             let (client, pending) =
-                inner.host_client(engine, &host, options.auth.clone(), transport, auth_later);
+                inner.host_client(engine, &host, flag_auth.clone(), transport, auth_later);
             created = Some(pending);
             client
         });
@@ -483,7 +534,7 @@ impl TelemetryClientProvider {
                     // The host's client exists: its flag learns this connection's credentials
                     // (tried at once if its look-up found none that answered).
                     None => lease.flag_handle().and_then(|flag| {
-                        if let Some(auth) = options.auth {
+                        if let Some(auth) = flag_auth {
                             flag.add_credentials(auth, info.transport.clone());
                         }
                         auth_later.then(|| flag.expect_credentials())

@@ -43,6 +43,57 @@ fn process_name() -> Option<String> {
     exe.file_name()?.to_str().map(str::to_owned)
 }
 
+/// The `system_configuration` field an identity option names (the Databricks SQL kernel's
+/// and the other drivers' names, in any case and separator style, with or without a
+/// `telemetry` or `databricks` prefix), set to `value`; `false` if `key` names none.
+pub(crate) fn apply_identity_option(
+    sys: &mut DriverSystemConfiguration,
+    key: &str,
+    value: &str,
+) -> bool {
+    let k: String = key
+        .chars()
+        .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect();
+    let k = k.strip_prefix("databricks").unwrap_or(&k);
+    let k = k.strip_prefix("telemetry").unwrap_or(k);
+    let field = match k {
+        "drivername" => &mut sys.driver_name,
+        "driverversion" => &mut sys.driver_version,
+        "runtimename" => &mut sys.runtime_name,
+        "runtimeversion" => &mut sys.runtime_version,
+        "runtimevendor" => &mut sys.runtime_vendor,
+        "osname" => &mut sys.os_name,
+        "osversion" => &mut sys.os_version,
+        "osarch" => &mut sys.os_arch,
+        "clientappname" | "applicationname" | "appname" => &mut sys.client_app_name,
+        "localename" | "locale" => &mut sys.locale_name,
+        "charsetencoding" | "charset" => &mut sys.char_set_encoding,
+        "processname" => &mut sys.process_name,
+        _ => return false,
+    };
+    // Redacted and capped when the first row is built, as every driver string is.
+    *field = Some(value.to_owned()).filter(|v| !v.trim().is_empty());
+    true
+}
+
+/// Every identity option, by one of its names (see [`apply_identity_option`]).
+pub const IDENTITY_OPTIONS: &[&str] = &[
+    "driver_name",
+    "driver_version",
+    "runtime_name",
+    "runtime_version",
+    "runtime_vendor",
+    "os_name",
+    "os_version",
+    "os_arch",
+    "client_app_name",
+    "locale_name",
+    "char_set_encoding",
+    "process_name",
+];
+
 /// `en_US.UTF-8` -> (`en_US`, `UTF-8`); `C.UTF-8` -> (`C`, `UTF-8`); unset -> (`C`, None):
 /// the process then runs in the POSIX locale, which is what is reported.
 pub(crate) fn locale_from(

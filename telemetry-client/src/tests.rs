@@ -1951,3 +1951,59 @@ async fn latency_percentiles_per_host_and_over_every_host_live_or_closed() {
     assert_eq!(p.stats().latency.statement.unwrap().count, 40);
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flag_look_up_carries_the_org_id_too() {
+    let (default, own) = (FakeServer::always(200), FakeServer::always(200));
+    let mut o = options(&default, &flag(true));
+    o.flag_source = None; // the HTTP flag source
+    let p = TelemetryClientProvider::new(o);
+    let c = p.connect(conn_opts("a.example").with_transport(own.clone()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while own.count() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let get = own.requests()[0].clone();
+    assert_eq!(get.method, HttpMethod::Get);
+    let header = |name: &str| {
+        get.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("x-databricks-org-id").as_deref(), Some("99"));
+    assert_eq!(header("authorization").as_deref(), Some("Bearer tok"));
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_options_set_the_system_configuration_of_later_connections() {
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let mut o = options(&server, &f);
+    o.apply_option("runtime_version", "node 22.3.0").unwrap();
+    o.apply_option("telemetry.client_app_name", "Tableau")
+        .unwrap();
+    o.apply_option("telemetryBatchSize", "50").unwrap();
+    assert_eq!(o.config.aggregation.batch_size, 50);
+    let p = TelemetryClientProvider::new(o);
+    p.apply_option("locale_name", "de_DE").unwrap();
+    p.apply_option("process_name", "/home/alice/bin/etl")
+        .unwrap();
+    let c = p.connect(conn_opts("a.example"));
+    c.opened(Duration::from_millis(1));
+    c.close();
+    c.flush(Duration::from_secs(5)).await.unwrap();
+    let body = &server.bodies()[0];
+    let log: serde_json::Value =
+        serde_json::from_str(body["protoLogs"][0].as_str().unwrap()).unwrap();
+    let sys = &log["entry"]["sql_driver_log"]["system_configuration"];
+    assert_eq!(sys["runtime_version"], "node 22.3.0");
+    assert_eq!(sys["client_app_name"], "Tableau");
+    assert_eq!(sys["locale_name"], "de_DE");
+    assert_eq!(sys["driver_name"], "TestDriver");
+    let process = sys["process_name"].as_str().unwrap();
+    assert!(
+        !process.contains("alice"),
+        "redacted as every driver string: {process}"
+    );
+}
