@@ -112,18 +112,21 @@ impl BreakerConfig {
     /// Checks every value.
     pub fn validate(&self) -> Result<(), BreakerConfigError> {
         let bad = |field, reason| Err(BreakerConfigError::Invalid { field, reason });
+        if let FailurePolicy::Rate { failure_rate, .. }
+        | FailurePolicy::TimeRate { failure_rate, .. } = self.policy
+            && !(failure_rate > 0.0 && failure_rate <= 1.0)
+        {
+            return bad("policy.failure_rate", "must be in (0, 1]");
+        }
         match self.policy {
             FailurePolicy::Consecutive { threshold: 0 } => {
                 return bad("policy.threshold", "must be at least 1");
             }
             FailurePolicy::Rate {
-                failure_rate,
                 minimum_calls,
                 window,
+                ..
             } => {
-                if !(failure_rate > 0.0 && failure_rate <= 1.0) {
-                    return bad("policy.failure_rate", "must be in (0, 1]");
-                }
                 if window == 0 || window > 10_000 {
                     return bad("policy.window", "must be in 1..=10000");
                 }
@@ -132,13 +135,10 @@ impl BreakerConfig {
                 }
             }
             FailurePolicy::TimeRate {
-                failure_rate,
                 minimum_calls,
                 window,
+                ..
             } => {
-                if !(failure_rate > 0.0 && failure_rate <= 1.0) {
-                    return bad("policy.failure_rate", "must be in (0, 1]");
-                }
                 if window < Duration::from_secs(1) || window > Duration::from_secs(3600) {
                     return bad("policy.window", "must be in 1 s..=1 h");
                 }
@@ -479,42 +479,26 @@ impl CircuitBreaker {
     /// Opens the breaker by hand: every call is rejected until [`reset`](Self::reset)
     /// (maintenance, a known outage). Reads [`BreakerState::ForcedOpen`].
     pub fn force_open(&self) {
-        let mut core = self.lock();
-        let t = self.set_state(
-            &mut core,
-            BreakerState::ForcedOpen,
-            Instant::now(),
-            Duration::ZERO,
-        );
-        drop(core);
-        self.emit(t);
+        self.set_by_hand(BreakerState::ForcedOpen);
     }
 
     /// Turns the breaker off by hand: every call runs, outcomes are still counted but never
     /// open it, until [`reset`](Self::reset). Reads [`BreakerState::Disabled`].
     pub fn disable(&self) {
-        let mut core = self.lock();
-        let t = self.set_state(
-            &mut core,
-            BreakerState::Disabled,
-            Instant::now(),
-            Duration::ZERO,
-        );
-        drop(core);
-        self.emit(t);
+        self.set_by_hand(BreakerState::Disabled);
     }
 
     /// Back to CLOSED with nothing remembered (failures, the open period's growth), from any
     /// state, forced or not. Permits taken before do not move the new state.
     pub fn reset(&self) {
+        self.set_by_hand(BreakerState::Closed);
+    }
+
+    /// A transition asked for by hand; each forgets the open period's growth.
+    fn set_by_hand(&self, to: BreakerState) {
         let mut core = self.lock();
         core.failed_probes = 0;
-        let t = self.set_state(
-            &mut core,
-            BreakerState::Closed,
-            Instant::now(),
-            Duration::ZERO,
-        );
+        let t = self.set_state(&mut core, to, Instant::now(), Duration::ZERO);
         drop(core);
         self.emit(t);
     }

@@ -975,6 +975,15 @@ async fn the_flag_is_looked_up_through_the_connections_own_transport() {
         "{}",
         get.url
     );
+    // With the connection's credentials and its org id (from its http path `/o/99/`).
+    let header = |name: &str| {
+        get.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("x-databricks-org-id").as_deref(), Some("99"));
+    assert_eq!(header("authorization").as_deref(), Some("Bearer tok"));
     assert_eq!(
         default.count(),
         0,
@@ -1950,30 +1959,6 @@ async fn latency_percentiles_per_host_and_over_every_host_live_or_closed() {
     p.wait_closed().await;
     assert_eq!(p.stats().latency.statement.unwrap().count, 40);
     drop(b);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_flag_look_up_carries_the_org_id_too() {
-    let (default, own) = (FakeServer::always(200), FakeServer::always(200));
-    let mut o = options(&default, &flag(true));
-    o.flag_source = None; // the HTTP flag source
-    let p = TelemetryClientProvider::new(o);
-    let c = p.connect(conn_opts("a.example").with_transport(own.clone()));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while own.count() == 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let get = own.requests()[0].clone();
-    assert_eq!(get.method, HttpMethod::Get);
-    let header = |name: &str| {
-        get.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    assert_eq!(header("x-databricks-org-id").as_deref(), Some("99"));
-    assert_eq!(header("authorization").as_deref(), Some("Bearer tok"));
-    drop(c);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

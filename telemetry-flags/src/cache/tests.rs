@@ -501,6 +501,11 @@ async fn a_look_up_uses_the_first_credentials_that_answer() {
     assert_eq!(good.failure(), None);
 }
 
+/// A cache whose look-ups wait up to `wait` for credentials said to be coming.
+fn waiting_cache(src: &Arc<Scripted>, wait: Duration) -> FeatureFlagCache {
+    FeatureFlagCache::new(src.clone(), waiting(wait), Handle::current())
+}
+
 fn waiting(wait: Duration) -> FlagCacheConfig {
     FlagCacheConfig {
         credentials_wait: wait,
@@ -511,11 +516,7 @@ fn waiting(wait: Duration) -> FlagCacheConfig {
 #[tokio::test(start_paused = true)]
 async fn a_look_up_waits_for_credentials_that_are_coming() {
     let src = Scripted::new(|_| on(None));
-    let c = FeatureFlagCache::new(
-        src.clone(),
-        waiting(Duration::from_secs(60)),
-        Handle::current(),
-    );
+    let c = waiting_cache(&src, Duration::from_secs(60));
     let h = host("a.example");
     let (handle, pending) = c.acquire_expecting_credentials(&h, None);
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -533,11 +534,7 @@ async fn a_look_up_waits_for_credentials_that_are_coming() {
 #[tokio::test(start_paused = true)]
 async fn the_wait_for_credentials_is_bounded_and_their_arrival_retries_at_once() {
     let src = Scripted::new(|_| on(None));
-    let c = FeatureFlagCache::new(
-        src.clone(),
-        waiting(Duration::from_secs(5)),
-        Handle::current(),
-    );
+    let c = waiting_cache(&src, Duration::from_secs(5));
     let h = host("a.example");
     let (handle, _pending) = c.acquire_expecting_credentials(&h, None);
     let started = Instant::now();
@@ -566,11 +563,7 @@ async fn the_wait_for_credentials_is_bounded_and_their_arrival_retries_at_once()
 #[tokio::test(start_paused = true)]
 async fn a_connection_that_gives_up_ends_the_wait() {
     let src = Scripted::new(|_| on(None));
-    let c = FeatureFlagCache::new(
-        src.clone(),
-        waiting(Duration::from_secs(60)),
-        Handle::current(),
-    );
+    let c = waiting_cache(&src, Duration::from_secs(60));
     let h = host("a.example");
     let (handle, pending) = c.acquire_expecting_credentials(&h, None);
     tokio::time::sleep(Duration::from_secs(1)).await;
