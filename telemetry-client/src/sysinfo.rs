@@ -78,7 +78,7 @@ pub(crate) fn apply_identity_option(
     true
 }
 
-/// Every identity option, by one of its names (see [`apply_identity_option`]).
+/// Every identity option, by one of its names (see [`ProviderOptions::apply_option`](crate::ProviderOptions::apply_option)).
 pub const IDENTITY_OPTIONS: &[&str] = &[
     "driver_name",
     "driver_version",
