@@ -346,6 +346,11 @@ pub(crate) struct Inner {
     listeners: RwLock<Vec<Listener>>,
     /// Whether any listener is registered: the event path's one check when none is.
     has_listeners: AtomicBool,
+    /// `core.generation`, readable without the lock (stored before `state`).
+    generation: AtomicU64,
+    /// CLOSED under a consecutive-failures policy with no failure counted: a success or an
+    /// ignored outcome changes nothing, so it is recorded without the lock.
+    clean: AtomicBool,
 }
 
 /// A listener of [`CircuitBreaker::on_event`].
@@ -417,6 +422,7 @@ impl CircuitBreaker {
             FailurePolicy::Rate { window, .. } => window as usize,
             FailurePolicy::Consecutive { .. } | FailurePolicy::TimeRate { .. } => 0,
         };
+        let clean = matches!(config.policy, FailurePolicy::Consecutive { .. });
         Self {
             inner: Arc::new(Inner {
                 name: name.into(),
@@ -438,6 +444,8 @@ impl CircuitBreaker {
                 counters: Counters::default(),
                 listeners: RwLock::new(Vec::new()),
                 has_listeners: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
+                clean: AtomicBool::new(clean),
             }),
         }
     }
@@ -559,8 +567,20 @@ impl CircuitBreaker {
         } else {
             tracing::debug!(breaker = %self.inner.name, from = %from, to = %to, "circuit breaker transition");
         }
+        self.inner
+            .generation
+            .store(core.generation, Ordering::Release);
+        self.set_clean(core);
         self.inner.state.store(to as u8, Ordering::Release);
         BreakerEvent::StateTransition { from, to }
+    }
+
+    /// Keeps `clean` in step with the core (called under its lock).
+    fn set_clean(&self, core: &Core) {
+        let clean = core.state == BreakerState::Closed
+            && core.consecutive_failures == 0
+            && matches!(self.inner.config.policy, FailurePolicy::Consecutive { .. });
+        self.inner.clean.store(clean, Ordering::Release);
     }
 
     /// Tells every listener of `event` (none registered: one atomic load). A listener's
@@ -631,19 +651,37 @@ impl CircuitBreaker {
     /// Asks to run one call. On success, record the call's outcome on the permit; a permit
     /// dropped without a record counts as [`Outcome::Ignored`] and frees its probe slot.
     pub fn try_acquire(&self) -> Result<Permit, Rejected> {
+        // CLOSED or disabled: admitted without the lock. A transition between the two loads
+        // of the state sends the call the slow way; one after them leaves a permit of the
+        // old generation, which the new state ignores (as any permit from before it).
+        let state = self.inner.state.load(Ordering::Acquire);
+        if state == BreakerState::Closed as u8 || state == BreakerState::Disabled as u8 {
+            let generation = self.inner.generation.load(Ordering::Acquire);
+            if self.inner.state.load(Ordering::Acquire) == state {
+                return Ok(Permit::new(self.clone(), generation, false, self.start()));
+            }
+        }
         let now = Instant::now();
         let mut core = self.lock();
         let transition = (core.state == BreakerState::Open && now >= core.open_until)
             .then(|| self.set_state(&mut core, BreakerState::HalfOpen, now, Duration::ZERO));
         let admitted = match core.state {
-            BreakerState::Closed | BreakerState::Disabled => {
-                Ok(Permit::new(self.clone(), core.generation, false, now))
-            }
+            BreakerState::Closed | BreakerState::Disabled => Ok(Permit::new(
+                self.clone(),
+                core.generation,
+                false,
+                self.start(),
+            )),
             BreakerState::HalfOpen
                 if core.probes_in_flight < self.inner.config.half_open_max_probes =>
             {
                 core.probes_in_flight += 1;
-                Ok(Permit::new(self.clone(), core.generation, true, now))
+                Ok(Permit::new(
+                    self.clone(),
+                    core.generation,
+                    true,
+                    self.start(),
+                ))
             }
             state => Err(state),
         };
@@ -661,10 +699,18 @@ impl CircuitBreaker {
         })
     }
 
+    /// When a call starts, if its speed is judged (a clock reading only then).
+    fn start(&self) -> Option<Instant> {
+        self.inner
+            .config
+            .slow_call_threshold
+            .map(|_| Instant::now())
+    }
+
     /// A success slower than the slow-call threshold is a failure.
-    fn judge_speed(&self, started: Instant, outcome: Outcome) -> Outcome {
-        match (outcome, self.inner.config.slow_call_threshold) {
-            (Outcome::Success, Some(threshold)) => {
+    fn judge_speed(&self, started: Option<Instant>, outcome: Outcome) -> Outcome {
+        match (outcome, self.inner.config.slow_call_threshold, started) {
+            (Outcome::Success, Some(threshold), Some(started)) => {
                 let took = started.elapsed();
                 if took > threshold {
                     self.inner
@@ -693,6 +739,19 @@ impl CircuitBreaker {
             Outcome::Failure { .. } => BreakerEvent::Failure,
             Outcome::Ignored => BreakerEvent::Ignored,
         });
+        // Nothing to change (a success or an ignored call of a clean CLOSED breaker, anything
+        // of a disabled one, of the current generation): no lock.
+        if !probe && self.inner.generation.load(Ordering::Acquire) == generation {
+            let state = self.inner.state.load(Ordering::Acquire);
+            let unchanged = match outcome {
+                Outcome::Success => self.inner.clean.load(Ordering::Acquire),
+                Outcome::Ignored => state == BreakerState::Closed as u8,
+                Outcome::Failure { .. } => false,
+            };
+            if unchanged || state == BreakerState::Disabled as u8 {
+                return;
+            }
+        }
         let now = Instant::now();
         let mut core = self.lock();
         let mut transition = None;
@@ -718,9 +777,11 @@ impl CircuitBreaker {
                 Outcome::Success => {
                     core.consecutive_failures = 0;
                     self.push_window(&mut core, false, now);
+                    self.set_clean(&core);
                 }
                 Outcome::Failure { retry_after } => {
                     core.consecutive_failures = core.consecutive_failures.saturating_add(1);
+                    self.set_clean(&core);
                     self.push_window(&mut core, true, now);
                     if self.should_open(&core) {
                         core.failed_probes = 0;
@@ -977,8 +1038,8 @@ pub struct Permit {
     generation: u64,
     probe: bool,
     recorded: bool,
-    /// When it was admitted (slow calls are judged from here).
-    started: Instant,
+    /// When it was admitted, if slow calls are judged.
+    started: Option<Instant>,
 }
 
 impl fmt::Debug for Permit {
@@ -991,7 +1052,12 @@ impl fmt::Debug for Permit {
 }
 
 impl Permit {
-    fn new(breaker: CircuitBreaker, generation: u64, probe: bool, started: Instant) -> Self {
+    fn new(
+        breaker: CircuitBreaker,
+        generation: u64,
+        probe: bool,
+        started: Option<Instant>,
+    ) -> Self {
         Self {
             breaker,
             generation,
