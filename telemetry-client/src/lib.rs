@@ -55,8 +55,9 @@
 //!     }
 //! }
 //!
-//! // Once per process (or driver instance). No runtime needed: background work runs on the
-//! // provider's own small runtime unless `options.runtime` hands one in.
+//! // Once per process (or driver instance). No runtime needed: background work runs on one
+//! // small runtime shared by the process's providers, started by the first enabled
+//! // connection, unless `options.runtime` hands one in.
 //! let mut options = ProviderOptions::new(
 //!     "MyRustDriver",
 //!     "1.4.2",

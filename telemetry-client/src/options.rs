@@ -28,7 +28,8 @@ pub struct ProviderOptions {
     pub user_agent: Option<String>,
     /// Client type and flag name of the feature-flag look-up.
     pub flag_preset: ClientPreset,
-    /// Run background work on this runtime instead of a dedicated thread.
+    /// Run background work on this runtime instead of the worker thread shared by every
+    /// provider of the process (started by the first enabled connection).
     pub runtime: Option<Handle>,
     /// The HTTP stack (proxy, custom TLS); default [`HyperTransport`](crate::HyperTransport).
     pub transport: Option<Arc<dyn HttpTransport>>,
@@ -150,7 +151,7 @@ impl ProviderOptions {
         self
     }
 
-    /// Background work on this runtime instead of the provider's own.
+    /// Background work on this runtime instead of the process's shared one.
     pub fn with_runtime(mut self, runtime: Handle) -> Self {
         self.runtime = Some(runtime);
         self

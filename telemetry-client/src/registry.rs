@@ -104,8 +104,8 @@ struct Released {
 /// The host clients of one provider, counted by the leases their connections hold, and the
 /// statistics of the clients released. Lock order: `hosts`, then `released`.
 pub(crate) struct HostRegistry {
-    /// Held by every lease (through the registry): the provider's own runtime stops only
-    /// when the provider and every connection, statement and close in progress are gone.
+    /// Held by every lease (through the registry): the shared runtime stops only when every
+    /// provider, connection, statement and close in progress using it is gone.
     runtime: Arc<BackgroundRuntime>,
     close_timeout: Duration,
     hosts: Mutex<HashMap<Host, Entry>>,

@@ -74,7 +74,7 @@ fn shared() -> Arc<OwnedRuntime> {
     owned
 }
 
-/// Starts the provider's own runtime: a multi-thread runtime with one worker (so that a
+/// Starts the shared runtime: a multi-thread runtime with one worker (so that a
 /// driver's auth provider may call `block_in_place`, which panics on a current-thread
 /// runtime), alive until the returned sender fires (or is dropped).
 fn own_runtime() -> (Handle, Option<oneshot::Sender<()>>) {
