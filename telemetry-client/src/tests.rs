@@ -402,6 +402,70 @@ async fn chunks_from_several_threads_ride_with_an_abandoned_statement() {
     assert_eq!(p.stats().events_emitted, 1);
 }
 
+/// The end is written into the statement's own state, which the queue shares: clones dropped
+/// together on several threads report a statement exactly once, as abandoned when it never
+/// ended, and what is recorded after the end is not in its row.
+#[rstest::rstest]
+#[case::never_ended(false, "CLOSE_STATEMENT")]
+#[case::completed(true, "EXECUTE_STATEMENT")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_dropped_together_report_a_statement_once(
+    #[case] complete: bool,
+    #[case] operation: &str,
+) {
+    const STATEMENTS: usize = 200;
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    for _ in 0..STATEMENTS {
+        let s = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+        s.chunk(Duration::from_millis(3), 10, false);
+        if complete {
+            s.complete();
+        }
+        let barrier = std::sync::Barrier::new(4);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                let (s, barrier) = (s.clone(), &barrier);
+                scope.spawn(move || {
+                    s.chunk(Duration::from_millis(5), 10, false);
+                    barrier.wait();
+                    drop(s);
+                });
+            }
+        });
+        drop(s);
+    }
+    c.close();
+    let _ = c.flush(Duration::from_secs(10)).await;
+    let rows: Vec<serde_json::Value> = server
+        .requests()
+        .iter()
+        .flat_map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            body["protoLogs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| serde_json::from_str(l.as_str().unwrap()).unwrap())
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .filter(|row: &serde_json::Value| {
+            row["entry"]["sql_driver_log"]["sql_operation"]["statement_type"] == "QUERY"
+        })
+        .collect();
+    assert_eq!(rows.len(), STATEMENTS);
+    for row in &rows {
+        let op = &row["entry"]["sql_driver_log"]["sql_operation"];
+        assert_eq!(op["operation_detail"]["operation_type"], operation);
+        // Completed: only the chunk before the end; dropped: every chunk until the last drop.
+        let chunks = if complete { 1 } else { 5 };
+        assert_eq!(op["chunk_details"]["total_chunks_iterated"], chunks);
+    }
+    assert_eq!(p.stats().events_emitted, STATEMENTS as u64);
+    assert_eq!(p.stats().statements_open, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newline_in_the_user_agent_is_removed_not_fatal() {
     let (server, f) = (FakeServer::always(200), flag(true));
