@@ -15,6 +15,7 @@ use crate::provider::TelemetryError;
 use crate::registry::HostLease;
 use crate::statement::Statement;
 use crate::stats::DisabledReason;
+use crate::unreported::{self, NotReported};
 
 /// One driver connection's telemetry: `Clone + Send + Sync`, shared by every task of the
 /// connection (clones are one connection). Every method but `close` is synchronous, never
@@ -142,6 +143,23 @@ impl Connection {
         self.live.as_ref().map(|h| &h.emitter).filter(|l| l.is_on())
     }
 
+    /// [`live`](Self::live), for a call that would report: when it cannot, the call is counted
+    /// as not reported, with its reason (a thread-local count, no atomic read-modify-write).
+    #[inline]
+    fn live_or_count(&self) -> Option<&Arc<Emitter>> {
+        match &self.live {
+            Some(h) if h.emitter.is_on() => Some(&h.emitter),
+            Some(_) => {
+                unreported::count(NotReported::FlagOff);
+                None
+            }
+            None => {
+                unreported::count(NotReported::Disabled);
+                None
+            }
+        }
+    }
+
     /// Whether this connection reports telemetry (not off by config, override, env switch or
     /// the server's flag). While the flag is not yet known this is `true`: events are kept
     /// and sent or discarded once it is.
@@ -154,29 +172,24 @@ impl Connection {
     /// that only the open call's answer carries, use [`session_opened`](Self::session_opened).
     #[inline]
     pub fn opened(&self, latency: Duration) {
-        if let Some(l) = self.live() {
-            l.emit(
-                Some(Instant::now()),
-                EventKind::ConnectionOpened {
-                    latency_ms: millis(latency),
-                },
-            );
+        if let Some(l) = self.live_or_count() {
+            emit_opened(l, latency);
         }
     }
 
     /// The session was opened and the server named it `session_id` (kept if one was given
     /// before: the first stays). Every later row of the connection carries it.
     pub fn session_opened(&self, session_id: &str, latency: Duration) {
-        if let Some(l) = self.live() {
+        if let Some(l) = self.live_or_count() {
             let _ = l.info.session_id.set(capped_id(session_id).to_owned());
-            self.opened(latency);
+            emit_opened(l, latency);
         }
     }
 
     /// Opening the session failed: a `CREATE_SESSION` row with the error, sent at once (to
     /// the unauthenticated endpoint when the connection has no working credentials).
     pub fn open_failed<E: ReportableError + ?Sized>(&self, latency: Duration, error: &E) {
-        if let Some(l) = self.live() {
+        if let Some(l) = self.live_or_count() {
             l.emit(
                 Some(Instant::now()),
                 EventKind::ConnectionFailed {
@@ -190,7 +203,7 @@ impl Connection {
     /// The session was closed; `latency` is the close call's own duration.
     #[inline]
     pub fn closed(&self, latency: Duration) {
-        if let Some(l) = self.live() {
+        if let Some(l) = self.live_or_count() {
             l.emit(
                 Some(Instant::now()),
                 EventKind::ConnectionClosed {
@@ -209,7 +222,7 @@ impl Connection {
         statement_type: StatementType,
         operation_type: OperationType,
     ) -> Statement {
-        match self.live() {
+        match self.live_or_count() {
             Some(l) => Statement::begin(l, statement_type, operation_type, None),
             None => Statement::disabled(),
         }
@@ -224,8 +237,9 @@ impl Connection {
     #[inline]
     pub fn metadata(&self, operation_type: OperationType) -> Statement {
         if !operation_type.is_metadata() {
-            if let Some(h) = &self.live {
-                h.emitter.lease.count_refused_statement();
+            match &self.live {
+                Some(h) => h.emitter.lease.count_refused_statement(),
+                None => unreported::count(NotReported::Disabled),
             }
             return Statement::disabled();
         }
@@ -240,7 +254,7 @@ impl Connection {
         volume_path: &str,
         local_file: Option<&str>,
     ) -> Statement {
-        match self.live() {
+        match self.live_or_count() {
             Some(l) => Statement::begin(
                 l,
                 StatementType::Volume,
@@ -258,7 +272,7 @@ impl Connection {
     /// An error not tied to a statement (or whose statement is not tracked).
     #[inline]
     pub fn error<E: ReportableError + ?Sized>(&self, error: &E) {
-        if let Some(l) = self.live() {
+        if let Some(l) = self.live_or_count() {
             l.emit(
                 Some(Instant::now()),
                 EventKind::Error {
@@ -340,4 +354,14 @@ fn capped_text(text: &str) -> String {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+/// The session-open event (`CREATE_SESSION`), dated now.
+fn emit_opened(l: &Emitter, latency: Duration) {
+    l.emit(
+        Some(Instant::now()),
+        EventKind::ConnectionOpened {
+            latency_ms: millis(latency),
+        },
+    );
 }

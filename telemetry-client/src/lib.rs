@@ -129,6 +129,7 @@ mod runtime;
 mod statement;
 mod stats;
 mod sysinfo;
+mod unreported;
 
 // The handles and how to make them.
 pub use config::{ENV_OVERRIDES, KNOWN_OPTIONS, OptionError, TelemetryConfig};
@@ -137,6 +138,7 @@ pub use options::{ConnectionOptions, ProviderOptions};
 pub use provider::{BuildError, TelemetryClientProvider, TelemetryError};
 pub use statement::Statement;
 pub use sysinfo::{IDENTITY_OPTIONS, default_system_configuration, workspace_id_from_http_path};
+pub use unreported::{NotReported, calls_not_reported};
 
 // What a driver reports.
 pub use telemetry_types::classify::ErrorClass;

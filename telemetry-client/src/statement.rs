@@ -19,6 +19,7 @@ use telemetry_types::event::{
 use telemetry_types::wire::{ExecutionResultFormat, OperationType, StatementType};
 
 use crate::emitter::{Emitter, capped_id, millis};
+use crate::unreported::{self, NotReported};
 
 /// One statement's telemetry: cheap to clone (an `Arc`), `Send + Sync`, every method `&self`
 /// and never failing. When telemetry is off the handle is empty and every method is one
@@ -364,22 +365,24 @@ impl Statement {
     /// A CloudFetch chunk failed after its retries: a row of its own (the chunk's index, the
     /// statement's chunk statistics so far, the error), sent at once. The statement goes on.
     pub fn chunk_failed<E: ReportableError + ?Sized>(&self, chunk_index: i64, error: &E) {
-        if let Some(s) = &self.shared {
-            s.conn.emit(
-                Some(Instant::now()),
-                EventKind::ChunkFailed {
-                    failure: Box::new(ChunkFailure {
-                        statement_id: s.id.get().cloned(),
-                        statement_type: s.statement_type(),
-                        operation_type: s.operation_type,
-                        chunk_index,
-                        chunks: s.chunks.snapshot(),
-                        completion: s.recorded.snapshot(),
-                        error: DriverError::from_error(error),
-                    }),
-                },
-            );
-        }
+        let Some(s) = &self.shared else {
+            unreported::count(NotReported::StatementOff);
+            return;
+        };
+        s.conn.emit(
+            Some(Instant::now()),
+            EventKind::ChunkFailed {
+                failure: Box::new(ChunkFailure {
+                    statement_id: s.id.get().cloned(),
+                    statement_type: s.statement_type(),
+                    operation_type: s.operation_type,
+                    chunk_index,
+                    chunks: s.chunks.snapshot(),
+                    completion: s.recorded.snapshot(),
+                    error: DriverError::from_error(error),
+                }),
+            },
+        );
     }
 
     /// The result set is ready (the first batch handed out): its latency is measured from
@@ -402,11 +405,20 @@ impl Statement {
     /// statement as [`fail`](Self::fail) does, and is sent at once with its statistics; others
     /// are a row of their own, with the statement's id if it is attached.
     pub fn error<E: ReportableError + ?Sized>(&self, error: &E) {
-        let Some(s) = &self.shared else { return };
+        let Some(s) = &self.shared else {
+            // A terminal error would have ended the statement, counted when it began; any
+            // other would have been a row of its own.
+            if DriverError::class_of(error) != ErrorClass::Terminal {
+                unreported::count(NotReported::StatementOff);
+            }
+            return;
+        };
         let error = DriverError::from_error(error);
         if error.class == ErrorClass::Terminal {
             s.end(StatementOutcome::Failed, Some(error));
-        } else if !s.ended.load(Ordering::Relaxed) {
+        } else if s.ended.load(Ordering::Relaxed) {
+            unreported::count(NotReported::AfterEnd);
+        } else {
             s.conn.emit(
                 Some(Instant::now()),
                 EventKind::Error {

@@ -2056,3 +2056,86 @@ async fn identity_options_set_the_system_configuration_of_later_connections() {
         "redacted as every driver string: {process}"
     );
 }
+
+/// Every call is accounted: emitted, or counted as not reported with its reason. The calls
+/// run on this test's own thread, whose counts are read alone (other tests count in theirs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_is_emitted_or_counted_as_not_reported() {
+    use crate::unreported::this_thread;
+    let transient = AdbcError {
+        sqlstate: "08S01",
+        message: "warehouse busy",
+    };
+    let terminal = AdbcError {
+        sqlstate: "42P01",
+        message: "no such table",
+    };
+    assert_ne!(DriverError::class_of(&transient), ErrorClass::Terminal);
+    assert_eq!(DriverError::class_of(&terminal), ErrorClass::Terminal);
+    let calls = |c: &Connection| {
+        c.session_opened("sess", Duration::from_millis(1)); // 1
+        for _ in 0..3 {
+            let s = c.statement(StatementType::Query, OperationType::ExecuteStatement); // 1
+            s.chunk(Duration::from_millis(1), 10, false); // folded: no event of its own
+            s.chunk_failed(1, &transient); // 1
+            s.error(&transient); // 1
+            s.complete();
+            s.close(); // an ignored second ending
+        }
+        let failing = c.statement(StatementType::Query, OperationType::ExecuteStatement); // 1
+        failing.error(&terminal); // ends it: its one event
+        c.error(&transient); // 1
+        c.closed(Duration::from_millis(1)); // 1
+        1 + 3 * 3 + 1 + 1 + 1
+    };
+    let before = this_thread();
+    let n = |m: &std::collections::BTreeMap<NotReported, u64>, r| m.get(&r).copied().unwrap_or(0);
+
+    // Off from the start.
+    let issued = calls(&Connection::default());
+    let after = this_thread();
+    assert_eq!(
+        n(&after, NotReported::Disabled) - n(&before, NotReported::Disabled),
+        1 + 3 + 1 + 1 + 1,
+        "the connection's calls and each statement's begin"
+    );
+    assert_eq!(
+        n(&after, NotReported::StatementOff) - n(&before, NotReported::StatementOff),
+        3 * 2,
+        "each statement's chunk failure and non-terminal error"
+    );
+    assert_eq!(issued, 7 + 6);
+
+    // The server's flag off.
+    let (server, f) = (FakeServer::always(200), flag(false));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.is_enabled() && Instant::now() < deadline {
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let before = this_thread();
+    let issued = calls(&c);
+    let after = this_thread();
+    let flag_off = n(&after, NotReported::FlagOff) - n(&before, NotReported::FlagOff);
+    let statement_off =
+        n(&after, NotReported::StatementOff) - n(&before, NotReported::StatementOff);
+    assert_eq!((flag_off, statement_off), (7, 6));
+    assert_eq!(p.stats().events_emitted + flag_off + statement_off, issued);
+
+    // An error after its statement ended.
+    let (server, f) = (FakeServer::always(200), flag(true));
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("b.example"));
+    let before = this_thread();
+    let s = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+    s.complete();
+    s.error(&transient);
+    let after = this_thread();
+    assert_eq!(
+        n(&after, NotReported::AfterEnd) - n(&before, NotReported::AfterEnd),
+        1
+    );
+    assert_eq!(p.stats().events_emitted, 1);
+}

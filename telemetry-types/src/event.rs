@@ -430,6 +430,24 @@ impl DriverError {
         }
     }
 
+    /// How [`from_error`](Self::from_error) would classify `error`, without copying its
+    /// message (for a handle that reports nothing but still has to tell an error that ends a
+    /// statement from one that would have been a row of its own).
+    pub fn class_of<E: ReportableError + ?Sized>(error: &E) -> ErrorClass {
+        let sqlstate = error.sqlstate();
+        let sqlstate = sqlstate.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        let name = error.error_name();
+        let name = match (
+            name.as_deref().map(str::trim).filter(|n| !n.is_empty()),
+            sqlstate,
+        ) {
+            (Some(n), _) => n,
+            (None, Some(state)) => state,
+            (None, None) => "Error",
+        };
+        classify_error(sqlstate, error.http_status(), name)
+    }
+
     /// Copies what telemetry needs of a driver's error (strings capped: a long message costs a
     /// bounded copy) and classifies it by SQLSTATE and HTTP status. An error without a name
     /// is named after its SQLSTATE, or `Error`.

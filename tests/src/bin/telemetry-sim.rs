@@ -309,12 +309,16 @@ fn progress(
     })
 }
 
-fn run_once(
-    args: &Args,
-    host: &str,
-    enabled: bool,
-    show_progress: bool,
-) -> (WorkloadReport, ProviderStats) {
+/// What one run did: the driver's side, the provider's stats, and the calls that reported
+/// nothing during it (by reason; the process-wide counts' difference over the run).
+struct RunOutcome {
+    report: WorkloadReport,
+    stats: ProviderStats,
+    not_reported: BTreeMap<String, u64>,
+}
+
+fn run_once(args: &Args, host: &str, enabled: bool, show_progress: bool) -> RunOutcome {
+    let not_reported_before = telemetry_client::calls_not_reported();
     let p = provider(args, enabled);
     let stop = Arc::new(AtomicBool::new(false));
     let monitor = show_progress.then(|| progress(&p, stop.clone()));
@@ -327,7 +331,19 @@ fn run_once(
     if let Some(m) = monitor {
         let _ = m.join();
     }
-    (report, p.stats())
+    let not_reported = telemetry_client::calls_not_reported()
+        .into_iter()
+        .map(|(reason, n)| {
+            let before = not_reported_before.get(&reason).copied().unwrap_or(0);
+            (reason.to_string(), n.saturating_sub(before))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    RunOutcome {
+        report,
+        stats: p.stats(),
+        not_reported,
+    }
 }
 
 /// CPU time this process has used so far, all threads, user and system.
@@ -439,8 +455,8 @@ fn main() -> ExitCode {
         let (mut ratios, mut on_eps) = (Vec::new(), Vec::new());
         let (mut off_ms, mut on_ms) = (Vec::new(), Vec::new());
         for round in 0..args.rounds {
-            let (off, _) = run_once(&args, &host, false, false);
-            let (on, _) = run_once(&args, &host, true, false);
+            let off = run_once(&args, &host, false, false).report;
+            let on = run_once(&args, &host, true, false).report;
             // Both sides timed the same way: the driver's work up to its connections' close
             // (the close and the wait for the final flush are not part of it).
             let (a, b) = (off.work.as_secs_f64(), on.work.as_secs_f64());
@@ -479,7 +495,11 @@ fn main() -> ExitCode {
     }
 
     let cpu_before = process_cpu();
-    let (report, stats) = run_once(&args, &host, !args.no_telemetry, true);
+    let RunOutcome {
+        report,
+        stats,
+        not_reported,
+    } = run_once(&args, &host, !args.no_telemetry, true);
     let cpu = process_cpu().saturating_sub(cpu_before);
     let statements = (args.workload.connections * args.workload.statements).max(1);
     let cpu_us_per_statement = cpu.as_secs_f64() * 1e6 / statements as f64;
@@ -527,6 +547,11 @@ fn main() -> ExitCode {
         report.events, report.expected_rows
     );
     println!("  events emitted    {:>10}", stats.events_emitted);
+    println!(
+        "  calls not reported{:>10}   {:?}",
+        not_reported.values().sum::<u64>(),
+        not_reported
+    );
     println!(
         "  events dropped    {:>10}   {:?}",
         stats.events_dropped(),
@@ -632,6 +657,7 @@ fn main() -> ExitCode {
         let mut out = json!({
             "events_emitted": stats.events_emitted,
             "driver_calls": report.events,
+            "calls_not_reported": not_reported,
             "expected_rows": report.expected_rows,
             "rows_produced": stats.rows_produced,
             "rows_exported": stats.rows_exported,
