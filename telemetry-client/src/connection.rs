@@ -20,7 +20,8 @@ use crate::unreported::{self, NotReported};
 /// One driver connection's telemetry: `Clone + Send + Sync`, shared by every task of the
 /// connection (clones are one connection). Every method but `close` is synchronous, never
 /// waits on the network and never fails; when telemetry is off each costs one branch or one
-/// atomic load and allocates nothing. [`close`](Self::close) takes `&self` and is idempotent;
+/// atomic load, allocates nothing, and a call that would have reported is counted (in the
+/// calling thread's own counter: [`calls_not_reported`](crate::calls_not_reported)). [`close`](Self::close) takes `&self` and is idempotent;
 /// dropping the last clone without it releases the host's client the same way (the last
 /// release flushes in the background). [`Connection::default()`] is a disabled handle, for a
 /// driver struct that needs one before telemetry is set up, or a test.

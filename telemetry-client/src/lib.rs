@@ -26,7 +26,8 @@
 //! synchronous, never waits on the network, never returns an error and never panics (the
 //! provider's `try_new`, `apply_option`, `force_flush`, `shutdown` and a connection's `flush`
 //! return a `Result` for the driver to look at, or not); when telemetry is off it costs one
-//! branch or one atomic load. When it is on, an event is one push into a lock-free queue
+//! branch or one atomic load, and a call that would have reported is counted with its reason
+//! in a thread-local counter ([`calls_not_reported`]). When it is on, an event is one push into a lock-free queue
 //! (a statement's end, an error, a connection's open or close); what a statement records as
 //! it runs (its late id, polls, format, CloudFetch chunks, result ready / consumed) is not an
 //! event at all but a few atomic operations on its shared handle, and rides with its end.

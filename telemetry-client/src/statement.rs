@@ -23,7 +23,8 @@ use crate::unreported::{self, NotReported};
 
 /// One statement's telemetry: cheap to clone (an `Arc`), `Send + Sync`, every method `&self`
 /// and never failing. When telemetry is off the handle is empty and every method is one
-/// branch.
+/// branch (and a chunk failure or non-terminal error, which would have been a row of its own,
+/// is counted in [`calls_not_reported`](crate::calls_not_reported)).
 ///
 /// The statement ends once: on [`complete`](Self::complete), [`fail`](Self::fail),
 /// [`cancel`](Self::cancel) or [`close`](Self::close), whichever comes first (later endings
