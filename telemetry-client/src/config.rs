@@ -51,7 +51,7 @@ pub struct TelemetryConfig {
     /// Workspace hosts with a live client, at most; a connection to one more host gets a
     /// disabled handle (`DisabledReason::TooManyHosts`). Default 256; 1..=100 000.
     pub max_hosts: usize,
-    /// The name of a [`testing::Capture`](crate::testing) every row goes to, with the flag
+    /// The name of a `testing::Capture` every row goes to, with the flag
     /// on and no network (feature `testing`; option key `telemetryTestCapture`): a driver
     /// that builds its own provider from its options is pointed at a capture by its tests.
     /// Ignored without the feature, or when no capture has that name. Default `None`.
