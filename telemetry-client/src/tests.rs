@@ -438,21 +438,10 @@ async fn clones_dropped_together_report_a_statement_once(
     }
     c.close();
     let _ = c.flush(Duration::from_secs(10)).await;
-    let rows: Vec<serde_json::Value> = server
-        .requests()
-        .iter()
-        .flat_map(|r| {
-            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            body["protoLogs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|l| serde_json::from_str(l.as_str().unwrap()).unwrap())
-                .collect::<Vec<serde_json::Value>>()
-        })
-        .filter(|row: &serde_json::Value| {
-            row["entry"]["sql_driver_log"]["sql_operation"]["statement_type"] == "QUERY"
-        })
+    let rows: Vec<serde_json::Value> = sent_logs(&server)
+        .into_iter()
+        .map(|(_, row)| row)
+        .filter(|row| row["entry"]["sql_driver_log"]["sql_operation"]["statement_type"] == "QUERY")
         .collect();
     assert_eq!(rows.len(), STATEMENTS);
     for row in &rows {
