@@ -531,4 +531,146 @@ fn main() {
     if run("redaction") {
         bench_redaction();
     }
+    #[cfg(feature = "opentelemetry")]
+    if run("opentelemetry") {
+        otel::bench_bridge();
+    }
+}
+
+/// The OpenTelemetry bridge's cost (`cargo bench -p telemetry-client --bench telemetry
+/// --features opentelemetry -- opentelemetry`): on the driver thread, the same statement with
+/// the bridge off and on, side by side in one run; in the background, the bridge thread's
+/// time per statement (span and measurements into the SDK, its exporter discarding them).
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+    use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanProcessor};
+    use telemetry_client::OpenTelemetryBridge;
+
+    use super::*;
+
+    /// The application's span pipeline, its export free: counts and discards.
+    #[derive(Debug, Default, Clone)]
+    struct Discard(Arc<AtomicU64>);
+
+    impl SpanProcessor for Discard {
+        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+        fn on_end(&self, _: SpanData) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    fn bridged(flag: bool, spans: &Discard) -> (TelemetryClientProvider, Connection) {
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_span_processor(spans.clone())
+            .build();
+        let meter_provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
+            .build();
+        let mut o = ProviderOptions::new("Bench", "1.0.0", ClientPreset::jdbc());
+        o.config.enabled = true;
+        o.config.aggregation.queue_capacity = 1_000_000;
+        o.config.aggregation.max_pending_rows = 1_000_000;
+        o.config.aggregation.batch_size = 1000;
+        o.transport = Some(ScriptedTransport::counting(200));
+        o.flag_source = Some(ScriptedFlagSource::fixed(flag));
+        o.switch = Some(DisableSwitch::Unset);
+        o.opentelemetry = Some(
+            OpenTelemetryBridge::from_providers(&tracer_provider, &meter_provider)
+                .with_queue_capacity(1_000_000),
+        );
+        let p = TelemetryClientProvider::new(o);
+        let c = connect(&p);
+        let want = if flag {
+            telemetry_client::FlagState::Enabled
+        } else {
+            telemetry_client::FlagState::Disabled
+        };
+        wait_until(|| {
+            p.host_stats("bench.example")
+                .is_some_and(|h| h.flag == want)
+        });
+        (p, c)
+    }
+
+    /// Median driver-thread ns per statement over groups of `GROUP`, and the bridge's ns per
+    /// statement: from the group's first begin until its last span is in the SDK (the
+    /// thread works alongside the driver, so this bounds its time per statement from above).
+    fn measure(c: &Connection, spans: &Discard, p: &TelemetryClientProvider) -> (f64, f64) {
+        const GROUP: u64 = 100;
+        let ids: Vec<String> = (0..GROUP)
+            .map(|i| format!("01ef-statement-{i:08}"))
+            .collect();
+        let mut driver = Vec::new();
+        let mut background = Vec::new();
+        for _ in 0..samples() * 20 {
+            let before = spans.0.load(Ordering::Relaxed);
+            let t = Instant::now();
+            for id in &ids {
+                lifecycle(c, id, 3);
+            }
+            let d = t.elapsed();
+            // Yields rather than sleeps: a sleep's granularity would be most of the figure.
+            let deadline = t + Duration::from_secs(30);
+            while spans.0.load(Ordering::Relaxed) < before + GROUP && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            let all = t.elapsed();
+            driver.push(d.as_nanos() as f64 / GROUP as f64);
+            background.push(all.as_nanos() as f64 / GROUP as f64);
+        }
+        let _ = p.stats();
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        (median(&mut driver), median(&mut background))
+    }
+
+    pub(super) fn bench_bridge() {
+        let off = bench_statement_group(100, |c, id| lifecycle(c, id, 3));
+        let spans = Discard::default();
+        let (p, c) = bridged(true, &spans);
+        let (on, background) = measure(&c, &spans, &p);
+        let spans_flag_off = Discard::default();
+        let (p_off, c_off) = bridged(false, &spans_flag_off);
+        let (flag_off, background_flag_off) = measure(&c_off, &spans_flag_off, &p_off);
+        report(
+            "driver thread: statement, OpenTelemetry bridge off",
+            format!("{off:.1} ns"),
+            "-",
+            true,
+        );
+        report(
+            "driver thread: statement, bridge on (flag on: rows and spans)",
+            format!("{on:.1} ns ({:.2}x off)", on / off),
+            "-",
+            true,
+        );
+        report(
+            "driver thread: statement, bridge on (flag off: spans only)",
+            format!("{flag_off:.1} ns ({:.2}x off)", flag_off / off),
+            "-",
+            true,
+        );
+        report(
+            "bridge thread: statement into the SDK (span, duration, 3 chunks)",
+            format!("{background:.0} ns (flag off: {background_flag_off:.0} ns)"),
+            "-",
+            true,
+        );
+        let s = p.stats();
+        if s.opentelemetry_dropped > 0 {
+            println!("  note: {} bridge records dropped", s.opentelemetry_dropped);
+        }
+    }
 }

@@ -20,8 +20,11 @@ use crate::unreported::{self, NotReported};
 /// One driver connection's telemetry: `Clone + Send + Sync`, shared by every task of the
 /// connection (clones are one connection). Every method but `close` is synchronous, never
 /// waits on the network and never fails; when telemetry is off each costs one branch or one
-/// atomic load, allocates nothing, and a call that would have reported is counted (in the
-/// calling thread's own counter: [`calls_not_reported`](crate::calls_not_reported)). [`close`](Self::close) takes `&self` and is idempotent;
+/// atomic load, allocates nothing (but a thread's first not-reported count, which takes its
+/// counters once), and a call that would have reported is counted (in the calling thread's
+/// own counter: [`calls_not_reported`](crate::calls_not_reported)). With the OpenTelemetry
+/// bridge (feature `opentelemetry`) and the server's flag off, statements stay live for the
+/// bridge alone. [`close`](Self::close) takes `&self` and is idempotent;
 /// dropping the last clone without it releases the host's client the same way (the last
 /// release flushes in the background). [`Connection::default()`] is a disabled handle, for a
 /// driver struct that needs one before telemetry is set up, or a test.
@@ -94,10 +97,15 @@ impl Connection {
         info: Arc<ConnectionInfo>,
         lease: HostLease,
         pending: Option<PendingCredentials>,
+        bridge: crate::bridge::Slot,
     ) -> Self {
         Self {
             live: Some(Arc::new(Handle {
-                emitter: Arc::new(Emitter { info, lease }),
+                emitter: Arc::new(Emitter {
+                    info,
+                    lease,
+                    bridge,
+                }),
                 closed: std::sync::atomic::AtomicBool::new(false),
                 pending: std::sync::Mutex::new(pending),
             })),
@@ -142,6 +150,34 @@ impl Connection {
     #[inline]
     fn live(&self) -> Option<&Arc<Emitter>> {
         self.live.as_ref().map(|h| &h.emitter).filter(|l| l.is_on())
+    }
+
+    /// A statement begun: live if telemetry may be sent, or, with the server's flag off, for
+    /// the OpenTelemetry bridge alone (its row is counted as not reported at once).
+    #[inline]
+    fn begin(
+        &self,
+        statement_type: StatementType,
+        operation_type: OperationType,
+        volume: impl FnOnce() -> Option<VolumeOp>,
+    ) -> Statement {
+        match &self.live {
+            Some(h) if h.emitter.is_on() => {
+                Statement::begin(&h.emitter, statement_type, operation_type, volume(), true)
+            }
+            Some(h) => {
+                unreported::count(NotReported::FlagOff);
+                if h.emitter.bridge.get().is_some() {
+                    Statement::begin(&h.emitter, statement_type, operation_type, volume(), false)
+                } else {
+                    Statement::disabled()
+                }
+            }
+            None => {
+                unreported::count(NotReported::Disabled);
+                Statement::disabled()
+            }
+        }
     }
 
     /// [`live`](Self::live), for a call that would report: when it cannot, the call is counted
@@ -223,10 +259,7 @@ impl Connection {
         statement_type: StatementType,
         operation_type: OperationType,
     ) -> Statement {
-        match self.live_or_count() {
-            Some(l) => Statement::begin(l, statement_type, operation_type, None),
-            None => Statement::disabled(),
-        }
+        self.begin(statement_type, operation_type, || None)
     }
 
     /// Begins a metadata look-up (`METADATA` with its `LIST_*` operation: catalogs, schemas,
@@ -255,19 +288,17 @@ impl Connection {
         volume_path: &str,
         local_file: Option<&str>,
     ) -> Statement {
-        match self.live_or_count() {
-            Some(l) => Statement::begin(
-                l,
-                StatementType::Volume,
-                OperationType::ExecuteStatement,
+        self.begin(
+            StatementType::Volume,
+            OperationType::ExecuteStatement,
+            || {
                 Some(VolumeOp {
                     operation,
                     volume_path: Some(capped_text(volume_path)),
                     local_file: local_file.map(capped_text),
-                }),
-            ),
-            None => Statement::disabled(),
-        }
+                })
+            },
+        )
     }
 
     /// An error not tied to a statement (or whose statement is not tracked).

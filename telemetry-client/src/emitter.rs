@@ -13,6 +13,8 @@ use crate::registry::HostLease;
 pub(crate) struct Emitter {
     pub(crate) info: Arc<ConnectionInfo>,
     pub(crate) lease: HostLease,
+    /// The provider's OpenTelemetry bridge, for this connection (empty without one).
+    pub(crate) bridge: crate::bridge::Slot,
 }
 
 impl Emitter {

@@ -120,6 +120,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod bridge;
 mod config;
 mod connection;
 mod emitter;
@@ -185,9 +186,15 @@ mod reqwest_transport;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use reqwest_transport::ReqwestTransport;
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub mod otel;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub use otel::OpenTelemetryBridge;
 
 #[cfg(test)]
 mod tests;

@@ -49,6 +49,14 @@ pub struct ProviderOptions {
     /// [`AuditSink`](crate::AuditSink); [`JsonLinesAudit`](crate::JsonLinesAudit) writes them
     /// to a file). With `config.dry_run`, nothing is sent and it sees what would have been.
     pub audit: Option<Arc<dyn AuditSink>>,
+    /// The OpenTelemetry bridge (feature `opentelemetry`): a span and measurements per
+    /// statement, and the library's health, into the application's own OpenTelemetry
+    /// pipeline. Its own switch: on when set, whether or not the server's flag allows
+    /// Databricks telemetry (a connection turned off locally, by config or the environment
+    /// switch, reports to neither). See [`OpenTelemetryBridge`](crate::OpenTelemetryBridge).
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub opentelemetry: Option<crate::OpenTelemetryBridge>,
 }
 
 impl fmt::Debug for ProviderOptions {
@@ -83,6 +91,8 @@ impl ProviderOptions {
             extra_headers: Vec::new(),
             read_env: true,
             audit: None,
+            #[cfg(feature = "opentelemetry")]
+            opentelemetry: None,
         }
     }
 

@@ -140,6 +140,9 @@ struct ProviderInner {
     driver_version: String,
     /// Started by the first enabled connection: nothing runs before one needs it.
     engine: OnceLock<Engine>,
+    /// The OpenTelemetry bridge, if the driver handed one in.
+    #[cfg(feature = "opentelemetry")]
+    bridge: Option<Arc<crate::otel::Bridge>>,
 }
 
 /// The provider's settings: validated, environment overrides applied.
@@ -356,7 +359,14 @@ impl TelemetryClientProvider {
             default_system_configuration(&options.driver_name, &options.driver_version)
         });
         Self {
-            inner: Arc::new(ProviderInner {
+            inner: Arc::new_cyclic(|_weak| ProviderInner {
+                #[cfg(feature = "opentelemetry")]
+                bridge: options.opentelemetry.as_ref().and_then(|b| {
+                    let stats = crate::otel::stats_source(_weak.clone(), |inner| {
+                        TelemetryClientProvider { inner }.stats()
+                    });
+                    crate::otel::Bridge::start(b, stats)
+                }),
                 settings: Mutex::new(Settings {
                     config,
                     off,
@@ -540,7 +550,12 @@ impl TelemetryClientProvider {
                         auth_later.then(|| flag.expect_credentials())
                     }),
                 };
-                Connection::new(Arc::new(info), lease, pending)
+                Connection::new(
+                    Arc::new(info),
+                    lease,
+                    pending,
+                    self.inner.bridge_slot(&host),
+                )
             }
             None => {
                 tracing::debug!(host = %host, max_hosts, "telemetry disabled for a connection: too many hosts");
@@ -613,6 +628,11 @@ impl TelemetryClientProvider {
             .map(|r| (*r, self.inner.disabled[r.index()].load(Ordering::Relaxed)))
             .filter(|(_, n)| *n > 0)
             .collect();
+        #[cfg(feature = "opentelemetry")]
+        if let Some(b) = &self.inner.bridge {
+            stats.opentelemetry_spans = b.spans();
+            stats.opentelemetry_dropped = b.dropped();
+        }
         stats
     }
 
@@ -620,8 +640,11 @@ impl TelemetryClientProvider {
     /// is settled (exported, or dropped with a counted reason), at most `timeout` (and at most
     /// the close timeout per host). Needs no particular runtime: it only awaits a signal.
     ///
-    /// `Err(Timeout)` names the hosts whose rows were still in flight when time ran out;
-    /// they go on in the background.
+    /// With an OpenTelemetry bridge, it also waits until the bridge has handed every statement
+    /// ended so far to the application's SDK (whose exporter flushes on its own schedule).
+    ///
+    /// `Err(Timeout)` names the hosts whose rows were still in flight when time ran out
+    /// (`opentelemetry` for the bridge); they go on in the background.
     pub async fn force_flush(&self, timeout: Duration) -> Result<(), TelemetryError> {
         let Some(engine) = self.inner.engine.get() else {
             return Ok(());
@@ -638,6 +661,7 @@ impl TelemetryClientProvider {
                 });
                 (host, rx)
             })
+            .chain(self.bridge_drained(engine))
             .collect();
         self.wait_all(engine, waits, timeout).await
     }
@@ -658,6 +682,7 @@ impl TelemetryClientProvider {
             .close_all(deadline)
             .into_iter()
             .map(|(host, rx)| (host.to_string(), rx))
+            .chain(self.bridge_drained(engine))
             .collect();
         let result = self.wait_all(engine, closes, timeout).await;
         self.wait_closed().await;
@@ -699,6 +724,23 @@ impl TelemetryClientProvider {
         let limit = timeout.saturating_add(Duration::from_millis(200));
         rx.recv_timeout(limit)
             .unwrap_or(Err(TelemetryError::Timeout { hosts: Vec::new() }))
+    }
+
+    /// With an OpenTelemetry bridge, a signal once every record queued so far is handled
+    /// (named `opentelemetry` among the hosts of a timeout).
+    fn bridge_drained(&self, engine: &Engine) -> Option<(String, oneshot::Receiver<()>)> {
+        #[cfg(feature = "opentelemetry")]
+        if let Some(bridge) = &self.inner.bridge {
+            let (tx, rx) = oneshot::channel();
+            let drained = bridge.drained();
+            engine.runtime.handle.spawn(async move {
+                drained.await;
+                let _ = tx.send(());
+            });
+            return Some(("opentelemetry".to_owned(), rx));
+        }
+        let _ = engine;
+        None
     }
 
     /// Waits for every signal, all within one `timeout`; the hosts still waiting then are the
@@ -746,6 +788,21 @@ impl TelemetryClientProvider {
 }
 
 impl ProviderInner {
+    /// A connection's share of the OpenTelemetry bridge (empty without one).
+    fn bridge_slot(&self, host: &Host) -> crate::bridge::Slot {
+        #[cfg(feature = "opentelemetry")]
+        return crate::bridge::Slot(
+            self.bridge
+                .as_ref()
+                .map(|b| crate::otel::ConnBridge::new(b.clone(), host.name())),
+        );
+        #[cfg(not(feature = "opentelemetry"))]
+        {
+            let _ = host;
+            crate::bridge::Slot::default()
+        }
+    }
+
     /// The background work, started now if this is the first connection that needs it.
     fn engine(&self) -> &Engine {
         self.engine.get_or_init(|| {

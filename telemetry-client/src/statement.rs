@@ -63,6 +63,11 @@ pub struct Statement {
 struct Shared {
     conn: Arc<Emitter>,
     begun: Instant,
+    /// Whether its row goes to Databricks (else it lives for the OpenTelemetry bridge alone:
+    /// the server's flag was off at its begin).
+    report: bool,
+    /// The OpenTelemetry context current at its begin, with a bridge.
+    parent: Option<crate::bridge::Parent>,
     /// Its index in [`StatementType::ALL`]: the driver may learn the type after the begin
     /// (QUERY or UPDATE is known from the server's answer).
     statement_type: AtomicU8,
@@ -236,18 +241,24 @@ impl FoldedChunks {
 
 impl Statement {
     /// Begins a statement: one clock reading (the row's date and the latency's origin) and
-    /// one allocation (the shared handle); nothing is queued until it ends.
+    /// one allocation (the shared handle); nothing is queued until it ends. `report`: whether
+    /// its row goes to Databricks (else only to the OpenTelemetry bridge).
     pub(crate) fn begin(
         conn: &Arc<Emitter>,
         statement_type: StatementType,
         operation_type: OperationType,
         volume: Option<VolumeOp>,
+        report: bool,
     ) -> Self {
-        conn.lease.statement_begun();
+        if report {
+            conn.lease.statement_begun();
+        }
         Statement {
             shared: Some(Arc::new(Shared {
                 conn: conn.clone(),
                 begun: Instant::now(),
+                report,
+                parent: conn.bridge.get().map(|b| b.parent()),
                 statement_type: AtomicU8::new(type_index(statement_type)),
                 operation_type,
                 ended: AtomicBool::new(false),
@@ -264,7 +275,8 @@ impl Statement {
         Statement { shared: None }
     }
 
-    /// Whether this handle reports anything.
+    /// Whether this handle records anything (for Databricks telemetry, or, with the server's
+    /// flag off, for the OpenTelemetry bridge alone).
     pub fn is_enabled(&self) -> bool {
         self.shared.is_some()
     }
@@ -360,6 +372,9 @@ impl Statement {
                 bytes.min(MAX_CHUNK_BYTES),
                 compressed,
             );
+            if let Some(bridge) = s.conn.bridge.get() {
+                bridge.chunk(latency, bytes);
+            }
         }
     }
 
@@ -370,6 +385,10 @@ impl Statement {
             unreported::count(NotReported::StatementOff);
             return;
         };
+        if !s.report {
+            unreported::count(NotReported::FlagOff);
+            return;
+        }
         s.conn.emit(
             Some(Instant::now()),
             EventKind::ChunkFailed {
@@ -419,6 +438,8 @@ impl Statement {
             s.end(StatementOutcome::Failed, Some(error));
         } else if s.ended.load(Ordering::Relaxed) {
             unreported::count(NotReported::AfterEnd);
+        } else if !s.report {
+            unreported::count(NotReported::FlagOff);
         } else {
             s.conn.emit(
                 Some(Instant::now()),
@@ -488,28 +509,38 @@ impl Shared {
             self.conn.lease.count_ignored_ending();
             return;
         }
-        self.conn.lease.statement_ended();
+        if self.report {
+            self.conn.lease.statement_ended();
+        }
         self.emit_end(outcome, error, self.volume.clone());
     }
 
-    /// Out of line: builds the end from what was recorded and queues it, dated by the begin.
+    /// Out of line: builds the end from what was recorded and queues it, dated by the begin
+    /// (and hands it to the OpenTelemetry bridge, with one).
     fn emit_end(
         &self,
         outcome: StatementOutcome,
         error: Option<DriverError>,
         volume: Option<Box<VolumeOp>>,
     ) {
+        let ended = Instant::now();
         let end = StatementEnd {
             statement_type: self.statement_type(),
             operation_type: self.operation_type,
             statement_id: self.id.get().cloned(),
-            latency_ms: millis(self.begun.elapsed()),
+            latency_ms: millis(ended.saturating_duration_since(self.begun)),
             outcome,
             chunks: self.chunks.snapshot(),
             completion: self.recorded.snapshot(),
             error: error.map(Box::new),
             volume,
         };
+        if let Some(bridge) = self.conn.bridge.get() {
+            bridge.finished(self.parent.as_ref(), self.begun, ended, &end);
+        }
+        if !self.report {
+            return;
+        }
         self.conn.emit(
             Some(self.begun),
             EventKind::StatementEnded { end: Box::new(end) },
@@ -520,7 +551,9 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         if !*self.ended.get_mut() {
-            self.conn.lease.statement_ended();
+            if self.report {
+                self.conn.lease.statement_ended();
+            }
             let volume = self.volume.take();
             self.emit_end(StatementOutcome::Abandoned, None, volume);
         }

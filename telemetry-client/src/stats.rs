@@ -141,6 +141,12 @@ pub struct ProviderStats {
     pub latency: LatencyPercentiles,
     /// Live host clients, one entry each.
     pub hosts: Vec<HostStatsSummary>,
+    /// Spans the OpenTelemetry bridge made (feature `opentelemetry`, with a bridge): one per
+    /// statement ended, whether or not the server's flag allows Databricks telemetry.
+    pub opentelemetry_spans: u64,
+    /// Records the OpenTelemetry bridge lost (a finished statement or a chunk): its queue was
+    /// full, or the application's SDK panicked on it.
+    pub opentelemetry_dropped: u64,
 }
 
 /// A live host in [`ProviderStats`].

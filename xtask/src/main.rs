@@ -104,7 +104,7 @@ fn ci() -> Result {
             "--all-targets",
             "--locked",
             "--features",
-            "reqwest,native-roots,platform-verifier,testing",
+            "reqwest,native-roots,platform-verifier,testing,opentelemetry",
             "--",
             "-D",
             "warnings",
@@ -122,6 +122,47 @@ fn ci() -> Result {
             "--lib",
             "optional_features",
         ]),
+    )?;
+    run(
+        "tests of the OpenTelemetry bridge",
+        cargo().args([
+            "test",
+            "-p",
+            "telemetry-client",
+            "--locked",
+            "--features",
+            "opentelemetry",
+            "--lib",
+            "otel",
+        ]),
+    )?;
+    run(
+        "the OpenTelemetry example (exits 1 if SQL text or a token reached the pipeline)",
+        cargo().args([
+            "run",
+            "-q",
+            "-p",
+            "telemetry-client",
+            "--locked",
+            "--features",
+            "opentelemetry",
+            "--example",
+            "opentelemetry",
+        ]),
+    )?;
+    run(
+        "cargo doc (the OpenTelemetry bridge)",
+        cargo()
+            .args([
+                "doc",
+                "-p",
+                "telemetry-client",
+                "--no-deps",
+                "--locked",
+                "--features",
+                "opentelemetry",
+            ])
+            .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     run(
         "clippy of the breaker's tower layer",
@@ -318,8 +359,35 @@ fn bench(args: &[String]) -> Result {
 /// The bench binaries (`telemetry`: driver thread, floor, aggregation, serialisation,
 /// redaction; `memory`: idle hosts); their `BENCH name|value|target|met` lines become a table.
 fn micro_benches(quick: bool, report: &mut String) -> Result {
+    bench_table(
+        quick,
+        &["--workspace", "--benches"],
+        "## Micro-benchmarks (`cargo bench --workspace`, medians)",
+        report,
+    )?;
+    // The OpenTelemetry bridge, a feature off by default: its own build and table.
+    bench_table(
+        quick,
+        &[
+            "-p",
+            "telemetry-client",
+            "--bench",
+            "telemetry",
+            "--features",
+            "opentelemetry",
+            "--",
+            "opentelemetry",
+        ],
+        "## The OpenTelemetry bridge (`cargo bench -p telemetry-client --bench telemetry \
+         --features opentelemetry -- opentelemetry`, medians)",
+        report,
+    )
+}
+
+/// Runs `cargo bench <args>` and adds its `BENCH` lines to the report as a table.
+fn bench_table(quick: bool, args: &[&str], title: &str, report: &mut String) -> Result {
     let mut bench_cmd = cargo();
-    bench_cmd.args(["bench", "--workspace", "--locked", "--benches"]);
+    bench_cmd.args(["bench", "--locked"]).args(args);
     if quick {
         bench_cmd.env("TELEMETRY_BENCH_QUICK", "1");
     }
@@ -332,10 +400,9 @@ fn micro_benches(quick: bool, report: &mut String) -> Result {
         eprint!("{}", String::from_utf8_lossy(&output.stderr));
         return Err("cargo bench failed".into());
     }
-    report.push_str(
-        "## Micro-benchmarks (`cargo bench --workspace`, medians)\n\n\
-         | benchmark | median | target | met |\n|---|---:|---:|---|\n",
-    );
+    report.push_str(&format!(
+        "{title}\n\n| benchmark | median | target | met |\n|---|---:|---:|---|\n"
+    ));
     for cols in stdout
         .lines()
         .filter_map(|l| l.strip_prefix("BENCH "))
@@ -347,6 +414,7 @@ fn micro_benches(quick: bool, report: &mut String) -> Result {
             cols[0], cols[1], cols[2], cols[3]
         ));
     }
+    report.push('\n');
     Ok(())
 }
 
