@@ -535,7 +535,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::{Condvar, Mutex};
 
-    use opentelemetry::trace::{SpanId, TraceContextExt};
+    use opentelemetry::trace::TraceContextExt;
     use opentelemetry_sdk::error::OTelSdkResult;
     use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
     use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
@@ -916,6 +916,70 @@ mod tests {
         assert_eq!(s.statements_open, 0);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_statement_is_one_span_however_and_wherever_it_ends() {
+        const THREADS: usize = 4;
+        const PER_THREAD: usize = 150;
+        let pipeline = Pipeline::new();
+        let server = ScriptedTransport::always(200);
+        let p = provider(&pipeline, true, &server);
+        let c = connect(&p);
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let c = c.clone();
+                scope.spawn(move || {
+                    for i in 0..PER_THREAD {
+                        let s = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+                        s.attach_id(&format!("01f0-{t}-{i}"));
+                        // Two clones race to end it, or to drop it unended.
+                        let other = s.clone();
+                        let racer = std::thread::spawn(move || match i % 5 {
+                            0 => other.complete(),
+                            1 => other.cancel(),
+                            2 => other.fail(&crate::DriverError::new("E", "x")),
+                            3 => other.close(),
+                            _ => drop(other),
+                        });
+                        if i % 5 != 4 {
+                            s.complete();
+                        }
+                        drop(s);
+                        racer.join().unwrap();
+                    }
+                });
+            }
+        });
+        p.force_flush(Duration::from_secs(10)).await.unwrap();
+        let all = (THREADS * PER_THREAD) as u64;
+        let stats = p.stats();
+        assert_eq!(
+            (
+                stats.opentelemetry_spans,
+                stats.opentelemetry_dropped,
+                stats.rows_exported
+            ),
+            (all, 0, all)
+        );
+        let spans = pipeline.finished_spans();
+        let mut ids: Vec<_> = spans
+            .iter()
+            .filter_map(|s| {
+                attribute(s, "databricks.statement.id").map(|v| v.as_str().into_owned())
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len() as u64, all, "one span per statement, none twice");
+        let abandoned = spans
+            .iter()
+            .filter(|s| {
+                attribute(s, "databricks.statement.outcome").map(|v| v.as_str().into_owned())
+                    == Some("abandoned".into())
+            })
+            .count();
+        assert_eq!(abandoned, THREADS * PER_THREAD / 5);
+    }
+
     /// A span processor that panics on the first span it sees.
     #[derive(Debug, Default)]
     struct PanicsOnce(AtomicBool);
@@ -1045,6 +1109,5 @@ mod tests {
             gap >= Duration::from_millis(249) && gap <= Duration::from_millis(251),
             "{gap:?}"
         );
-        let _ = SpanId::INVALID;
     }
 }
