@@ -669,8 +669,11 @@ mod otel {
             true,
         );
         let s = p.stats();
-        if s.opentelemetry_dropped > 0 {
-            println!("  note: {} bridge records dropped", s.opentelemetry_dropped);
+        if s.opentelemetry_spans_dropped + s.opentelemetry_chunks_dropped > 0 {
+            println!(
+                "  note: the bridge dropped {} spans and {} chunk measurements",
+                s.opentelemetry_spans_dropped, s.opentelemetry_chunks_dropped
+            );
         }
     }
 }

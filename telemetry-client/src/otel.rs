@@ -19,9 +19,11 @@
 //! exports as each span ends), panic or be slow. Nothing of it runs on a driver thread or on
 //! the telemetry runtime: a handle pushes a record into a bounded queue (a non-blocking push;
 //! a full queue drops the record, counted in
-//! [`ProviderStats::opentelemetry_dropped`](crate::ProviderStats::opentelemetry_dropped)), and
-//! one thread of the bridge's own makes the spans and measurements. A panic there costs the
-//! record it was handling (counted the same way), never the Databricks rows.
+//! [`ProviderStats::opentelemetry_spans_dropped`](crate::ProviderStats::opentelemetry_spans_dropped)
+//! or `opentelemetry_chunks_dropped`), and one thread of the bridge's own makes the spans and
+//! measurements. A panic there costs the record it was handling (counted the same way), never
+//! the Databricks rows. Every statement ended with a bridge is a span made or a span dropped:
+//! `opentelemetry_spans + opentelemetry_spans_dropped` is the statements ended.
 //!
 //! Never in it: SQL text (the driver never hands it in), an error message or name that was not
 //! redacted as the rows are, tokens, URLs with their query.
@@ -164,10 +166,23 @@ struct Counts {
     handled: AtomicU64,
     /// Spans made.
     spans: AtomicU64,
-    /// Records lost: the queue was full or gone, or handling one panicked.
-    dropped: AtomicU64,
+    /// Statements whose span was lost: the queue was full or gone, or the SDK panicked.
+    spans_dropped: AtomicU64,
+    /// Chunk measurements lost the same ways.
+    chunks_dropped: AtomicU64,
     /// Woken each time the thread is done with a record (for a flush that waits).
     progress: tokio::sync::Notify,
+}
+
+impl Counts {
+    /// Counts a record that will never reach the SDK.
+    fn lost(&self, record: &Record) {
+        let counter = match record {
+            Record::Statement(_) => &self.spans_dropped,
+            Record::Chunk { .. } => &self.chunks_dropped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The provider's stats, read by the health instruments' callbacks (none once it is gone).
@@ -197,8 +212,8 @@ impl Bridge {
             Ok(()) => {
                 self.counts.queued.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            Err(TrySendError::Full(record) | TrySendError::Disconnected(record)) => {
+                self.counts.lost(&record);
             }
         }
     }
@@ -208,9 +223,12 @@ impl Bridge {
         self.counts.spans.load(Ordering::Relaxed)
     }
 
-    /// Records lost so far.
-    pub(crate) fn dropped(&self) -> u64 {
-        self.counts.dropped.load(Ordering::Relaxed)
+    /// Statements whose span was lost, and chunk measurements lost, so far.
+    pub(crate) fn dropped(&self) -> (u64, u64) {
+        (
+            self.counts.spans_dropped.load(Ordering::Relaxed),
+            self.counts.chunks_dropped.load(Ordering::Relaxed),
+        )
     }
 
     /// Resolves once every record queued before this call is handled (the spans are then in
@@ -508,12 +526,16 @@ fn run(
         );
     }
     for record in rx {
+        let kind = match record {
+            Record::Statement(_) => &counts.spans_dropped,
+            Record::Chunk { .. } => &counts.chunks_dropped,
+        };
         let ok = match &instruments {
             Ok(i) => catch_unwind(AssertUnwindSafe(|| i.handle(tracer, record, counts))).is_ok(),
             Err(_) => false,
         };
         if !ok {
-            counts.dropped.fetch_add(1, Ordering::Relaxed);
+            kind.fetch_add(1, Ordering::Relaxed);
         }
         counts.handled.fetch_add(1, Ordering::Release);
         counts.progress.notify_waiters();
@@ -912,7 +934,10 @@ mod tests {
             (s.events_emitted, s.rows_produced, server.count()),
             (0, 0, 0)
         );
-        assert_eq!((s.opentelemetry_spans, s.opentelemetry_dropped), (3, 0));
+        assert_eq!(
+            (s.opentelemetry_spans, s.opentelemetry_spans_dropped),
+            (3, 0)
+        );
         assert_eq!(s.statements_open, 0);
     }
 
@@ -955,7 +980,7 @@ mod tests {
         assert_eq!(
             (
                 stats.opentelemetry_spans,
-                stats.opentelemetry_dropped,
+                stats.opentelemetry_spans_dropped,
                 stats.rows_exported
             ),
             (all, 0, all)
@@ -1011,7 +1036,10 @@ mod tests {
         }
         p.force_flush(Duration::from_secs(10)).await.unwrap();
         let s = p.stats();
-        assert_eq!((s.opentelemetry_spans, s.opentelemetry_dropped), (4, 1));
+        assert_eq!(
+            (s.opentelemetry_spans, s.opentelemetry_spans_dropped),
+            (4, 1)
+        );
         assert_eq!(s.rows_exported, 5, "the rows never depend on the bridge");
         // Only the span the panic interrupted is missing.
         let ours = pipeline
@@ -1086,7 +1114,7 @@ mod tests {
             c.statement(StatementType::Query, OperationType::ExecuteStatement)
                 .complete();
         }
-        assert_eq!(p.stats().opentelemetry_dropped, 7);
+        assert_eq!(p.stats().opentelemetry_spans_dropped, 7);
         // The Databricks rows do not wait for it.
         let late = p.force_flush(Duration::from_millis(300)).await.unwrap_err();
         assert!(
@@ -1096,7 +1124,12 @@ mod tests {
         blocks.release();
         p.force_flush(Duration::from_secs(10)).await.unwrap();
         let s = p.stats();
-        assert_eq!((s.opentelemetry_spans, s.opentelemetry_dropped), (3, 7));
+        // Ten statements ended: three spans made, seven lost, none of them unaccounted.
+        assert_eq!(
+            (s.opentelemetry_spans, s.opentelemetry_spans_dropped),
+            (3, 7)
+        );
+        assert_eq!(s.opentelemetry_chunks_dropped, 0);
     }
 
     #[test]

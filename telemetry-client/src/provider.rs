@@ -631,7 +631,10 @@ impl TelemetryClientProvider {
         #[cfg(feature = "opentelemetry")]
         if let Some(b) = &self.inner.bridge {
             stats.opentelemetry_spans = b.spans();
-            stats.opentelemetry_dropped = b.dropped();
+            (
+                stats.opentelemetry_spans_dropped,
+                stats.opentelemetry_chunks_dropped,
+            ) = b.dropped();
         }
         stats
     }

@@ -144,9 +144,12 @@ pub struct ProviderStats {
     /// Spans the OpenTelemetry bridge made (feature `opentelemetry`, with a bridge): one per
     /// statement ended, whether or not the server's flag allows Databricks telemetry.
     pub opentelemetry_spans: u64,
-    /// Records the OpenTelemetry bridge lost (a finished statement or a chunk): its queue was
-    /// full, or the application's SDK panicked on it.
-    pub opentelemetry_dropped: u64,
+    /// Statements whose span the OpenTelemetry bridge lost: its queue was full, or the
+    /// application's SDK panicked on it. With a bridge, every statement ended is counted in
+    /// `opentelemetry_spans` or here.
+    pub opentelemetry_spans_dropped: u64,
+    /// CloudFetch chunk measurements the OpenTelemetry bridge lost, the same ways.
+    pub opentelemetry_chunks_dropped: u64,
 }
 
 /// A live host in [`ProviderStats`].
