@@ -6,8 +6,14 @@
 //! alone cost 50-70 ns more per push (measured side by side). So the array is small (512
 //! slots, allocated by the host's first event) and, when it is full, events go to a
 //! segmented overflow whose segments are allocated as the burst comes and freed as it
-//! drains. Both count against the host's byte budget and the queue's capacity. Events need
-//! no order between them (a statement is one event), so the consumer takes the array first.
+//! drains. Both count against the queue's capacity; the driver's text every event carries
+//! counts against the host's byte budget wherever it waits, and an overflow event's slot and
+//! boxed payload count too (the array's are bounded by its slots). Events need no order
+//! between them (a statement is one event), so the consumer takes the array first.
+//!
+//! The common push makes one read-modify-write, the array's own: no budget update for an
+//! event without text, and a look at the array's length (which reads the consumer's index)
+//! only every few pushes of a thread.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,34 +35,53 @@ const OVERFLOW_SLOT_BYTES: usize = std::mem::size_of::<TelemetryEvent>() + 16;
 /// statement id too long to ride inline, as allocated (capped at intake by the handles, and
 /// again by the background task).
 fn text_bytes(event: &TelemetryEvent) -> usize {
+    boxed_bytes(event) + event_text_bytes(event)
+}
+
+/// The size of an event's boxed payload, whatever it holds. In the array part it is bounded
+/// by the array's slots (at most [`PRIMARY_SLOTS`] x the largest payload, about 100 KiB per
+/// host) and not counted per event: the common push then makes no read-modify-write on the
+/// budget, a line the background task writes too.
+fn boxed_bytes(event: &TelemetryEvent) -> usize {
+    use std::mem::size_of;
+    match &event.kind {
+        EventKind::Error { .. } | EventKind::ConnectionFailed { .. } => size_of::<DriverError>(),
+        EventKind::ChunkFailed { .. } => size_of::<telemetry_types::event::ChunkFailure>(),
+        EventKind::StatementEnded { end } => {
+            size_of::<telemetry_types::event::StatementEnd>()
+                + end.error.as_ref().map_or(0, |_| size_of::<DriverError>())
+                + end
+                    .volume
+                    .as_ref()
+                    .map_or(0, |_| size_of::<telemetry_types::event::VolumeOp>())
+        }
+        EventKind::ConnectionOpened { .. } | EventKind::ConnectionClosed { .. } => 0,
+    }
+}
+
+/// The driver's text an event carries (error strings, a long id, volume paths), as allocated:
+/// counted against the budget wherever the event waits.
+fn event_text_bytes(event: &TelemetryEvent) -> usize {
     fn of(e: &DriverError) -> usize {
         e.name.capacity() + e.message.capacity() + e.sqlstate.as_ref().map_or(0, String::capacity)
     }
     fn id(id: Option<&CompactId>) -> usize {
         id.map_or(0, CompactId::heap_bytes)
     }
-    use std::mem::size_of;
     match &event.kind {
         EventKind::Error {
             error,
             statement_id,
-        } => size_of::<DriverError>() + of(error) + statement_id.as_ref().map_or(0, |s| s.len()),
-        EventKind::ConnectionFailed { error, .. } => size_of::<DriverError>() + of(error),
+        } => of(error) + statement_id.as_ref().map_or(0, |s| s.len()),
+        EventKind::ConnectionFailed { error, .. } => of(error),
         EventKind::ChunkFailed { failure } => {
-            size_of::<telemetry_types::event::ChunkFailure>()
-                + of(&failure.error)
-                + id(failure.statement_id.as_ref())
+            of(&failure.error) + id(failure.statement_id.as_ref())
         }
         EventKind::StatementEnded { end } => {
-            size_of::<telemetry_types::event::StatementEnd>()
-                + id(end.statement_id.as_ref())
-                + end
-                    .error
-                    .as_deref()
-                    .map_or(0, |e| size_of::<DriverError>() + of(e))
+            id(end.statement_id.as_ref())
+                + end.error.as_deref().map_or(0, of)
                 + end.volume.as_deref().map_or(0, |v| {
-                    size_of::<telemetry_types::event::VolumeOp>()
-                        + v.volume_path.as_ref().map_or(0, String::capacity)
+                    v.volume_path.as_ref().map_or(0, String::capacity)
                         + v.local_file.as_ref().map_or(0, String::capacity)
                 })
         }
@@ -87,6 +112,8 @@ pub(crate) struct Intake {
     /// in a race costs a delay until the next flush tick drains, never an event.
     sleeping: AtomicBool,
     high_water: usize,
+    /// A small array is looked at on every push (a few pushes past its mark would fill it).
+    look_every_push: bool,
     counters: std::sync::Arc<Counters>,
 }
 
@@ -113,6 +140,7 @@ impl Intake {
             // Half the array: the task drains every few milliseconds anyway; a burst wakes it
             // early, once per couple of hundred events rather than on each.
             high_water: (primary_slots / 2).max(1),
+            look_every_push: primary_slots < 8 * LOOK_EVERY as usize,
             counters,
         }
     }
@@ -140,7 +168,7 @@ impl Intake {
             self.counters.count_drop(reason, 1);
             return;
         }
-        let text = text_bytes(&event);
+        let text = event_text_bytes(&event);
         if text > 0 && !self.reserve(text) {
             self.counters.count_drop(DropReason::QueueFull, 1);
             return;
@@ -150,7 +178,11 @@ impl Intake {
             .get_or_init(|| ArrayQueue::new(self.primary_slots));
         match primary.push(event) {
             Ok(()) => {
-                if primary.len() >= self.high_water {
+                // The array's length reads the consumer's index too (a line it writes):
+                // looked at every few pushes of a thread, which still wakes the task well
+                // before the array is full (and a full array spills, and wakes it, anyway).
+                if (self.look_every_push || every_few_pushes()) && primary.len() >= self.high_water
+                {
                     self.wake_task();
                 }
             }
@@ -186,7 +218,7 @@ impl Intake {
     #[inline(never)]
     fn push_overflow(&self, event: TelemetryEvent, text: usize) {
         let queued = self.overflow_len.fetch_add(1, Ordering::Relaxed);
-        if queued >= self.max_overflow || !self.reserve(OVERFLOW_SLOT_BYTES) {
+        if queued >= self.max_overflow || !self.reserve(OVERFLOW_SLOT_BYTES + boxed_bytes(&event)) {
             self.overflow_len.fetch_sub(1, Ordering::Relaxed);
             self.queued_bytes.fetch_sub(text, Ordering::Relaxed);
             self.counters.count_drop(DropReason::QueueFull, 1);
@@ -208,15 +240,19 @@ impl Intake {
     }
 
     pub(crate) fn pop(&self) -> Option<TelemetryEvent> {
-        let (event, slot) = match self.primary.get().and_then(ArrayQueue::pop) {
-            Some(e) => (e, 0),
+        let (event, overflow) = match self.primary.get().and_then(ArrayQueue::pop) {
+            Some(e) => (e, false),
             None => {
                 let e = self.overflow.pop()?;
                 self.overflow_len.fetch_sub(1, Ordering::Relaxed);
-                (e, OVERFLOW_SLOT_BYTES)
+                (e, true)
             }
         };
-        let bytes = text_bytes(&event) + slot;
+        let bytes = if overflow {
+            text_bytes(&event) + OVERFLOW_SLOT_BYTES
+        } else {
+            event_text_bytes(&event)
+        };
         if bytes > 0 {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
@@ -275,6 +311,22 @@ impl Intake {
             .get_or_init(|| ArrayQueue::new(self.primary_slots))
             .push(event);
     }
+}
+
+/// Pushes a thread makes between two looks at the array's length.
+const LOOK_EVERY: u32 = 16;
+
+/// True on one push in [`LOOK_EVERY`] of the calling thread (a thread-local count).
+#[inline]
+fn every_few_pushes() -> bool {
+    thread_local! {
+        static PUSHES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    PUSHES.with(|n| {
+        let next = n.get().wrapping_add(1);
+        n.set(next);
+        next % LOOK_EVERY == 0
+    })
 }
 
 impl Drop for Intake {

@@ -442,6 +442,34 @@ async fn the_task_drains_before_its_tick_only_past_half_the_array() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_full_size_array_wakes_the_task_a_few_pushes_past_its_mark() {
+    let (agg, _sink) = spawn(config());
+    let c = conn();
+    let run_without_time_passing = || async {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    };
+    run_without_time_passing().await;
+    // Half the 512-slot array, less one look's worth: the task waits for its tick.
+    for _ in 0..240 {
+        agg.emit(ev(&c, opened(1)));
+    }
+    run_without_time_passing().await;
+    assert_eq!(agg.stats().events_received, 0, "below the mark: waits");
+    // Past the mark by at most one look's worth of pushes: drained before any time passes.
+    for _ in 0..32 {
+        agg.emit(ev(&c, opened(1)));
+    }
+    run_without_time_passing().await;
+    assert_eq!(
+        agg.stats().events_received,
+        272,
+        "past the mark: drained at once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_burst_is_delivered_whole() {
     let (agg, sink) = spawn(config());
     let c = conn();
