@@ -132,6 +132,26 @@ fn bench_statement(group: u64) -> f64 {
     ns
 }
 
+/// The same statement through the single-task handle (`Connection::local_statement`), the
+/// driver's fast path when one task runs the statement from begin to end.
+fn bench_local_statement(group: u64) -> f64 {
+    let ns = bench_statement_group(group, |c, id| {
+        let mut s = c.local_statement(StatementType::Query, OperationType::ExecuteStatement);
+        s.attach_id(id);
+        for _ in 0..3 {
+            s.chunk(Duration::from_millis(3), 1 << 20, true);
+        }
+        s.complete();
+    });
+    report(
+        "driver thread: local statement (begin, id, 3 chunks, complete)",
+        format!("{ns:.1} ns"),
+        "<= 120 ns",
+        ns <= 120.0,
+    );
+    ns
+}
+
 /// Where the statement's time goes, measured the same way in the same run: the handle's
 /// begin and end alone, then with the id attached; the rest is the three chunks.
 fn bench_statement_parts(group: u64) {
@@ -513,6 +533,13 @@ fn main() {
         report(
             "driver thread: statement / channel send",
             format!("{:.2}x", statement / channel),
+            "-",
+            true,
+        );
+        let local = bench_local_statement(100);
+        report(
+            "driver thread: local statement / floor",
+            format!("{:.2}x", local / floor),
             "-",
             true,
         );

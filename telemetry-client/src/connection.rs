@@ -11,6 +11,7 @@ use telemetry_types::event::{DriverError, EventKind, ReportableError, VolumeOp};
 use telemetry_types::wire::{OperationType, StatementType, VolumeOperationType};
 
 use crate::emitter::{Emitter, capped_id, millis};
+use crate::local::LocalStatement;
 use crate::provider::TelemetryError;
 use crate::registry::HostLease;
 use crate::statement::Statement;
@@ -260,6 +261,35 @@ impl Connection {
         operation_type: OperationType,
     ) -> Statement {
         self.begin(statement_type, operation_type, || None)
+    }
+
+    /// Begins a statement run by one task from its begin to its end: a [`LocalStatement`]
+    /// records into plain fields (no atomic operation per call, one allocation at its end),
+    /// and [`share`](LocalStatement::share)s into a [`Statement`] when other tasks need it.
+    /// The row is the one [`statement`](Self::statement) gives for the same calls.
+    #[inline]
+    pub fn local_statement(
+        &self,
+        statement_type: StatementType,
+        operation_type: OperationType,
+    ) -> LocalStatement {
+        match &self.live {
+            Some(h) if h.emitter.is_on() => {
+                LocalStatement::begin(&h.emitter, statement_type, operation_type, true)
+            }
+            Some(h) => {
+                unreported::count(NotReported::FlagOff);
+                if h.emitter.bridge.get().is_some() {
+                    LocalStatement::begin(&h.emitter, statement_type, operation_type, false)
+                } else {
+                    LocalStatement::default()
+                }
+            }
+            None => {
+                unreported::count(NotReported::Disabled);
+                LocalStatement::default()
+            }
+        }
     }
 
     /// Begins a metadata look-up (`METADATA` with its `LIST_*` operation: catalogs, schemas,

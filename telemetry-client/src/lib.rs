@@ -124,6 +124,7 @@ mod bridge;
 mod config;
 mod connection;
 mod emitter;
+mod local;
 mod options;
 mod provider;
 mod registry;
@@ -136,6 +137,7 @@ mod unreported;
 // The handles and how to make them.
 pub use config::{ENV_OVERRIDES, KNOWN_OPTIONS, OptionError, TelemetryConfig};
 pub use connection::Connection;
+pub use local::LocalStatement;
 pub use options::{ConnectionOptions, ProviderOptions};
 pub use provider::{BuildError, TelemetryClientProvider, TelemetryError};
 pub use statement::Statement;

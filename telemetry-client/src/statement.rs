@@ -60,7 +60,7 @@ pub struct Statement {
 }
 
 /// The state every clone of one statement handle shares.
-struct Shared {
+pub(crate) struct Shared {
     conn: Arc<Emitter>,
     begun: Instant,
     /// Whether its row goes to Databricks (else it lives for the OpenTelemetry bridge alone:
@@ -176,9 +176,9 @@ impl Recorded {
 }
 
 /// Longest chunk latency counted, in ms (about 35 years).
-const MAX_CHUNK_MS: i64 = 1 << 40;
+pub(crate) const MAX_CHUNK_MS: i64 = 1 << 40;
 /// Largest chunk counted, in bytes (1 TiB).
-const MAX_CHUNK_BYTES: u64 = 1 << 40;
+pub(crate) const MAX_CHUNK_BYTES: u64 = 1 << 40;
 
 /// [`ChunkStats`] folded lock-free, so download tasks sharing a statement never wait on
 /// each other. A chunk costs three atomic additions; the first latency, the slowest and the
@@ -240,6 +240,13 @@ impl FoldedChunks {
 }
 
 impl Statement {
+    /// A shared handle from a local one's state (see [`LocalStatement::share`](crate::LocalStatement::share)).
+    pub(crate) fn from_shared(shared: Shared) -> Self {
+        Statement {
+            shared: Some(Arc::new(shared)),
+        }
+    }
+
     /// Begins a statement: one clock reading (the row's date and the latency's origin) and
     /// one allocation (the shared handle); nothing is queued until it ends. `report`: whether
     /// its row goes to Databricks (else only to the OpenTelemetry bridge).
@@ -486,7 +493,7 @@ impl Statement {
 }
 
 /// `t`'s index in [`StatementType::ALL`] (0, unspecified, if absent).
-fn type_index(t: StatementType) -> u8 {
+pub(crate) fn type_index(t: StatementType) -> u8 {
     StatementType::ALL
         .iter()
         .position(|x| *x == t)
@@ -535,14 +542,108 @@ impl Shared {
             error: error.map(Box::new),
             volume,
         };
-        if let Some(bridge) = self.conn.bridge.get() {
-            bridge.finished(self.parent.as_ref(), self.begun, ended, &end);
+        deliver(
+            &self.conn,
+            self.parent.as_ref(),
+            self.begun,
+            ended,
+            self.report,
+            end,
+        );
+    }
+
+    /// The shared state of a [`LocalStatement`](crate::LocalStatement) handed on: what it
+    /// recorded, in atomics.
+    pub(crate) fn from_local(local: crate::local::Local) -> Self {
+        let crate::local::Local {
+            conn,
+            begun,
+            report,
+            parent,
+            statement_type,
+            operation_type,
+            id,
+            volume,
+            chunks,
+            completion,
+            ended,
+        } = local;
+        let folded = FoldedChunks::default();
+        folded
+            .iterated
+            .store(u64::from(chunks.iterated), Ordering::Relaxed);
+        folded.bytes.store(chunks.bytes, Ordering::Relaxed);
+        folded
+            .compressed
+            .store(chunks.compressed, Ordering::Relaxed);
+        folded
+            .initial
+            .store(chunks.initial_latency_ms.unwrap_or(0), Ordering::Relaxed);
+        folded
+            .slowest
+            .store(chunks.slowest_latency_ms.unwrap_or(0), Ordering::Relaxed);
+        folded.sum.store(chunks.sum_latency_ms, Ordering::Relaxed);
+        let recorded = Recorded::default();
+        let c = completion;
+        let index = c
+            .execution_result
+            .and_then(|f| ExecutionResultFormat::ALL.iter().position(|x| *x == f))
+            .map_or(0, |i| u8::try_from(i + 1).unwrap_or(0));
+        recorded.format.store(index, Ordering::Relaxed);
+        if let Some(v) = c.compressed {
+            recorded.compressed.set(v);
         }
-        if !self.report {
-            return;
+        if let Some(v) = c.is_internal_call {
+            recorded.internal.set(v);
         }
-        self.conn.emit(
-            Some(self.begun),
+        let set = |field: &OptU64, v: Option<u64>| {
+            if let Some(v) = v {
+                field.set(v);
+            }
+        };
+        set(&recorded.chunks_present, c.chunks_present.map(u64::from));
+        set(&recorded.polls, c.poll_count.map(u64::from));
+        set(&recorded.poll_ms, c.poll_latency_ms);
+        set(&recorded.retries, c.retry_count.map(u64::from));
+        set(&recorded.ready_ms, c.result_ready_latency_ms);
+        set(&recorded.consumed_ms, c.result_consumption_latency_ms);
+        let id_cell = OnceLock::new();
+        if let Some(id) = id {
+            let _ = id_cell.set(id);
+        }
+        Self {
+            conn,
+            begun,
+            report,
+            parent,
+            statement_type: AtomicU8::new(type_index(statement_type)),
+            operation_type,
+            // Ended by a terminal error before it was shared: ended for the clones too.
+            ended: AtomicBool::new(ended),
+            id: id_cell,
+            volume,
+            chunks: folded,
+            recorded,
+        }
+    }
+}
+
+/// Hands a statement's end to the OpenTelemetry bridge (with one) and, if it reports, to the
+/// host's queue, dated by its begin.
+pub(crate) fn deliver(
+    conn: &Emitter,
+    parent: Option<&crate::bridge::Parent>,
+    begun: Instant,
+    ended: Instant,
+    report: bool,
+    end: StatementEnd,
+) {
+    if let Some(bridge) = conn.bridge.get() {
+        bridge.finished(parent, begun, ended, &end);
+    }
+    if report {
+        conn.emit(
+            Some(begun),
             EventKind::StatementEnded { end: Box::new(end) },
         );
     }

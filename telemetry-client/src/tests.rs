@@ -2128,3 +2128,225 @@ async fn every_call_is_emitted_or_counted_as_not_reported() {
     );
     assert_eq!(p.stats().events_emitted, 1);
 }
+
+/// One call a driver makes on a statement, for the local / shared equivalence test.
+#[derive(Debug, Clone)]
+enum Call {
+    AttachId(String),
+    SetType(usize),
+    Format(usize),
+    Compressed(bool),
+    ChunksPresent(u32),
+    Internal(bool),
+    Poll(u64),
+    Polls(u32, u64),
+    Retry,
+    Chunk(u64, u64, bool),
+    ResultReady,
+    ResultConsumed,
+    /// A non-terminal error (a row of its own) or a terminal one (ends the statement).
+    Error(bool),
+    ChunkFailed(i64),
+}
+
+/// How the statement ends.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    Complete,
+    Fail,
+    Cancel,
+    Close,
+    Drop,
+    /// Shared half-way (the local handle only), then completed on another thread.
+    ShareThenComplete,
+}
+
+fn call_strategy() -> impl proptest::strategy::Strategy<Value = Call> {
+    use proptest::prelude::*;
+    prop_oneof![
+        "[0-9a-f-]{1,40}".prop_map(Call::AttachId),
+        (0..StatementType::ALL.len()).prop_map(Call::SetType),
+        (0..ExecutionResultFormat::ALL.len()).prop_map(Call::Format),
+        any::<bool>().prop_map(Call::Compressed),
+        any::<u32>().prop_map(Call::ChunksPresent),
+        any::<bool>().prop_map(Call::Internal),
+        (0..100_000u64).prop_map(Call::Poll),
+        (any::<u32>(), 0..100_000u64).prop_map(|(n, ms)| Call::Polls(n, ms)),
+        Just(Call::Retry),
+        (0..10_000u64, any::<u64>(), any::<bool>()).prop_map(|(ms, b, c)| Call::Chunk(ms, b, c)),
+        Just(Call::ResultReady),
+        Just(Call::ResultConsumed),
+        any::<bool>().prop_map(Call::Error),
+        (0..100i64).prop_map(Call::ChunkFailed),
+    ]
+}
+
+fn error_of(terminal: bool) -> DriverError {
+    if terminal {
+        DriverError::new("AuthenticationError", "bad token")
+    } else {
+        DriverError::new("Transient", "retry later")
+    }
+}
+
+fn apply_shared(s: &Statement, call: &Call) {
+    match call {
+        Call::AttachId(id) => s.attach_id(id),
+        Call::SetType(i) => s.set_statement_type(StatementType::ALL[*i]),
+        Call::Format(i) => s.result_format(ExecutionResultFormat::ALL[*i]),
+        Call::Compressed(c) => s.compressed(*c),
+        Call::ChunksPresent(n) => s.chunks_present(*n),
+        Call::Internal(b) => s.internal_call(*b),
+        Call::Poll(ms) => s.poll(Duration::from_millis(*ms)),
+        Call::Polls(n, ms) => s.polls(*n, Duration::from_millis(*ms)),
+        Call::Retry => s.retry(),
+        Call::Chunk(ms, b, c) => s.chunk(Duration::from_millis(*ms), *b, *c),
+        Call::ResultReady => s.result_ready(),
+        Call::ResultConsumed => s.result_consumed(),
+        Call::Error(t) => s.error(&error_of(*t)),
+        Call::ChunkFailed(i) => s.chunk_failed(*i, &error_of(false)),
+    }
+}
+
+fn apply_local(s: &mut LocalStatement, call: &Call) {
+    match call {
+        Call::AttachId(id) => s.attach_id(id),
+        Call::SetType(i) => s.set_statement_type(StatementType::ALL[*i]),
+        Call::Format(i) => s.result_format(ExecutionResultFormat::ALL[*i]),
+        Call::Compressed(c) => s.compressed(*c),
+        Call::ChunksPresent(n) => s.chunks_present(*n),
+        Call::Internal(b) => s.internal_call(*b),
+        Call::Poll(ms) => s.poll(Duration::from_millis(*ms)),
+        Call::Polls(n, ms) => s.polls(*n, Duration::from_millis(*ms)),
+        Call::Retry => s.retry(),
+        Call::Chunk(ms, b, c) => s.chunk(Duration::from_millis(*ms), *b, *c),
+        Call::ResultReady => s.result_ready(),
+        Call::ResultConsumed => s.result_consumed(),
+        Call::Error(t) => s.error(&error_of(*t)),
+        Call::ChunkFailed(i) => s.chunk_failed(*i, &error_of(false)),
+    }
+}
+
+/// What a host received, without what differs between two runs of the same calls (event
+/// ids, dates, measured latencies, the order of rows in a batch), as sorted JSON texts.
+fn comparable_rows(server: &FakeServer) -> Vec<String> {
+    let mut rows: Vec<String> = sent_logs(server)
+        .into_iter()
+        .map(|(_, mut log)| {
+            log["frontend_log_event_id"] = serde_json::Value::Null;
+            log["context"]["client_context"]["timestamp_millis"] = serde_json::Value::Null;
+            let d = &mut log["entry"]["sql_driver_log"];
+            d["operation_latency_ms"] = serde_json::Value::Null;
+            if let Some(r) = d["sql_operation"].get_mut("result_latency") {
+                *r = serde_json::Value::Null;
+            }
+            log.to_string()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_local_statement_reports_what_a_shared_one_reports_for_the_same_calls() {
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
+    });
+    let ending = prop_oneof![
+        Just(Ending::Complete),
+        Just(Ending::Fail),
+        Just(Ending::Cancel),
+        Just(Ending::Close),
+        Just(Ending::Drop),
+        Just(Ending::ShareThenComplete),
+    ];
+    let strategy = (
+        proptest::collection::vec(call_strategy(), 0..12),
+        proptest::collection::vec(call_strategy(), 0..4),
+        ending,
+    );
+    runner
+        .run(&strategy, |(calls, after_share, ending)| {
+            let f = flag(true);
+            let (shared_server, local_server) = (FakeServer::always(200), FakeServer::always(200));
+            let shared_provider = TelemetryClientProvider::new(options(&shared_server, &f));
+            let local_provider = TelemetryClientProvider::new(options(&local_server, &f));
+            let shared_conn = shared_provider.connect(conn_opts("a.example"));
+            let local_conn = local_provider.connect(conn_opts("a.example"));
+
+            let s = shared_conn.statement(StatementType::Query, OperationType::ExecuteStatement);
+            let mut l =
+                local_conn.local_statement(StatementType::Query, OperationType::ExecuteStatement);
+            for call in &calls {
+                apply_shared(&s, call);
+                apply_local(&mut l, call);
+            }
+            match ending {
+                Ending::Complete => {
+                    s.complete();
+                    l.complete();
+                }
+                Ending::Fail => {
+                    s.fail(&error_of(false));
+                    l.fail(&error_of(false));
+                }
+                Ending::Cancel => {
+                    s.cancel();
+                    l.cancel();
+                }
+                Ending::Close => {
+                    s.close();
+                    l.close();
+                }
+                Ending::Drop => {
+                    for call in &after_share {
+                        apply_shared(&s, call);
+                        apply_local(&mut l, call);
+                    }
+                    drop(s);
+                    drop(l);
+                }
+                Ending::ShareThenComplete => {
+                    let shared = l.share();
+                    for call in &after_share {
+                        apply_shared(&s, call);
+                        apply_shared(&shared, call);
+                    }
+                    std::thread::spawn(move || shared.complete())
+                        .join()
+                        .unwrap();
+                    s.complete();
+                }
+            }
+            for (c, p) in [
+                (&shared_conn, &shared_provider),
+                (&local_conn, &local_provider),
+            ] {
+                c.close();
+                p.shutdown_blocking(Duration::from_secs(10)).unwrap();
+            }
+            let (a, b) = (
+                comparable_rows(&shared_server),
+                comparable_rows(&local_server),
+            );
+            prop_assert_eq!(&a, &b);
+            let (sa, sb) = (shared_provider.stats(), local_provider.stats());
+            prop_assert_eq!(
+                (
+                    sa.rows_exported,
+                    sa.statement_endings_ignored,
+                    sa.statements_open
+                ),
+                (
+                    sb.rows_exported,
+                    sb.statement_endings_ignored,
+                    sb.statements_open
+                )
+            );
+            prop_assert_eq!(sb.statements_open, 0);
+            Ok(())
+        })
+        .unwrap();
+}
