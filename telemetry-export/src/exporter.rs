@@ -118,6 +118,8 @@ pub struct DatabricksExporter {
     openings_before: u64,
     pacing: Pacing,
     fingerprints: Fingerprints,
+    /// The auth providers' recent answers, reused for a second.
+    answers: request::Answers,
     /// Sees every request body sent (or, in a dry run, not sent).
     audit: Option<Arc<dyn AuditSink>>,
     /// Send nothing: each request goes to the audit only, its rows dropped `dry_run`.
@@ -156,6 +158,7 @@ impl DatabricksExporter {
             breaker,
             pacing: Pacing::new(config.max_concurrent_requests, config.max_throttle_pause),
             fingerprints: Fingerprints::new(),
+            answers: request::Answers::default(),
             config,
             audit: None,
             dry_run: false,
@@ -279,6 +282,11 @@ impl DatabricksExporter {
                 }
             }
             Err(failure) => {
+                if failure.refused_credentials
+                    && let Some(auth) = &group.auth
+                {
+                    self.answers.forget(auth);
+                }
                 if failure.is_not_the_endpoints()
                     && !self.counters.warned_terminal.swap(true, Ordering::Relaxed)
                 {

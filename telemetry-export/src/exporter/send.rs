@@ -28,6 +28,8 @@ pub(super) struct SendFailure {
     /// The attempt was the breaker's probe: its answer decides the breaker, and a retry
     /// would hold the probe slot, so it is not retried.
     probe: bool,
+    /// The endpoint refused the credentials (401, 403): the provider is asked again.
+    pub(super) refused_credentials: bool,
     pub(super) error: String,
 }
 
@@ -61,6 +63,7 @@ impl SendFailure {
             class: ErrorClass::Terminal,
             retry_after: None,
             probe: false,
+            refused_credentials: false,
             error: String::new(),
         }
     }
@@ -203,6 +206,7 @@ impl DatabricksExporter {
                 class: classify_http_status(resp.status),
                 retry_after: resp.header("retry-after").and_then(parse_retry_after),
                 probe: false,
+                refused_credentials: matches!(resp.status, 401 | 403),
                 error: format!("HTTP {}", resp.status),
             }),
             Err(e) => Err(SendFailure {
@@ -214,6 +218,7 @@ impl DatabricksExporter {
                 class: classify_transport(e.kind),
                 retry_after: None,
                 probe: false,
+                refused_credentials: false,
                 error: redact(&e.to_string()),
             }),
         }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::encode::encode_body;
+use request::AUTH_REUSE;
 use std::time::{Duration, SystemTime};
 use telemetry_types::auth::AuthProvider;
 
@@ -1019,4 +1020,81 @@ async fn a_panicking_audit_costs_nothing_but_its_record() {
     let e = exporter(t.clone()).with_audit(Some(Arc::new(Panics)), false);
     e.export(rows(&conn_with(Some("tok")), 2)).await;
     assert_eq!((t.count(), e.stats().rows_exported), (1, 2));
+}
+
+/// A token provider that counts how often it is asked and answers with a token numbered by
+/// the call.
+#[derive(Default)]
+struct RotatingAuth {
+    calls: std::sync::atomic::AtomicUsize,
+}
+impl AuthProvider for RotatingAuth {
+    fn auth_headers(&self) -> BoxFuture<'_, Option<Vec<(String, String)>>> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        Box::pin(async move { Some(vec![("Authorization".to_owned(), format!("Bearer t{n}"))]) })
+    }
+}
+
+fn bearer(r: &HttpRequest) -> String {
+    r.headers
+        .iter()
+        .find(|(n, _)| n == "Authorization")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_auth_answer_is_reused_for_a_second_then_asked_again() {
+    let t = Scripted::always(200);
+    let e = exporter(t.clone());
+    let auth = Arc::new(RotatingAuth::default());
+    let c = conn_with_auth(auth.clone());
+    e.export(rows(&c, 2)).await;
+    e.export(rows(&c, 2)).await;
+    tokio::time::advance(AUTH_REUSE - Duration::from_millis(1)).await;
+    e.export(rows(&c, 2)).await;
+    assert_eq!(auth.calls.load(Ordering::SeqCst), 1, "one answer, reused");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    e.export(rows(&c, 2)).await;
+    assert_eq!(
+        auth.calls.load(Ordering::SeqCst),
+        2,
+        "asked again once stale"
+    );
+    let tokens: Vec<String> = t.requests().iter().map(bearer).collect();
+    assert_eq!(tokens, ["Bearer t1", "Bearer t1", "Bearer t1", "Bearer t2"]);
+    assert_eq!(e.stats().rows_exported, 8);
+}
+
+#[rstest]
+#[case::unauthorized(401)]
+#[case::forbidden(403)]
+#[tokio::test(start_paused = true)]
+async fn a_token_the_endpoint_refuses_is_asked_again_at_once(#[case] code: u16) {
+    let t = Scripted::new(vec![Ok(status(code)), Ok(status(200))]);
+    let e = exporter(t.clone());
+    let auth = Arc::new(RotatingAuth::default());
+    let c = conn_with_auth(auth.clone());
+    e.export(rows(&c, 1)).await;
+    e.export(rows(&c, 1)).await;
+    let tokens: Vec<String> = t.requests().iter().map(bearer).collect();
+    assert_eq!(
+        tokens,
+        ["Bearer t1", "Bearer t2"],
+        "the refused token was not reused"
+    );
+    let s = e.stats();
+    assert_eq!((s.rows_exported, s.total_dropped()), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_or_late_answer_is_not_reused() {
+    let t = Scripted::always(200);
+    let e = exporter_with_quick_auth(t.clone());
+    let hung = conn_with_auth(Arc::new(HangingAuth));
+    e.export(rows(&hung, 1)).await;
+    e.export(rows(&hung, 1)).await;
+    // Both waited for the provider (it hangs for good; the second joined its call) and
+    // timed out: nothing was remembered in between.
+    assert_eq!(e.stats().auth_timeouts, 2);
 }
