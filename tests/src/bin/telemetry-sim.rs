@@ -87,7 +87,7 @@ struct Cli {
     #[arg(long, default_value_t = 0)]
     string_bytes: usize,
     /// Rows per export request.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
     /// Flush interval, milliseconds.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
