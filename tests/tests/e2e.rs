@@ -511,3 +511,23 @@ fn a_driver_can_assert_its_rows_with_the_test_kit() {
         "one request, nothing over the network"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_keeping_counts_only_counts_every_row_and_holds_none() {
+    let mock = MockWorkspace::start(&flag_name()).await.unwrap();
+    mock.keep_counts_only();
+    let p = TelemetryClientProvider::new(options());
+    let w = Workload {
+        connections: 2,
+        statements: 30,
+        chunks: 1,
+        error_rate: 0.0,
+        token: Some("t".into()),
+        ..Default::default()
+    };
+    let report = run_workload(&p, &mock.base_url(), w).await;
+    assert!(report.expected_rows > 60);
+    assert_eq!(mock.rows_received(), report.expected_rows);
+    assert_eq!(mock.rejected(), 0);
+    assert!(mock.received().is_empty(), "no request kept");
+}

@@ -765,6 +765,8 @@ fn serve(rt: &tokio::runtime::Runtime, flag_name: &str) -> ExitCode {
     match rt.block_on(MockWorkspace::start(flag_name)) {
         Ok(mock) => {
             use std::io::Write;
+            // It serves until killed: it validates and counts, but keeps no request.
+            mock.keep_counts_only();
             println!("listening on {}", mock.base_url());
             let _ = std::io::stdout().flush();
             loop {
