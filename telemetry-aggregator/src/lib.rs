@@ -4,7 +4,7 @@
 //! batches to a [`BatchSink`] (the exporter in production, a recording sink in tests).
 //!
 //! - **Intake**: [`Aggregator::emit`] is a non-blocking push into a lock-free array queue of
-//!   512 slots, allocated by the host's first event (a host that reports nothing holds none
+//!   128 slots (a statement's end rides inline in its slot), allocated by the host's first event (a host that reports nothing holds none
 //!   of it); a burst that fills it spills into a segmented overflow that grows while the burst
 //!   lasts and is freed as it drains. Capacity and bytes (overflow slots, error text) are
 //!   bounded; past them the event is dropped and counted. Nothing else runs on the caller's

@@ -642,10 +642,7 @@ pub(crate) fn deliver(
         bridge.finished(parent, begun, ended, &end);
     }
     if report {
-        conn.emit(
-            Some(begun),
-            EventKind::StatementEnded { end: Box::new(end) },
-        );
+        conn.emit(Some(begun), EventKind::StatementEnded { end });
     }
 }
 
