@@ -264,7 +264,7 @@ impl Connection {
     }
 
     /// Begins a statement run by one task from its begin to its end: a [`LocalStatement`]
-    /// records into plain fields (no atomic operation per call, one allocation at its end),
+    /// records into plain fields (no atomic operation per call, no allocation),
     /// and [`share`](LocalStatement::share)s into a [`Statement`] when other tasks need it.
     /// The row is the one [`statement`](Self::statement) gives for the same calls.
     #[inline]

@@ -17,8 +17,8 @@ use crate::statement::{MAX_CHUNK_BYTES, MAX_CHUNK_MS, Shared, Statement, deliver
 use crate::unreported::{self, NotReported};
 
 /// One statement's telemetry, recorded by the one task that runs it: every method takes
-/// `&mut self` and records into plain fields (no atomic operation, no allocation until its
-/// end), and an ending takes the handle by value. A terminal error given to
+/// `&mut self` and records into plain fields (no atomic operation, no allocation: its end
+/// rides inline in the host's queue), and an ending takes the handle by value. A terminal error given to
 /// [`error`](Self::error) ends it too, as on a [`Statement`]; an ending after that is
 /// ignored and counted.
 /// Begun by [`Connection::local_statement`](crate::Connection::local_statement); the row is
