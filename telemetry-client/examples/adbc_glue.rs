@@ -151,6 +151,14 @@ fn main() {
         message: "permission denied on catalog 'main'".into(),
     }));
 
+    // A call one task runs from begin to end (get_objects: one request, its result read
+    // inline): the single-task handle records without atomics or allocation. Had it needed
+    // download tasks, `listing.share()` would hand it on as a `Statement`.
+    let mut listing = conn.local_statement(StatementType::Metadata, OperationType::ListCatalogs);
+    listing.attach_id("01ef-listing");
+    listing.result_format(ExecutionResultFormat::InlineArrow);
+    listing.complete();
+
     conn.closed(Duration::from_millis(5)); // delete_session
     conn.close(); // release: returns at once, the final flush runs in the background
     executor.telemetry.close(); // from another clone: a no-op
