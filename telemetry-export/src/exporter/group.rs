@@ -38,7 +38,9 @@ type Known = HashMap<usize, (Weak<dyn AuthProvider>, u128)>;
 /// Providers remembered at most.
 const MAX_KNOWN: usize = 4096;
 
-fn provider_id(auth: &Arc<dyn AuthProvider>) -> usize {
+/// A provider object's identity (its address; a weak reference beside it tells a new object
+/// at a freed address apart).
+pub(super) fn provider_id(auth: &Arc<dyn AuthProvider>) -> usize {
     Arc::as_ptr(auth) as *const () as usize
 }
 

@@ -12,7 +12,7 @@ use telemetry_types::clock::now_millis;
 use telemetry_types::row::strip_for_unauthenticated;
 use telemetry_types::transport::{Bytes, HttpMethod, HttpRequest};
 
-use super::group::Group;
+use super::group::{Group, provider_id};
 use super::{AUTH_PATH, DatabricksExporter, MAX_EXPORT_RESPONSE_BYTES, UNAUTH_PATH};
 use crate::encode::encode_body;
 
@@ -41,10 +41,6 @@ struct Answer {
     provider: Weak<dyn AuthProvider>,
     headers: Option<Vec<(String, String)>>,
     at: tokio::time::Instant,
-}
-
-fn provider_id(auth: &Arc<dyn AuthProvider>) -> usize {
-    Arc::as_ptr(auth) as *const () as usize
 }
 
 impl Answers {
