@@ -41,9 +41,9 @@ fn text_bytes(event: &TelemetryEvent) -> usize {
 
 /// The size of an event's boxed payload (an error, a chunk failure, a volume operation; a
 /// statement's end rides inline). In the array part it is bounded by the array's slots (at
-/// most [`PRIMARY_SLOTS`] x the largest payload, about 30 KiB per host) and not counted per
-/// event: the common push then makes no read-modify-write on the
-/// budget, a line the background task writes too.
+/// most [`PRIMARY_SLOTS`] x the largest boxed payload, a few tens of KiB per host) and not
+/// counted per event: the common push then makes no read-modify-write on the budget, a line
+/// the background task writes too.
 fn boxed_bytes(event: &TelemetryEvent) -> usize {
     use std::mem::size_of;
     match &event.kind {
