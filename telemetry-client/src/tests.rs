@@ -2189,42 +2189,35 @@ fn error_of(terminal: bool) -> DriverError {
     }
 }
 
+/// `call` on either handle: the same methods, `&self` on a [`Statement`], `&mut self` on a
+/// [`LocalStatement`].
+macro_rules! apply {
+    ($s:expr, $call:expr) => {
+        match $call {
+            Call::AttachId(id) => $s.attach_id(id),
+            Call::SetType(i) => $s.set_statement_type(StatementType::ALL[*i]),
+            Call::Format(i) => $s.result_format(ExecutionResultFormat::ALL[*i]),
+            Call::Compressed(c) => $s.compressed(*c),
+            Call::ChunksPresent(n) => $s.chunks_present(*n),
+            Call::Internal(b) => $s.internal_call(*b),
+            Call::Poll(ms) => $s.poll(Duration::from_millis(*ms)),
+            Call::Polls(n, ms) => $s.polls(*n, Duration::from_millis(*ms)),
+            Call::Retry => $s.retry(),
+            Call::Chunk(ms, b, c) => $s.chunk(Duration::from_millis(*ms), *b, *c),
+            Call::ResultReady => $s.result_ready(),
+            Call::ResultConsumed => $s.result_consumed(),
+            Call::Error(t) => $s.error(&error_of(*t)),
+            Call::ChunkFailed(i) => $s.chunk_failed(*i, &error_of(false)),
+        }
+    };
+}
+
 fn apply_shared(s: &Statement, call: &Call) {
-    match call {
-        Call::AttachId(id) => s.attach_id(id),
-        Call::SetType(i) => s.set_statement_type(StatementType::ALL[*i]),
-        Call::Format(i) => s.result_format(ExecutionResultFormat::ALL[*i]),
-        Call::Compressed(c) => s.compressed(*c),
-        Call::ChunksPresent(n) => s.chunks_present(*n),
-        Call::Internal(b) => s.internal_call(*b),
-        Call::Poll(ms) => s.poll(Duration::from_millis(*ms)),
-        Call::Polls(n, ms) => s.polls(*n, Duration::from_millis(*ms)),
-        Call::Retry => s.retry(),
-        Call::Chunk(ms, b, c) => s.chunk(Duration::from_millis(*ms), *b, *c),
-        Call::ResultReady => s.result_ready(),
-        Call::ResultConsumed => s.result_consumed(),
-        Call::Error(t) => s.error(&error_of(*t)),
-        Call::ChunkFailed(i) => s.chunk_failed(*i, &error_of(false)),
-    }
+    apply!(s, call)
 }
 
 fn apply_local(s: &mut LocalStatement, call: &Call) {
-    match call {
-        Call::AttachId(id) => s.attach_id(id),
-        Call::SetType(i) => s.set_statement_type(StatementType::ALL[*i]),
-        Call::Format(i) => s.result_format(ExecutionResultFormat::ALL[*i]),
-        Call::Compressed(c) => s.compressed(*c),
-        Call::ChunksPresent(n) => s.chunks_present(*n),
-        Call::Internal(b) => s.internal_call(*b),
-        Call::Poll(ms) => s.poll(Duration::from_millis(*ms)),
-        Call::Polls(n, ms) => s.polls(*n, Duration::from_millis(*ms)),
-        Call::Retry => s.retry(),
-        Call::Chunk(ms, b, c) => s.chunk(Duration::from_millis(*ms), *b, *c),
-        Call::ResultReady => s.result_ready(),
-        Call::ResultConsumed => s.result_consumed(),
-        Call::Error(t) => s.error(&error_of(*t)),
-        Call::ChunkFailed(i) => s.chunk_failed(*i, &error_of(false)),
-    }
+    apply!(s, call)
 }
 
 /// What a host received, without what differs between two runs of the same calls (event
