@@ -24,9 +24,10 @@ use crate::encode::encode_body;
 /// 403) is forgotten at once.
 pub(super) const AUTH_REUSE: Duration = Duration::from_secs(1);
 
-/// Providers remembered at most (a host's tenants; past it, the stale ones are let go, then
-/// all).
-const MAX_ANSWERS: usize = 1024;
+/// Providers remembered at most (a host's tenants active within a second; past it, the
+/// stale ones are let go, then all, and the next requests ask again): a few tens of KiB of
+/// headers a host at most, held for a second.
+const MAX_ANSWERS: usize = 128;
 
 /// The providers' recent answers, for [`AUTH_REUSE`]: by provider object (a weak reference
 /// tells a new provider at a freed address apart), with the time of the answer on the
