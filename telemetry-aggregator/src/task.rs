@@ -45,29 +45,6 @@ fn capped(mut error: DriverError) -> DriverError {
     error
 }
 
-/// An estimate of a pending row's memory: the log's own size plus its strings.
-fn row_bytes(row: &TelemetryRow) -> usize {
-    let log = &row.log;
-    let d = log.driver_log();
-    let strings = log.frontend_log_event_id.len()
-        + log.context.client_context.user_agent.len()
-        + d.session_id.as_ref().map_or(0, String::len)
-        + d.sql_statement_id.as_ref().map_or(0, String::len)
-        + d.error_info
-            .as_ref()
-            .map_or(0, |e| e.error_name.len() + e.stack_trace.len())
-        + d.vol_operation.as_ref().map_or(0, |v| {
-            v.volume_path.as_ref().map_or(0, String::len)
-                + v.local_file.as_ref().map_or(0, String::len)
-        })
-        + if d.system_configuration.is_some() || d.driver_connection_params.is_some() {
-            2048
-        } else {
-            0
-        };
-    std::mem::size_of::<TelemetryRow>() + strings
-}
-
 struct InFlight {
     handle: JoinHandle<()>,
     rows: u64,
@@ -283,7 +260,7 @@ impl State {
         let victim = self.pending.iter().position(|r| !r.is_error).unwrap_or(0);
         match self.pending.remove(victim) {
             Some(row) => {
-                self.held_bytes = self.held_bytes.saturating_sub(row_bytes(&row));
+                self.held_bytes = self.held_bytes.saturating_sub(row.held_bytes());
                 self.counters.count_drop(DropReason::PendingCap, 1);
                 true
             }
@@ -291,15 +268,16 @@ impl State {
         }
     }
 
-    fn push_row(&mut self, connection: Arc<ConnectionInfo>, log: TelemetryFrontendLog) {
+    /// A row built now (a session, an error): an error row if it carries an error.
+    fn push_log(&mut self, connection: Arc<ConnectionInfo>, log: TelemetryFrontendLog) {
         let is_error = log.driver_log().error_info.is_some();
+        self.push_row(TelemetryRow::new(log, connection, is_error));
+    }
+
+    fn push_row(&mut self, row: TelemetryRow) {
+        let is_error = row.is_error;
         Counters::add(&self.counters.rows_produced, 1);
-        let row = TelemetryRow {
-            log,
-            connection,
-            is_error,
-        };
-        let bytes = row_bytes(&row);
+        let bytes = row.held_bytes();
         if self.pending.len() >= self.config.max_pending_rows {
             self.drop_oldest_pending();
         }
@@ -333,7 +311,7 @@ impl State {
                     SessionChange::Opened,
                     latency_ms,
                 );
-                self.push_row(connection, log);
+                self.push_log(connection, log);
                 false
             }
             EventKind::ConnectionClosed { latency_ms } => {
@@ -343,7 +321,7 @@ impl State {
                     SessionChange::Closed,
                     latency_ms,
                 );
-                self.push_row(connection, log);
+                self.push_log(connection, log);
                 false
             }
             EventKind::ConnectionFailed { latency_ms, error } => {
@@ -353,7 +331,7 @@ impl State {
                     latency_ms,
                     &capped(*error),
                 );
-                self.push_row(connection, log);
+                self.push_log(connection, log);
                 // The driver may be about to give up: send it now.
                 true
             }
@@ -368,8 +346,8 @@ impl State {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .record(&end);
-                let log = row::statement_row(&connection, timestamp_millis, &end);
-                self.push_row(connection, log);
+                // Built when written into a request body (`TelemetryRow::log_in`).
+                self.push_row(TelemetryRow::statement(connection, timestamp_millis, end));
                 // A terminal failure is sent at once, with the statement's statistics.
                 terminal
             }
@@ -377,7 +355,7 @@ impl State {
                 let mut failure = *failure;
                 failure.error = capped(failure.error);
                 let log = row::chunk_failure_row(&connection, timestamp_millis, &failure);
-                self.push_row(connection, log);
+                self.push_log(connection, log);
                 true
             }
             EventKind::Error {
@@ -391,7 +369,7 @@ impl State {
                     statement_id.as_deref(),
                     &error,
                 );
-                self.push_row(connection, log);
+                self.push_log(connection, log);
                 error.class == ErrorClass::Terminal
             }
         };
@@ -404,7 +382,7 @@ impl State {
     fn take_batch(&mut self) -> Vec<TelemetryRow> {
         let n = self.pending.len().min(self.config.batch_size);
         let batch: Vec<TelemetryRow> = self.pending.drain(..n).collect();
-        let bytes: usize = batch.iter().map(row_bytes).sum();
+        let bytes: usize = batch.iter().map(TelemetryRow::held_bytes).sum();
         self.held_bytes = self.held_bytes.saturating_sub(bytes);
         batch
     }

@@ -108,7 +108,7 @@ async fn settle() {
 }
 
 fn op(row: &TelemetryRow) -> Option<OperationType> {
-    row.log
+    row.log()
         .driver_log()
         .sql_operation
         .as_ref()?
@@ -118,7 +118,7 @@ fn op(row: &TelemetryRow) -> Option<OperationType> {
 }
 
 fn timestamp(row: &TelemetryRow) -> i64 {
-    row.log.context.client_context.timestamp_millis
+    row.log().context.client_context.timestamp_millis
 }
 
 #[tokio::test(start_paused = true)]
@@ -139,7 +139,8 @@ async fn each_event_becomes_its_row() {
     let rows = sink.rows();
     assert_eq!(rows.len(), 3);
     assert_eq!(op(&rows[0]), Some(OperationType::CreateSession));
-    let d = rows[1].log.driver_log();
+    let log = rows[1].log();
+    let d = log.driver_log();
     assert_eq!(d.sql_statement_id.as_deref(), Some("s1"));
     assert_eq!(d.operation_latency_ms, Some(42));
     assert_eq!(op(&rows[2]), Some(OperationType::DeleteSession));
@@ -200,7 +201,7 @@ async fn a_statement_row_carries_what_its_handle_recorded() {
     agg.flush().await;
     let rows = sink.rows();
     assert_eq!(rows.len(), 2);
-    let a = rows[0].log.driver_log().sql_operation.clone().unwrap();
+    let a = rows[0].log().driver_log().sql_operation.clone().unwrap();
     let cd = a.chunk_details.unwrap();
     assert_eq!(cd.total_chunks_iterated, Some(5));
     assert_eq!(cd.initial_chunk_latency_millis, Some(30));
@@ -215,7 +216,7 @@ async fn a_statement_row_carries_what_its_handle_recorded() {
         a.operation_detail.unwrap().n_operation_status_calls,
         Some(2)
     );
-    let b = rows[1].log.driver_log().sql_operation.clone().unwrap();
+    let b = rows[1].log().driver_log().sql_operation.clone().unwrap();
     assert_eq!(b.chunk_details.unwrap().total_chunks_iterated, Some(1));
     assert_eq!(b.is_compressed, Some(false));
 }
@@ -312,7 +313,8 @@ async fn a_terminal_failure_flushes_at_once_with_its_chunks() {
     settle().await;
     let rows = sink.rows();
     assert_eq!(rows.len(), 2, "flushed before the interval");
-    let d = rows[1].log.driver_log();
+    let log = rows[1].log();
+    let d = log.driver_log();
     assert_eq!(d.sql_statement_id.as_deref(), Some("s"));
     assert_eq!(d.error_info.as_ref().unwrap().error_name, "E");
     let chunks = d
@@ -367,7 +369,8 @@ async fn chunk_failures_failed_opens_and_terminal_errors_are_sent_at_once() {
     settle().await;
     let rows = sink.rows();
     assert_eq!(rows.len(), 2);
-    let d = rows[1].log.driver_log();
+    let log = rows[1].log();
+    let d = log.driver_log();
     assert_eq!(d.sql_operation.as_ref().unwrap().chunk_id, Some(4));
     assert!(d.error_info.as_ref().unwrap().stack_trace.chars().count() <= 2048);
     agg.emit(ev(&c, error(Some("s"), ErrorClass::Terminal)));
@@ -384,9 +387,9 @@ async fn error_rows_carry_their_statement_id_when_known() {
     agg.flush().await;
     let rows = sink.rows();
     assert_eq!(rows.len(), 2);
-    assert!(rows[0].log.driver_log().sql_statement_id.is_none());
+    assert!(rows[0].log().driver_log().sql_statement_id.is_none());
     assert_eq!(
-        rows[1].log.driver_log().sql_statement_id.as_deref(),
+        rows[1].log().driver_log().sql_statement_id.as_deref(),
         Some("01ef")
     );
     assert!(rows.iter().all(|r| r.is_error));
@@ -599,7 +602,7 @@ async fn the_row_cap_keeps_the_error_row() {
     let rows = sink.rows();
     assert_eq!(rows.len(), 3);
     assert!(rows[1].is_error, "the error row survived the cap");
-    assert_eq!(rows[2].log.driver_log().operation_latency_ms, Some(3));
+    assert_eq!(rows[2].log().driver_log().operation_latency_ms, Some(3));
     assert_eq!(agg.stats().dropped.get(DropReason::Shutdown), 0);
 }
 
@@ -827,13 +830,8 @@ async fn queued_error_text_is_bounded_and_kept_text_capped() {
     agg.flush().await;
     let rows = sink.rows();
     assert_eq!(rows.len(), 2);
-    let trace = &rows[0]
-        .log
-        .driver_log()
-        .error_info
-        .as_ref()
-        .unwrap()
-        .stack_trace;
+    let log = rows[0].log();
+    let trace = &log.driver_log().error_info.as_ref().unwrap().stack_trace;
     assert_eq!(trace.chars().count(), 2048);
     // The queue's text count came back to zero: another large error is taken.
     agg.emit(ev(

@@ -51,7 +51,7 @@ mod retry;
 mod transport;
 
 pub use config::ExportConfig;
-pub use encode::encode_body;
+pub use encode::{encode_body, encode_rows};
 pub use exporter::{AUTH_PATH, DatabricksExporter, ExportStats, UNAUTH_PATH, parse_retry_after};
 pub use retry::{Retry, RetryPolicy, retry_with_backoff};
 #[cfg(feature = "hyper-transport")]

@@ -44,10 +44,9 @@ fn rows(base: &str, token: Option<&str>, n: usize) -> Vec<TelemetryRow> {
     c.auth = token.map(|t| Arc::new(StaticToken::new(t)) as Arc<dyn AuthProvider>);
     let c = Arc::new(c);
     (0..n)
-        .map(|_| TelemetryRow {
-            log: row::error_row(&c, 1, Some("st"), &DriverError::new("E", "boom")),
-            connection: c.clone(),
-            is_error: true,
+        .map(|_| {
+            let log = row::error_row(&c, 1, Some("st"), &DriverError::new("E", "boom"));
+            TelemetryRow::new(log, c.clone(), true)
         })
         .collect()
 }

@@ -51,12 +51,30 @@ pub fn random_up_to(max: u64) -> u64 {
 /// assert_eq!(&id[14..15], "4");
 /// ```
 pub fn uuid_v4() -> String {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&random_u64().to_le_bytes());
-    bytes[8..].copy_from_slice(&random_u64().to_le_bytes());
-    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let mut id = String::with_capacity(36);
+    write_uuid_v4(random_u128(), &mut id);
+    id
+}
+
+/// 128 random bits: an event id drawn now and written out later by [`write_uuid_v4`] (a
+/// row waiting to be sent keeps 16 bytes, not a 36-byte string on the heap).
+pub fn random_u128() -> u128 {
+    (u128::from(random_u64()) << 64) | u128::from(random_u64())
+}
+
+/// Appends `bits` to `out` as a UUID version 4, lower-case hyphenated (the version and
+/// variant bits stamped over six of the 128): the same bits give the same id.
+///
+/// ```
+/// use telemetry_types::random::write_uuid_v4;
+/// let mut id = String::new();
+/// write_uuid_v4(7, &mut id);
+/// assert_eq!(id, "07000000-0000-4000-8000-000000000000");
+/// ```
+pub fn write_uuid_v4(bits: u128, out: &mut String) {
+    let id = uuid::Builder::from_random_bytes(bits.to_le_bytes()).into_uuid();
     let mut buf = uuid::Uuid::encode_buffer();
-    id.hyphenated().encode_lower(&mut buf).to_owned()
+    out.push_str(id.hyphenated().encode_lower(&mut buf));
 }
 
 #[cfg(test)]

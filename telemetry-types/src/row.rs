@@ -1,32 +1,177 @@
 //! Building the logs of each row kind (docs/TELEMETRY.md, "What is sent") from what the driver reported, and the privacy rules of
 //! the unauthenticated endpoint.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::connection::{ConnectionInfo, MAX_ID_CHARS};
 use crate::event::{
-    ChunkFailure, ChunkStats, DriverError, StatementCompletion, StatementEnd, VolumeOp,
+    ChunkFailure, ChunkStats, CompactId, DriverError, StatementCompletion, StatementEnd, VolumeOp,
 };
-use crate::random::uuid_v4;
+use crate::random::{random_u128, write_uuid_v4};
 use crate::redact::{MAX_STACK_TRACE_CHARS, file_name_only, redact_truncated};
 use crate::wire::{
-    ChunkDetails, DriverErrorInfo, OperationDetail, OperationType, ResultLatency,
+    ChunkDetails, DriverErrorInfo, OperationDetail, OperationType, ResultLatency, SqlDriverLog,
     SqlExecutionEvent, StatementType, TelemetryFrontendLog, VolumeOperation,
 };
 
 /// Longest error name sent, in characters.
 const MAX_ERROR_NAME_CHARS: usize = 256;
 
-/// One log ready to export, with the connection it belongs to (for credentials grouping and
+/// One row ready to export, with the connection it belongs to (for credentials grouping and
 /// the unauthenticated-endpoint privacy rules).
+///
+/// A statement's row (nearly every row) waits as the statement's end, and its log is built
+/// only as it is written into a request body, into a scratch log whose strings are reused
+/// from row to row ([`TelemetryRow::log_in`]): waiting costs no allocation of its own, and
+/// writing costs none either. Other rows (sessions, errors, chunk failures) wait built.
+/// Either way [`TelemetryRow::log`] gives the log that is sent.
+///
+/// ```
+/// use std::sync::Arc;
+/// use telemetry_types::connection::ConnectionInfo;
+/// use telemetry_types::event::StatementEnd;
+/// use telemetry_types::host::Host;
+/// use telemetry_types::row::TelemetryRow;
+/// let conn = Arc::new(ConnectionInfo::new(Host::parse("example.com", false).unwrap(), "Demo/1.0"));
+/// let end = StatementEnd { statement_id: Some("01ef-1".into()), latency_ms: 9, ..StatementEnd::default() };
+/// let row = TelemetryRow::statement(conn, 1_767_225_600_000, end);
+/// let log = row.log();
+/// assert_eq!(log.driver_log().sql_statement_id.as_deref(), Some("01ef-1"));
+/// assert_eq!(log.driver_log().operation_latency_ms, Some(9));
+/// assert!(!row.is_error);
+/// ```
 #[derive(Debug, Clone)]
 pub struct TelemetryRow {
-    /// The log.
-    pub log: TelemetryFrontendLog,
+    content: Content,
     /// Its connection.
     pub connection: Arc<ConnectionInfo>,
     /// Error rows are kept longest when the pending buffer overflows.
     pub is_error: bool,
+}
+
+// The large variant is the common one (nearly every row): boxing it would be the allocation
+// per row this layout exists to avoid; the rare built log is the boxed one.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+enum Content {
+    /// Built when its event was folded (a few rows a connection).
+    Built(Box<TelemetryFrontendLog>),
+    /// A statement's end, built when written.
+    Statement {
+        end: StatementEnd,
+        began_at_millis: i64,
+        /// The log's event id, drawn when the row was made: the same id however often the
+        /// row is written (a retry, an audit).
+        event_id: u128,
+    },
+}
+
+impl TelemetryRow {
+    /// A row of a log already built.
+    pub fn new(log: TelemetryFrontendLog, connection: Arc<ConnectionInfo>, is_error: bool) -> Self {
+        Self {
+            content: Content::Built(Box::new(log)),
+            connection,
+            is_error,
+        }
+    }
+
+    /// A statement's row, dated `began_at_millis`: the log [`statement_row`] builds, built
+    /// when it is written. An error row when the statement carries an error.
+    pub fn statement(
+        connection: Arc<ConnectionInfo>,
+        began_at_millis: i64,
+        end: StatementEnd,
+    ) -> Self {
+        Self {
+            is_error: end.error.is_some(),
+            content: Content::Statement {
+                end,
+                began_at_millis,
+                event_id: random_u128(),
+            },
+            connection,
+        }
+    }
+
+    /// The log this row sends.
+    pub fn log(&self) -> Cow<'_, TelemetryFrontendLog> {
+        match &self.content {
+            Content::Built(log) => Cow::Borrowed(log),
+            Content::Statement { .. } => {
+                let mut log = TelemetryFrontendLog::new(String::new(), 0, String::new());
+                self.log_in(&mut log);
+                Cow::Owned(log)
+            }
+        }
+    }
+
+    /// The log this row sends, built (for a statement's row) into `scratch`, whose strings
+    /// are reused: what a request body is written from, a row at a time.
+    pub fn log_in<'a>(&'a self, scratch: &'a mut TelemetryFrontendLog) -> &'a TelemetryFrontendLog {
+        match &self.content {
+            Content::Built(log) => log,
+            Content::Statement {
+                end,
+                began_at_millis,
+                event_id,
+            } => {
+                fill_statement_row(scratch, &self.connection, *began_at_millis, end, *event_id);
+                scratch
+            }
+        }
+    }
+
+    /// An estimate of the memory the row holds while it waits: its own size plus the heap
+    /// its log (or its statement's end) holds.
+    pub fn held_bytes(&self) -> usize {
+        let heap = match &self.content {
+            Content::Built(log) => {
+                std::mem::size_of::<TelemetryFrontendLog>() + log_heap_bytes(log)
+            }
+            Content::Statement { end, .. } => end_heap_bytes(end),
+        };
+        std::mem::size_of::<Self>() + heap
+    }
+}
+
+/// The heap a built log holds, about (a configuration block counted as 2 KiB).
+fn log_heap_bytes(log: &TelemetryFrontendLog) -> usize {
+    let d = log.driver_log();
+    log.frontend_log_event_id.len()
+        + log.context.client_context.user_agent.len()
+        + d.session_id.as_ref().map_or(0, String::len)
+        + d.sql_statement_id.as_ref().map_or(0, String::len)
+        + d.error_info
+            .as_ref()
+            .map_or(0, |e| e.error_name.len() + e.stack_trace.len())
+        + d.vol_operation.as_ref().map_or(0, |v| {
+            std::mem::size_of::<VolumeOperation>()
+                + v.volume_path.as_ref().map_or(0, String::len)
+                + v.local_file.as_ref().map_or(0, String::len)
+        })
+        + if d.system_configuration.is_some() || d.driver_connection_params.is_some() {
+            2048
+        } else {
+            0
+        }
+}
+
+/// The heap a statement's end holds: a long id, its error, its volume operation.
+fn end_heap_bytes(end: &StatementEnd) -> usize {
+    end.statement_id.as_ref().map_or(0, CompactId::heap_bytes)
+        + end.error.as_deref().map_or(0, |e| {
+            std::mem::size_of::<DriverError>()
+                + e.name.capacity()
+                + e.message.capacity()
+                + e.sqlstate.as_ref().map_or(0, String::capacity)
+        })
+        + end.volume.as_deref().map_or(0, |v| {
+            std::mem::size_of::<VolumeOp>()
+                + v.volume_path.as_ref().map_or(0, String::capacity)
+                + v.local_file.as_ref().map_or(0, String::capacity)
+        })
 }
 
 /// Which end of a session a connection row reports.
@@ -44,21 +189,90 @@ fn to_i64(v: u64) -> i64 {
 
 /// A log with the connection's correlation ids (redacted, capped) and a fresh event id.
 pub fn base_log(conn: &ConnectionInfo, timestamp_millis: i64) -> TelemetryFrontendLog {
-    let mut log = TelemetryFrontendLog::new(uuid_v4(), timestamp_millis, conn.user_agent.clone());
-    log.workspace_id = conn.workspace_id;
-    log.driver_log_mut().session_id = conn.redacted_session_id().map(str::to_owned);
+    let mut log = TelemetryFrontendLog::new(String::new(), 0, String::new());
+    fill_base(&mut log, conn, timestamp_millis, random_u128());
     log
+}
+
+/// Sets `slot` to `v`, reusing the string already there.
+fn set_str(slot: &mut String, v: &str) {
+    slot.clear();
+    slot.push_str(v);
+}
+
+/// Sets `slot` to `v`, reusing the string already there.
+fn set_opt(slot: &mut Option<String>, v: Option<&str>) {
+    match (slot.as_mut(), v) {
+        (Some(s), Some(v)) => set_str(s, v),
+        (None, Some(v)) => *slot = Some(v.to_owned()),
+        (_, None) => *slot = None,
+    }
+}
+
+/// Makes `log` what [`TelemetryFrontendLog::new`] and the connection's correlation ids
+/// make it, whatever it held before, reusing its strings; all but `sql_statement_id`, which
+/// every caller sets. Every field is named, so that a field added to the wire format is not
+/// left over from a log written earlier.
+fn fill_base(
+    log: &mut TelemetryFrontendLog,
+    conn: &ConnectionInfo,
+    timestamp_millis: i64,
+    event_id: u128,
+) {
+    let TelemetryFrontendLog {
+        workspace_id,
+        frontend_log_event_id,
+        context,
+        entry,
+    } = log;
+    *workspace_id = conn.workspace_id;
+    frontend_log_event_id.clear();
+    write_uuid_v4(event_id, frontend_log_event_id);
+    context.client_context.timestamp_millis = timestamp_millis;
+    set_str(&mut context.client_context.user_agent, &conn.user_agent);
+    let SqlDriverLog {
+        session_id,
+        sql_statement_id: _,
+        system_configuration,
+        driver_connection_params,
+        auth_type,
+        operation_latency_ms,
+        sql_operation,
+        vol_operation,
+        error_info,
+    } = &mut entry.sql_driver_log;
+    set_opt(session_id, conn.redacted_session_id());
+    *system_configuration = None;
+    *driver_connection_params = None;
+    *auth_type = None;
+    *operation_latency_ms = None;
+    *sql_operation = None;
+    *vol_operation = None;
+    *error_info = None;
+}
+
+/// Whether a statement id is server-shaped (hex digits and hyphens, not too long): such ids
+/// match no secret class, so they skip the redaction passes.
+fn server_shaped(id: &str) -> bool {
+    id.len() <= MAX_ID_CHARS && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
 /// A statement id as it may leave the process. Server-assigned ids (hex digits and hyphens)
 /// match no secret class, so they skip the redaction passes; anything else goes through them.
 fn statement_id(id: &str) -> String {
-    let server_shaped =
-        id.len() <= MAX_ID_CHARS && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    if server_shaped {
+    if server_shaped(id) {
         id.to_owned()
     } else {
         redact_truncated(id, MAX_ID_CHARS)
+    }
+}
+
+/// Sets `slot` to the statement id as it may leave the process, reusing the string there.
+fn set_statement_id(slot: &mut Option<String>, id: Option<&str>) {
+    match id {
+        Some(id) if server_shaped(id) => set_opt(slot, Some(id)),
+        Some(id) => *slot = Some(redact_truncated(id, MAX_ID_CHARS)),
+        None => *slot = None,
     }
 }
 
@@ -191,9 +405,22 @@ pub fn statement_row(
     began_at_millis: i64,
     end: &StatementEnd,
 ) -> TelemetryFrontendLog {
-    let mut log = base_log(conn, began_at_millis);
+    let mut log = TelemetryFrontendLog::new(String::new(), 0, String::new());
+    fill_statement_row(&mut log, conn, began_at_millis, end, random_u128());
+    log
+}
+
+/// [`statement_row`] into `log`, whatever it held, reusing its strings.
+fn fill_statement_row(
+    log: &mut TelemetryFrontendLog,
+    conn: &ConnectionInfo,
+    began_at_millis: i64,
+    end: &StatementEnd,
+    event_id: u128,
+) {
+    fill_base(log, conn, began_at_millis, event_id);
     let d = log.driver_log_mut();
-    d.sql_statement_id = end.statement_id.as_deref().map(statement_id);
+    set_statement_id(&mut d.sql_statement_id, end.statement_id.as_deref());
     d.operation_latency_ms = Some(to_i64(end.latency_ms));
     let operation = end
         .outcome
@@ -207,7 +434,6 @@ pub fn statement_row(
     ));
     d.vol_operation = end.volume.as_ref().map(|v| Box::new(vol_operation(v)));
     d.error_info = end.error.as_deref().map(error_info);
-    log
 }
 
 /// The CloudFetch chunk-failure row: the chunk's index, the statement's chunk statistics so
@@ -268,5 +494,174 @@ pub fn strip_for_unauthenticated(log: &mut TelemetryFrontendLog) {
     d.auth_type = None;
     if let Some(e) = d.error_info.as_mut() {
         e.stack_trace.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::StatementOutcome;
+    use crate::host::Host;
+    use crate::wire::{ExecutionResultFormat, VolumeOperationType};
+    use proptest::prelude::*;
+
+    fn any_end() -> impl Strategy<Value = StatementEnd> {
+        let id = prop_oneof![
+            Just(None),
+            Just(Some("01ef-00aa".to_owned())),
+            Just(Some("a".repeat(200))),
+            Just(Some(
+                "sess token=dapi0123456789abcdef0123456789abcdef".to_owned()
+            )),
+        ];
+        let outcome = prop_oneof![
+            Just(StatementOutcome::Completed),
+            Just(StatementOutcome::Failed),
+            Just(StatementOutcome::Cancelled),
+            Just(StatementOutcome::Closed),
+            Just(StatementOutcome::Abandoned),
+        ];
+        let completion = (
+            proptest::option::of(prop_oneof![
+                Just(ExecutionResultFormat::ExternalLinks),
+                Just(ExecutionResultFormat::InlineArrow),
+            ]),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(0u32..4),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<bool>()),
+        )
+            .prop_map(
+                |(format, compressed, polls, ready, chunks, consumed, internal)| {
+                    StatementCompletion {
+                        execution_result: format,
+                        compressed,
+                        poll_count: polls,
+                        poll_latency_ms: ready,
+                        chunks_present: chunks,
+                        result_ready_latency_ms: ready,
+                        result_consumption_latency_ms: consumed,
+                        is_internal_call: internal,
+                        ..StatementCompletion::default()
+                    }
+                },
+            );
+        let error = proptest::option::of(
+            ("[a-zA-Z]{1,12}", "\\PC{0,80}")
+                .prop_map(|(name, message)| Box::new(DriverError::new(name, message))),
+        );
+        let volume = proptest::option::of(Just(Box::new(VolumeOp {
+            operation: VolumeOperationType::from_name_lossy("PUT"),
+            volume_path: Some("/Volumes/main/default/v/file.csv".into()),
+            local_file: Some("/home/me/file.csv".into()),
+        })));
+        (
+            id,
+            any::<u64>(),
+            outcome,
+            0u32..4,
+            completion,
+            error,
+            volume,
+        )
+            .prop_map(
+                |(id, latency_ms, outcome, chunks, completion, error, volume)| {
+                    let mut stats = ChunkStats::default();
+                    for i in 0..chunks {
+                        stats.record(i64::from(i) * 7, 1024, i % 2 == 0);
+                    }
+                    StatementEnd {
+                        statement_type: StatementType::from_name_lossy("QUERY"),
+                        operation_type: OperationType::ExecuteStatement,
+                        statement_id: id.map(CompactId::from),
+                        latency_ms,
+                        outcome,
+                        chunks: stats,
+                        completion,
+                        error,
+                        volume,
+                    }
+                },
+            )
+    }
+
+    fn conn(session: bool, workspace: Option<i64>) -> Arc<ConnectionInfo> {
+        let mut c = crate::testing::connection_with_every_block();
+        c.workspace_id = workspace;
+        if !session {
+            c = ConnectionInfo::new(Host::parse("example.com", false).unwrap(), "Other/2.0");
+        }
+        Arc::new(c)
+    }
+
+    /// `log` with its event id replaced, to compare logs built with different ids.
+    fn without_id(mut log: TelemetryFrontendLog) -> TelemetryFrontendLog {
+        log.frontend_log_event_id = "ID".into();
+        log
+    }
+
+    proptest! {
+        /// A statement's row built into a scratch log that held any earlier row (a
+        /// `CREATE_SESSION` row with every block, another statement) is the row built fresh,
+        /// and the row `statement_row` builds: nothing is left over, nothing is lost.
+        #[test]
+        fn a_statement_row_built_into_a_used_scratch_is_the_row_built_fresh(
+            ends in proptest::collection::vec(any_end(), 1..6),
+            session in any::<bool>(),
+            workspace in proptest::option::of(any::<i64>()),
+        ) {
+            let c = conn(session, workspace);
+            let mut scratch = connection_row(&crate::testing::connection_with_every_block(), 5, SessionChange::Opened, 3);
+            for end in ends {
+                let row = TelemetryRow::statement(c.clone(), 1_767_225_600_000, end.clone());
+                let fresh = row.log().into_owned();
+                prop_assert_eq!(row.log_in(&mut scratch), &fresh);
+                prop_assert_eq!(fresh.frontend_log_event_id.len(), 36);
+                prop_assert_eq!(
+                    without_id(fresh),
+                    without_id(statement_row(&c, 1_767_225_600_000, &end))
+                );
+                prop_assert_eq!(row.is_error, end.error.is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn a_statement_row_keeps_its_event_id_however_often_it_is_built() {
+        let row = TelemetryRow::statement(conn(true, Some(1)), 1, StatementEnd::default());
+        let mut scratch = TelemetryFrontendLog::new(String::new(), 0, String::new());
+        let first = row.log_in(&mut scratch).frontend_log_event_id.clone();
+        assert_eq!(row.log().frontend_log_event_id, first);
+        let other = TelemetryRow::statement(conn(true, Some(1)), 1, StatementEnd::default());
+        assert_ne!(other.log().frontend_log_event_id, first);
+    }
+
+    #[test]
+    fn a_waiting_statement_row_holds_less_than_its_built_log() {
+        let c = conn(true, Some(1));
+        let end = StatementEnd {
+            statement_id: Some("01ef-00aa-0000-0000-0000-000000000000".into()),
+            ..StatementEnd::default()
+        };
+        let lazy = TelemetryRow::statement(c.clone(), 1, end.clone());
+        let built = TelemetryRow::new(statement_row(&c, 1, &end), c, false);
+        assert!(
+            lazy.held_bytes() < built.held_bytes(),
+            "{} vs {}",
+            lazy.held_bytes(),
+            built.held_bytes()
+        );
+        let failed = TelemetryRow::statement(
+            conn(true, Some(1)),
+            1,
+            StatementEnd {
+                error: Some(Box::new(DriverError::new("E", "x".repeat(4096)))),
+                ..end
+            },
+        );
+        assert!(failed.is_error);
+        assert!(failed.held_bytes() >= lazy.held_bytes() + 4096);
     }
 }

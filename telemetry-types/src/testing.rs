@@ -503,11 +503,7 @@ mod tests {
     async fn recording_sink_records_or_discards() {
         let host = Host::parse("a.example", false).unwrap_or_else(|e| panic!("{e}"));
         let conn = Arc::new(crate::connection::ConnectionInfo::new(host, "ua"));
-        let row = || TelemetryRow {
-            log: crate::row::base_log(&conn, 0),
-            connection: conn.clone(),
-            is_error: false,
-        };
+        let row = || TelemetryRow::new(crate::row::base_log(&conn, 0), conn.clone(), false);
         let sink = RecordingSink::new();
         sink.export(vec![row(), row()]).await;
         sink.set_delay(Some(Duration::from_secs(10)));

@@ -9,12 +9,11 @@ use std::time::Duration;
 use telemetry_types::auth::AuthProvider;
 use telemetry_types::boundary::{self, PluginFailure};
 use telemetry_types::clock::now_millis;
-use telemetry_types::row::strip_for_unauthenticated;
 use telemetry_types::transport::{Bytes, HttpMethod, HttpRequest};
 
 use super::group::{Group, provider_id};
 use super::{AUTH_PATH, DatabricksExporter, MAX_EXPORT_RESPONSE_BYTES, UNAUTH_PATH};
-use crate::encode::encode_body;
+use crate::encode::encode_rows;
 
 /// How long an auth provider's answer is reused for the host's next requests. Asking costs
 /// two thread hand-offs (the provider runs on a plug-in thread, where it may block): about
@@ -147,20 +146,11 @@ impl DatabricksExporter {
         group: &Group<'_>,
         auth_headers: Option<Vec<(String, String)>>,
     ) -> Result<HttpRequest, serde_json::Error> {
-        let body = if auth_headers.is_some() {
-            encode_body(now_millis(), group.rows.iter().map(|r| &r.log))?
-        } else {
-            let stripped: Vec<_> = group
-                .rows
-                .iter()
-                .map(|r| {
-                    let mut log = r.log.clone();
-                    strip_for_unauthenticated(&mut log);
-                    log
-                })
-                .collect();
-            encode_body(now_millis(), stripped.iter())?
-        };
+        let body = encode_rows(
+            now_millis(),
+            group.rows.iter().copied(),
+            auth_headers.is_none(),
+        )?;
         let mut headers = vec![
             ("Content-Type".to_owned(), "application/json".to_owned()),
             ("Accept".to_owned(), "application/json".to_owned()),

@@ -14,7 +14,7 @@ use telemetry_types::transport::{
 use tokio::time::Instant;
 
 use super::*;
-use crate::encode::encode_body;
+use crate::encode::{encode_body, encode_rows};
 use request::AUTH_REUSE;
 use std::time::{Duration, SystemTime};
 use telemetry_types::auth::AuthProvider;
@@ -83,11 +83,7 @@ fn rows(conn: &Arc<ConnectionInfo>, n: usize) -> Vec<TelemetryRow> {
                 Some(&format!("st{i}")),
                 &DriverError::new("E", "secret stack"),
             );
-            TelemetryRow {
-                log,
-                connection: conn.clone(),
-                is_error: true,
-            }
+            TelemetryRow::new(log, conn.clone(), true)
         })
         .collect()
 }
@@ -285,11 +281,33 @@ async fn unknown_flag_waits_up_to_the_bound_then_drops() {
     assert_eq!(e.stats().dropped(DropReason::FlagUnknown), 1);
 }
 
+/// Failed statements' rows, with ids and errors: rows whose log is built as it is written.
+fn statement_rows(conn: &Arc<ConnectionInfo>, n: usize) -> Vec<TelemetryRow> {
+    use telemetry_types::event::{StatementEnd, StatementOutcome};
+    use telemetry_types::wire::OperationType;
+    (0..n)
+        .map(|i| {
+            let end = StatementEnd {
+                operation_type: OperationType::ExecuteStatement,
+                statement_id: Some(format!("01ef-{i:04}").into()),
+                latency_ms: 5,
+                outcome: StatementOutcome::Failed,
+                error: Some(Box::new(DriverError::new("E", "secret stack"))),
+                ..StatementEnd::default()
+            };
+            TelemetryRow::statement(conn.clone(), 1, end)
+        })
+        .collect()
+}
+
 #[tokio::test(start_paused = true)]
 async fn unauthenticated_rows_carry_no_ids_config_or_stack_trace_and_no_token() {
     let t = Scripted::new(vec![]);
     let e = exporter(t.clone());
-    e.export(rows(&conn_with(None), 2)).await;
+    let c = conn_with(None);
+    let mut batch = rows(&c, 2);
+    batch.extend(statement_rows(&c, 2));
+    e.export(batch).await;
     let req = t.requests()[0].clone();
     assert_eq!(req.url, "https://a.example/telemetry-unauth");
     assert!(
@@ -298,13 +316,21 @@ async fn unauthenticated_rows_carry_no_ids_config_or_stack_trace_and_no_token() 
             .all(|(k, _)| !k.eq_ignore_ascii_case("authorization") && k != "x-databricks-org-id")
     );
     let body: Value = serde_json::from_slice(&req.body).unwrap();
-    for log in body["protoLogs"].as_array().unwrap() {
+    let logs = body["protoLogs"].as_array().unwrap();
+    assert_eq!(logs.len(), 4);
+    for log in logs {
         let log: Value = serde_json::from_str(log.as_str().unwrap()).unwrap();
         assert!(log.get("workspace_id").is_none());
         let d = &log["entry"]["sql_driver_log"];
         assert!(d.get("session_id").is_none() && d.get("sql_statement_id").is_none());
         assert_eq!(d["error_info"]["stack_trace"], "");
     }
+    // The statement rows (built as they are written) are there, stripped the same way.
+    let statement_logs = logs
+        .iter()
+        .filter(|l| l.as_str().unwrap().contains("EXECUTE_STATEMENT"))
+        .count();
+    assert_eq!(statement_logs, 2);
     assert_eq!(e.stats().unauthenticated_requests, 1);
 }
 
@@ -808,6 +834,42 @@ mod one_encoding {
             t in any::<i64>(),
         ) {
             prop_assert_eq!(encode_body(t, logs.iter()).unwrap(), reference(t, &logs));
+        }
+
+        /// Rows (built ones and statements built as they are written, in any order) encode
+        /// as their logs do, and stripped as their logs stripped do.
+        #[test]
+        fn any_rows_encode_as_their_logs(
+            kinds in proptest::collection::vec(any::<bool>(), 0..6),
+            t in any::<i64>(),
+            stripped in any::<bool>(),
+        ) {
+            let c = conn_with(Some("tok"));
+            let batch: Vec<TelemetryRow> = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, &statement)| {
+                    if statement {
+                        statement_rows(&c, i + 1).swap_remove(i)
+                    } else {
+                        rows(&c, 1).swap_remove(0)
+                    }
+                })
+                .collect();
+            let logs: Vec<TelemetryFrontendLog> = batch
+                .iter()
+                .map(|r| {
+                    let mut log = r.log().into_owned();
+                    if stripped {
+                        row::strip_for_unauthenticated(&mut log);
+                    }
+                    log
+                })
+                .collect();
+            prop_assert_eq!(
+                encode_rows(t, batch.iter(), stripped).unwrap(),
+                reference(t, &logs)
+            );
         }
 
         #[test]
