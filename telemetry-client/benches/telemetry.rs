@@ -20,9 +20,10 @@ use telemetry_types::connection::ConnectionInfo;
 use telemetry_types::event::{
     ChunkStats, CompactId, EventKind, StatementCompletion, StatementEnd, TelemetryEvent,
 };
-use telemetry_types::row;
+use telemetry_types::row::{self, TelemetryRow};
+use telemetry_types::sink::BatchSink;
 use telemetry_types::testing::{RecordingSink, ScriptedFlagSource, ScriptedTransport};
-use telemetry_types::wire::TelemetryRequest;
+use telemetry_types::wire::{ExecutionResultFormat, TelemetryRequest};
 
 mod common;
 use common::{report, wait_until};
@@ -350,28 +351,72 @@ fn bench_channel_floor() -> f64 {
 }
 
 fn bench_aggregation() {
+    let fold = background_throughput(RecordingSink::discarding());
+    // Per statement (one event carrying 3 folded chunks): the target is the old 2 M events/s
+    // at 5 events a statement (start, 3 chunk events, completion). A statement's row is built
+    // when its body is written, so this is the fold alone.
+    report(
+        "aggregation throughput (statements, one event each)",
+        format!("{:.0} k statements/s", fold / 1e3),
+        ">= 400 k/s",
+        fold >= 4e5,
+    );
+    // The sustained target asks the background path for 1 M statements a second on
+    // one core. This is that path on one thread (a current-thread runtime) up to the bytes of
+    // the request bodies: fold, build each row, write it; the HTTP send (one request per 200
+    // rows by default) is not in it.
+    let encoded = background_throughput(Arc::new(EncodingSink));
+    report(
+        "background path on one core: fold + build + body (no send)",
+        format!("{:.0} k statements/s", encoded / 1e3),
+        ">= 1000 k/s",
+        encoded >= 1e6,
+    );
+}
+
+/// A sink that writes each batch's request body, as the exporter does, and drops it.
+struct EncodingSink;
+
+impl BatchSink for EncodingSink {
+    fn export(&self, batch: Vec<TelemetryRow>) -> telemetry_types::BoxFuture<'_, ()> {
+        let body = telemetry_export::encode_rows(0, batch.iter(), false);
+        black_box(body.map(|b| b.len()).unwrap_or_default());
+        Box::pin(async {})
+    }
+}
+
+/// Statements a second the background task takes from a full queue into `sink`, on one
+/// thread: 20 000 statements with server-shaped ids, 3 chunks, a poll and a result format,
+/// from a connection with a session and a driver-sized user agent.
+fn background_throughput(sink: Arc<dyn BatchSink>) -> f64 {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let conn = Arc::new(ConnectionInfo::new(
+    let mut conn = ConnectionInfo::new(
         Host::parse("bench.example", false).expect("host"),
-        "Bench/1.0",
-    ));
+        "DatabricksJDBCDriverOSS/3.0.1 (Linux 6.1; x86_64; Java 17.0.15; en_US; bench)",
+    );
+    conn.workspace_id = Some(1234567890123456);
+    let _ = conn
+        .session_id
+        .set("01f0a1b2-c3d4-1e5f-9a8b-7c6d5e4f3a2b".into());
+    let conn = Arc::new(conn);
     const STATEMENTS: usize = 20_000;
     let ids: Vec<CompactId> = (0..STATEMENTS)
-        .map(|i| CompactId::from(format!("s{i}")))
+        .map(|i| CompactId::from(format!("01f0a1b2-c3d4-1e5f-9a8b-{i:012x}")))
         .collect();
     let mut config = AggregatorConfig::default();
     config.queue_capacity = STATEMENTS * 2;
     config.max_pending_rows = STATEMENTS * 2;
-    config.batch_size = 1000;
+    config.max_buffered_bytes = 256 << 20;
+    config.batch_size = 200;
     let mut chunks = ChunkStats::default();
     for _ in 0..3 {
         chunks.record(5, 10, true);
     }
     let ns = median_per_unit(|| {
-        let agg = telemetry_aggregator_spawn(&rt, &config);
+        let agg = Aggregator::spawn(&config, sink.clone(), rt.handle());
         for id in &ids {
             // One event a statement: its three chunks, folded by the handle, ride with it.
             agg.emit(TelemetryEvent {
@@ -384,32 +429,23 @@ fn bench_aggregation() {
                         statement_id: Some(id.clone()),
                         latency_ms: 20,
                         chunks,
+                        completion: StatementCompletion {
+                            poll_count: Some(1),
+                            execution_result: Some(ExecutionResultFormat::ExternalLinks),
+                            chunks_present: Some(3),
+                            ..StatementCompletion::default()
+                        },
                         ..StatementEnd::default()
                     },
                 },
             });
         }
-        // The queue is full of events; time only the background task folding them.
+        // The queue is full of events; time only the background task taking them.
         let t = Instant::now();
         rt.block_on(agg.flush());
         (t.elapsed(), STATEMENTS as u64)
     });
-    // Per statement (one event carrying 3 folded chunks): the target is the old 2 M events/s
-    // at 5 events a statement (start, 3 chunk events, completion).
-    let per_sec = 1e9 / ns;
-    report(
-        "aggregation throughput (statements, one event each)",
-        format!("{:.0} k statements/s", per_sec / 1e3),
-        ">= 400 k/s",
-        per_sec >= 4e5,
-    );
-}
-
-fn telemetry_aggregator_spawn(
-    rt: &tokio::runtime::Runtime,
-    config: &AggregatorConfig,
-) -> Aggregator {
-    Aggregator::spawn(config, RecordingSink::discarding(), rt.handle())
+    1e9 / ns
 }
 
 fn bench_serialisation() {
