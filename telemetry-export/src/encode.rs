@@ -1,7 +1,7 @@
 //! The request body, written once: each log serialised straight into the body as the JSON
 //! string the wire format wants.
 
-use telemetry_types::row::{TelemetryRow, strip_for_unauthenticated};
+use telemetry_types::row::{StatementParts, TelemetryRow, strip_for_unauthenticated};
 use telemetry_types::wire::TelemetryFrontendLog;
 
 /// The request body, `{"uploadTime":..,"items":[],"protoLogs":["<log>",..]}`, with each log
@@ -62,6 +62,8 @@ pub fn encode_rows<'a>(
             let mut log = row.log().into_owned();
             strip_for_unauthenticated(&mut log);
             body.push(&log)?;
+        } else if let Some(parts) = row.statement_parts() {
+            body.push_statement(&parts, &mut scratch, row)?;
         } else {
             body.push(row.log_in(&mut scratch))?;
         }
@@ -78,8 +80,9 @@ struct Body {
 impl Body {
     fn new(upload_time: i64, logs: usize) -> Self {
         /// Bytes an encoded statement row takes, about (a statement row with chunks and
-        /// latencies is 800 to 900): enough that most bodies never regrow.
-        const ROW_BYTES_HINT: usize = 896;
+        /// latencies is 800 to 900, plus the driver's user agent): enough that most bodies
+        /// never regrow.
+        const ROW_BYTES_HINT: usize = 1024;
         let mut out = Vec::with_capacity(64 + logs.saturating_mul(ROW_BYTES_HINT));
         out.extend_from_slice(b"{\"uploadTime\":");
         out.extend_from_slice(itoa::Buffer::new().format(upload_time).as_bytes());
@@ -97,6 +100,27 @@ impl Body {
             let mut ser = serde_json::Serializer::with_formatter(&mut self.out, NestedString);
             serde::Serialize::serialize(log, &mut ser)?;
         }
+        self.out.push(b'"');
+        Ok(())
+    }
+
+    /// A statement's row, written from its parts (no log built), or, for the rare statement
+    /// with an error or a volume operation, built into `scratch` and written as a log.
+    fn push_statement(
+        &mut self,
+        parts: &StatementParts<'_>,
+        scratch: &mut TelemetryFrontendLog,
+        row: &TelemetryRow,
+    ) -> Result<(), serde_json::Error> {
+        if parts.end.error.is_some() || parts.end.volume.is_some() {
+            return self.push(row.log_in(scratch));
+        }
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        fast::write_statement(&mut self.out, parts);
         self.out.push(b'"');
         Ok(())
     }
@@ -160,6 +184,10 @@ impl serde_json::ser::Formatter for NestedString {
 /// session close, an error or a chunk failure sends, field by field in the order (and with
 /// the omissions) of the serde derive in `telemetry_types::wire`.
 mod fast {
+    use telemetry_types::random::uuid_v4_bytes;
+    use telemetry_types::row::{
+        StatementParts, statement_id_as_sent, statement_latency_ms, statement_operation,
+    };
     use telemetry_types::wire::{
         ChunkDetails, DriverErrorInfo, OperationDetail, ResultLatency, SqlExecutionEvent,
         TelemetryFrontendLog,
@@ -340,6 +368,45 @@ mod fast {
         o.out.push(b'}');
         o.close();
         true
+    }
+
+    /// Writes the log [`statement_row`](telemetry_types::row::statement_row) would build
+    /// from `p` (with `p`'s event id), as [`write_log`] writes it, without building it: the
+    /// same fields in the same order, from the connection and the end themselves. For an end
+    /// without an error or a volume operation (the caller's part).
+    pub(super) fn write_statement(out: &mut Vec<u8>, p: &StatementParts<'_>) {
+        let (conn, end) = (p.connection, p.end);
+        let mut o = Object::open(out);
+        o.int(key!("workspace_id"), conn.workspace_id);
+        let out = o.key(key!("frontend_log_event_id"));
+        // Hex digits and hyphens: nothing to escape.
+        out.extend_from_slice(b"\\\"");
+        out.extend_from_slice(&uuid_v4_bytes(p.event_id));
+        out.extend_from_slice(b"\\\"");
+        let out = o.key(key!("context"));
+        out.push(b'{');
+        out.extend_from_slice(key!("client_context"));
+        let mut cc = Object::open(out);
+        cc.int(key!("timestamp_millis"), Some(p.began_at_millis));
+        cc.str(key!("user_agent"), Some(&conn.user_agent));
+        cc.close();
+        o.out.push(b'}');
+        let out = o.key(key!("entry"));
+        out.push(b'{');
+        out.extend_from_slice(key!("sql_driver_log"));
+        let mut dl = Object::open(out);
+        dl.str(key!("session_id"), conn.redacted_session_id());
+        if let Some(id) = end.statement_id.as_deref() {
+            dl.str(key!("sql_statement_id"), Some(&statement_id_as_sent(id)));
+        }
+        dl.int(
+            key!("operation_latency_ms"),
+            Some(statement_latency_ms(end)),
+        );
+        sql_operation(dl.key(key!("sql_operation")), &statement_operation(end));
+        dl.close();
+        o.out.push(b'}');
+        o.close();
     }
 
     fn sql_operation(out: &mut Vec<u8>, op: &SqlExecutionEvent) {

@@ -77,6 +77,22 @@ pub fn write_uuid_v4(bits: u128, out: &mut String) {
     out.push_str(id.hyphenated().encode_lower(&mut buf));
 }
 
+/// `bits` as [`write_uuid_v4`] writes it, on the stack: 36 ASCII bytes (hex digits and
+/// hyphens, nothing a JSON string would escape), for a writer that copies them as they are.
+///
+/// ```
+/// use telemetry_types::random::{uuid_v4_bytes, write_uuid_v4};
+/// let mut id = String::new();
+/// write_uuid_v4(42, &mut id);
+/// assert_eq!(&uuid_v4_bytes(42)[..], id.as_bytes());
+/// ```
+pub fn uuid_v4_bytes(bits: u128) -> [u8; 36] {
+    let id = uuid::Builder::from_random_bytes(bits.to_le_bytes()).into_uuid();
+    let mut out = [0u8; 36];
+    id.hyphenated().encode_lower(&mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,6 +123,24 @@ impl TelemetryRow {
         }
     }
 
+    /// A statement's row's parts, for a writer that writes its log without building it;
+    /// `None` for a row built when folded.
+    pub fn statement_parts(&self) -> Option<StatementParts<'_>> {
+        match &self.content {
+            Content::Built(_) => None,
+            Content::Statement {
+                end,
+                began_at_millis,
+                event_id,
+            } => Some(StatementParts {
+                connection: &self.connection,
+                end,
+                began_at_millis: *began_at_millis,
+                event_id: *event_id,
+            }),
+        }
+    }
+
     /// An estimate of the memory the row holds while it waits: its own size plus the heap
     /// its log (or its statement's end) holds.
     pub fn held_bytes(&self) -> usize {
@@ -410,6 +428,45 @@ pub fn statement_row(
     log
 }
 
+/// A statement row's `operation_latency_ms`.
+pub fn statement_latency_ms(end: &StatementEnd) -> i64 {
+    to_i64(end.latency_ms)
+}
+
+/// A statement row's `sql_operation`: a statement that did not complete says so with the
+/// server's own operation (`CANCEL_STATEMENT`, `CLOSE_STATEMENT`).
+pub fn statement_operation(end: &StatementEnd) -> SqlExecutionEvent {
+    let operation = end
+        .outcome
+        .operation_override()
+        .unwrap_or(end.operation_type);
+    sql_operation(end.statement_type, operation, &end.chunks, &end.completion)
+}
+
+/// A statement id as it is sent: a server-shaped id as it is, anything else redacted and
+/// capped.
+pub fn statement_id_as_sent(id: &str) -> Cow<'_, str> {
+    if server_shaped(id) {
+        Cow::Borrowed(id)
+    } else {
+        Cow::Owned(redact_truncated(id, MAX_ID_CHARS))
+    }
+}
+
+/// What a statement's row is made of, for a writer that writes its log without building it
+/// (`telemetry_export::encode_rows`): the log is [`statement_row`]'s for these parts.
+#[derive(Debug, Clone, Copy)]
+pub struct StatementParts<'a> {
+    /// The statement's connection.
+    pub connection: &'a ConnectionInfo,
+    /// The statement's end.
+    pub end: &'a StatementEnd,
+    /// The row's date (`timestamp_millis`).
+    pub began_at_millis: i64,
+    /// The row's event id, as [`write_uuid_v4`] writes it.
+    pub event_id: u128,
+}
+
 /// [`statement_row`] into `log`, whatever it held, reusing its strings.
 fn fill_statement_row(
     log: &mut TelemetryFrontendLog,
@@ -421,17 +478,8 @@ fn fill_statement_row(
     fill_base(log, conn, began_at_millis, event_id);
     let d = log.driver_log_mut();
     set_statement_id(&mut d.sql_statement_id, end.statement_id.as_deref());
-    d.operation_latency_ms = Some(to_i64(end.latency_ms));
-    let operation = end
-        .outcome
-        .operation_override()
-        .unwrap_or(end.operation_type);
-    d.sql_operation = Some(sql_operation(
-        end.statement_type,
-        operation,
-        &end.chunks,
-        &end.completion,
-    ));
+    d.operation_latency_ms = Some(statement_latency_ms(end));
+    d.sql_operation = Some(statement_operation(end));
     d.vol_operation = end.volume.as_ref().map(|v| Box::new(vol_operation(v)));
     d.error_info = end.error.as_deref().map(error_info);
 }

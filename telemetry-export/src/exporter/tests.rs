@@ -748,6 +748,105 @@ mod one_encoding {
         assert_eq!(encode_body(9, logs.iter()).unwrap(), reference(9, &logs));
     }
 
+    /// A statement's end without an error or a volume operation (the ends written straight
+    /// from their parts), with any of its optional fields present or not and ids of every
+    /// shape: server-assigned, ones the redactor rewrites, ones with characters to escape.
+    fn any_plain_end() -> impl Strategy<Value = telemetry_types::event::StatementEnd> {
+        use telemetry_types::event::{
+            ChunkStats, StatementCompletion, StatementEnd, StatementOutcome,
+        };
+        use telemetry_types::wire::{ExecutionResultFormat, OperationType, StatementType};
+        let id = prop_oneof![
+            Just(None),
+            Just(Some("01ef-00aa-0000-0000-0000-000000000000".to_owned())),
+            Just(Some("q\"uote\\d\n".to_owned())),
+            Just(Some(
+                "token dapi0123456789abcdef0123456789abcdef".to_owned()
+            )),
+            "\\PC{0,40}".prop_map(Some),
+        ];
+        let outcome = prop_oneof![
+            Just(StatementOutcome::Completed),
+            Just(StatementOutcome::Cancelled),
+            Just(StatementOutcome::Closed),
+            Just(StatementOutcome::Abandoned),
+        ];
+        let completion = (
+            proptest::option::of(Just(ExecutionResultFormat::ExternalLinks)),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<bool>()),
+        )
+            .prop_map(
+                |(format, compressed, polls, latency, chunks, consumed, internal)| {
+                    StatementCompletion {
+                        execution_result: format,
+                        compressed,
+                        poll_count: polls,
+                        poll_latency_ms: latency,
+                        retry_count: polls,
+                        chunks_present: chunks,
+                        result_ready_latency_ms: latency,
+                        result_consumption_latency_ms: consumed,
+                        is_internal_call: internal,
+                    }
+                },
+            );
+        (
+            id,
+            any::<u64>(),
+            outcome,
+            0u32..4,
+            completion,
+            any::<bool>(),
+        )
+            .prop_map(|(id, latency_ms, outcome, chunks, completion, metadata)| {
+                let mut stats = ChunkStats::default();
+                for i in 0..chunks {
+                    stats.record(i64::from(i) * 7, 1024, i % 2 == 0);
+                }
+                StatementEnd {
+                    statement_type: if metadata {
+                        StatementType::Metadata
+                    } else {
+                        StatementType::Query
+                    },
+                    operation_type: if metadata {
+                        OperationType::ListTables
+                    } else {
+                        OperationType::ExecuteStatement
+                    },
+                    statement_id: id.map(Into::into),
+                    latency_ms,
+                    outcome,
+                    chunks: stats,
+                    completion,
+                    ..StatementEnd::default()
+                }
+            })
+    }
+
+    /// A connection with or without a session and a workspace, its user agent plain or with
+    /// characters to escape.
+    fn any_connection() -> impl Strategy<Value = Arc<ConnectionInfo>> {
+        (
+            any::<bool>(),
+            proptest::option::of(any::<i64>()),
+            prop_oneof![Just("Driver/1.0".to_owned()), "\\PC{0,60}"],
+        )
+            .prop_map(|(session, workspace, ua)| {
+                let mut c = ConnectionInfo::new(host(), ua);
+                c.workspace_id = workspace;
+                if session {
+                    let _ = c.session_id.set("01ef-session \"x\"".into());
+                }
+                Arc::new(c)
+            })
+    }
+
     /// A log of the kinds written by hand, with any of its optional fields present or not.
     fn any_statement_log() -> impl Strategy<Value = TelemetryFrontendLog> {
         use telemetry_types::wire::*;
@@ -869,6 +968,26 @@ mod one_encoding {
             prop_assert_eq!(
                 encode_rows(t, batch.iter(), stripped).unwrap(),
                 reference(t, &logs)
+            );
+        }
+
+        /// A statement's row written from its parts (no log built) is byte for byte the
+        /// log `statement_row` builds, written as the reference writes it, ids included.
+        #[test]
+        fn a_statement_written_from_its_parts_is_its_log_written(
+            rows in proptest::collection::vec((any_connection(), any_plain_end(), any::<i64>()), 1..4),
+            t in any::<i64>(),
+        ) {
+            let batch: Vec<TelemetryRow> = rows
+                .into_iter()
+                .map(|(c, end, at)| TelemetryRow::statement(c, at, end))
+                .collect();
+            prop_assert!(batch.iter().all(|r| r.statement_parts().is_some()));
+            let logs: Vec<TelemetryFrontendLog> =
+                batch.iter().map(|r| r.log().into_owned()).collect();
+            prop_assert_eq!(
+                String::from_utf8(encode_rows(t, batch.iter(), false).unwrap()).unwrap(),
+                String::from_utf8(reference(t, &logs)).unwrap()
             );
         }
 
