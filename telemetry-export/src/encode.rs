@@ -186,7 +186,8 @@ impl serde_json::ser::Formatter for NestedString {
 mod fast {
     use telemetry_types::random::uuid_v4_bytes;
     use telemetry_types::row::{
-        StatementParts, statement_id_as_sent, statement_latency_ms, statement_operation,
+        StatementParts, is_server_shaped, statement_id_as_sent, statement_latency_ms,
+        statement_operation,
     };
     use telemetry_types::wire::{
         ChunkDetails, DriverErrorInfo, OperationDetail, ResultLatency, SqlExecutionEvent,
@@ -396,8 +397,20 @@ mod fast {
         out.extend_from_slice(key!("sql_driver_log"));
         let mut dl = Object::open(out);
         dl.str(key!("session_id"), conn.redacted_session_id());
-        if let Some(id) = end.statement_id.as_deref() {
-            dl.str(key!("sql_statement_id"), Some(&statement_id_as_sent(id)));
+        if let Some(id) = &end.statement_id {
+            if is_server_shaped(id.as_bytes()) {
+                // Hex digits and hyphens (the server's own ids): sent as they are, nothing
+                // to escape.
+                let out = dl.key(key!("sql_statement_id"));
+                out.extend_from_slice(b"\\\"");
+                out.extend_from_slice(id.as_bytes());
+                out.extend_from_slice(b"\\\"");
+            } else {
+                dl.str(
+                    key!("sql_statement_id"),
+                    Some(&statement_id_as_sent(id.as_str())),
+                );
+            }
         }
         dl.int(
             key!("operation_latency_ms"),

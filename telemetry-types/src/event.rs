@@ -58,6 +58,14 @@ impl CompactId {
         }
     }
 
+    /// The id's bytes (UTF-8), without checking them again.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            CompactRepr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            CompactRepr::Shared(s) => s.as_bytes(),
+        }
+    }
+
     /// Heap bytes the id holds: none inline, the text shared (for byte budgets).
     pub fn heap_bytes(&self) -> usize {
         match &self.0 {

@@ -24,12 +24,9 @@ fn seed() -> u64 {
 /// A random 64-bit number.
 pub fn random_u64() -> u64 {
     STATE.with(|s| {
-        let next = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let (z, next) = splitmix(s.get());
         s.set(next);
-        let mut z = next;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        z
     })
 }
 
@@ -59,7 +56,22 @@ pub fn uuid_v4() -> String {
 /// 128 random bits: an event id drawn now and written out later by [`write_uuid_v4`] (a
 /// row waiting to be sent keeps 16 bytes, not a 36-byte string on the heap).
 pub fn random_u128() -> u128 {
-    (u128::from(random_u64()) << 64) | u128::from(random_u64())
+    STATE.with(|s| {
+        let (high, next) = splitmix(s.get());
+        let (low, next) = splitmix(next);
+        s.set(next);
+        (u128::from(high) << 64) | u128::from(low)
+    })
+}
+
+/// One SplitMix64 step from `state`: the number, and the next state.
+#[inline(always)]
+fn splitmix(state: u64) -> (u64, u64) {
+    let next = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = next;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31), next)
 }
 
 /// Appends `bits` to `out` as a UUID version 4, lower-case hyphenated (the version and

@@ -114,7 +114,17 @@ pub(super) fn group<'b>(
     let mut groups: Vec<Group<'b>> = Vec::new();
     // One look-up per provider object per batch, however many rows it has.
     let mut keys: Vec<(usize, CredentialKey)> = Vec::new();
+    // The group the previous row went to, and its connection: a connection's rows usually
+    // come in runs, and a row of the same connection goes where the one before it went
+    // (its credentials read once a run, not once a row).
+    let mut last: Option<(&'b Arc<telemetry_types::connection::ConnectionInfo>, usize)> = None;
     for row in batch {
+        if let Some((conn, index)) = last
+            && Arc::ptr_eq(conn, &row.connection)
+        {
+            groups[index].rows.push(row);
+            continue;
+        }
         let auth = row.connection.credentials().filter(|_| authenticated);
         let credentials = match &auth {
             None => CredentialKey::None,
@@ -130,14 +140,20 @@ pub(super) fn group<'b>(
                 }
             }
         };
-        match groups.iter_mut().find(|g| g.takes(row, credentials)) {
-            Some(g) => g.rows.push(row),
-            None => groups.push(Group {
-                auth,
-                credentials,
-                transport: row.connection.transport_key(),
-                rows: vec![row],
-            }),
+        match groups.iter().position(|g| g.takes(row, credentials)) {
+            Some(index) => {
+                groups[index].rows.push(row);
+                last = Some((&row.connection, index));
+            }
+            None => {
+                groups.push(Group {
+                    auth,
+                    credentials,
+                    transport: row.connection.transport_key(),
+                    rows: vec![row],
+                });
+                last = Some((&row.connection, groups.len() - 1));
+            }
         }
     }
     groups

@@ -597,6 +597,65 @@ async fn a_panicking_transport_is_a_local_failure_never_the_breakers() {
     assert_eq!(e.breaker().stats().failures, 0);
 }
 
+/// Rows of several connections, in runs and interleaved: each request carries the rows of
+/// one set of credentials, in batch order, whichever connection they came from.
+#[tokio::test(start_paused = true)]
+async fn rows_in_runs_of_connections_go_with_their_own_credentials() {
+    let t = Scripted::new(vec![]);
+    let e = exporter(t.clone());
+    let a = conn_with(Some("tok-a"));
+    let b = conn_with(Some("tok-b"));
+    let mut batch = Vec::new();
+    for (conn, n) in [(&a, 2), (&b, 1), (&a, 1), (&a, 2), (&b, 2), (&a, 1)] {
+        batch.extend(statement_rows(conn, n));
+    }
+    let ids = |rows: &[TelemetryRow]| -> Vec<String> {
+        rows.iter()
+            .map(|r| r.log().driver_log().sql_statement_id.clone().unwrap())
+            .collect()
+    };
+    let want_a: Vec<String> = ids(&batch)
+        .into_iter()
+        .zip(&batch)
+        .filter(|(_, r)| !Arc::ptr_eq(&r.connection, &b))
+        .map(|(id, _)| id)
+        .collect();
+    e.export(batch).await;
+    let requests = t.requests();
+    assert_eq!(requests.len(), 2);
+    let token = |r: &HttpRequest| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.clone())
+    };
+    let sent_ids = |r: &HttpRequest| -> Vec<String> {
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        body["protoLogs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let l: Value = serde_json::from_str(l.as_str().unwrap()).unwrap();
+                l["entry"]["sql_driver_log"]["sql_statement_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let (ra, rb) = if token(&requests[0]).as_deref() == Some("Bearer tok-a") {
+        (&requests[0], &requests[1])
+    } else {
+        (&requests[1], &requests[0])
+    };
+    assert_eq!(token(ra).as_deref(), Some("Bearer tok-a"));
+    assert_eq!(token(rb).as_deref(), Some("Bearer tok-b"));
+    assert_eq!(sent_ids(ra), want_a, "a's 6 rows, in batch order");
+    assert_eq!(sent_ids(rb).len(), 3);
+    assert_eq!(e.stats().rows_exported, 9);
+}
+
 #[rstest]
 #[case(301)]
 #[case(302)]
