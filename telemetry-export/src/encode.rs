@@ -254,10 +254,7 @@ mod fast {
         fn name(&mut self, key: &[u8], v: Option<&'static str>) {
             if let Some(v) = v {
                 debug_assert!(!needs_escape(v.as_bytes()));
-                let out = self.key(key);
-                out.extend_from_slice(b"\\\"");
-                out.extend_from_slice(v.as_bytes());
-                out.extend_from_slice(b"\\\"");
+                unescaped(self.key(key), v.as_bytes());
             }
         }
 
@@ -265,6 +262,15 @@ mod fast {
         fn close(self) {
             self.out.push(b'}');
         }
+    }
+
+    /// A JSON string inside the body's string, of bytes known to need no escaping.
+    #[inline(always)]
+    fn unescaped(out: &mut Vec<u8>, v: &[u8]) {
+        out.reserve(v.len() + 4);
+        out.extend_from_slice(b"\\\"");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\\\"");
     }
 
     /// A JSON string inside the body's string: `\"..\"`, its escapes escaped once more
@@ -343,32 +349,46 @@ mod fast {
             Some(&log.frontend_log_event_id),
         );
         let c = &log.context.client_context;
+        context(&mut o, c.timestamp_millis, &c.user_agent);
+        entry(&mut o, |dl| {
+            dl.str(key!("session_id"), d.session_id.as_deref());
+            dl.str(key!("sql_statement_id"), d.sql_statement_id.as_deref());
+            dl.name(key!("auth_type"), d.auth_type.map(|a| a.as_str()));
+            dl.int(key!("operation_latency_ms"), d.operation_latency_ms);
+            if let Some(op) = &d.sql_operation {
+                sql_operation(dl.key(key!("sql_operation")), op);
+            }
+            if let Some(e) = &d.error_info {
+                error_info(dl.key(key!("error_info")), e);
+            }
+        });
+        o.close();
+        true
+    }
+
+    /// `"context":{"client_context":{"timestamp_millis":..,"user_agent":..}}`.
+    #[inline(always)]
+    fn context(o: &mut Object<'_>, timestamp_millis: i64, user_agent: &str) {
         let out = o.key(key!("context"));
         out.push(b'{');
         out.extend_from_slice(key!("client_context"));
         let mut cc = Object::open(out);
-        cc.int(key!("timestamp_millis"), Some(c.timestamp_millis));
-        cc.str(key!("user_agent"), Some(&c.user_agent));
+        cc.int(key!("timestamp_millis"), Some(timestamp_millis));
+        cc.str(key!("user_agent"), Some(user_agent));
         cc.close();
         o.out.push(b'}');
+    }
+
+    /// `"entry":{"sql_driver_log":{..}}`, the driver log's fields written by `fields`.
+    #[inline(always)]
+    fn entry(o: &mut Object<'_>, fields: impl FnOnce(&mut Object<'_>)) {
         let out = o.key(key!("entry"));
         out.push(b'{');
         out.extend_from_slice(key!("sql_driver_log"));
         let mut dl = Object::open(out);
-        dl.str(key!("session_id"), d.session_id.as_deref());
-        dl.str(key!("sql_statement_id"), d.sql_statement_id.as_deref());
-        dl.name(key!("auth_type"), d.auth_type.map(|a| a.as_str()));
-        dl.int(key!("operation_latency_ms"), d.operation_latency_ms);
-        if let Some(op) = &d.sql_operation {
-            sql_operation(dl.key(key!("sql_operation")), op);
-        }
-        if let Some(e) = &d.error_info {
-            error_info(dl.key(key!("error_info")), e);
-        }
+        fields(&mut dl);
         dl.close();
         o.out.push(b'}');
-        o.close();
-        true
     }
 
     /// Writes the log [`statement_row`](telemetry_types::row::statement_row) would build
@@ -381,44 +401,28 @@ mod fast {
         o.int(key!("workspace_id"), conn.workspace_id);
         let out = o.key(key!("frontend_log_event_id"));
         // Hex digits and hyphens: nothing to escape.
-        out.extend_from_slice(b"\\\"");
-        out.extend_from_slice(&uuid_v4_bytes(p.event_id));
-        out.extend_from_slice(b"\\\"");
-        let out = o.key(key!("context"));
-        out.push(b'{');
-        out.extend_from_slice(key!("client_context"));
-        let mut cc = Object::open(out);
-        cc.int(key!("timestamp_millis"), Some(p.began_at_millis));
-        cc.str(key!("user_agent"), Some(&conn.user_agent));
-        cc.close();
-        o.out.push(b'}');
-        let out = o.key(key!("entry"));
-        out.push(b'{');
-        out.extend_from_slice(key!("sql_driver_log"));
-        let mut dl = Object::open(out);
-        dl.str(key!("session_id"), conn.redacted_session_id());
-        if let Some(id) = &end.statement_id {
-            if is_server_shaped(id.as_bytes()) {
-                // Hex digits and hyphens (the server's own ids): sent as they are, nothing
-                // to escape.
-                let out = dl.key(key!("sql_statement_id"));
-                out.extend_from_slice(b"\\\"");
-                out.extend_from_slice(id.as_bytes());
-                out.extend_from_slice(b"\\\"");
-            } else {
-                dl.str(
-                    key!("sql_statement_id"),
-                    Some(&statement_id_as_sent(id.as_str())),
-                );
+        unescaped(out, &uuid_v4_bytes(p.event_id));
+        context(&mut o, p.began_at_millis, &conn.user_agent);
+        entry(&mut o, |dl| {
+            dl.str(key!("session_id"), conn.redacted_session_id());
+            if let Some(id) = &end.statement_id {
+                if is_server_shaped(id.as_bytes()) {
+                    // Hex digits and hyphens (the server's own ids): sent as they are,
+                    // nothing to escape.
+                    unescaped(dl.key(key!("sql_statement_id")), id.as_bytes());
+                } else {
+                    dl.str(
+                        key!("sql_statement_id"),
+                        Some(&statement_id_as_sent(id.as_str())),
+                    );
+                }
             }
-        }
-        dl.int(
-            key!("operation_latency_ms"),
-            Some(statement_latency_ms(end)),
-        );
-        sql_operation(dl.key(key!("sql_operation")), &statement_operation(end));
-        dl.close();
-        o.out.push(b'}');
+            dl.int(
+                key!("operation_latency_ms"),
+                Some(statement_latency_ms(end)),
+            );
+            sql_operation(dl.key(key!("sql_operation")), &statement_operation(end));
+        });
         o.close();
     }
 
