@@ -21,11 +21,12 @@ const MAX_ERROR_NAME_CHARS: usize = 256;
 /// One row ready to export, with the connection it belongs to (for credentials grouping and
 /// the unauthenticated-endpoint privacy rules).
 ///
-/// A statement's row (nearly every row) waits as the statement's end, and its log is built
-/// only as it is written into a request body, into a scratch log whose strings are reused
-/// from row to row ([`TelemetryRow::log_in`]): waiting costs no allocation of its own, and
-/// writing costs none either. Other rows (sessions, errors, chunk failures) wait built.
-/// Either way [`TelemetryRow::log`] gives the log that is sent.
+/// A statement's row (nearly every row) waits as the statement's end. The exporter writes its
+/// log straight from the end into the request body ([`TelemetryRow::statement_parts`]), or
+/// builds it into a scratch log whose strings are reused from row to row
+/// ([`TelemetryRow::log_in`]): waiting costs no allocation of its own, and writing costs none
+/// either. Other rows (sessions, errors, chunk failures) wait built. Either way
+/// [`TelemetryRow::log`] gives the log that is sent.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -228,9 +229,9 @@ fn set_opt(slot: &mut Option<String>, v: Option<&str>) {
 }
 
 /// Makes `log` what [`TelemetryFrontendLog::new`] and the connection's correlation ids
-/// make it, whatever it held before, reusing its strings; all but `sql_statement_id`, which
-/// every caller sets. Every field is named, so that a field added to the wire format is not
-/// left over from a log written earlier.
+/// make it, whatever it held before, reusing its strings; all but `sql_statement_id`, which a
+/// statement row sets itself (a fresh log's is `None`). Every field is named, so that a field
+/// added to the wire format is not left over from a log written earlier.
 fn fill_base(
     log: &mut TelemetryFrontendLog,
     conn: &ConnectionInfo,
