@@ -95,6 +95,17 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Adds to a counter only the background task writes (readers only load it): a load and
+    /// a store, not a locked read-modify-write, for the counters every event touches. The
+    /// task's polls never overlap, and the runtime orders them when the task moves between
+    /// threads, so no update is lost.
+    pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
     pub(crate) fn set(counter: &AtomicU64, n: u64) {
         counter.store(n, Ordering::Relaxed);
     }

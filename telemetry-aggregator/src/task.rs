@@ -276,7 +276,7 @@ impl State {
 
     fn push_row(&mut self, row: TelemetryRow) {
         let is_error = row.is_error;
-        Counters::add(&self.counters.rows_produced, 1);
+        Counters::bump(&self.counters.rows_produced, 1);
         let bytes = row.held_bytes();
         if self.pending.len() >= self.config.max_pending_rows {
             self.drop_oldest_pending();
@@ -296,7 +296,7 @@ impl State {
     }
 
     fn fold(&mut self, event: TelemetryEvent, clock: &WallClock) {
-        Counters::add(&self.counters.events_received, 1);
+        Counters::bump(&self.counters.events_received, 1);
         let TelemetryEvent {
             connection,
             at,
@@ -373,7 +373,7 @@ impl State {
                 error.class == ErrorClass::Terminal
             }
         };
-        Counters::add(&self.counters.events_folded, 1);
+        Counters::bump(&self.counters.events_folded, 1);
         if urgent {
             self.start_flushes(true);
         }
@@ -381,7 +381,20 @@ impl State {
 
     fn take_batch(&mut self) -> Vec<TelemetryRow> {
         let n = self.pending.len().min(self.config.batch_size);
-        let batch: Vec<TelemetryRow> = self.pending.drain(..n).collect();
+        let batch: Vec<TelemetryRow> = if n == self.pending.len() {
+            // Everything pending (the common case: a flush starts as the batch fills): the
+            // pending buffer itself becomes the batch, no row copied. A full batch leaves a
+            // buffer for the next one; a partial one (a flush tick, a quiet host) leaves
+            // none, so an idle host holds no buffer.
+            let next = if n == self.config.batch_size {
+                VecDeque::with_capacity(n)
+            } else {
+                VecDeque::new()
+            };
+            Vec::from(std::mem::replace(&mut self.pending, next))
+        } else {
+            self.pending.drain(..n).collect()
+        };
         let bytes: usize = batch.iter().map(TelemetryRow::held_bytes).sum();
         self.held_bytes = self.held_bytes.saturating_sub(bytes);
         batch
