@@ -62,18 +62,36 @@ impl Default for Latencies {
     }
 }
 
+/// The values one statement's end gives each sketch: its latency, its time to the first
+/// result, its chunks' mean download time.
+fn values(end: &StatementEnd) -> (f64, Option<f64>, Option<f64>) {
+    let chunks = &end.chunks;
+    (
+        end.latency_ms as f64,
+        end.completion.result_ready_latency_ms.map(|ms| ms as f64),
+        (chunks.iterated > 0)
+            .then(|| chunks.sum_latency_ms.max(0) as f64 / f64::from(chunks.iterated)),
+    )
+}
+
 impl Latencies {
     /// Records one statement's end.
     pub fn record(&mut self, end: &StatementEnd) {
-        self.statement.add(end.latency_ms as f64);
-        if let Some(ms) = end.completion.result_ready_latency_ms {
-            self.first_result.add(ms as f64);
+        let (statement, first_result, chunk) = values(end);
+        self.statement.add(statement);
+        if let Some(ms) = first_result {
+            self.first_result.add(ms);
         }
-        let chunks = &end.chunks;
-        if chunks.iterated > 0 {
-            self.chunk
-                .add(chunks.sum_latency_ms.max(0) as f64 / f64::from(chunks.iterated));
+        if let Some(ms) = chunk {
+            self.chunk.add(ms);
         }
+    }
+
+    /// Records what `pending` counted, and empties it.
+    pub(crate) fn take(&mut self, pending: &mut PendingLatencies) {
+        pending.statement.drain_into(&mut self.statement);
+        pending.first_result.drain_into(&mut self.first_result);
+        pending.chunk.drain_into(&mut self.chunk);
     }
 
     /// Adds `other`'s values to these.
@@ -90,6 +108,73 @@ impl Latencies {
             statement: of(&self.statement),
             first_result: of(&self.first_result),
             chunk: of(&self.chunk),
+        }
+    }
+}
+
+/// Distinct values a [`PendingLatencies`] holds a sketch before it must be handed over.
+const MAX_DISTINCT: usize = 32;
+
+/// The latencies of the statements one drain slice folds, counted by value before they go
+/// into the sketches ([`Latencies::take`], once a slice): latencies are whole milliseconds,
+/// so a slice's statements share few distinct values, and the sketches see one insertion (a
+/// logarithm) per distinct value and the lock is taken once a slice, not once a statement.
+#[derive(Debug, Default)]
+pub(crate) struct PendingLatencies {
+    statement: Counts,
+    first_result: Counts,
+    chunk: Counts,
+}
+
+impl PendingLatencies {
+    /// Whether another statement's end fits (each adds at most one distinct value a sketch).
+    pub(crate) fn has_room(&self) -> bool {
+        [&self.statement, &self.first_result, &self.chunk]
+            .iter()
+            .all(|c| c.0.len() < MAX_DISTINCT)
+    }
+
+    /// Whether nothing is counted.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.statement.0.is_empty()
+    }
+
+    /// Counts one statement's end. The caller makes room first ([`Self::has_room`]); without
+    /// room a value goes uncounted here and is reported by the return (never silently).
+    pub(crate) fn record(&mut self, end: &StatementEnd) -> bool {
+        let (statement, first_result, chunk) = values(end);
+        let mut counted = self.statement.add(statement);
+        if let Some(ms) = first_result {
+            counted &= self.first_result.add(ms);
+        }
+        if let Some(ms) = chunk {
+            counted &= self.chunk.add(ms);
+        }
+        counted
+    }
+}
+
+/// Distinct values with how often each was seen, in the order first seen.
+#[derive(Debug, Default)]
+struct Counts(Vec<(f64, u64)>);
+
+impl Counts {
+    /// Counts `v`; false when it is new and there is no room for it.
+    fn add(&mut self, v: f64) -> bool {
+        if let Some((_, n)) = self.0.iter_mut().find(|(x, _)| *x == v) {
+            *n += 1;
+            return true;
+        }
+        if self.0.len() >= MAX_DISTINCT {
+            return false;
+        }
+        self.0.push((v, 1));
+        true
+    }
+
+    fn drain_into(&mut self, sketch: &mut DDSketch) {
+        for (v, n) in self.0.drain(..) {
+            sketch.add_with_count(v, n);
         }
     }
 }
@@ -165,6 +250,50 @@ mod tests {
         let c = p.chunk.unwrap();
         assert!(close(c.p50, 50.0), "mean chunk latency: {c:?}");
         assert_eq!(p.first_result.unwrap().count, 100);
+    }
+
+    proptest::proptest! {
+        /// Counting a slice's ends by value and handing them over whenever the counts fill
+        /// gives the sketches exactly what recording each end does.
+        #[test]
+        fn counted_then_taken_is_recorded_one_by_one(
+            ends in proptest::collection::vec(
+                (0u64..200, proptest::option::of(0u64..50), 0u32..4, 0i64..400),
+                0..300,
+            ),
+        ) {
+            let (mut direct, mut taken) = (Latencies::default(), Latencies::default());
+            let mut pending = PendingLatencies::default();
+            for (latency, first, chunks, sum) in ends {
+                let e = end(latency, first, chunks, sum);
+                direct.record(&e);
+                if !pending.has_room() {
+                    taken.take(&mut pending);
+                }
+                proptest::prop_assert!(pending.record(&e));
+            }
+            taken.take(&mut pending);
+            proptest::prop_assert!(pending.is_empty());
+            proptest::prop_assert_eq!(direct.percentiles(), taken.percentiles());
+        }
+    }
+
+    #[test]
+    fn a_full_count_says_so() {
+        let mut pending = PendingLatencies::default();
+        for ms in 0..MAX_DISTINCT as u64 {
+            assert!(pending.has_room());
+            assert!(pending.record(&end(ms, None, 0, 0)));
+        }
+        assert!(!pending.has_room());
+        assert!(
+            pending.record(&end(3, None, 0, 0)),
+            "a value already counted"
+        );
+        assert!(
+            !pending.record(&end(1_000, None, 0, 0)),
+            "no room for a new one"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::AggregatorConfig;
+use crate::latency::PendingLatencies;
 use crate::stats::Counters;
 use crate::{Control, DRAIN_INTERVAL, Intake};
 
@@ -60,6 +61,8 @@ struct State {
     in_flight: Vec<InFlight>,
     /// Bytes held against `config.max_buffered_bytes` by pending rows.
     held_bytes: usize,
+    /// The latencies of the slice being folded, before they reach the sketches.
+    latencies: PendingLatencies,
 }
 
 /// Marks the intake gone if the task's future is dropped before it finishes (its runtime
@@ -120,6 +123,7 @@ async fn run_until_closed(
         pending: VecDeque::new(),
         in_flight: Vec::new(),
         held_bytes: 0,
+        latencies: PendingLatencies::default(),
     };
     // Whether the last drain stopped at its slice with events left.
     let mut backlog = false;
@@ -188,9 +192,27 @@ impl State {
         !self.in_flight.is_empty() && self.held_bytes >= self.config.max_buffered_bytes / 4 * 3
     }
 
+    /// Hands the latencies counted so far to the sketches readers see (once a slice).
+    fn take_latencies(&mut self) {
+        if !self.latencies.is_empty() {
+            self.counters
+                .latencies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(&mut self.latencies);
+        }
+    }
+
     /// Takes at most `limit` events from the intake; returns whether it should be called
-    /// again at once (events left, and room for them).
+    /// again at once (events left, and room for them). The slice's latencies reach the
+    /// sketches before it returns.
     fn drain(&mut self, events: &Intake, limit: usize) -> bool {
+        let more = self.drain_slice(events, limit);
+        self.take_latencies();
+        more
+    }
+
+    fn drain_slice(&mut self, events: &Intake, limit: usize) -> bool {
         // One clock reading dates the whole slice (events wait at most a drain interval);
         // none when the queue is empty.
         let mut clock = None;
@@ -341,11 +363,11 @@ impl State {
                     .as_ref()
                     .is_some_and(|e| e.class == ErrorClass::Terminal);
                 end.error = end.error.map(|e| Box::new(capped(*e)));
-                self.counters
-                    .latencies
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .record(&end);
+                if !self.latencies.has_room() {
+                    self.take_latencies();
+                }
+                // Counted while it has room (made just above): the return is then true.
+                let _ = self.latencies.record(&end);
                 // Built when written into a request body (`TelemetryRow::log_in`).
                 self.push_row(TelemetryRow::statement(connection, timestamp_millis, end));
                 // A terminal failure is sent at once, with the statement's statistics.
