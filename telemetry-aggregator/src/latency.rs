@@ -1,7 +1,9 @@
 //! Latency percentiles of a host's statements, from mergeable DDSketches: statement latency,
 //! time to the first result, and CloudFetch chunk download latency. Recorded by the
-//! background task as it folds each statement's end (nothing on the driver's thread), within
-//! a bounded memory (at most 2,048 bins a sketch, each value within 1 % of the truth).
+//! background task as it folds each statement's end (nothing on the driver's thread): counted
+//! by value during a drain slice ([`PendingLatencies`]) and added to the sketches when the
+//! slice ends, within a bounded memory (at most 2,048 bins a sketch, each value within 1 % of
+//! the truth).
 
 use std::fmt;
 use std::time::Duration;
