@@ -63,29 +63,20 @@ fn boxed_bytes(event: &TelemetryEvent) -> usize {
 /// The driver's text an event carries (error strings, a long id, volume paths), as allocated:
 /// counted against the budget wherever the event waits.
 fn event_text_bytes(event: &TelemetryEvent) -> usize {
-    fn of(e: &DriverError) -> usize {
-        e.name.capacity() + e.message.capacity() + e.sqlstate.as_ref().map_or(0, String::capacity)
-    }
-    fn id(id: Option<&CompactId>) -> usize {
-        id.map_or(0, CompactId::heap_bytes)
-    }
     match &event.kind {
         EventKind::Error {
             error,
             statement_id,
-        } => of(error) + statement_id.as_ref().map_or(0, |s| s.len()),
-        EventKind::ConnectionFailed { error, .. } => of(error),
+        } => error.text_bytes() + statement_id.as_ref().map_or(0, |s| s.len()),
+        EventKind::ConnectionFailed { error, .. } => error.text_bytes(),
         EventKind::ChunkFailed { failure } => {
-            of(&failure.error) + id(failure.statement_id.as_ref())
+            failure.error.text_bytes()
+                + failure
+                    .statement_id
+                    .as_ref()
+                    .map_or(0, CompactId::heap_bytes)
         }
-        EventKind::StatementEnded { end } => {
-            id(end.statement_id.as_ref())
-                + end.error.as_deref().map_or(0, of)
-                + end.volume.as_deref().map_or(0, |v| {
-                    v.volume_path.as_ref().map_or(0, String::capacity)
-                        + v.local_file.as_ref().map_or(0, String::capacity)
-                })
-        }
+        EventKind::StatementEnded { end } => end.text_bytes(),
         EventKind::ConnectionOpened { .. } | EventKind::ConnectionClosed { .. } => 0,
     }
 }

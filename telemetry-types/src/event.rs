@@ -273,6 +273,20 @@ pub struct StatementEnd {
     pub volume: Option<Box<VolumeOp>>,
 }
 
+impl StatementEnd {
+    /// The driver's text the end holds on the heap, as allocated: a statement id too long
+    /// to ride inline, its error's strings, its volume operation's paths (for byte budgets;
+    /// the boxes themselves not counted).
+    pub fn text_bytes(&self) -> usize {
+        self.statement_id.as_ref().map_or(0, CompactId::heap_bytes)
+            + self.error.as_deref().map_or(0, DriverError::text_bytes)
+            + self.volume.as_deref().map_or(0, |v| {
+                v.volume_path.as_ref().map_or(0, String::capacity)
+                    + v.local_file.as_ref().map_or(0, String::capacity)
+            })
+    }
+}
+
 /// A CloudFetch chunk that failed after its retries: a row of its own, sent at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkFailure {
@@ -421,6 +435,13 @@ pub struct DriverError {
 }
 
 impl DriverError {
+    /// The text the error holds on the heap, as allocated (for byte budgets).
+    pub fn text_bytes(&self) -> usize {
+        self.name.capacity()
+            + self.message.capacity()
+            + self.sqlstate.as_ref().map_or(0, String::capacity)
+    }
+
     /// An error classified from its name.
     ///
     /// ```

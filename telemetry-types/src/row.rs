@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::connection::{ConnectionInfo, MAX_ID_CHARS};
 use crate::event::{
-    ChunkFailure, ChunkStats, CompactId, DriverError, StatementCompletion, StatementEnd, VolumeOp,
+    ChunkFailure, ChunkStats, DriverError, StatementCompletion, StatementEnd, VolumeOp,
 };
 use crate::random::{random_u128, write_uuid_v4};
 use crate::redact::{MAX_STACK_TRACE_CHARS, file_name_only, redact_truncated};
@@ -177,20 +177,18 @@ fn log_heap_bytes(log: &TelemetryFrontendLog) -> usize {
         }
 }
 
-/// The heap a statement's end holds: a long id, its error, its volume operation.
+/// The heap a statement's end holds: its text and the boxes of its error and volume
+/// operation.
 fn end_heap_bytes(end: &StatementEnd) -> usize {
-    end.statement_id.as_ref().map_or(0, CompactId::heap_bytes)
-        + end.error.as_deref().map_or(0, |e| {
-            std::mem::size_of::<DriverError>()
-                + e.name.capacity()
-                + e.message.capacity()
-                + e.sqlstate.as_ref().map_or(0, String::capacity)
-        })
-        + end.volume.as_deref().map_or(0, |v| {
-            std::mem::size_of::<VolumeOp>()
-                + v.volume_path.as_ref().map_or(0, String::capacity)
-                + v.local_file.as_ref().map_or(0, String::capacity)
-        })
+    end.text_bytes()
+        + end
+            .error
+            .as_ref()
+            .map_or(0, |_| std::mem::size_of::<DriverError>())
+        + end
+            .volume
+            .as_ref()
+            .map_or(0, |_| std::mem::size_of::<VolumeOp>())
 }
 
 /// Which end of a session a connection row reports.
@@ -294,21 +292,16 @@ pub fn is_server_shaped(id: &[u8]) -> bool {
     whole & chunks.remainder().iter().all(|&b| shaped(b))
 }
 
-/// A statement id as it may leave the process. Server-assigned ids (hex digits and hyphens)
-/// match no secret class, so they skip the redaction passes; anything else goes through them.
+/// A statement id as it may leave the process ([`statement_id_as_sent`]), owned.
 fn statement_id(id: &str) -> String {
-    if server_shaped(id) {
-        id.to_owned()
-    } else {
-        redact_truncated(id, MAX_ID_CHARS)
-    }
+    statement_id_as_sent(id).into_owned()
 }
 
 /// Sets `slot` to the statement id as it may leave the process, reusing the string there.
 fn set_statement_id(slot: &mut Option<String>, id: Option<&str>) {
-    match id {
-        Some(id) if server_shaped(id) => set_opt(slot, Some(id)),
-        Some(id) => *slot = Some(redact_truncated(id, MAX_ID_CHARS)),
+    match id.map(statement_id_as_sent) {
+        Some(Cow::Borrowed(id)) => set_opt(slot, Some(id)),
+        Some(Cow::Owned(id)) => *slot = Some(id),
         None => *slot = None,
     }
 }
@@ -462,8 +455,9 @@ pub fn statement_operation(end: &StatementEnd) -> SqlExecutionEvent {
     sql_operation(end.statement_type, operation, &end.chunks, &end.completion)
 }
 
-/// A statement id as it is sent: a server-shaped id as it is, anything else redacted and
-/// capped.
+/// A statement id as it is sent. Server-assigned ids (hex digits and hyphens) match no
+/// secret class, so they skip the redaction passes and go as they are; anything else is
+/// redacted and capped.
 pub fn statement_id_as_sent(id: &str) -> Cow<'_, str> {
     if server_shaped(id) {
         Cow::Borrowed(id)
@@ -567,7 +561,7 @@ pub fn strip_for_unauthenticated(log: &mut TelemetryFrontendLog) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::StatementOutcome;
+    use crate::event::{CompactId, StatementOutcome};
     use crate::host::Host;
     use crate::wire::{ExecutionResultFormat, VolumeOperationType};
     use proptest::prelude::*;
