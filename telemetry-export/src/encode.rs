@@ -57,13 +57,14 @@ pub fn encode_rows<'a>(
 ) -> Result<Vec<u8>, serde_json::Error> {
     let mut body = Body::new(upload_time, rows.len());
     let mut scratch = TelemetryFrontendLog::new(String::new(), 0, String::new());
+    let mut connection = fast::ConnectionParts::default();
     for row in rows {
         if stripped {
             let mut log = row.log().into_owned();
             strip_for_unauthenticated(&mut log);
             body.push(&log)?;
         } else if let Some(parts) = row.statement_parts() {
-            body.push_statement(&parts, &mut scratch, row)?;
+            body.push_statement(&parts, &mut connection, &mut scratch, row)?;
         } else {
             body.push(row.log_in(&mut scratch))?;
         }
@@ -109,6 +110,7 @@ impl Body {
     fn push_statement(
         &mut self,
         parts: &StatementParts<'_>,
+        connection: &mut fast::ConnectionParts,
         scratch: &mut TelemetryFrontendLog,
         row: &TelemetryRow,
     ) -> Result<(), serde_json::Error> {
@@ -120,7 +122,8 @@ impl Body {
         }
         self.first = false;
         self.out.push(b'"');
-        fast::write_statement(&mut self.out, parts);
+        connection.refresh(&row.connection);
+        fast::write_statement(&mut self.out, parts, connection);
         self.out.push(b'"');
         Ok(())
     }
@@ -184,6 +187,9 @@ impl serde_json::ser::Formatter for NestedString {
 /// session close, an error or a chunk failure sends, field by field in the order (and with
 /// the omissions) of the serde derive in `telemetry_types::wire`.
 mod fast {
+    use std::sync::Arc;
+
+    use telemetry_types::connection::ConnectionInfo;
     use telemetry_types::random::uuid_v4_bytes;
     use telemetry_types::row::{
         StatementParts, is_server_shaped, statement_id_as_sent, statement_latency_ms,
@@ -391,39 +397,108 @@ mod fast {
         o.out.push(b'}');
     }
 
+    /// The parts of a statement's log that are its connection's, written once for a run of
+    /// one connection's rows in a body, escaped once: the opening up to the event id (with
+    /// the workspace id), and from after the timestamp to the driver log's first field (the
+    /// user agent, the session id). Made by the same writer as every other part, so the
+    /// bytes are the ones [`write_log`] writes.
+    #[derive(Default)]
+    pub(super) struct ConnectionParts {
+        connection: Option<Arc<ConnectionInfo>>,
+        /// Whether the session id was known when the parts were written.
+        session: bool,
+        /// `{"workspace_id":N,"frontend_log_event_id":`
+        head: Vec<u8>,
+        /// `,"user_agent":".."}},"entry":{"sql_driver_log":{"session_id":".."`
+        middle: Vec<u8>,
+    }
+
+    impl ConnectionParts {
+        /// Makes the parts `connection`'s, unless they are already (the same connection,
+        /// and its session id known then as now).
+        pub(super) fn refresh(&mut self, connection: &Arc<ConnectionInfo>) {
+            let session = connection.session_id.get().is_some();
+            if self.session == session
+                && self
+                    .connection
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, connection))
+            {
+                return;
+            }
+            self.head.clear();
+            let mut o = Object::open(&mut self.head);
+            o.int(key!("workspace_id"), connection.workspace_id);
+            o.key(key!("frontend_log_event_id"));
+            self.middle.clear();
+            // The client context after its timestamp, then the entry up to the driver log's
+            // first field: as `context` and `entry` write them.
+            let mut cc = Object {
+                out: &mut self.middle,
+                first: false,
+            };
+            cc.str(key!("user_agent"), Some(&connection.user_agent));
+            cc.close();
+            self.middle.push(b'}');
+            let mut o = Object {
+                out: &mut self.middle,
+                first: false,
+            };
+            let out = o.key(key!("entry"));
+            out.push(b'{');
+            out.extend_from_slice(key!("sql_driver_log"));
+            let mut dl = Object::open(out);
+            dl.str(key!("session_id"), connection.redacted_session_id());
+            self.session = session;
+            self.connection = Some(connection.clone());
+        }
+    }
+
+    /// `,"context":{"client_context":{"timestamp_millis":`, as `context` writes it.
+    const CONTEXT_TO_TIMESTAMP: &[u8] =
+        b",\\\"context\\\":{\\\"client_context\\\":{\\\"timestamp_millis\\\":";
+
     /// Writes the log [`statement_row`](telemetry_types::row::statement_row) would build
     /// from `p` (with `p`'s event id), as [`write_log`] writes it, without building it: the
-    /// same fields in the same order, from the connection and the end themselves. For an end
-    /// without an error or a volume operation (the caller's part).
-    pub(super) fn write_statement(out: &mut Vec<u8>, p: &StatementParts<'_>) {
-        let (conn, end) = (p.connection, p.end);
-        let mut o = Object::open(out);
-        o.int(key!("workspace_id"), conn.workspace_id);
-        let out = o.key(key!("frontend_log_event_id"));
+    /// same fields in the same order, from the end itself and the connection's `parts`
+    /// (refreshed for `p`'s connection by the caller). For an end without an error or a
+    /// volume operation (the caller's part).
+    pub(super) fn write_statement(
+        out: &mut Vec<u8>,
+        p: &StatementParts<'_>,
+        parts: &ConnectionParts,
+    ) {
+        let end = p.end;
+        out.extend_from_slice(&parts.head);
         // Hex digits and hyphens: nothing to escape.
         unescaped(out, &uuid_v4_bytes(p.event_id));
-        context(&mut o, p.began_at_millis, &conn.user_agent);
-        entry(&mut o, |dl| {
-            dl.str(key!("session_id"), conn.redacted_session_id());
-            if let Some(id) = &end.statement_id {
-                if is_server_shaped(id.as_bytes()) {
-                    // Hex digits and hyphens (the server's own ids): sent as they are,
-                    // nothing to escape.
-                    unescaped(dl.key(key!("sql_statement_id")), id.as_bytes());
-                } else {
-                    dl.str(
-                        key!("sql_statement_id"),
-                        Some(&statement_id_as_sent(id.as_str())),
-                    );
-                }
+        out.extend_from_slice(CONTEXT_TO_TIMESTAMP);
+        out.extend_from_slice(itoa::Buffer::new().format(p.began_at_millis).as_bytes());
+        out.extend_from_slice(&parts.middle);
+        let mut dl = Object {
+            out,
+            first: !parts.session,
+        };
+        if let Some(id) = &end.statement_id {
+            if is_server_shaped(id.as_bytes()) {
+                // Hex digits and hyphens (the server's own ids): sent as they are, nothing
+                // to escape.
+                unescaped(dl.key(key!("sql_statement_id")), id.as_bytes());
+            } else {
+                dl.str(
+                    key!("sql_statement_id"),
+                    Some(&statement_id_as_sent(id.as_str())),
+                );
             }
-            dl.int(
-                key!("operation_latency_ms"),
-                Some(statement_latency_ms(end)),
-            );
-            sql_operation(dl.key(key!("sql_operation")), &statement_operation(end));
-        });
-        o.close();
+        }
+        dl.int(
+            key!("operation_latency_ms"),
+            Some(statement_latency_ms(end)),
+        );
+        sql_operation(dl.key(key!("sql_operation")), &statement_operation(end));
+        let out = dl.out;
+        // The driver log, the entry, the log.
+        out.extend_from_slice(b"}}}");
     }
 
     fn sql_operation(out: &mut Vec<u8>, op: &SqlExecutionEvent) {

@@ -1034,12 +1034,15 @@ mod one_encoding {
         /// log `statement_row` builds, written as the reference writes it, ids included.
         #[test]
         fn a_statement_written_from_its_parts_is_its_log_written(
-            rows in proptest::collection::vec((any_connection(), any_plain_end(), any::<i64>()), 1..4),
+            conns in proptest::collection::vec(any_connection(), 3),
+            rows in proptest::collection::vec((0usize..3, any_plain_end(), any::<i64>()), 1..8),
             t in any::<i64>(),
         ) {
+            // Rows of a few connections, in runs and interleaved (a connection's parts are
+            // written once a run).
             let batch: Vec<TelemetryRow> = rows
                 .into_iter()
-                .map(|(c, end, at)| TelemetryRow::statement(c, at, end))
+                .map(|(c, end, at)| TelemetryRow::statement(conns[c].clone(), at, end))
                 .collect();
             prop_assert!(batch.iter().all(|r| r.statement_parts().is_some()));
             let logs: Vec<TelemetryFrontendLog> =
@@ -1047,6 +1050,34 @@ mod one_encoding {
             prop_assert_eq!(
                 String::from_utf8(encode_rows(t, batch.iter(), false).unwrap()).unwrap(),
                 String::from_utf8(reference(t, &logs)).unwrap()
+            );
+        }
+
+        /// A connection whose session id becomes known while a body is being written (the
+        /// driver's task sets it as the background task writes): the rows written after it
+        /// carry it, the ones before do not, each as its log built at that moment.
+        #[test]
+        fn a_session_id_known_mid_body_is_in_the_rows_after_it(
+            end in any_plain_end(),
+            t in any::<i64>(),
+        ) {
+            let c = Arc::new(ConnectionInfo::new(host(), "Driver/1.0"));
+            let rows: Vec<TelemetryRow> = (0..3)
+                .map(|i| TelemetryRow::statement(c.clone(), i, end.clone()))
+                .collect();
+            let mut logs = vec![rows[0].log().into_owned()];
+            let rows_as_written = rows.iter().enumerate().map(|(i, r)| {
+                if i == 1 {
+                    let _ = c.session_id.set("01ef-late-session".into());
+                }
+                r
+            });
+            let body = encode_rows(t, rows_as_written, false).unwrap();
+            logs.extend(rows[1..].iter().map(|r| r.log().into_owned()));
+            prop_assert_eq!(&body, &reference(t, &logs));
+            prop_assert_eq!(
+                String::from_utf8_lossy(&body).matches("01ef-late-session").count(),
+                2
             );
         }
 
