@@ -333,6 +333,7 @@ impl ChunkStats {
     /// assert_eq!((s.iterated, s.initial_latency_ms, s.slowest_latency_ms, s.sum_latency_ms, s.compressed),
     ///            (4, Some(30), Some(50), 80, true));
     /// ```
+    #[inline]
     pub fn record(&mut self, latency_ms: i64, bytes: u64, compressed: bool) {
         self.iterated = self.iterated.saturating_add(1);
         self.bytes = self.bytes.saturating_add(bytes);
