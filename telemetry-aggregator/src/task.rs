@@ -63,6 +63,8 @@ struct State {
     held_bytes: usize,
     /// The latencies of the slice being folded, before they reach the sketches.
     latencies: PendingLatencies,
+    /// When the last export request started (for `config.linger`).
+    last_request: Option<Instant>,
 }
 
 /// Marks the intake gone if the task's future is dropped before it finishes (its runtime
@@ -124,6 +126,7 @@ async fn run_until_closed(
         in_flight: Vec::new(),
         held_bytes: 0,
         latencies: PendingLatencies::default(),
+        last_request: None,
     };
     // Whether the last drain stopped at its slice with events left.
     let mut backlog = false;
@@ -167,7 +170,7 @@ async fn run_until_closed(
             _ = drain_tick.tick(), if !idle => {
                 let was_empty = events.len() == 0;
                 backlog = s.drain(&events, DRAIN_SLICE);
-                idle = was_empty && events.sleep_if_empty();
+                idle = was_empty && !s.lingering() && events.sleep_if_empty();
             }
             () = &mut flush_tick => {
                 // What a missed wake-up left in the intake goes with this flush.
@@ -208,6 +211,9 @@ impl State {
     /// sketches before it returns.
     fn drain(&mut self, events: &Intake, limit: usize) -> bool {
         let more = self.drain_slice(events, limit);
+        // The slice's full batches go now: what it folded rides in as few requests as the
+        // cap allows, not one per `batch_size` rows.
+        self.start_flushes(false);
         self.take_latencies();
         more
     }
@@ -225,7 +231,9 @@ impl State {
             };
             let clock = clock.get_or_insert_with(WallClock::now);
             self.fold(event, clock);
-            self.start_flushes(false);
+            if self.pending.len() >= self.config.request_rows() {
+                self.start_flushes(false);
+            }
         }
         events.len() > 0
     }
@@ -402,14 +410,14 @@ impl State {
     }
 
     fn take_batch(&mut self) -> Vec<TelemetryRow> {
-        let n = self.pending.len().min(self.config.batch_size);
+        let n = self.pending.len().min(self.config.request_rows());
         let batch: Vec<TelemetryRow> = if n == self.pending.len() {
             // Everything pending (the common case: a flush starts as the batch fills): the
             // pending buffer itself becomes the batch, no row copied. A full batch leaves a
             // buffer for the next one; a partial one (a flush tick, a quiet host) leaves
             // none, so an idle host holds no buffer.
-            let next = if n == self.config.batch_size {
-                VecDeque::with_capacity(n)
+            let next = if n >= self.config.batch_size {
+                VecDeque::with_capacity(self.config.batch_size)
             } else {
                 VecDeque::new()
             };
@@ -426,15 +434,36 @@ impl State {
     /// interval, an urgent row) whatever is pending.
     fn start_flushes(&mut self, partial: bool) {
         while self.in_flight.len() < self.config.max_concurrent_exports.max(1)
-            && (self.pending.len() >= self.config.batch_size
-                || (partial && !self.pending.is_empty()))
+            && ((partial && !self.pending.is_empty()) || self.batch_ready())
         {
             self.start_one();
         }
     }
 
+    /// Whether a full batch goes now: `batch_size` rows are waiting and either no request
+    /// started within `linger`, or the rows waiting fill a request (`max_batch_size`) or a
+    /// quarter of the byte budget (so lingering never costs a row its place).
+    fn batch_ready(&self) -> bool {
+        let n = self.pending.len();
+        if n < self.config.batch_size {
+            return false;
+        }
+        n >= self.config.request_rows()
+            || self.held_bytes >= self.config.max_buffered_bytes / 4
+            || self
+                .last_request
+                .is_none_or(|t| t.elapsed() >= self.config.effective_linger())
+    }
+
+    /// Whether a full batch is waiting out its linger (the task must not go idle then: its
+    /// drain tick sends it).
+    fn lingering(&self) -> bool {
+        self.pending.len() >= self.config.batch_size
+    }
+
     fn start_one(&mut self) {
         let batch = self.take_batch();
+        self.last_request = Some(Instant::now());
         let rows = batch.len() as u64;
         Counters::add(&self.counters.batches, 1);
         let sink = self.sink.clone();

@@ -83,10 +83,14 @@ fn error(id: Option<&str>, class: ErrorClass) -> EventKind {
     }
 }
 
-/// The defaults, with flushes on the exact interval (the tests count on when they happen).
+/// The defaults, with flushes on the exact interval (the tests count on when they happen)
+/// and every full batch sent at once as `batch_size` rows (the tests count batches;
+/// `max_batch_size` below `batch_size` counts as it).
 fn config() -> AggregatorConfig {
     AggregatorConfig {
         flush_jitter_percent: 0,
+        max_batch_size: 1,
+        linger: Duration::ZERO,
         ..AggregatorConfig::default()
     }
 }
@@ -235,6 +239,69 @@ async fn full_batches_go_without_waiting_for_the_interval() {
     settle().await;
     assert_eq!(sink.batch_sizes(), vec![3, 3]);
     assert_eq!(agg.stats().pending_rows, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_folded_together_go_in_one_request_up_to_the_cap() {
+    let (agg, sink) = spawn(AggregatorConfig {
+        batch_size: 3,
+        max_batch_size: 5,
+        max_pending_rows: 20,
+        ..config()
+    });
+    let c = conn();
+    // Twelve events queued before the task runs: one drain slice folds them all.
+    for _ in 0..12 {
+        agg.emit(ev(&c, opened(1)));
+    }
+    settle().await;
+    // The cap cuts the slice's rows into requests of 5; the last 2 (below batch_size)
+    // wait for the interval.
+    assert_eq!(sink.batch_sizes(), vec![5, 5]);
+    assert_eq!(agg.stats().pending_rows, 2);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(sink.batch_sizes(), vec![5, 5, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_batch_soon_after_a_request_lingers_until_the_cap_or_the_linger() {
+    let (agg, sink) = spawn(AggregatorConfig {
+        batch_size: 2,
+        max_batch_size: 6,
+        linger: Duration::from_millis(100),
+        max_pending_rows: 20,
+        ..config()
+    });
+    let c = conn();
+    let send = |n: usize| {
+        for _ in 0..n {
+            agg.emit(ev(&c, opened(1)));
+        }
+    };
+    // The first full batch goes at once (no request before it).
+    send(2);
+    settle().await;
+    assert_eq!(sink.batch_sizes(), vec![2]);
+    // A second full batch right after it waits...
+    send(3);
+    settle().await;
+    assert_eq!(sink.batch_sizes(), vec![2]);
+    assert_eq!(agg.stats().pending_rows, 3);
+    // ...and grows: more rows join it while the linger runs.
+    tokio::time::advance(Duration::from_millis(50)).await;
+    send(2);
+    settle().await;
+    assert_eq!(sink.batch_sizes(), vec![2]);
+    // The linger ends: one request of everything waiting (a drain tick sends it).
+    tokio::time::advance(Duration::from_millis(60)).await;
+    settle().await;
+    assert_eq!(sink.batch_sizes(), vec![2, 5]);
+    // Within the next linger, reaching the cap sends at once.
+    send(6);
+    settle().await;
+    assert_eq!(sink.batch_sizes(), vec![2, 5, 6]);
+    assert_eq!(agg.stats().pending_rows, 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -335,6 +335,10 @@ impl TelemetryConfig {
                 self.force_enable = parse_bool(key, value)?
             }
             "telemetrybatchsize" => self.aggregation.batch_size = parse_num(key, value)?,
+            "telemetrymaxbatchsize" => self.aggregation.max_batch_size = parse_num(key, value)?,
+            "telemetrylinger" | "telemetrylingerms" => {
+                self.aggregation.linger = parse_ms(key, value)?
+            }
             // Only a build with the test kit knows it: elsewhere it is an unknown key.
             #[cfg(feature = "testing")]
             "telemetrytestcapture" => self.test_capture = Some(value.to_owned()),
@@ -587,6 +591,8 @@ mod tests {
     #[case("telemetryBackoffBaseMs", "200ms", |c: &TelemetryConfig| c.export.retry.backoff_base == Duration::from_millis(200))]
     #[case("telemetryBackoffMaxMs", "2s", |c: &TelemetryConfig| c.export.retry.backoff_max == Duration::from_secs(2))]
     #[case("telemetryBackoffJitterMs", "50", |c: &TelemetryConfig| c.export.retry.jitter == Duration::from_millis(50))]
+    #[case("telemetryMaxBatchSize", "500", |c: &TelemetryConfig| c.aggregation.max_batch_size == 500)]
+    #[case("telemetry_linger_ms", "0", |c: &TelemetryConfig| c.aggregation.linger == Duration::ZERO)]
     #[case("telemetryMaxPendingMetrics", "5000", |c: &TelemetryConfig| c.aggregation.max_pending_rows == 5000)]
     #[case("telemetry_close_flush_timeout", "3s", |c: &TelemetryConfig| c.aggregation.close_timeout == Duration::from_secs(3))]
     #[case("TelemetryCircuitBreakerEnabled", "true", |c: &TelemetryConfig| *c == TelemetryConfig::default())]

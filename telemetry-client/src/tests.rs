@@ -337,6 +337,9 @@ async fn an_endpoint_failing_every_request_hurts_nothing() {
     let mut o = options(&server, &f);
     o.config.export.retry.max_retries = 0;
     o.config.aggregation.batch_size = 5;
+    // Many small requests, each through the breaker.
+    o.config.aggregation.max_batch_size = 5;
+    o.config.aggregation.linger = Duration::ZERO;
     o.config.aggregation.max_pending_rows = 50;
     let p = TelemetryClientProvider::new(o);
     let conns: Vec<_> = (0..4).map(|_| p.connect(conn_opts("a.example"))).collect();
@@ -1874,6 +1877,8 @@ async fn options_set_after_the_provider_exists_apply() {
     p.apply_option("databricks.telemetry.enabled", "true")
         .unwrap();
     p.apply_option("telemetryBatchSize", "1").unwrap();
+    p.apply_option("telemetryMaxBatchSize", "1").unwrap();
+    p.apply_option("telemetryLingerMs", "0").unwrap();
     let err = p.apply_option("telemetryBatchSize", "0").unwrap_err();
     assert!(matches!(err, OptionError::Invalid(_)), "{err}");
     assert_eq!(

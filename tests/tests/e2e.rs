@@ -328,7 +328,10 @@ async fn breaker_stops_requests_during_an_outage_and_they_resume() {
     mock.set_fault(Fault::Fail500);
     let mut o = options();
     o.config.export.retry.max_retries = 0;
+    // A request per row, each through the breaker.
     o.config.aggregation.batch_size = 1;
+    o.config.aggregation.max_batch_size = 1;
+    o.config.aggregation.linger = Duration::ZERO;
     o.config.breaker.policy = FailurePolicy::Consecutive { threshold: 3 };
     o.config.breaker.open_duration = Duration::from_millis(400);
     o.config.breaker.success_threshold = 1;
