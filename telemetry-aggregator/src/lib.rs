@@ -18,7 +18,9 @@
 //! - **Flushes**: a failed statement with a terminal error, a failed session open and a
 //!   failed CloudFetch chunk are flushed at once; so is everything pending on
 //!   [`flush`](Aggregator::flush) and [`close`](Aggregator::close); otherwise a flush starts
-//!   when pending rows reach `batch_size` and on the flush interval.
+//!   when pending rows reach `batch_size` (after a drain slice) and on the flush interval.
+//!   Under load a full batch less than `linger` after the last request waits to grow, up to
+//!   `max_batch_size` rows or a quarter of the byte budget: fewer, larger requests.
 //! - **Settings**: [`AggregatorConfig`], with its defaults and bounds.
 //! - **Batching**: up to `max_concurrent_exports` batches are in the sink at once, so a burst
 //!   does not pile up behind one request. Pending rows are bounded in bytes
