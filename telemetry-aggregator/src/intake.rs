@@ -251,6 +251,12 @@ impl Intake {
         Some(event)
     }
 
+    /// Whether the task has gone idle (waiting for a producer's wake-up or its flush tick).
+    #[cfg(test)]
+    pub(crate) fn is_sleeping(&self) -> bool {
+        self.sleeping.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.primary.get().map_or(0, ArrayQueue::len) + self.overflow_len.load(Ordering::Relaxed)
     }

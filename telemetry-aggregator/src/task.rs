@@ -456,9 +456,11 @@ impl State {
     }
 
     /// Whether a full batch is waiting out its linger (the task must not go idle then: its
-    /// drain tick sends it).
+    /// drain tick sends it). A batch waiting for a free export slot is not: the export that
+    /// finishes wakes the task, so a hung endpoint does not keep an idle host ticking.
     fn lingering(&self) -> bool {
         self.pending.len() >= self.config.batch_size
+            && self.in_flight.len() < self.config.max_concurrent_exports.max(1)
     }
 
     fn start_one(&mut self) {

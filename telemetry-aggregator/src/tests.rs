@@ -305,6 +305,34 @@ async fn a_full_batch_soon_after_a_request_lingers_until_the_cap_or_the_linger()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_full_batch_waiting_for_an_export_slot_lets_the_task_sleep() {
+    let (agg, sink) = spawn(AggregatorConfig {
+        batch_size: 2,
+        max_batch_size: 6,
+        linger: Duration::from_millis(100),
+        max_concurrent_exports: 1,
+        ..config()
+    });
+    let c = conn();
+    // The first batch hangs in the sink; a second full batch waits for its slot.
+    sink.set_delay(Some(Duration::from_secs(3)));
+    agg.emit(ev(&c, opened(1)));
+    agg.emit(ev(&c, opened(2)));
+    settle().await;
+    agg.emit(ev(&c, opened(3)));
+    agg.emit(ev(&c, opened(4)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(agg.stats().pending_rows, 2);
+    assert!(
+        agg.intake.is_sleeping(),
+        "no drain tick while nothing can be sent"
+    );
+    // The export finishing wakes the task: the waiting batch goes.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(sink.batch_sizes(), vec![2, 2]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn interval_flush() {
     let (agg, sink) = spawn(config());
     let c = conn();
