@@ -185,6 +185,11 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DATABRICKS_TELEMETRY_FORCE_ENABLE", "forceEnableTelemetry"),
     ("DATABRICKS_TELEMETRY_BATCH_SIZE", "telemetryBatchSize"),
     (
+        "DATABRICKS_TELEMETRY_MAX_BATCH_SIZE",
+        "telemetryMaxBatchSize",
+    ),
+    ("DATABRICKS_TELEMETRY_LINGER_MS", "telemetryLingerMs"),
+    (
         "DATABRICKS_TELEMETRY_FLUSH_INTERVAL_MS",
         "telemetryFlushIntervalMs",
     ),
@@ -570,10 +575,14 @@ mod tests {
         let env = |k: &str| match k {
             "DATABRICKS_TELEMETRY_ENABLED" => Some("true".to_owned()),
             "DATABRICKS_TELEMETRY_BATCH_SIZE" => Some("10".to_owned()),
+            "DATABRICKS_TELEMETRY_MAX_BATCH_SIZE" => Some("40".to_owned()),
+            "DATABRICKS_TELEMETRY_LINGER_MS" => Some("250".to_owned()),
             _ => None,
         };
         c.apply_env(env).unwrap();
         assert!(c.enabled && c.aggregation.batch_size == 10);
+        assert_eq!(c.aggregation.max_batch_size, 40);
+        assert_eq!(c.aggregation.linger, Duration::from_millis(250));
         let err = c
             .apply_env(|k| (k == "DATABRICKS_TELEMETRY_MAX_RETRIES").then(|| "x".to_owned()))
             .unwrap_err();
