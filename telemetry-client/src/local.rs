@@ -253,7 +253,7 @@ impl LocalStatement {
         };
         let error = DriverError::from_error(error);
         if error.class == ErrorClass::Terminal {
-            self.end(StatementOutcome::Failed, Some(error));
+            self.end(StatementOutcome::Failed, Some(error), Ending::KeepsId);
             return;
         }
         if l.ended {
@@ -274,24 +274,27 @@ impl LocalStatement {
     }
 
     /// The statement completed.
+    #[inline]
     pub fn complete(mut self) {
-        self.end(StatementOutcome::Completed, None);
+        self.end(StatementOutcome::Completed, None, Ending::Final);
     }
 
     /// The statement failed; the error goes on its row, and a terminal one is sent at once.
     pub fn fail<E: ReportableError + ?Sized>(mut self, error: &E) {
         let error = self.local.is_some().then(|| DriverError::from_error(error));
-        self.end(StatementOutcome::Failed, error);
+        self.end(StatementOutcome::Failed, error, Ending::Final);
     }
 
     /// The statement was cancelled before completing (`CANCEL_STATEMENT`).
+    #[inline]
     pub fn cancel(mut self) {
-        self.end(StatementOutcome::Cancelled, None);
+        self.end(StatementOutcome::Cancelled, None, Ending::Final);
     }
 
     /// The statement was closed before completing (`CLOSE_STATEMENT`).
+    #[inline]
     pub fn close(mut self) {
-        self.end(StatementOutcome::Closed, None);
+        self.end(StatementOutcome::Closed, None, Ending::Final);
     }
 
     /// Hands the statement on as a shared [`Statement`] (`Clone + Send + Sync`), carrying on
@@ -304,7 +307,7 @@ impl LocalStatement {
     }
 
     /// Reports the end once; an ending after a terminal error is counted as ignored.
-    fn end(&mut self, outcome: StatementOutcome, error: Option<DriverError>) {
+    fn end(&mut self, outcome: StatementOutcome, error: Option<DriverError>, ending: Ending) {
         let Some(l) = self.local.as_mut() else {
             return;
         };
@@ -320,8 +323,11 @@ impl LocalStatement {
         let end = StatementEnd {
             statement_type: l.statement_type,
             operation_type: l.operation_type,
-            // Kept: a chunk failure or error after a terminal one still carries them.
-            statement_id: l.id.clone(),
+            statement_id: match ending {
+                // A chunk failure or error after a terminal one still carries the id.
+                Ending::KeepsId => l.id.clone(),
+                Ending::Final => l.id.take(),
+            },
             latency_ms: millis(ended.saturating_duration_since(l.begun)),
             outcome,
             chunks: l.chunks,
@@ -333,10 +339,19 @@ impl LocalStatement {
     }
 }
 
+/// Whether the handle records on after its end: a terminal [`LocalStatement::error`] ends
+/// the statement but the handle lives on (its id is copied onto the end); the other endings
+/// consume it (its id is moved).
+#[derive(Clone, Copy)]
+enum Ending {
+    KeepsId,
+    Final,
+}
+
 impl Drop for LocalStatement {
     fn drop(&mut self) {
         if self.local.as_ref().is_some_and(|l| !l.ended) {
-            self.end(StatementOutcome::Abandoned, None);
+            self.end(StatementOutcome::Abandoned, None, Ending::Final);
         }
     }
 }
