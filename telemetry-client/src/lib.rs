@@ -121,6 +121,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bridge;
+mod clock;
 mod config;
 mod connection;
 mod emitter;

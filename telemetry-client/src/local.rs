@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::clock::Stamp;
+
 use telemetry_types::classify::ErrorClass;
 use telemetry_types::event::{
     ChunkStats, CompactId, DriverError, EventKind, ReportableError, StatementCompletion,
@@ -55,7 +57,7 @@ pub struct LocalStatement {
 /// What a local statement records.
 pub(crate) struct Local {
     pub(crate) conn: Arc<Emitter>,
-    pub(crate) begun: Instant,
+    pub(crate) begun: Stamp,
     pub(crate) report: bool,
     pub(crate) parent: Option<crate::bridge::Parent>,
     pub(crate) statement_type: StatementType,
@@ -93,7 +95,7 @@ impl LocalStatement {
         Self {
             local: Some(Local {
                 conn: conn.clone(),
-                begun: Instant::now(),
+                begun: Stamp::now(),
                 report,
                 parent: conn.bridge.get().map(|b| b.parent()),
                 statement_type,
@@ -228,7 +230,7 @@ impl LocalStatement {
     /// The result set is ready; the first mark counts.
     pub fn result_ready(&mut self) {
         if let Some(l) = &mut self.local {
-            let ms = millis(l.begun.elapsed()).min(u64::MAX - 1);
+            let ms = Stamp::now().millis_since(l.begun);
             l.completion.result_ready_latency_ms.get_or_insert(ms);
         }
     }
@@ -236,7 +238,7 @@ impl LocalStatement {
     /// The result set was consumed; the first mark counts.
     pub fn result_consumed(&mut self) {
         if let Some(l) = &mut self.local {
-            let ms = millis(l.begun.elapsed()).min(u64::MAX - 1);
+            let ms = Stamp::now().millis_since(l.begun);
             l.completion.result_consumption_latency_ms.get_or_insert(ms);
         }
     }
@@ -319,7 +321,7 @@ impl LocalStatement {
         if l.report {
             l.conn.lease.statement_ended();
         }
-        let ended = Instant::now();
+        let ended = Stamp::now();
         let end = StatementEnd {
             statement_type: l.statement_type,
             operation_type: l.operation_type,
@@ -328,7 +330,7 @@ impl LocalStatement {
                 Ending::KeepsId => l.id.clone(),
                 Ending::Final => l.id.take(),
             },
-            latency_ms: millis(ended.saturating_duration_since(l.begun)),
+            latency_ms: ended.millis_since(l.begun),
             outcome,
             chunks: l.chunks,
             completion: l.completion,

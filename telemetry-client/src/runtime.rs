@@ -18,7 +18,7 @@ impl BackgroundRuntime {
     /// The caller's runtime, or the one shared by every provider of the process (started
     /// now if none is running).
     pub(crate) fn new(handle: Option<Handle>) -> Self {
-        match handle {
+        let runtime = match handle {
             Some(handle) => Self {
                 handle,
                 _owned: None,
@@ -30,7 +30,10 @@ impl BackgroundRuntime {
                     _owned: Some(owned),
                 }
             }
-        }
+        };
+        // The statement clock's calibration, once per process, off the driver's threads.
+        crate::clock::calibrate_in_background(&runtime.handle);
+        runtime
     }
 }
 

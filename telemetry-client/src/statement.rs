@@ -18,6 +18,7 @@ use telemetry_types::event::{
 };
 use telemetry_types::wire::{ExecutionResultFormat, OperationType, StatementType};
 
+use crate::clock::Stamp;
 use crate::emitter::{Emitter, capped_id, millis};
 use crate::unreported::{self, NotReported};
 
@@ -62,7 +63,7 @@ pub struct Statement {
 /// The state every clone of one statement handle shares.
 pub(crate) struct Shared {
     conn: Arc<Emitter>,
-    begun: Instant,
+    begun: Stamp,
     /// Whether its row goes to Databricks (else it lives for the OpenTelemetry bridge alone:
     /// the server's flag was off at its begin).
     report: bool,
@@ -263,7 +264,7 @@ impl Statement {
         Statement {
             shared: Some(Arc::new(Shared {
                 conn: conn.clone(),
-                begun: Instant::now(),
+                begun: Stamp::now(),
                 report,
                 parent: conn.bridge.get().map(|b| b.parent()),
                 statement_type: AtomicU8::new(type_index(statement_type)),
@@ -416,7 +417,9 @@ impl Statement {
     /// the begin. The first mark counts.
     pub fn result_ready(&self) {
         if let Some(s) = &self.shared {
-            s.recorded.ready_ms.set_first(millis(s.begun.elapsed()));
+            s.recorded
+                .ready_ms
+                .set_first(Stamp::now().millis_since(s.begun));
         }
     }
 
@@ -424,7 +427,9 @@ impl Statement {
     /// mark counts.
     pub fn result_consumed(&self) {
         if let Some(s) = &self.shared {
-            s.recorded.consumed_ms.set_first(millis(s.begun.elapsed()));
+            s.recorded
+                .consumed_ms
+                .set_first(Stamp::now().millis_since(s.begun));
         }
     }
 
@@ -530,12 +535,12 @@ impl Shared {
         error: Option<DriverError>,
         volume: Option<Box<VolumeOp>>,
     ) {
-        let ended = Instant::now();
+        let ended = Stamp::now();
         let end = StatementEnd {
             statement_type: self.statement_type(),
             operation_type: self.operation_type,
             statement_id: self.id.get().cloned(),
-            latency_ms: millis(ended.saturating_duration_since(self.begun)),
+            latency_ms: ended.millis_since(self.begun),
             outcome,
             chunks: self.chunks.snapshot(),
             completion: self.recorded.snapshot(),
@@ -633,16 +638,16 @@ impl Shared {
 pub(crate) fn deliver(
     conn: &Emitter,
     parent: Option<&crate::bridge::Parent>,
-    begun: Instant,
-    ended: Instant,
+    begun: Stamp,
+    ended: Stamp,
     report: bool,
     end: StatementEnd,
 ) {
     if let Some(bridge) = conn.bridge.get() {
-        bridge.finished(parent, begun, ended, &end);
+        bridge.finished(parent, begun.instant(), ended.instant(), &end);
     }
     if report {
-        conn.emit(Some(begun), EventKind::StatementEnded { end });
+        conn.emit(Some(begun.instant()), EventKind::StatementEnded { end });
     }
 }
 

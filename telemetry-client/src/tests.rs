@@ -2348,3 +2348,58 @@ fn a_local_statement_reports_what_a_shared_one_reports_for_the_same_calls() {
         })
         .unwrap();
 }
+
+/// Statements read the statement clock (the CPU's counter once calibrated): their latencies
+/// are milliseconds of real time and their rows are dated at their begin, through either
+/// handle. Real sleeps on purpose (the clock under test is the real one); only lower bounds
+/// and a wide window, so a slow machine cannot fail it.
+#[test]
+fn statements_are_timed_and_dated_on_the_statement_clock() {
+    let f = flag(true);
+    let server = FakeServer::always(200);
+    let p = TelemetryClientProvider::new(options(&server, &f));
+    let c = p.connect(conn_opts("a.example"));
+    // Time for the counter's calibration (about half a millisecond) to end, so both
+    // readings come from it, and for the stamps to be well past the clock's origin.
+    std::thread::sleep(Duration::from_millis(50));
+    let wall = || telemetry_types::clock::now_millis();
+    let before = wall();
+    let shared = c.statement(StatementType::Query, OperationType::ExecuteStatement);
+    let mut local = c.local_statement(StatementType::Query, OperationType::ListTables);
+    let begun = wall();
+    std::thread::sleep(Duration::from_millis(30));
+    shared.result_ready();
+    local.result_ready();
+    std::thread::sleep(Duration::from_millis(30));
+    shared.complete();
+    local.complete();
+    c.close();
+    p.shutdown_blocking(Duration::from_secs(10)).unwrap();
+    let logs = sent_logs(&server);
+    let rows: Vec<_> = logs
+        .iter()
+        .map(|(_, l)| l)
+        .filter(|l| l["entry"]["sql_driver_log"]["sql_operation"].is_object())
+        .collect();
+    assert_eq!(rows.len(), 2, "{logs:?}");
+    for log in rows {
+        let d = &log["entry"]["sql_driver_log"];
+        let latency = d["operation_latency_ms"].as_i64().unwrap();
+        // Slept 60 ms between begin and end; a unit slip (micro- or nanoseconds) or a wrong
+        // origin reads far outside this window.
+        assert!((59..30_000).contains(&latency), "{latency} ms");
+        let ready = d["sql_operation"]["result_latency"]["result_set_ready_latency_millis"]
+            .as_i64()
+            .unwrap();
+        assert!((29..=latency).contains(&ready), "{ready} ms of {latency}");
+        // Dated at the begin: between the wall readings around it (two milliseconds' slack
+        // for the rounding of the wall and monotonic readings the date is derived from).
+        let date = log["context"]["client_context"]["timestamp_millis"]
+            .as_i64()
+            .unwrap();
+        assert!(
+            (before - 2..=begun + 2).contains(&date),
+            "{before} <= {date} <= {begun}"
+        );
+    }
+}
