@@ -149,7 +149,7 @@ impl Intake {
 
     /// Queues `event` without blocking; a full queue, a spent budget or a closed intake drops
     /// it, counted.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push(&self, event: TelemetryEvent) {
         if self.closed.load(Ordering::Acquire) {
             let reason = if self.gone.load(Ordering::Acquire) {

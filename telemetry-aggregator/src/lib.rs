@@ -133,7 +133,7 @@ impl Aggregator {
 
     /// Queues one event without blocking or waking anything (unless the queue passes its
     /// high-water mark). A full queue or a closed aggregator drops it and counts the drop.
-    #[inline]
+    #[inline(always)]
     pub fn emit(&self, event: TelemetryEvent) {
         self.intake.push(event);
     }

@@ -28,11 +28,20 @@ impl Emitter {
     /// that date nothing pass `None` and cost no clock reading. Not `#[inline]`: the public
     /// methods inline only their enabled check into the driver; the queue push stays here.
     pub(crate) fn emit(&self, at: Option<Instant>, kind: EventKind) {
-        self.lease.emit(TelemetryEvent {
+        self.emit_event(TelemetryEvent {
             connection: self.info.clone(),
             at,
             kind,
         });
+    }
+
+    /// Queues a built event: inlined, down to the queue push, into the out-of-line end of a
+    /// statement handle, which builds its end event and pushes it in one function (about 30
+    /// instructions a statement fewer than across calls, by callgrind: fewer copies of the
+    /// 232-byte event).
+    #[inline(always)]
+    pub(crate) fn emit_event(&self, event: TelemetryEvent) {
+        self.lease.emit(event);
     }
 }
 

@@ -377,7 +377,7 @@ impl HostLease {
     /// Queues one event for the host's background task. A client already closed (a statement
     /// outliving its connection, a handle kept past `shutdown`) no longer counts what it is
     /// handed once its totals are retired, so the provider counts those drops itself.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn emit(&self, event: TelemetryEvent) {
         let aggregator = &self.core.aggregator;
         if aggregator.is_accepting() || aggregator.is_gone() {

@@ -21,6 +21,7 @@ use telemetry_types::wire::{ExecutionResultFormat, OperationType, StatementType}
 use crate::clock::Stamp;
 use crate::emitter::{Emitter, capped_id, millis};
 use crate::unreported::{self, NotReported};
+use telemetry_types::event::TelemetryEvent;
 
 /// One statement's telemetry: cheap to clone (an `Arc`), `Send + Sync`, every method `&self`
 /// and never failing. When telemetry is off the handle is empty and every method is one
@@ -635,6 +636,7 @@ impl Shared {
 
 /// Hands a statement's end to the OpenTelemetry bridge (with one) and, if it reports, to the
 /// host's queue, dated by its begin.
+#[inline(always)]
 pub(crate) fn deliver(
     conn: &Emitter,
     parent: Option<&crate::bridge::Parent>,
@@ -647,7 +649,11 @@ pub(crate) fn deliver(
         bridge.finished(parent, begun.instant(), ended.instant(), &end);
     }
     if report {
-        conn.emit(Some(begun.instant()), EventKind::StatementEnded { end });
+        conn.emit_event(TelemetryEvent {
+            connection: conn.info.clone(),
+            at: Some(begun.instant()),
+            kind: EventKind::StatementEnded { end },
+        });
     }
 }
 
