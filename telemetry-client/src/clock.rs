@@ -10,10 +10,11 @@
 //! The calibration busy-reads both clocks for about half a millisecond (at most 200 ms on a
 //! machine too noisy to settle), so it never runs on a driver's thread: the first
 //! background runtime of the process (started by the first enabled connection) runs it on
-//! one of its blocking threads, and readings taken before it is done come from `Instant`. Both sources give nanoseconds since one origin on the
-//! monotonic clock's timeline, so a statement begun before the calibration and ended after
-//! it still measures right (to well under a millisecond, the unit of every latency sent).
-//! Where the counter is not usable, every reading comes from `Instant`.
+//! one of its blocking threads, and readings taken before it is done come from `Instant`.
+//! Both sources give nanoseconds since one origin on the monotonic clock's timeline, so a
+//! statement begun before the calibration and ended after it still measures right (to well
+//! under a millisecond, the unit of every latency sent). Where the counter is not usable,
+//! every reading comes from `Instant`.
 
 use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};

@@ -14,14 +14,13 @@ use std::time::{Duration, Instant};
 use telemetry_types::classify::ErrorClass;
 use telemetry_types::event::{
     ChunkFailure, ChunkStats, CompactId, DriverError, EventKind, ReportableError,
-    StatementCompletion, StatementEnd, StatementId, StatementOutcome, VolumeOp,
+    StatementCompletion, StatementEnd, StatementId, StatementOutcome, TelemetryEvent, VolumeOp,
 };
 use telemetry_types::wire::{ExecutionResultFormat, OperationType, StatementType};
 
 use crate::clock::Stamp;
 use crate::emitter::{Emitter, capped_id, millis};
 use crate::unreported::{self, NotReported};
-use telemetry_types::event::TelemetryEvent;
 
 /// One statement's telemetry: cheap to clone (an `Arc`), `Send + Sync`, every method `&self`
 /// and never failing. When telemetry is off the handle is empty and every method is one
