@@ -16,6 +16,7 @@
 //! under a millisecond, the unit of every latency sent). Where the counter is not usable,
 //! every reading comes from `Instant`.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,14 +24,25 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Stamp(u64);
 
-/// The counter, once calibrated, with the reading that ties it to the origin.
+/// The counter, once calibrated, with what ties it to the monotonic clock's timeline.
 struct Counter {
     clock: quanta::Clock,
-    /// A raw counter reading, taken with...
+    /// A raw counter reading: a stamp is the nanoseconds the counter counted since it, plus...
     raw_at_offset: u64,
-    /// ...this many nanoseconds since the origin.
-    offset_ns: u64,
+    /// ...this offset: the nanoseconds since the origin at `raw_at_offset`, as last
+    /// checked. The calibration's scale is good to some parts per million, and the OS
+    /// slews its monotonic clock (NTP): never checked, stamps would drift from `Instant` by
+    /// about a second a day and date rows wrong by as much. Checked once per
+    /// [`Self::check_every`] counter ticks (about a second), they stay within microseconds.
+    offset_ns: AtomicI64,
+    /// The raw reading of the last check.
+    checked_at: AtomicU64,
+    /// Counter ticks between two checks.
+    check_every: u64,
 }
+
+/// How often the counter is checked against the monotonic clock.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Where every stamp counts from: the first reading any statement needs.
 static ORIGIN: OnceLock<Instant> = OnceLock::new();
@@ -47,15 +59,48 @@ fn nanos_since_origin(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(origin()).as_nanos()).unwrap_or(u64::MAX)
 }
 
+impl Counter {
+    /// A reading: the scaled counter, corrected; checked against the monotonic clock (one
+    /// `Instant` reading, on whichever thread comes first) once per `check_every` ticks. A
+    /// core whose counter reads a few ticks behind the last check's is not due (the counter
+    /// does not wrap in the machine's lifetime: 2^64 ticks are two centuries at 3 GHz).
+    #[inline]
+    fn now(&self) -> Stamp {
+        let raw = self.clock.raw();
+        let counted = self.clock.delta_as_nanos(self.raw_at_offset, raw);
+        if raw.saturating_sub(self.checked_at.load(Ordering::Relaxed)) > self.check_every {
+            self.check(raw, counted);
+        }
+        Stamp(counted.saturating_add_signed(self.offset_ns.load(Ordering::Relaxed)))
+    }
+
+    /// Measures the offset again (one thread per period: the one that moves `checked_at`).
+    #[cold]
+    #[inline(never)]
+    fn check(&self, raw: u64, counted: u64) {
+        let last = self.checked_at.load(Ordering::Relaxed);
+        if raw.saturating_sub(last) > self.check_every
+            && self
+                .checked_at
+                .compare_exchange(last, raw, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let actual = nanos_since_origin(Instant::now());
+            // Both fit an i64 for 292 years of uptime; past that the offset stays.
+            if let (Ok(actual), Ok(counted)) = (i64::try_from(actual), i64::try_from(counted)) {
+                self.offset_ns
+                    .store(actual.saturating_sub(counted), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 impl Stamp {
     /// Reads the clock: the counter once calibrated, else `Instant::now()`.
     #[inline]
     pub(crate) fn now() -> Self {
         match COUNTER.get() {
-            Some(c) => Self(
-                c.offset_ns
-                    .saturating_add(c.clock.delta_as_nanos(c.raw_at_offset, c.clock.raw())),
-            ),
+            Some(c) => c.now(),
             None => Self::from_instant(Instant::now()),
         }
     }
@@ -66,7 +111,7 @@ impl Stamp {
     }
 
     /// Whole milliseconds from `earlier` to this reading (0 if `earlier` is not earlier: a
-    /// counter read on another core may lag by a few nanoseconds).
+    /// counter read on another core, or across a correction, may lag by microseconds).
     #[inline]
     pub(crate) fn millis_since(self, earlier: Stamp) -> u64 {
         self.0.saturating_sub(earlier.0) / 1_000_000
@@ -100,12 +145,25 @@ pub(crate) fn calibrate_in_background(runtime: &tokio::runtime::Handle) {
 fn calibrated() -> Counter {
     let clock = quanta::Clock::new();
     let raw_at_offset = clock.raw();
-    let offset_ns = nanos_since_origin(Instant::now());
+    let offset_ns = i64::try_from(nanos_since_origin(Instant::now())).unwrap_or(i64::MAX);
     Counter {
+        check_every: ticks_in(&clock, CHECK_EVERY),
         clock,
         raw_at_offset,
-        offset_ns,
+        offset_ns: AtomicI64::new(offset_ns),
+        checked_at: AtomicU64::new(raw_at_offset),
     }
+}
+
+/// About how many counter ticks `period` is: the counter's rate, scaled back from a
+/// nanosecond count of `clock` (whose scale turns ticks into nanoseconds).
+fn ticks_in(clock: &quanta::Clock, period: Duration) -> u64 {
+    // The scale of 2^32 ticks in nanoseconds gives the rate to 1 part in 4 billion.
+    const PROBE: u64 = 1 << 32;
+    let probe_ns = clock.delta_as_nanos(0, PROBE).max(1);
+    let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+    u64::try_from(u128::from(period_ns) * u128::from(PROBE) / u128::from(probe_ns))
+        .unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -116,13 +174,7 @@ mod tests {
     fn stamps_from_both_sources_share_one_timeline() {
         let counter = calibrated();
         let from_instant = Stamp::from_instant(Instant::now());
-        let from_counter = Stamp(
-            counter.offset_ns.saturating_add(
-                counter
-                    .clock
-                    .delta_as_nanos(counter.raw_at_offset, counter.clock.raw()),
-            ),
-        );
+        let from_counter = counter.now();
         let after = Stamp::from_instant(Instant::now());
         // Read in this order, the counter's reading falls between the two Instant ones
         // (give or take the calibration's error, a few microseconds at most).
@@ -130,6 +182,46 @@ mod tests {
         assert!(
             from_counter.0 + slack >= from_instant.0 && from_counter.0 <= after.0 + slack,
             "{from_instant:?} <= {from_counter:?} <= {after:?}"
+        );
+    }
+
+    #[test]
+    fn a_counter_off_the_monotonic_clock_is_corrected_at_its_next_check() {
+        let counter = calibrated();
+        // As if the scale had drifted 5 ms since the calibration.
+        counter.offset_ns.fetch_add(5_000_000, Ordering::Relaxed);
+        let instant = || Stamp::from_instant(Instant::now()).0;
+        // No check due: the reading is 5 ms ahead (bracketed by Instant readings, so a
+        // preemption between the lines only widens the bracket).
+        let before = instant();
+        assert!(counter.now().0 >= before + 4_000_000);
+        // A check due (a period of ticks since the last): that reading and the next are on
+        // time again.
+        let raw = counter.clock.raw();
+        counter
+            .checked_at
+            .store(raw.wrapping_sub(counter.check_every + 1), Ordering::Relaxed);
+        for _ in 0..2 {
+            let before = instant();
+            let reading = counter.now().0;
+            let after = instant();
+            let slack = 100_000;
+            assert!(
+                reading + slack >= before && reading <= after + slack,
+                "{before} <= {reading} <= {after}"
+            );
+        }
+        assert!(counter.checked_at.load(Ordering::Relaxed) > raw);
+    }
+
+    #[test]
+    fn a_check_period_in_ticks_scales_back_to_the_period() {
+        let clock = quanta::Clock::new();
+        let ticks = ticks_in(&clock, Duration::from_secs(1));
+        let back = clock.delta_as_nanos(0, ticks);
+        assert!(
+            back.abs_diff(1_000_000_000) < 1_000,
+            "{ticks} ticks = {back} ns"
         );
     }
 
