@@ -10,14 +10,15 @@
 //! The calibration busy-reads both clocks for about half a millisecond (at most 200 ms on a
 //! machine too noisy to settle), so it never runs on a driver's thread: the first
 //! background runtime of the process (started by the first enabled connection) runs it on
-//! one of its blocking threads, and readings taken before it is done come from `Instant`.
+//! one of its blocking threads (the next one, if that runtime shuts down first), and
+//! readings taken before it is done come from `Instant`.
 //! Both sources give nanoseconds since one origin on the monotonic clock's timeline, so a
 //! statement begun before the calibration and ended after it still measures right (to well
 //! under a millisecond, the unit of every latency sent). Where the counter is not usable,
 //! every reading comes from `Instant`.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Once, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A monotonic reading: nanoseconds since the process's clock origin.
@@ -128,17 +129,50 @@ impl Stamp {
 }
 
 /// Starts the counter's calibration on `runtime`'s blocking threads, once per process (with
-/// the first background runtime a connection needs: nothing runs before). Until it is done
-/// (and for good if the runtime is gone), stamps come from `Instant`.
+/// the first background runtime a connection needs: nothing runs before). Until it is done,
+/// stamps come from `Instant`.
 pub(crate) fn calibrate_in_background(runtime: &tokio::runtime::Handle) {
-    static STARTED: Once = Once::new();
-    STARTED.call_once(|| {
+    static CALIBRATION: Calibration = Calibration::new();
+    CALIBRATION.start(runtime, &COUNTER);
+}
+
+/// Whether a calibration is on its way.
+struct Calibration {
+    started: AtomicBool,
+}
+
+impl Calibration {
+    const fn new() -> Self {
+        Self {
+            started: AtomicBool::new(false),
+        }
+    }
+
+    /// Starts the calibration into `counter` unless it is done or on its way. A runtime shut
+    /// down before its blocking thread ran it (a driver's runtime for one short-lived
+    /// database) drops it unrun: then the next runtime starts it again.
+    fn start(&'static self, runtime: &tokio::runtime::Handle, counter: &'static OnceLock<Counter>) {
+        if counter.get().is_some() || self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
         // The origin is fixed before the counter exists, so both sources share it.
         let _ = origin();
-        drop(runtime.spawn_blocking(|| {
-            let _ = COUNTER.set(calibrated());
+        /// Unless the counter is set when the task is gone (run, or dropped unrun), lets the
+        /// next runtime try.
+        struct Retry(&'static Calibration, &'static OnceLock<Counter>);
+        impl Drop for Retry {
+            fn drop(&mut self) {
+                if self.1.get().is_none() {
+                    self.0.started.store(false, Ordering::Release);
+                }
+            }
+        }
+        let retry = Retry(self, counter);
+        drop(runtime.spawn_blocking(move || {
+            let retry = retry;
+            let _ = retry.1.set(calibrated());
         }));
-    });
+    }
 }
 
 /// The counter (or the OS clock where the CPU has no invariant counter), tied to the origin.
@@ -223,6 +257,39 @@ mod tests {
             back.abs_diff(1_000_000_000) < 1_000,
             "{ticks} ticks = {back} ns"
         );
+    }
+
+    #[test]
+    fn a_calibration_dropped_with_its_runtime_starts_again_on_the_next() {
+        let calibration: &'static Calibration = Box::leak(Box::new(Calibration::new()));
+        let counter: &'static OnceLock<Counter> = Box::leak(Box::new(OnceLock::new()));
+        // A runtime shut down before its blocking pool runs anything.
+        let gone = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let handle = gone.handle().clone();
+        drop(gone);
+        calibration.start(&handle, counter);
+        assert!(counter.get().is_none());
+        assert!(
+            !calibration.started.load(Ordering::Acquire),
+            "free to start again"
+        );
+        // The next runtime runs it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        calibration.start(rt.handle(), counter);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        rt.block_on(async {
+            while counter.get().is_none() && Instant::now() < deadline {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert!(counter.get().is_some());
+        // Done: a later runtime starts nothing.
+        calibration.start(rt.handle(), counter);
+        assert!(calibration.started.load(Ordering::Acquire));
     }
 
     #[test]
