@@ -36,8 +36,8 @@ struct Counter {
     /// about a second a day and date rows wrong by as much. Checked once per
     /// [`Self::check_every`] counter ticks (about a second), they stay within microseconds.
     offset_ns: AtomicI64,
-    /// The raw reading of the last check.
-    checked_at: AtomicU64,
+    /// The raw reading past which the next check is due.
+    next_check: AtomicU64,
     /// Counter ticks between two checks.
     check_every: u64,
 }
@@ -62,28 +62,33 @@ fn nanos_since_origin(at: Instant) -> u64 {
 
 impl Counter {
     /// A reading: the scaled counter, corrected; checked against the monotonic clock (one
-    /// `Instant` reading, on whichever thread comes first) once per `check_every` ticks. A
-    /// core whose counter reads a few ticks behind the last check's is not due (the counter
-    /// does not wrap in the machine's lifetime: 2^64 ticks are two centuries at 3 GHz).
+    /// `Instant` reading, on whichever thread comes first) once per `check_every` ticks (the
+    /// counter does not wrap in the machine's lifetime: 2^64 ticks are two centuries at
+    /// 3 GHz).
     #[inline]
     fn now(&self) -> Stamp {
         let raw = self.clock.raw();
         let counted = self.clock.delta_as_nanos(self.raw_at_offset, raw);
-        if raw.saturating_sub(self.checked_at.load(Ordering::Relaxed)) > self.check_every {
+        if raw > self.next_check.load(Ordering::Relaxed) {
             self.check(raw, counted);
         }
         Stamp(counted.saturating_add_signed(self.offset_ns.load(Ordering::Relaxed)))
     }
 
-    /// Measures the offset again (one thread per period: the one that moves `checked_at`).
+    /// Measures the offset again (one thread per period: the one that moves `next_check`).
     #[cold]
     #[inline(never)]
     fn check(&self, raw: u64, counted: u64) {
-        let last = self.checked_at.load(Ordering::Relaxed);
-        if raw.saturating_sub(last) > self.check_every
+        let due = self.next_check.load(Ordering::Relaxed);
+        if raw > due
             && self
-                .checked_at
-                .compare_exchange(last, raw, Ordering::Relaxed, Ordering::Relaxed)
+                .next_check
+                .compare_exchange(
+                    due,
+                    raw.saturating_add(self.check_every),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             let actual = nanos_since_origin(Instant::now());
@@ -180,12 +185,13 @@ fn calibrated() -> Counter {
     let clock = quanta::Clock::new();
     let raw_at_offset = clock.raw();
     let offset_ns = i64::try_from(nanos_since_origin(Instant::now())).unwrap_or(i64::MAX);
+    let check_every = ticks_in(&clock, CHECK_EVERY);
     Counter {
-        check_every: ticks_in(&clock, CHECK_EVERY),
+        check_every,
         clock,
         raw_at_offset,
         offset_ns: AtomicI64::new(offset_ns),
-        checked_at: AtomicU64::new(raw_at_offset),
+        next_check: AtomicU64::new(raw_at_offset.saturating_add(check_every)),
     }
 }
 
@@ -232,9 +238,7 @@ mod tests {
         // A check due (a period of ticks since the last): that reading and the next are on
         // time again.
         let raw = counter.clock.raw();
-        counter
-            .checked_at
-            .store(raw.wrapping_sub(counter.check_every + 1), Ordering::Relaxed);
+        counter.next_check.store(raw - 1, Ordering::Relaxed);
         for _ in 0..2 {
             let before = instant();
             let reading = counter.now().0;
@@ -245,7 +249,7 @@ mod tests {
                 "{before} <= {reading} <= {after}"
             );
         }
-        assert!(counter.checked_at.load(Ordering::Relaxed) > raw);
+        assert!(counter.next_check.load(Ordering::Relaxed) > raw + counter.check_every / 2);
     }
 
     #[test]
