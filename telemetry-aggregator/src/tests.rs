@@ -156,7 +156,9 @@ async fn rows_are_dated_by_the_event_instant_or_by_the_drain() {
     let (agg, sink) = spawn(config());
     let c = conn();
     let at = |ago_ms: u64, kind| TelemetryEvent {
-        at: Some(std::time::Instant::now() - Duration::from_millis(ago_ms)),
+        at: Some(telemetry_types::clock::Stamp::from_instant(
+            std::time::Instant::now() - Duration::from_millis(ago_ms),
+        )),
         ..ev(&c, kind)
     };
     let before = now_millis();

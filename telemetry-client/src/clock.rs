@@ -3,27 +3,28 @@
 //! A statement costs the driver two clock readings, its begin and its end, and they were
 //! the largest single part of its cost: `Instant::now()` is a `clock_gettime` call (about
 //! 24 ns on a virtual machine, 15-20 ns on bare metal). Where the CPU's time-stamp counter
-//! runs at a constant rate whatever the core and power state, [`Stamp::now`] reads the
-//! counter instead (about 10 ns) and scales it to nanoseconds with a calibration against
-//! the OS's monotonic clock ([`quanta`], the clock `metrics` and `moka` use).
+//! runs at a constant rate whatever the core and power state, [`now`] reads the counter
+//! instead (about 10 ns) and scales it to nanoseconds with a calibration against the OS's
+//! monotonic clock ([`quanta`], the clock `metrics` and `moka` use). A reading is a
+//! [`Stamp`]: events carry it as it is, and the background task turns it into the row's
+//! date, so the driver's thread does no date arithmetic.
 //!
 //! The calibration busy-reads both clocks for about half a millisecond (at most 200 ms on a
 //! machine too noisy to settle), so it never runs on a driver's thread: the first
 //! background runtime of the process (started by the first enabled connection) runs it on
 //! one of its blocking threads (the next one, if that runtime shuts down first), and
-//! readings taken before it is done come from `Instant`.
-//! Both sources give nanoseconds since one origin on the monotonic clock's timeline, so a
-//! statement begun before the calibration and ended after it still measures right (to well
-//! under a millisecond, the unit of every latency sent). Where the counter is not usable,
-//! every reading comes from `Instant`.
+//! readings taken before it is done come from `Instant`. Both sources give nanoseconds
+//! since one origin on the monotonic clock's timeline, so a statement begun before the
+//! calibration and ended after it still measures right (to well under a millisecond, the
+//! unit of every latency sent). Where the counter is not usable, every reading comes from
+//! `Instant`.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// A monotonic reading: nanoseconds since the process's clock origin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Stamp(u64);
+pub(crate) use telemetry_types::clock::Stamp;
+use telemetry_types::clock::origin;
 
 /// The counter, once calibrated, with what ties it to the monotonic clock's timeline.
 struct Counter {
@@ -45,20 +46,9 @@ struct Counter {
 /// How often the counter is checked against the monotonic clock.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Where every stamp counts from: the first reading any statement needs.
-static ORIGIN: OnceLock<Instant> = OnceLock::new();
 /// The calibrated counter; unset until the calibration is done (and for good where the
 /// counter is not usable).
 static COUNTER: OnceLock<Counter> = OnceLock::new();
-
-fn origin() -> Instant {
-    *ORIGIN.get_or_init(Instant::now)
-}
-
-/// Nanoseconds from the origin to `at`, saturating (and 0 for an instant before it).
-fn nanos_since_origin(at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(origin()).as_nanos()).unwrap_or(u64::MAX)
-}
 
 impl Counter {
     /// A reading: the scaled counter, corrected; checked against the monotonic clock (one
@@ -68,17 +58,19 @@ impl Counter {
     #[inline]
     fn now(&self) -> Stamp {
         let raw = self.clock.raw();
-        let counted = self.clock.delta_as_nanos(self.raw_at_offset, raw);
+        // The counter's nanoseconds since its calibration fit an i64 for 292 years.
+        let counted =
+            i64::try_from(self.clock.delta_as_nanos(self.raw_at_offset, raw)).unwrap_or(i64::MAX);
         if raw > self.next_check.load(Ordering::Relaxed) {
             self.check(raw, counted);
         }
-        Stamp(counted.saturating_add_signed(self.offset_ns.load(Ordering::Relaxed)))
+        Stamp::from_nanos(counted.saturating_add(self.offset_ns.load(Ordering::Relaxed)))
     }
 
     /// Measures the offset again (one thread per period: the one that moves `next_check`).
     #[cold]
     #[inline(never)]
-    fn check(&self, raw: u64, counted: u64) {
+    fn check(&self, raw: u64, counted: i64) {
         let due = self.next_check.load(Ordering::Relaxed);
         if raw > due
             && self
@@ -91,45 +83,19 @@ impl Counter {
                 )
                 .is_ok()
         {
-            let actual = nanos_since_origin(Instant::now());
-            // Both fit an i64 for 292 years of uptime; past that the offset stays.
-            if let (Ok(actual), Ok(counted)) = (i64::try_from(actual), i64::try_from(counted)) {
-                self.offset_ns
-                    .store(actual.saturating_sub(counted), Ordering::Relaxed);
-            }
+            let actual = Stamp::now().as_nanos();
+            self.offset_ns
+                .store(actual.saturating_sub(counted), Ordering::Relaxed);
         }
     }
 }
 
-impl Stamp {
-    /// Reads the clock: the counter once calibrated, else `Instant::now()`.
-    #[inline]
-    pub(crate) fn now() -> Self {
-        match COUNTER.get() {
-            Some(c) => c.now(),
-            None => Self::from_instant(Instant::now()),
-        }
-    }
-
-    /// The stamp of an `Instant` reading.
-    pub(crate) fn from_instant(at: Instant) -> Self {
-        Self(nanos_since_origin(at))
-    }
-
-    /// Whole milliseconds from `earlier` to this reading (0 if `earlier` is not earlier: a
-    /// counter read on another core, or across a correction, may lag by microseconds).
-    #[inline]
-    pub(crate) fn millis_since(self, earlier: Stamp) -> u64 {
-        self.0.saturating_sub(earlier.0) / 1_000_000
-    }
-
-    /// The reading as an `Instant` (the row's date, the OpenTelemetry span's times). An
-    /// absurd stamp (beyond what `Instant` holds) is the origin.
-    pub(crate) fn instant(self) -> Instant {
-        let origin = origin();
-        origin
-            .checked_add(Duration::from_nanos(self.0))
-            .unwrap_or(origin)
+/// Reads the statement clock: the counter once calibrated, else `Instant::now()`.
+#[inline]
+pub(crate) fn now() -> Stamp {
+    match COUNTER.get() {
+        Some(c) => c.now(),
+        None => Stamp::now(),
     }
 }
 
@@ -184,7 +150,7 @@ impl Calibration {
 fn calibrated() -> Counter {
     let clock = quanta::Clock::new();
     let raw_at_offset = clock.raw();
-    let offset_ns = i64::try_from(nanos_since_origin(Instant::now())).unwrap_or(i64::MAX);
+    let offset_ns = Stamp::now().as_nanos();
     let check_every = ticks_in(&clock, CHECK_EVERY);
     Counter {
         check_every,
@@ -209,6 +175,7 @@ fn ticks_in(clock: &quanta::Clock, period: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn stamps_from_both_sources_share_one_timeline() {
@@ -220,7 +187,8 @@ mod tests {
         // (give or take the calibration's error, a few microseconds at most).
         let slack = 50_000;
         assert!(
-            from_counter.0 + slack >= from_instant.0 && from_counter.0 <= after.0 + slack,
+            from_counter.as_nanos() + slack >= from_instant.as_nanos()
+                && from_counter.as_nanos() <= after.as_nanos() + slack,
             "{from_instant:?} <= {from_counter:?} <= {after:?}"
         );
     }
@@ -230,18 +198,18 @@ mod tests {
         let counter = calibrated();
         // As if the scale had drifted 5 ms since the calibration.
         counter.offset_ns.fetch_add(5_000_000, Ordering::Relaxed);
-        let instant = || Stamp::from_instant(Instant::now()).0;
+        let instant = || Stamp::now().as_nanos();
         // No check due: the reading is 5 ms ahead (bracketed by Instant readings, so a
         // preemption between the lines only widens the bracket).
         let before = instant();
-        assert!(counter.now().0 >= before + 4_000_000);
+        assert!(counter.now().as_nanos() >= before + 4_000_000);
         // A check due (a period of ticks since the last): that reading and the next are on
         // time again.
         let raw = counter.clock.raw();
         counter.next_check.store(raw - 1, Ordering::Relaxed);
         for _ in 0..2 {
             let before = instant();
-            let reading = counter.now().0;
+            let reading = counter.now().as_nanos();
             let after = instant();
             let slack = 100_000;
             assert!(
@@ -297,33 +265,10 @@ mod tests {
     }
 
     #[test]
-    fn millis_are_whole_and_never_negative() {
-        let a = Stamp(5_000_000);
-        assert_eq!(Stamp(5_999_999).millis_since(a), 0);
-        assert_eq!(Stamp(6_000_000).millis_since(a), 1);
-        assert_eq!(Stamp(1_234_000_000).millis_since(a), 1229);
-        assert_eq!(Stamp(4_000_000).millis_since(a), 0);
-    }
-
-    #[test]
-    fn a_stamp_converts_back_to_its_instant() {
-        // An instant before the origin is the origin: fix the origin first.
-        let _ = origin();
-        let at = Instant::now();
-        let stamp = Stamp::from_instant(at);
-        let back = stamp.instant();
-        // Nanosecond-exact where the platform's Instant is.
-        assert!(back.max(at) - back.min(at) < Duration::from_micros(1));
-        let far = origin().checked_add(Duration::from_nanos(u64::MAX));
-        assert_eq!(Stamp(u64::MAX).instant(), far.unwrap_or(origin()));
-    }
-
-    #[test]
     fn readings_go_forward() {
-        let a = Stamp::now();
-        let b = Stamp::now();
+        let a = now();
+        let b = now();
         // The calibration may finish between the two: the sources agree to microseconds.
-        assert!(b.0 + 50_000 >= a.0, "{a:?} then {b:?}");
-        assert!(Stamp::from_instant(origin()) == Stamp(0));
+        assert!(b.as_nanos() + 50_000 >= a.as_nanos(), "{a:?} then {b:?}");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use telemetry_flags::PendingCredentials;
 use telemetry_types::auth::AuthProvider;
@@ -10,6 +10,7 @@ use telemetry_types::connection::ConnectionInfo;
 use telemetry_types::event::{DriverError, EventKind, ReportableError, VolumeOp};
 use telemetry_types::wire::{OperationType, StatementType, VolumeOperationType};
 
+use crate::clock;
 use crate::emitter::{Emitter, capped_id, millis};
 use crate::local::LocalStatement;
 use crate::provider::TelemetryError;
@@ -229,7 +230,7 @@ impl Connection {
     pub fn open_failed<E: ReportableError + ?Sized>(&self, latency: Duration, error: &E) {
         if let Some(l) = self.live_or_count() {
             l.emit(
-                Some(Instant::now()),
+                Some(clock::now()),
                 EventKind::ConnectionFailed {
                     latency_ms: millis(latency),
                     error: Box::new(DriverError::from_error(error)),
@@ -243,7 +244,7 @@ impl Connection {
     pub fn closed(&self, latency: Duration) {
         if let Some(l) = self.live_or_count() {
             l.emit(
-                Some(Instant::now()),
+                Some(clock::now()),
                 EventKind::ConnectionClosed {
                     latency_ms: millis(latency),
                 },
@@ -336,7 +337,7 @@ impl Connection {
     pub fn error<E: ReportableError + ?Sized>(&self, error: &E) {
         if let Some(l) = self.live_or_count() {
             l.emit(
-                Some(Instant::now()),
+                Some(clock::now()),
                 EventKind::Error {
                     statement_id: None,
                     error: Box::new(DriverError::from_error(error)),
@@ -421,7 +422,7 @@ fn capped_text(text: &str) -> String {
 /// The session-open event (`CREATE_SESSION`), dated now.
 fn emit_opened(l: &Emitter, latency: Duration) {
     l.emit(
-        Some(Instant::now()),
+        Some(clock::now()),
         EventKind::ConnectionOpened {
             latency_ms: millis(latency),
         },

@@ -2,7 +2,9 @@
 //! lease on the host client, and the one method that queues an event.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use telemetry_types::clock::Stamp;
 
 use telemetry_types::connection::ConnectionInfo;
 use telemetry_types::event::{EventKind, TelemetryEvent};
@@ -27,7 +29,7 @@ impl Emitter {
     /// Queues one event. `at` dates the row it starts (see [`TelemetryEvent::at`]); events
     /// that date nothing pass `None` and cost no clock reading. Not `#[inline]`: the public
     /// methods inline only their enabled check into the driver; the queue push stays here.
-    pub(crate) fn emit(&self, at: Option<Instant>, kind: EventKind) {
+    pub(crate) fn emit(&self, at: Option<Stamp>, kind: EventKind) {
         self.emit_event(TelemetryEvent {
             connection: self.info.clone(),
             at,

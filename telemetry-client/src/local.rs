@@ -3,9 +3,9 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::clock::Stamp;
+use crate::clock::{self, Stamp};
 
 use telemetry_types::classify::ErrorClass;
 use telemetry_types::event::{
@@ -95,7 +95,7 @@ impl LocalStatement {
         Self {
             local: Some(Local {
                 conn: conn.clone(),
-                begun: Stamp::now(),
+                begun: clock::now(),
                 report,
                 parent: conn.bridge.get().map(|b| b.parent()),
                 statement_type,
@@ -212,7 +212,7 @@ impl LocalStatement {
             return;
         }
         l.conn.emit(
-            Some(Instant::now()),
+            Some(clock::now()),
             EventKind::ChunkFailed {
                 failure: Box::new(telemetry_types::event::ChunkFailure {
                     statement_id: l.id.clone(),
@@ -230,7 +230,7 @@ impl LocalStatement {
     /// The result set is ready; the first mark counts.
     pub fn result_ready(&mut self) {
         if let Some(l) = &mut self.local {
-            let ms = Stamp::now().millis_since(l.begun);
+            let ms = clock::now().millis_since(l.begun);
             l.completion.result_ready_latency_ms.get_or_insert(ms);
         }
     }
@@ -238,7 +238,7 @@ impl LocalStatement {
     /// The result set was consumed; the first mark counts.
     pub fn result_consumed(&mut self) {
         if let Some(l) = &mut self.local {
-            let ms = Stamp::now().millis_since(l.begun);
+            let ms = clock::now().millis_since(l.begun);
             l.completion.result_consumption_latency_ms.get_or_insert(ms);
         }
     }
@@ -267,7 +267,7 @@ impl LocalStatement {
             return;
         }
         l.conn.emit(
-            Some(Instant::now()),
+            Some(clock::now()),
             EventKind::Error {
                 statement_id: l.id.as_ref().map(|id| StatementId::from(id.as_str())),
                 error: Box::new(error),
@@ -321,7 +321,7 @@ impl LocalStatement {
         if l.report {
             l.conn.lease.statement_ended();
         }
-        let ended = Stamp::now();
+        let ended = clock::now();
         let end = StatementEnd {
             statement_type: l.statement_type,
             operation_type: l.operation_type,

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use telemetry_types::classify::ErrorClass;
 use telemetry_types::event::{
@@ -18,7 +18,7 @@ use telemetry_types::event::{
 };
 use telemetry_types::wire::{ExecutionResultFormat, OperationType, StatementType};
 
-use crate::clock::Stamp;
+use crate::clock::{self, Stamp};
 use crate::emitter::{Emitter, capped_id, millis};
 use crate::unreported::{self, NotReported};
 
@@ -264,7 +264,7 @@ impl Statement {
         Statement {
             shared: Some(Arc::new(Shared {
                 conn: conn.clone(),
-                begun: Stamp::now(),
+                begun: clock::now(),
                 report,
                 parent: conn.bridge.get().map(|b| b.parent()),
                 statement_type: AtomicU8::new(type_index(statement_type)),
@@ -398,7 +398,7 @@ impl Statement {
             return;
         }
         s.conn.emit(
-            Some(Instant::now()),
+            Some(clock::now()),
             EventKind::ChunkFailed {
                 failure: Box::new(ChunkFailure {
                     statement_id: s.id.get().cloned(),
@@ -419,7 +419,7 @@ impl Statement {
         if let Some(s) = &self.shared {
             s.recorded
                 .ready_ms
-                .set_first(Stamp::now().millis_since(s.begun));
+                .set_first(clock::now().millis_since(s.begun));
         }
     }
 
@@ -429,7 +429,7 @@ impl Statement {
         if let Some(s) = &self.shared {
             s.recorded
                 .consumed_ms
-                .set_first(Stamp::now().millis_since(s.begun));
+                .set_first(clock::now().millis_since(s.begun));
         }
     }
 
@@ -454,7 +454,7 @@ impl Statement {
             unreported::count(NotReported::FlagOff);
         } else {
             s.conn.emit(
-                Some(Instant::now()),
+                Some(clock::now()),
                 EventKind::Error {
                     statement_id: s.id.get().map(|id| StatementId::from(id.as_str())),
                     error: Box::new(error),
@@ -535,7 +535,7 @@ impl Shared {
         error: Option<DriverError>,
         volume: Option<Box<VolumeOp>>,
     ) {
-        let ended = Stamp::now();
+        let ended = clock::now();
         let end = StatementEnd {
             statement_type: self.statement_type(),
             operation_type: self.operation_type,
@@ -650,7 +650,7 @@ pub(crate) fn deliver(
     if report {
         conn.emit_event(TelemetryEvent {
             connection: conn.info.clone(),
-            at: Some(begun.instant()),
+            at: Some(begun),
             kind: EventKind::StatementEnded { end },
         });
     }

@@ -7,7 +7,6 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::classify::{ErrorClass, classify_driver_error, classify_error};
 use crate::connection::ConnectionInfo;
@@ -115,11 +114,11 @@ pub struct TelemetryEvent {
     pub connection: Arc<ConnectionInfo>,
     /// When it happened, which dates its row: a connection opened or closed, a statement
     /// began (its end carries its begin), an error. `None` lets the background task use the
-    /// time it takes the event. An [`Instant`], not a wall time, so a statement costs the
-    /// driver one clock reading at its begin for both its date and its latency's origin; the
-    /// background task dates instants with one [`WallClock`](crate::clock::WallClock) reading
-    /// per batch.
-    pub at: Option<Instant>,
+    /// time it takes the event. A monotonic [`Stamp`](crate::clock::Stamp), not a wall time,
+    /// so a statement costs the driver one clock reading at its begin for both its date and
+    /// its latency's origin; the background task turns stamps into dates with one
+    /// [`WallClock`](crate::clock::WallClock) reading per batch.
+    pub at: Option<crate::clock::Stamp>,
     /// What happened.
     pub kind: EventKind,
 }

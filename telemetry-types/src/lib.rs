@@ -19,7 +19,8 @@
 //! - [`boundary`]: the one place where a plug-in's code runs (contained, bounded, off the
 //!   runtime's workers when it may block), and the typed failures that charge a plug-in's
 //!   fault to the rows that depend on it;
-//! - [`clock`] and [`random`]: wall-clock dating and event-id / jitter randomness;
+//! - [`clock`] and [`random`]: monotonic stamps (what events are dated with) and their
+//!   wall-clock dating in the background; event-id / jitter randomness;
 //! - `testing` (feature `testing`): the test doubles of those traits, shipped once.
 //!
 //! ```
