@@ -62,6 +62,7 @@ fn boxed_bytes(event: &TelemetryEvent) -> usize {
 
 /// The driver's text an event carries (error strings, a long id, volume paths), as allocated:
 /// counted against the budget wherever the event waits.
+#[inline]
 fn event_text_bytes(event: &TelemetryEvent) -> usize {
     match &event.kind {
         EventKind::Error {
@@ -79,6 +80,15 @@ fn event_text_bytes(event: &TelemetryEvent) -> usize {
         EventKind::StatementEnded { end } => end.text_bytes(),
         EventKind::ConnectionOpened { .. } | EventKind::ConnectionClosed { .. } => 0,
     }
+}
+
+/// What [`Intake::push`] does with an event once the intake is closed (its task still live).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnClose {
+    /// Drops it, counted `after_close`.
+    Count,
+    /// Refuses it uncounted: the caller counts it.
+    Refuse,
 }
 
 pub(crate) struct Intake {
@@ -147,23 +157,26 @@ impl Intake {
         true
     }
 
-    /// Queues `event` without blocking; a full queue, a spent budget or a closed intake drops
-    /// it, counted.
+    /// Queues `event` without blocking; a full queue, a spent budget or a gone task drops it,
+    /// counted. After close (the task still live), `on_close` says whether the drop is
+    /// counted here or refused (`false` returned, nothing counted) for the caller to count.
     #[inline(always)]
-    pub(crate) fn push(&self, event: TelemetryEvent) {
+    pub(crate) fn push(&self, event: TelemetryEvent, on_close: OnClose) -> bool {
         if self.closed.load(Ordering::Acquire) {
             let reason = if self.gone.load(Ordering::Acquire) {
                 DropReason::RuntimeGone
-            } else {
+            } else if on_close == OnClose::Count {
                 DropReason::AfterClose
+            } else {
+                return false;
             };
             self.counters.count_drop(reason, 1);
-            return;
+            return true;
         }
         let text = event_text_bytes(&event);
         if text > 0 && !self.reserve(text) {
             self.counters.count_drop(DropReason::QueueFull, 1);
-            return;
+            return true;
         }
         let primary = self
             .primary
@@ -183,6 +196,7 @@ impl Intake {
         if self.sleeping.load(Ordering::Relaxed) {
             self.wake_sleeper();
         }
+        true
     }
 
     /// The task is idle: wake it for this event (the first producer to see it asleep).
@@ -261,6 +275,7 @@ impl Intake {
         self.primary.get().map_or(0, ArrayQueue::len) + self.overflow_len.load(Ordering::Relaxed)
     }
 
+    #[inline]
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -278,6 +293,7 @@ impl Intake {
     }
 
     /// Whether the task is gone for good.
+    #[inline]
     pub(crate) fn is_gone(&self) -> bool {
         self.gone.load(Ordering::Acquire)
     }
@@ -373,7 +389,7 @@ mod tests {
             .is_ready()
         };
         for _ in 0..intake.high_water - 1 {
-            intake.push(opened());
+            intake.push(opened(), OnClose::Count);
         }
         assert!(
             !intake.wake_pending.load(Ordering::Relaxed),
@@ -381,14 +397,14 @@ mod tests {
         );
         assert!(!woken(&intake));
         for _ in 0..1_000 {
-            intake.push(opened()); // past the mark and into the overflow
+            intake.push(opened(), OnClose::Count); // past the mark and into the overflow
         }
         assert!(intake.wake_pending.load(Ordering::Relaxed));
         assert!(woken(&intake), "the wake-up was kept for the task");
         assert!(!intake.wake_pending.load(Ordering::Relaxed));
         assert!(!woken(&intake), "one wake-up for the whole burst");
         // Still above the mark after the wake-up: the next event wakes the task again.
-        intake.push(opened());
+        intake.push(opened(), OnClose::Count);
         assert!(woken(&intake));
     }
 
@@ -401,7 +417,7 @@ mod tests {
             "nothing before the first event"
         );
         for _ in 0..5_000 {
-            intake.push(opened());
+            intake.push(opened(), OnClose::Count);
         }
         assert_eq!(intake.len(), 5_000);
         assert_eq!(
@@ -443,13 +459,13 @@ mod tests {
         let counters = Arc::new(Counters::default());
         let intake = Intake::new(600, 4 << 20, counters.clone());
         for _ in 0..700 {
-            intake.push(opened());
+            intake.push(opened(), OnClose::Count);
         }
         assert_eq!(intake.len(), 600);
         assert_eq!(counters.snapshot().dropped.get(DropReason::QueueFull), 100);
         let small = Intake::new(100_000, 64 << 10, counters.clone());
         for _ in 0..100_000 {
-            small.push(opened());
+            small.push(opened(), OnClose::Count);
         }
         let held = PRIMARY_SLOTS + (64 << 10) / OVERFLOW_SLOT_BYTES;
         assert_eq!(small.len(), held);
@@ -460,18 +476,48 @@ mod tests {
             })
         };
         small.pop();
-        small.push(huge());
-        small.push(huge());
+        small.push(huge(), OnClose::Count);
+        small.push(huge(), OnClose::Count);
         assert_eq!(small.len(), held - 1, "text counts against the same budget");
     }
 
-    #[test]
-    fn a_closed_intake_counts_what_it_refuses() {
+    /// Open, closed and gone, with each way of handling a closed intake: what `push` answers,
+    /// what it counts, and what it queues.
+    #[rstest::rstest]
+    #[case::open_counting(State::Open, OnClose::Count, true, None, 1)]
+    #[case::open_refusing(State::Open, OnClose::Refuse, true, None, 1)]
+    #[case::closed_counting(State::Closed, OnClose::Count, true, Some(DropReason::AfterClose), 0)]
+    #[case::closed_refusing(State::Closed, OnClose::Refuse, false, None, 0)]
+    #[case::gone_counting(State::Gone, OnClose::Count, true, Some(DropReason::RuntimeGone), 0)]
+    #[case::gone_refusing(State::Gone, OnClose::Refuse, true, Some(DropReason::RuntimeGone), 0)]
+    fn a_closed_intake_counts_or_refuses_what_it_is_handed(
+        #[case] state: State,
+        #[case] on_close: OnClose,
+        #[case] taken: bool,
+        #[case] counted: Option<DropReason>,
+        #[case] queued: usize,
+    ) {
         let counters = Arc::new(Counters::default());
         let intake = Intake::new(10, 1 << 20, counters.clone());
-        intake.close();
-        intake.push(opened());
-        assert_eq!(counters.snapshot().dropped.get(DropReason::AfterClose), 1);
-        assert!(intake.is_closed() && intake.len() == 0);
+        match state {
+            State::Open => {}
+            State::Closed => intake.close(),
+            State::Gone => intake.mark_gone(),
+        }
+        assert_eq!(intake.push(opened(), on_close), taken);
+        let dropped = counters.snapshot().dropped;
+        assert_eq!(dropped.total(), u64::from(counted.is_some()));
+        if let Some(reason) = counted {
+            assert_eq!(dropped.get(reason), 1);
+        }
+        assert_eq!(intake.len(), queued);
+        assert_eq!(intake.is_closed(), !matches!(state, State::Open));
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum State {
+        Open,
+        Closed,
+        Gone,
     }
 }

@@ -71,7 +71,7 @@ pub use config::AggregatorConfig;
 pub use latency::{Latencies, LatencyPercentiles, Percentiles};
 pub use stats::AggregatorStats;
 
-use intake::Intake;
+use intake::{Intake, OnClose};
 use stats::Counters;
 
 /// How often the background task drains the intake when nothing wakes it.
@@ -135,7 +135,18 @@ impl Aggregator {
     /// high-water mark). A full queue or a closed aggregator drops it and counts the drop.
     #[inline(always)]
     pub fn emit(&self, event: TelemetryEvent) {
-        self.intake.push(event);
+        self.intake.push(event, OnClose::Count);
+    }
+
+    /// Queues one event as [`emit`](Self::emit) does, except once the aggregator is closing or
+    /// closed while its task lives: the event is then dropped without being counted here, and
+    /// `false` returned, for a caller that counts such late events itself (the facade does,
+    /// because a closed host's totals are retired). One closed check on the way, where
+    /// checking [`is_accepting`](Self::is_accepting) and [`is_gone`](Self::is_gone) first
+    /// would make three.
+    #[inline(always)]
+    pub fn emit_unless_closed(&self, event: TelemetryEvent) -> bool {
+        self.intake.push(event, OnClose::Refuse)
     }
 
     /// Hands every row produced so far (including events already queued) to the sink and
@@ -184,6 +195,7 @@ impl Aggregator {
 
     /// Whether the background task was dropped unfinished (its runtime shut down): every
     /// event is then counted as dropped `runtime_gone`.
+    #[inline]
     pub fn is_gone(&self) -> bool {
         self.intake.is_gone()
     }

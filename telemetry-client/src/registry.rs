@@ -379,11 +379,9 @@ impl HostLease {
     /// handed once its totals are retired, so the provider counts those drops itself.
     #[inline(always)]
     pub(crate) fn emit(&self, event: TelemetryEvent) {
-        let aggregator = &self.core.aggregator;
-        if aggregator.is_accepting() || aggregator.is_gone() {
-            // A gone task's intake counts the event itself (`runtime_gone`).
-            aggregator.emit(event);
-        } else {
+        // A gone task's intake counts the event itself (`runtime_gone`); a closed one's is
+        // refused, and counted here.
+        if !self.core.aggregator.emit_unless_closed(event) {
             self.registry.late_drops.fetch_add(1, Ordering::Relaxed);
         }
     }
