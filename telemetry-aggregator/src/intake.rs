@@ -245,24 +245,28 @@ impl Intake {
         }
     }
 
+    /// The oldest event, the array's first. Each way returns the queue's own `Option`, so
+    /// that the event (232 bytes) is not copied again on its way out.
     pub(crate) fn pop(&self) -> Option<TelemetryEvent> {
-        let (event, overflow) = match self.primary.get().and_then(ArrayQueue::pop) {
-            Some(e) => (e, false),
-            None => {
-                let e = self.overflow.pop()?;
-                self.overflow_len.fetch_sub(1, Ordering::Relaxed);
-                (e, true)
-            }
-        };
-        let bytes = if overflow {
-            text_bytes(&event) + OVERFLOW_SLOT_BYTES
-        } else {
-            event_text_bytes(&event)
-        };
+        let popped = self.primary.get().and_then(ArrayQueue::pop);
+        if let Some(event) = &popped {
+            self.release(event_text_bytes(event));
+            return popped;
+        }
+        let popped = self.overflow.pop();
+        if let Some(event) = &popped {
+            self.overflow_len.fetch_sub(1, Ordering::Relaxed);
+            self.release(text_bytes(event) + OVERFLOW_SLOT_BYTES);
+        }
+        popped
+    }
+
+    /// Gives back what a taken event held of the budget.
+    #[inline]
+    fn release(&self, bytes: usize) {
         if bytes > 0 {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
-        Some(event)
     }
 
     /// Whether the task has gone idle (waiting for a producer's wake-up or its flush tick).

@@ -304,6 +304,7 @@ impl State {
         self.push_row(TelemetryRow::new(log, connection, is_error));
     }
 
+    #[inline(always)]
     fn push_row(&mut self, row: TelemetryRow) {
         let is_error = row.is_error;
         Counters::bump(&self.counters.rows_produced, 1);

@@ -80,6 +80,7 @@ impl TelemetryRow {
 
     /// A statement's row, dated `began_at_millis`: the log [`statement_row`] builds, built
     /// when it is written. An error row when the statement carries an error.
+    #[inline]
     pub fn statement(
         connection: Arc<ConnectionInfo>,
         began_at_millis: i64,
