@@ -31,8 +31,8 @@ impl BackgroundRuntime {
                 }
             }
         };
-        // The statement clock's calibration, once per process, off the driver's threads.
-        crate::clock::calibrate_in_background(&runtime.handle);
+        // The statement clock's first paired reading, once per process (microseconds).
+        crate::clock::start();
         runtime
     }
 }

@@ -2349,7 +2349,7 @@ fn a_local_statement_reports_what_a_shared_one_reports_for_the_same_calls() {
         .unwrap();
 }
 
-/// Statements read the statement clock (the CPU's counter once calibrated): their latencies
+/// Statements read the statement clock (the CPU's counter once timed): their latencies
 /// are milliseconds of real time and their rows are dated at their begin, through either
 /// handle. Real sleeps on purpose (the clock under test is the real one); only lower bounds
 /// and a wide window, so a slow machine cannot fail it.
@@ -2359,9 +2359,12 @@ fn statements_are_timed_and_dated_on_the_statement_clock() {
     let server = FakeServer::always(200);
     let p = TelemetryClientProvider::new(options(&server, &f));
     let c = p.connect(conn_opts("a.example"));
-    // Time for the counter's calibration (about half a millisecond) to end, so both
-    // readings come from it, and for the stamps to be well past the clock's origin.
-    std::thread::sleep(Duration::from_millis(50));
+    // Time for the counter to be timed (its second paired reading is taken by the first
+    // reading 100 ms after the first connection's start: the session's open event here), so
+    // that the statements' readings come from it, and for the stamps to be well past the
+    // clock's origin.
+    std::thread::sleep(Duration::from_millis(110));
+    c.opened(Duration::from_millis(1));
     let wall = || telemetry_types::clock::now_millis();
     let before = wall();
     let shared = c.statement(StatementType::Query, OperationType::ExecuteStatement);
@@ -2379,7 +2382,7 @@ fn statements_are_timed_and_dated_on_the_statement_clock() {
     let rows: Vec<_> = logs
         .iter()
         .map(|(_, l)| l)
-        .filter(|l| l["entry"]["sql_driver_log"]["sql_operation"].is_object())
+        .filter(|l| l["entry"]["sql_driver_log"]["sql_operation"]["statement_type"].is_string())
         .collect();
     assert_eq!(rows.len(), 2, "{logs:?}");
     for log in rows {
