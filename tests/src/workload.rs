@@ -91,6 +91,26 @@ pub struct WorkloadReport {
     pub work: Duration,
     /// The longest time one connection's close took.
     pub close_max: Duration,
+    /// CPU time of the connections' own threads, each read on its thread (Linux; zero
+    /// elsewhere): with the process's CPU time, what the rest of the process (telemetry's
+    /// background runtime) spent.
+    pub driver_cpu: Duration,
+}
+
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`; zero if unreadable).
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the struct it is handed, nothing else.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Whether statement `n` (counted over the whole run) ends in an error: evenly spread.
@@ -125,6 +145,7 @@ pub fn run(
         report.expected_rows += r.expected_rows;
         report.errors += r.errors;
         report.close_max = report.close_max.max(r.close_max);
+        report.driver_cpu += r.driver_cpu;
         report.work = if sequential {
             report.work + r.work
         } else {
@@ -330,6 +351,7 @@ fn connection(
     w: &Workload,
     index: usize,
 ) -> WorkloadReport {
+    let cpu_started = thread_cpu();
     let mut r = WorkloadReport::default();
     let auth = |mut options: ConnectionOptions| {
         match w.token.clone() {
@@ -470,6 +492,7 @@ fn connection(
     // Where a driver chooses to wait (the last database released): the host's final flush,
     // itself bounded by the close timeout.
     let _ = conn.flush_blocking(Duration::from_secs(60));
+    r.driver_cpu = thread_cpu().saturating_sub(cpu_started);
     r
 }
 

@@ -648,6 +648,12 @@ fn main() -> ExitCode {
         }
     );
     println!(
+        "  of which the connections' own threads {:.1} ms, the rest of the process (telemetry's \
+         background runtime) {:.1} ms",
+        report.driver_cpu.as_secs_f64() * 1000.0,
+        cpu.saturating_sub(report.driver_cpu).as_secs_f64() * 1000.0
+    );
+    println!(
         "  elapsed {:.1} ms, slowest close {:.1} ms, peak memory {} KiB",
         report.elapsed.as_secs_f64() * 1000.0,
         report.close_max.as_secs_f64() * 1000.0,
@@ -680,6 +686,7 @@ fn main() -> ExitCode {
             "peak_rss_kib": peak,
             "cpu_ms": cpu.as_secs_f64() * 1000.0,
             "cpu_us_per_statement": cpu_us_per_statement,
+            "driver_threads_cpu_ms": report.driver_cpu.as_secs_f64() * 1000.0,
         });
         if let Some(rows) = server_rows {
             out["server_rows_received"] = json!(rows);
