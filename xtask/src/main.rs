@@ -505,6 +505,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// The lowest and highest of `v`, as "low-high" with two decimals.
+fn spread(v: &[f64]) -> String {
+    let low = v.iter().copied().reduce(f64::min).unwrap_or(f64::NAN);
+    let high = v.iter().copied().reduce(f64::max).unwrap_or(f64::NAN);
+    format!("{low:.2}-{high:.2}")
+}
+
 /// The client process's CPU (user + system, every thread, getrusage) per statement, with the
 /// export going over HTTP to the server process: the same paced workload with telemetry on
 /// and off, alternating; telemetry's share is the median of each round's difference (a
@@ -531,13 +538,8 @@ fn cpu_per_statement(sim: &Path, url: &str, quick: bool, report: &mut String) ->
             into.push(v["cpu_us_per_statement"].as_f64().unwrap_or(f64::NAN));
         }
     }
-    let mut shares: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a - b).collect();
-    shares.sort_by(f64::total_cmp);
-    let range = format!(
-        "{:.2}-{:.2}",
-        shares.first().copied().unwrap_or(f64::NAN),
-        shares.last().copied().unwrap_or(f64::NAN)
-    );
+    let shares: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a - b).collect();
+    let range = spread(&shares);
     let delta = median(shares);
     let (on, off) = (median(on), median(off));
     report.push_str(&format!(
@@ -631,12 +633,7 @@ fn sustained(sim: &Path, url: &str, quick: bool, report: &mut String) -> Result 
         .map_or(0, |o| o.values().filter_map(|n| n.as_u64()).sum());
     let elapsed_ms = v["elapsed_ms"].as_f64().unwrap_or(f64::NAN);
     let delivered = 100.0 * exported as f64 / expected.max(1) as f64;
-    per_row.sort_by(f64::total_cmp);
-    let range = format!(
-        "{:.2}-{:.2}",
-        per_row.first().copied().unwrap_or(f64::NAN),
-        per_row.last().copied().unwrap_or(f64::NAN)
-    );
+    let range = spread(&per_row);
     let per_row_us = median(per_row);
     let per_core = 1.0 / per_row_us;
     report.push_str(&format!(
