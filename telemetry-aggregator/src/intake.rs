@@ -334,8 +334,11 @@ impl Intake {
 /// Pushes a thread makes between two looks at the array's length.
 const LOOK_EVERY: u32 = 16;
 
-/// True on one push in [`LOOK_EVERY`] of the calling thread (a thread-local count).
-#[inline]
+/// True on one push in [`LOOK_EVERY`] of the calling thread (a thread-local count). Out of
+/// line: inlined into another crate (the facade, where the push is inlined), the
+/// thread-local is reached through its key's accessor, an indirect call; here it is one
+/// access relative to the thread pointer.
+#[inline(never)]
 fn every_few_pushes() -> bool {
     thread_local! {
         static PUSHES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
