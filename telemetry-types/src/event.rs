@@ -66,6 +66,7 @@ impl CompactId {
     }
 
     /// Heap bytes the id holds: none inline, the text shared (for byte budgets).
+    #[inline]
     pub fn heap_bytes(&self) -> usize {
         match &self.0 {
             CompactRepr::Inline { .. } => 0,
@@ -276,6 +277,7 @@ impl StatementEnd {
     /// The driver's text the end holds on the heap, as allocated: a statement id too long
     /// to ride inline, its error's strings, its volume operation's paths (for byte budgets;
     /// the boxes themselves not counted).
+    #[inline]
     pub fn text_bytes(&self) -> usize {
         self.statement_id.as_ref().map_or(0, CompactId::heap_bytes)
             + self.error.as_deref().map_or(0, DriverError::text_bytes)
