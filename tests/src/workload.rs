@@ -91,9 +91,9 @@ pub struct WorkloadReport {
     pub work: Duration,
     /// The longest time one connection's close took.
     pub close_max: Duration,
-    /// CPU time of the connections' own threads, each read on its thread (Linux; zero
-    /// elsewhere): with the process's CPU time, what the rest of the process (telemetry's
-    /// background runtime) spent.
+    /// CPU time of the connections' own threads and their download threads, each read on
+    /// its thread (Linux; zero elsewhere): with the process's CPU time, what the rest of the
+    /// process (telemetry's background runtime) spent.
     pub driver_cpu: Duration,
 }
 
@@ -275,7 +275,8 @@ impl ReportableError for SimError {
 /// per chunk, report the chunk on it, and drop the clone.
 struct Downloads {
     jobs: Option<mpsc::Sender<(Statement, usize, mpsc::Sender<()>)>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each thread returns the CPU time it used.
+    threads: Vec<std::thread::JoinHandle<Duration>>,
 }
 
 impl Downloads {
@@ -289,10 +290,10 @@ impl Downloads {
                     loop {
                         let job = match rx.lock() {
                             Ok(rx) => rx.recv(),
-                            Err(_) => return,
+                            Err(_) => break,
                         };
                         let Ok((statement, k, done)) = job else {
-                            return;
+                            break;
                         };
                         statement.chunk(
                             Duration::from_millis(5 + (k as u64 * 7) % 40),
@@ -302,6 +303,7 @@ impl Downloads {
                         drop(statement);
                         let _ = done.send(());
                     }
+                    thread_cpu()
                 })
             })
             .collect();
@@ -332,6 +334,14 @@ impl Downloads {
         for _ in 0..chunks {
             let _ = done_rx.recv();
         }
+    }
+}
+
+impl Downloads {
+    /// Stops the threads and returns the CPU time they used.
+    fn finish(mut self) -> Duration {
+        self.jobs = None;
+        self.threads.drain(..).filter_map(|t| t.join().ok()).sum()
     }
 }
 
@@ -482,7 +492,7 @@ fn connection(
         stmt.complete();
         stmt.close(); // the driver closes it after reading: an ignored second ending
     }
-    drop(downloads);
+    let download_cpu = downloads.finish();
     conn.closed(Duration::from_micros(300));
     r.events += 1;
     r.work = work_started.elapsed();
@@ -492,7 +502,7 @@ fn connection(
     // Where a driver chooses to wait (the last database released): the host's final flush,
     // itself bounded by the close timeout.
     let _ = conn.flush_blocking(Duration::from_secs(60));
-    r.driver_cpu = thread_cpu().saturating_sub(cpu_started);
+    r.driver_cpu = thread_cpu().saturating_sub(cpu_started) + download_cpu;
     r
 }
 

@@ -648,9 +648,14 @@ fn main() -> ExitCode {
         }
     );
     println!(
-        "  of which the connections' own threads {:.1} ms, the rest of the process (telemetry's \
-         background runtime) {:.1} ms",
+        "  of which the connections' own threads (and their download threads) {:.1} ms, the \
+         rest of the process (telemetry's background runtime{}) {:.1} ms",
         report.driver_cpu.as_secs_f64() * 1000.0,
+        if mock.is_some() {
+            ", and the embedded workspace"
+        } else {
+            ""
+        },
         cpu.saturating_sub(report.driver_cpu).as_secs_f64() * 1000.0
     );
     println!(
