@@ -515,10 +515,19 @@ fn a_driver_can_assert_its_rows_with_the_test_kit() {
     );
 }
 
+#[rstest::rstest]
+#[case::checking_each_log(false)]
+#[case::counting_without_checking(true)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_keeping_counts_only_counts_every_row_and_holds_none() {
+async fn a_server_keeping_counts_only_counts_every_row_and_holds_none(
+    #[case] without_checking: bool,
+) {
     let mock = MockWorkspace::start(&flag_name()).await.unwrap();
-    mock.keep_counts_only();
+    if without_checking {
+        mock.count_without_checking();
+    } else {
+        mock.keep_counts_only();
+    }
     let p = TelemetryClientProvider::new(options());
     let w = Workload {
         connections: 2,
