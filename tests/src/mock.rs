@@ -380,8 +380,30 @@ fn has_null(v: &Value) -> bool {
     }
 }
 
-/// Checks a request body's envelope (`uploadTime`, an empty `items`, `protoLogs` and
-/// nothing else) and counts its logs, each a JSON string, without parsing them.
+/// A request body's envelope, as the receiver takes it: `uploadTime`, an empty `items`, the
+/// logs (`protoLogs`, each a JSON string, read as `L`) and nothing else.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<L> {
+    #[serde(rename = "uploadTime")]
+    _upload_time: i64,
+    items: Vec<serde::de::IgnoredAny>,
+    #[serde(rename = "protoLogs")]
+    proto_logs: Vec<L>,
+}
+
+/// The logs of a body whose envelope the receiver accepts.
+fn envelope<'de, L: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<Vec<L>, String> {
+    let envelope: Envelope<L> =
+        serde_json::from_slice(body).map_err(|e| format!("envelope does not parse: {e}"))?;
+    if !envelope.items.is_empty() {
+        return Err("items is not empty".into());
+    }
+    Ok(envelope.proto_logs)
+}
+
+/// Checks a request body's envelope (as [`validate`] does) and counts its logs, each a JSON
+/// string, without parsing them.
 pub fn count_logs(body: &[u8]) -> Result<usize, String> {
     /// A log, as the envelope holds it: a string, read and not kept.
     struct LogString;
@@ -391,7 +413,7 @@ pub fn count_logs(body: &[u8]) -> Result<usize, String> {
             impl serde::de::Visitor<'_> for Visit {
                 type Value = LogString;
                 fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a log as a JSON string")
+                    f.write_str("a string")
                 }
                 fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<LogString, E> {
                     Ok(LogString)
@@ -400,51 +422,15 @@ pub fn count_logs(body: &[u8]) -> Result<usize, String> {
             d.deserialize_str(Visit)
         }
     }
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Envelope {
-        #[serde(rename = "uploadTime")]
-        _upload_time: i64,
-        items: Vec<serde::de::IgnoredAny>,
-        #[serde(rename = "protoLogs")]
-        proto_logs: Vec<LogString>,
-    }
-    let envelope: Envelope =
-        serde_json::from_slice(body).map_err(|e| format!("envelope does not parse: {e}"))?;
-    if !envelope.items.is_empty() {
-        return Err("items is not empty".into());
-    }
-    Ok(envelope.proto_logs.len())
+    envelope::<LogString>(body).map(|logs| logs.len())
 }
 
 /// Checks a request body as the receiver does: the envelope, then each log against the
 /// server's schema ([`check_log`]); returns the parsed logs with their row kinds.
 pub fn validate(body: &[u8]) -> Result<Vec<(TelemetryFrontendLog, RowKind)>, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|_| "body is not JSON")?;
-    let obj = v.as_object().ok_or("body is not an object")?;
-    if obj
-        .keys()
-        .any(|k| !matches!(k.as_str(), "uploadTime" | "items" | "protoLogs"))
-    {
-        return Err("unknown top-level field".into());
-    }
-    if !obj.get("uploadTime").is_some_and(Value::is_i64) {
-        return Err("uploadTime missing or not an integer".into());
-    }
-    if !obj
-        .get("items")
-        .and_then(Value::as_array)
-        .is_some_and(Vec::is_empty)
-    {
-        return Err("items missing or not an empty array".into());
-    }
-    let proto = obj
-        .get("protoLogs")
-        .and_then(Value::as_array)
-        .ok_or("protoLogs missing")?;
+    let proto: Vec<String> = envelope(body)?;
     let mut logs = Vec::with_capacity(proto.len());
-    for p in proto {
-        let s = p.as_str().ok_or("protoLogs element is not a string")?;
+    for s in &proto {
         let raw: Value = serde_json::from_str(s).map_err(|_| "protoLogs element is not JSON")?;
         if has_null(&raw) {
             return Err("null field in a log".into());
@@ -473,18 +459,30 @@ mod tests {
             ),
             (
                 serde_json::json!({"uploadTime": 1, "items": [], "protoLogs": [good_log.clone()]}),
-                "not a string",
+                "expected a string",
             ),
             (
                 serde_json::json!({"uploadTime": 1, "items": [], "protoLogs": [], "extra": 1}),
-                "unknown",
+                "unknown field",
             ),
             (
                 serde_json::json!({"items": [], "protoLogs": []}),
                 "uploadTime",
             ),
+            (
+                serde_json::json!({"uploadTime": 1, "items": [1], "protoLogs": []}),
+                "items is not empty",
+            ),
+            (
+                serde_json::json!({"uploadTime": "1", "items": [], "protoLogs": []}),
+                "invalid type",
+            ),
         ] {
-            assert!(validate(&body(bad)).unwrap_err().contains(why), "{why}");
+            let bad = body(bad);
+            let err = validate(&bad).unwrap_err();
+            assert!(err.contains(why), "{why}: {err}");
+            // The counting endpoint refuses the same envelopes, for the same reason.
+            assert_eq!(count_logs(&bad), Err(err));
         }
         let mut with_null = good_log.clone();
         with_null["workspace_id"] = Value::Null;
@@ -511,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn counting_checks_the_envelope_and_counts_logs() {
+    fn counting_counts_the_logs_of_an_accepted_envelope() {
         let body = |v: Value| v.to_string().into_bytes();
         let log = r#"{"a":"quoted \"x\""}"#;
         assert_eq!(
@@ -526,31 +524,6 @@ mod tests {
             )),
             Ok(0)
         );
-        for (bad, why) in [
-            (
-                serde_json::json!({"uploadTime": 1, "protoLogs": []}),
-                "items",
-            ),
-            (
-                serde_json::json!({"uploadTime": 1, "items": [1], "protoLogs": []}),
-                "items is not empty",
-            ),
-            (
-                serde_json::json!({"uploadTime": 1, "items": [], "protoLogs": [{"a": 1}]}),
-                "a log as a JSON string",
-            ),
-            (
-                serde_json::json!({"uploadTime": 1, "items": [], "protoLogs": [], "extra": 1}),
-                "unknown field",
-            ),
-            (
-                serde_json::json!({"uploadTime": "1", "items": [], "protoLogs": []}),
-                "invalid type",
-            ),
-        ] {
-            let err = count_logs(&body(bad)).unwrap_err();
-            assert!(err.contains(why), "{why}: {err}");
-        }
         assert!(count_logs(b"nope").is_err());
     }
 }
