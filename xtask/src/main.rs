@@ -483,9 +483,7 @@ impl Server {
             }
         }
     }
-}
 
-impl Server {
     /// The server process's CPU so far (user + system, every thread), in ms; `None` where
     /// `/proc` does not tell (not Linux).
     fn cpu_ms(&self) -> Option<f64> {
