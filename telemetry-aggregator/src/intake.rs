@@ -82,6 +82,20 @@ fn event_text_bytes(event: &TelemetryEvent) -> usize {
     }
 }
 
+/// Whether the task may send `event`'s row at once (a failed open, a failed chunk, an error,
+/// a statement that failed: the task's own rule, on terminal errors, is narrower), so an idle
+/// task is woken for it.
+#[inline(always)]
+fn sent_at_once(event: &TelemetryEvent) -> bool {
+    match &event.kind {
+        EventKind::StatementEnded { end } => end.error.is_some(),
+        EventKind::ConnectionOpened { .. } | EventKind::ConnectionClosed { .. } => false,
+        EventKind::ConnectionFailed { .. }
+        | EventKind::ChunkFailed { .. }
+        | EventKind::Error { .. } => true,
+    }
+}
+
 /// What [`Intake::push`] does with an event once the intake is closed (its task still live).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OnClose {
@@ -109,23 +123,32 @@ pub(crate) struct Intake {
     /// the task as it wakes. Producers of a burst then each read one flag instead of each
     /// notifying (a read-modify-write on a line the task writes too).
     wake_pending: AtomicBool,
-    /// The task found the intake empty and stopped its drain tick: the next event wakes it.
+    /// The task found the intake empty and stopped its drain tick: an event it sends at once,
+    /// or the one that makes a batch, wakes it; others wait for its flush tick (or the mark).
     /// Read by every push (a line the task writes only when it goes idle); a wake-up missed
     /// in a race costs a delay until the next flush tick drains, never an event.
     sleeping: AtomicBool,
     high_water: usize,
+    /// Events that wake an idle task (its batch size, at most the mark, which wakes it anyway).
+    idle_wake_at: usize,
     /// A small array is looked at on every push (a few pushes past its mark would fill it).
     look_every_push: bool,
     counters: std::sync::Arc<Counters>,
 }
 
 impl Intake {
+    /// An intake of `capacity` events and `max_queued_bytes`, whose idle task is woken when
+    /// `batch_size` events wait (or an event it sends at once comes).
     pub(crate) fn new(
         capacity: usize,
         max_queued_bytes: usize,
+        batch_size: usize,
         counters: std::sync::Arc<Counters>,
     ) -> Self {
         let primary_slots = capacity.clamp(1, PRIMARY_SLOTS);
+        // Half the array: the task drains every few milliseconds anyway; a burst wakes it
+        // early, once per couple of hundred events rather than on each.
+        let high_water = (primary_slots / 2).max(1);
         Self {
             primary: OnceLock::new(),
             primary_slots,
@@ -139,9 +162,8 @@ impl Intake {
             wake: tokio::sync::Notify::new(),
             wake_pending: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
-            // Half the array: the task drains every few milliseconds anyway; a burst wakes it
-            // early, once per couple of hundred events rather than on each.
-            high_water: (primary_slots / 2).max(1),
+            high_water,
+            idle_wake_at: batch_size.clamp(1, high_water),
             look_every_push: primary_slots < 8 * LOOK_EVERY as usize,
             counters,
         }
@@ -174,6 +196,7 @@ impl Intake {
             return true;
         }
         let text = event_text_bytes(&event);
+        let urgent = sent_at_once(&event);
         if text > 0 && !self.reserve(text) {
             self.counters.count_drop(DropReason::QueueFull, 1);
             return true;
@@ -194,16 +217,22 @@ impl Intake {
             Err(event) => self.push_overflow(event, text),
         }
         if self.sleeping.load(Ordering::Relaxed) {
-            self.wake_sleeper();
+            self.wake_sleeper(urgent);
         }
         true
     }
 
-    /// The task is idle: wake it for this event (the first producer to see it asleep).
+    /// The task is idle: wake it (the first producer to see it asleep) for an event it sends
+    /// at once, or when a batch waits. Anything else waits for its flush tick, which exports
+    /// what waits anyway, or for the mark: a quiet driver's statement then costs its thread
+    /// no wake-up (a system call, and on a virtual machine an interrupt to another core), as
+    /// OpenTelemetry's batch processors wake their worker only when a batch is ready.
     #[cold]
     #[inline(never)]
-    fn wake_sleeper(&self) {
-        if self.sleeping.swap(false, Ordering::AcqRel) {
+    fn wake_sleeper(&self, urgent: bool) {
+        // The mark's own look wakes the task from `idle_wake_at == high_water` on.
+        let batch_waits = self.idle_wake_at < self.high_water && self.len() >= self.idle_wake_at;
+        if (urgent || batch_waits) && self.sleeping.swap(false, Ordering::AcqRel) {
             self.wake.notify_one();
         }
     }
@@ -386,7 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_wakes_the_task_once_per_drain_and_never_loses_a_wake_up() {
-        let intake = Intake::new(10_000, 4 << 20, Arc::new(Counters::default()));
+        let intake = Intake::new(10_000, 4 << 20, 1, Arc::new(Counters::default()));
         let woken = |intake: &Intake| {
             let mut f = std::pin::pin!(intake.woken());
             std::future::Future::poll(
@@ -418,7 +447,7 @@ mod tests {
     #[test]
     fn a_burst_overflows_the_array_and_drains_back_to_nothing() {
         let counters = Arc::new(Counters::default());
-        let intake = Intake::new(10_000, 4 << 20, counters.clone());
+        let intake = Intake::new(10_000, 4 << 20, 1, counters.clone());
         assert!(
             intake.primary.get().is_none(),
             "nothing before the first event"
@@ -464,13 +493,13 @@ mod tests {
     #[test]
     fn capacity_and_bytes_bound_the_overflow() {
         let counters = Arc::new(Counters::default());
-        let intake = Intake::new(600, 4 << 20, counters.clone());
+        let intake = Intake::new(600, 4 << 20, 1, counters.clone());
         for _ in 0..700 {
             intake.push(opened(), OnClose::Count);
         }
         assert_eq!(intake.len(), 600);
         assert_eq!(counters.snapshot().dropped.get(DropReason::QueueFull), 100);
-        let small = Intake::new(100_000, 64 << 10, counters.clone());
+        let small = Intake::new(100_000, 64 << 10, 1, counters.clone());
         for _ in 0..100_000 {
             small.push(opened(), OnClose::Count);
         }
@@ -505,7 +534,7 @@ mod tests {
         #[case] queued: usize,
     ) {
         let counters = Arc::new(Counters::default());
-        let intake = Intake::new(10, 1 << 20, counters.clone());
+        let intake = Intake::new(10, 1 << 20, 1, counters.clone());
         match state {
             State::Open => {}
             State::Closed => intake.close(),

@@ -8,8 +8,13 @@
 //!   of it); a burst that fills it spills into a segmented overflow that grows while the burst
 //!   lasts and is freed as it drains. Capacity and bytes (overflow slots, error text) are
 //!   bounded; past them the event is dropped and counted. Nothing else runs on the caller's
-//!   thread: the push does not wake the background task (a wake can cost a syscall), which
-//!   drains the queue every few milliseconds, or at once when the array is half full.
+//!   thread: the push does not wake the background task (a wake-up is a system call), which
+//!   drains the queue every 10 ms while events come, or at once when the array is half full.
+//!   A task that found the queue empty stops that tick; a producer then wakes it only for a
+//!   row it may send at once (an error, a failed statement, chunk or open) or when
+//!   `batch_size` events wait, and the flush tick takes the rest, as it would send them: a
+//!   quiet driver's statements wake no thread (OpenTelemetry's batch processors wake their
+//!   worker only for a ready batch too).
 //! - **Rows**: one background task owns all state and turns each event into its row:
 //!   connection open / close / failed open, a statement's end (which carries everything its
 //!   handle recorded: type, operation, id, outcome, chunk statistics, polls, format, error),
@@ -108,6 +113,7 @@ impl Aggregator {
         let intake = Arc::new(Intake::new(
             config.queue_capacity,
             config.max_buffered_bytes,
+            config.batch_size,
             counters.clone(),
         ));
         let (control, control_rx) = mpsc::unbounded_channel();

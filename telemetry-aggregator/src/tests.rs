@@ -348,8 +348,16 @@ async fn interval_flush() {
     assert_eq!(sink.rows().len(), 1);
 }
 
+/// Lets the background task run what is ready, with no time passing (the paused clock
+/// advances only when every task waits).
+async fn run_without_time_passing() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn an_idle_task_sleeps_and_the_next_event_wakes_it() {
+async fn an_idle_task_sleeps_and_the_event_that_makes_a_batch_wakes_it() {
     let (agg, sink) = spawn(AggregatorConfig {
         batch_size: 1,
         ..config()
@@ -367,6 +375,89 @@ async fn an_idle_task_sleeps_and_the_next_event_wakes_it() {
     agg.emit(ev(&c, opened(2)));
     settle().await;
     assert_eq!(sink.rows().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_task_is_woken_by_a_batch_not_by_each_event() {
+    let (agg, sink) = spawn(AggregatorConfig {
+        batch_size: 3,
+        ..config()
+    });
+    let c = conn();
+    // Between two flush ticks (every 5 s), long after the task went idle.
+    tokio::time::sleep(Duration::from_millis(62_500)).await;
+    assert!(agg.intake.is_sleeping());
+    agg.emit(ev(&c, complete("a")));
+    agg.emit(ev(&c, complete("b")));
+    run_without_time_passing().await;
+    assert_eq!(
+        agg.stats().events_received,
+        0,
+        "two of a batch of three wait"
+    );
+    assert!(agg.intake.is_sleeping());
+    agg.emit(ev(&c, complete("c")));
+    run_without_time_passing().await;
+    assert_eq!(agg.stats().events_received, 3, "the third makes the batch");
+    assert_eq!(sink.batch_sizes(), vec![3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_hosts_rows_wait_for_the_flush_tick_and_wake_nothing() {
+    let (agg, sink) = spawn(config());
+    let c = conn();
+    tokio::time::sleep(Duration::from_millis(62_500)).await;
+    assert!(agg.intake.is_sleeping());
+    for id in ["a", "b", "c"] {
+        agg.emit(ev(&c, complete(id)));
+    }
+    settle().await;
+    assert_eq!(agg.stats().events_received, 0, "no wake-up, no drain tick");
+    assert!(agg.intake.is_sleeping());
+    // The flush tick (at 65 s) takes and sends them, as it would have sent them anyway.
+    tokio::time::sleep(Duration::from_millis(2_600)).await;
+    settle().await;
+    assert_eq!(agg.stats().events_received, 3);
+    assert_eq!(sink.batch_sizes(), vec![3]);
+}
+
+/// Which events wake an idle task at once (default batch of 200): those whose row the task
+/// may send at once. A retryable failure is drained (its row then waits for its batch).
+#[rstest::rstest]
+#[case::statement(complete("s"), false)]
+#[case::opened(opened(1), false)]
+#[case::closed(EventKind::ConnectionClosed { latency_ms: 1 }, false)]
+#[case::terminal_failure(failed("s", ErrorClass::Terminal), true)]
+#[case::retryable_failure(failed("s", ErrorClass::Retryable), true)]
+#[case::error(error(None, ErrorClass::Retryable), true)]
+#[case::failed_open(EventKind::ConnectionFailed {
+    latency_ms: 3,
+    error: Box::new(DriverError::new("ConnectError", "refused")),
+}, true)]
+#[case::chunk_failure(EventKind::ChunkFailed {
+    failure: Box::new(ChunkFailure {
+        statement_id: None,
+        statement_type: StatementType::Query,
+        operation_type: OperationType::ExecuteStatement,
+        chunk_index: 1,
+        chunks: ChunkStats::default(),
+        completion: StatementCompletion::default(),
+        error: DriverError::new("CloudFetchError", "x"),
+    }),
+}, true)]
+#[tokio::test(start_paused = true)]
+async fn an_idle_task_is_woken_at_once_only_for_rows_it_may_send_at_once(
+    #[case] kind: EventKind,
+    #[case] wakes: bool,
+) {
+    let (agg, _sink) = spawn(config());
+    let c = conn();
+    tokio::time::sleep(Duration::from_millis(62_500)).await;
+    assert!(agg.intake.is_sleeping());
+    agg.emit(ev(&c, kind));
+    run_without_time_passing().await;
+    assert_eq!(agg.stats().events_received, u64::from(wakes));
+    assert_eq!(agg.intake.is_sleeping(), !wakes);
 }
 
 #[tokio::test(start_paused = true)]
@@ -545,11 +636,6 @@ async fn the_task_drains_before_its_tick_only_past_half_the_array() {
 async fn a_full_size_array_wakes_the_task_a_few_pushes_past_its_mark() {
     let (agg, _sink) = spawn(config());
     let c = conn();
-    let run_without_time_passing = || async {
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
-    };
     run_without_time_passing().await;
     // Half the 128-slot array, less one look's worth (16 pushes): the task waits for its
     // tick.

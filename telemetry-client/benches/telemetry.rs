@@ -238,6 +238,84 @@ fn bench_statement_burst() {
     );
 }
 
+/// One statement on a thread that has been idle for 25 ms, as a driver's statements mostly
+/// are (each waits on the server), the background task asleep meanwhile (its intake found
+/// empty): median over single statements, each timed alone. Beside it, its floor after the
+/// same sleep (two counter readings and one push of an event's size onto a queue another
+/// thread drains): what cold caches cost any code there.
+fn bench_isolated_statement() {
+    const IDLE: Duration = Duration::from_millis(25);
+    let rounds = if quick() { 40 } else { 200 };
+    let median = |mut f: Box<dyn FnMut(usize) -> Duration>| {
+        let mut v: Vec<f64> = (0..rounds)
+            .map(|i| {
+                std::thread::sleep(IDLE);
+                f(i).as_nanos() as f64
+            })
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (p, c) = enabled_provider();
+    let ids: Vec<String> = (0..rounds)
+        .map(|i| format!("01ef-statement-{i:08}"))
+        .collect();
+    let local = median(Box::new(|i| {
+        let t = Instant::now();
+        let mut s = c.local_statement(StatementType::Query, OperationType::ExecuteStatement);
+        s.attach_id(&ids[i]);
+        for _ in 0..3 {
+            s.chunk(Duration::from_millis(3), 1 << 20, true);
+        }
+        s.complete();
+        t.elapsed()
+    }));
+    let shared = median(Box::new(|i| {
+        let t = Instant::now();
+        lifecycle(&c, &ids[i], 3);
+        t.elapsed()
+    }));
+    wait_until(|| events_received(&p) >= 2 * rounds as u64);
+    type Slot = [u64; std::mem::size_of::<TelemetryEvent>() / 8];
+    let queue = Arc::new(ArrayQueue::<Slot>::new(128));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consumer = {
+        let (queue, stop) = (queue.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while let Some(v) = queue.pop() {
+                    black_box(v);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let floor = median(Box::new(|i| {
+        let t = Instant::now();
+        let begun = counter_reading();
+        let _ = queue.push(black_box(
+            [i as u64; std::mem::size_of::<TelemetryEvent>() / 8],
+        ));
+        black_box((begun, counter_reading()));
+        t.elapsed()
+    }));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = consumer.join();
+    for (name, ns) in [
+        (
+            "driver thread: isolated statement, after 25 ms idle",
+            shared,
+        ),
+        ("driver thread: isolated local statement", local),
+        (
+            "floor: isolated (2 clocks, 1 push), after 25 ms idle",
+            floor,
+        ),
+    ] {
+        report(name, format!("{:.2} us", ns / 1000.0), "-", true);
+    }
+}
+
 /// A raw reading of the CPU's time-stamp counter, as the statement clock takes it (no
 /// counter off x86_64: an `Instant` reading there).
 #[cfg(target_arch = "x86_64")]
@@ -617,6 +695,9 @@ fn main() {
         );
         bench_statement_parts(100);
         bench_statement_burst();
+    }
+    if run("isolated statement") {
+        bench_isolated_statement();
     }
     if run("disabled") {
         bench_disabled();
