@@ -216,7 +216,10 @@ impl Intake {
             }
             Err(event) => self.push_overflow(event, text),
         }
-        if self.sleeping.load(Ordering::Relaxed) {
+        // With a batch at or past the mark (the default), a common event does not even look
+        // at whether the task sleeps: a read of a line the task writes.
+        if (urgent || self.idle_wake_at < self.high_water) && self.sleeping.load(Ordering::Relaxed)
+        {
             self.wake_sleeper(urgent);
         }
         true
@@ -230,7 +233,7 @@ impl Intake {
     #[cold]
     #[inline(never)]
     fn wake_sleeper(&self, urgent: bool) {
-        // The mark's own look wakes the task from `idle_wake_at == high_water` on.
+        // From `idle_wake_at == high_water` on, the mark's own look wakes the task.
         let batch_waits = self.idle_wake_at < self.high_water && self.len() >= self.idle_wake_at;
         if (urgent || batch_waits) && self.sleeping.swap(false, Ordering::AcqRel) {
             self.wake.notify_one();
