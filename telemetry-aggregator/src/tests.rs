@@ -377,16 +377,22 @@ async fn an_idle_task_sleeps_and_the_event_that_makes_a_batch_wakes_it() {
     assert_eq!(sink.rows().len(), 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_idle_task_is_woken_by_a_batch_not_by_each_event() {
-    let (agg, sink) = spawn(AggregatorConfig {
-        batch_size: 3,
-        ..config()
-    });
-    let c = conn();
-    // Between two flush ticks (every 5 s), long after the task went idle.
+/// An aggregator whose task went idle long ago (its drain tick stopped), at a moment between
+/// two flush ticks (every 5 s: the next at 65 s), and a connection.
+async fn idle(config: AggregatorConfig) -> (Aggregator, Arc<RecordingSink>, Arc<ConnectionInfo>) {
+    let (agg, sink) = spawn(config);
     tokio::time::sleep(Duration::from_millis(62_500)).await;
     assert!(agg.intake.is_sleeping());
+    (agg, sink, conn())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_task_is_woken_by_a_batch_not_by_each_event() {
+    let (agg, sink, c) = idle(AggregatorConfig {
+        batch_size: 3,
+        ..config()
+    })
+    .await;
     agg.emit(ev(&c, complete("a")));
     agg.emit(ev(&c, complete("b")));
     run_without_time_passing().await;
@@ -404,10 +410,7 @@ async fn an_idle_task_is_woken_by_a_batch_not_by_each_event() {
 
 #[tokio::test(start_paused = true)]
 async fn a_quiet_hosts_rows_wait_for_the_flush_tick_and_wake_nothing() {
-    let (agg, sink) = spawn(config());
-    let c = conn();
-    tokio::time::sleep(Duration::from_millis(62_500)).await;
-    assert!(agg.intake.is_sleeping());
+    let (agg, sink, c) = idle(config()).await;
     for id in ["a", "b", "c"] {
         agg.emit(ev(&c, complete(id)));
     }
@@ -450,10 +453,7 @@ async fn an_idle_task_is_woken_at_once_only_for_rows_it_may_send_at_once(
     #[case] kind: EventKind,
     #[case] wakes: bool,
 ) {
-    let (agg, _sink) = spawn(config());
-    let c = conn();
-    tokio::time::sleep(Duration::from_millis(62_500)).await;
-    assert!(agg.intake.is_sleeping());
+    let (agg, _sink, c) = idle(config()).await;
     agg.emit(ev(&c, kind));
     run_without_time_passing().await;
     assert_eq!(agg.stats().events_received, u64::from(wakes));

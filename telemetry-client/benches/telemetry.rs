@@ -238,6 +238,34 @@ fn bench_statement_burst() {
     );
 }
 
+/// Words of an event's size: a floor's queue slot.
+const SLOT_WORDS: usize = std::mem::size_of::<TelemetryEvent>() / 8;
+
+/// A lock-free queue of `slots` event-sized slots, with a consumer thread that drains it
+/// every `tick` (as the background task drains its intake), and what stops that thread.
+fn drained_queue(
+    slots: usize,
+    tick: Duration,
+) -> (Arc<ArrayQueue<[u64; SLOT_WORDS]>>, impl FnOnce()) {
+    let queue = Arc::new(ArrayQueue::new(slots));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consumer = {
+        let (queue, stop) = (queue.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while let Some(v) = queue.pop() {
+                    black_box(v);
+                }
+                std::thread::sleep(tick);
+            }
+        })
+    };
+    (queue, move || {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = consumer.join();
+    })
+}
+
 /// One statement on a thread that has been idle for 25 ms, as a driver's statements mostly
 /// are (each waits on the server), the background task asleep meanwhile (its intake found
 /// empty): median over single statements, each timed alone. Beside it, its floor after the
@@ -276,31 +304,15 @@ fn bench_isolated_statement() {
         t.elapsed()
     }));
     wait_until(|| events_received(&p) >= 2 * rounds as u64);
-    type Slot = [u64; std::mem::size_of::<TelemetryEvent>() / 8];
-    let queue = Arc::new(ArrayQueue::<Slot>::new(128));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let consumer = {
-        let (queue, stop) = (queue.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                while let Some(v) = queue.pop() {
-                    black_box(v);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
+    let (queue, stop) = drained_queue(128, Duration::from_millis(10));
     let floor = median(Box::new(|i| {
         let t = Instant::now();
         let begun = counter_reading();
-        let _ = queue.push(black_box(
-            [i as u64; std::mem::size_of::<TelemetryEvent>() / 8],
-        ));
+        let _ = queue.push(black_box([i as u64; SLOT_WORDS]));
         black_box((begun, counter_reading()));
         t.elapsed()
     }));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = consumer.join();
+    stop();
     for (name, ns) in [
         (
             "driver thread: isolated statement, after 25 ms idle",
@@ -365,32 +377,18 @@ fn bench_floor() -> (f64, f64) {
     );
     let clock = instant.min(tsc);
 
-    type Slot = [u64; std::mem::size_of::<TelemetryEvent>() / 8];
-    let queue = Arc::new(ArrayQueue::<Slot>::new(512));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let consumer = {
-        let (queue, stop) = (queue.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                while let Some(v) = queue.pop() {
-                    black_box(v);
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    let (queue, stop) = drained_queue(512, Duration::from_millis(1));
     let push = median_per_unit(|| {
         while !queue.is_empty() {
             std::thread::sleep(Duration::from_millis(1));
         }
         let t = Instant::now();
         for i in 0..100u64 {
-            let _ = queue.push(black_box([i; std::mem::size_of::<TelemetryEvent>() / 8]));
+            let _ = queue.push(black_box([i; SLOT_WORDS]));
         }
         (t.elapsed(), 100)
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = consumer.join();
+    stop();
     report(
         "floor: lock-free queue push of one event",
         format!("{push:.1} ns"),
