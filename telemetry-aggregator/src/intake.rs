@@ -82,20 +82,6 @@ fn event_text_bytes(event: &TelemetryEvent) -> usize {
     }
 }
 
-/// Whether the task may send `event`'s row at once (a failed open, a failed chunk, an error,
-/// a statement that failed: the task's own rule, on terminal errors, is narrower), so an idle
-/// task is woken for it.
-#[inline(always)]
-fn sent_at_once(event: &TelemetryEvent) -> bool {
-    match &event.kind {
-        EventKind::StatementEnded { end } => end.error.is_some(),
-        EventKind::ConnectionOpened { .. } | EventKind::ConnectionClosed { .. } => false,
-        EventKind::ConnectionFailed { .. }
-        | EventKind::ChunkFailed { .. }
-        | EventKind::Error { .. } => true,
-    }
-}
-
 /// What [`Intake::push`] does with an event once the intake is closed (its task still live).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OnClose {
@@ -125,8 +111,9 @@ pub(crate) struct Intake {
     wake_pending: AtomicBool,
     /// The task found the intake empty and stopped its drain tick: an event it sends at once,
     /// or the one that makes a batch, wakes it; others wait for its flush tick (or the mark).
-    /// Read by every push (a line the task writes only when it goes idle); a wake-up missed
-    /// in a race costs a delay until the next flush tick drains, never an event.
+    /// Read only by a push that could wake the task (a line the task writes when it goes
+    /// idle); a wake-up missed in a race costs a delay until the next flush tick drains, never
+    /// an event.
     sleeping: AtomicBool,
     high_water: usize,
     /// Events that wake an idle task (its batch size, at most the mark, which wakes it anyway).
@@ -196,7 +183,7 @@ impl Intake {
             return true;
         }
         let text = event_text_bytes(&event);
-        let urgent = sent_at_once(&event);
+        let urgent = crate::task::sent_at_once(&event.kind);
         if text > 0 && !self.reserve(text) {
             self.counters.count_drop(DropReason::QueueFull, 1);
             return true;

@@ -11,7 +11,7 @@
 //!   thread: the push does not wake the background task (a wake-up is a system call), which
 //!   drains the queue every 10 ms while events come, or at once when the array is half full.
 //!   A task that found the queue empty stops that tick; a producer then wakes it only for a
-//!   row it may send at once (an error, a failed statement, chunk or open) or when
+//!   row it sends at once (see Flushes) or when
 //!   `batch_size` events wait, and the flush tick takes the rest, as it would send them: a
 //!   quiet driver's statements wake no thread (OpenTelemetry's batch processors wake their
 //!   worker only for a ready batch too).

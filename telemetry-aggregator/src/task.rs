@@ -46,6 +46,20 @@ fn capped(mut error: DriverError) -> DriverError {
     error
 }
 
+/// Whether an event's row is sent at once, with whatever is pending, rather than with its
+/// batch: a failed open (the driver may be about to give up), a failed CloudFetch chunk, and
+/// a statement or an error ended by a terminal error (with the statement's statistics). An
+/// idle task is woken for such an event as it is queued.
+pub(crate) fn sent_at_once(kind: &EventKind) -> bool {
+    let terminal = |e: &DriverError| e.class == ErrorClass::Terminal;
+    match kind {
+        EventKind::ConnectionFailed { .. } | EventKind::ChunkFailed { .. } => true,
+        EventKind::StatementEnded { end } => end.error.as_deref().is_some_and(terminal),
+        EventKind::Error { error, .. } => terminal(error),
+        EventKind::ConnectionOpened { .. } | EventKind::ConnectionClosed { .. } => false,
+    }
+}
+
 struct InFlight {
     handle: JoinHandle<()>,
     rows: u64,
@@ -334,7 +348,8 @@ impl State {
             kind,
         } = event;
         let timestamp_millis = at.map_or(clock.millis(), |at| clock.millis_at(at));
-        let urgent = match kind {
+        let urgent = sent_at_once(&kind);
+        match kind {
             EventKind::ConnectionOpened { latency_ms } => {
                 let log = row::connection_row(
                     &connection,
@@ -343,7 +358,6 @@ impl State {
                     latency_ms,
                 );
                 self.push_log(connection, log);
-                false
             }
             EventKind::ConnectionClosed { latency_ms } => {
                 let log = row::connection_row(
@@ -353,7 +367,6 @@ impl State {
                     latency_ms,
                 );
                 self.push_log(connection, log);
-                false
             }
             EventKind::ConnectionFailed { latency_ms, error } => {
                 let log = row::connection_failure_row(
@@ -363,14 +376,8 @@ impl State {
                     &capped(*error),
                 );
                 self.push_log(connection, log);
-                // The driver may be about to give up: send it now.
-                true
             }
             EventKind::StatementEnded { mut end } => {
-                let terminal = end
-                    .error
-                    .as_ref()
-                    .is_some_and(|e| e.class == ErrorClass::Terminal);
                 end.error = end.error.map(|e| Box::new(capped(*e)));
                 if !self.latencies.has_room() {
                     self.take_latencies();
@@ -379,15 +386,12 @@ impl State {
                 let _ = self.latencies.record(&end);
                 // Built when written into a request body (`TelemetryRow::log_in`).
                 self.push_row(TelemetryRow::statement(connection, timestamp_millis, end));
-                // A terminal failure is sent at once, with the statement's statistics.
-                terminal
             }
             EventKind::ChunkFailed { failure } => {
                 let mut failure = *failure;
                 failure.error = capped(failure.error);
                 let log = row::chunk_failure_row(&connection, timestamp_millis, &failure);
                 self.push_log(connection, log);
-                true
             }
             EventKind::Error {
                 statement_id,
@@ -401,9 +405,8 @@ impl State {
                     &error,
                 );
                 self.push_log(connection, log);
-                error.class == ErrorClass::Terminal
             }
-        };
+        }
         Counters::bump(&self.counters.events_folded, 1);
         if urgent {
             self.start_flushes(true);

@@ -424,15 +424,16 @@ async fn a_quiet_hosts_rows_wait_for_the_flush_tick_and_wake_nothing() {
     assert_eq!(sink.batch_sizes(), vec![3]);
 }
 
-/// Which events wake an idle task at once (default batch of 200): those whose row the task
-/// may send at once. A retryable failure is drained (its row then waits for its batch).
+/// Which events wake an idle task at once (default batch of 200): those whose row it sends
+/// at once.
 #[rstest::rstest]
 #[case::statement(complete("s"), false)]
 #[case::opened(opened(1), false)]
 #[case::closed(EventKind::ConnectionClosed { latency_ms: 1 }, false)]
 #[case::terminal_failure(failed("s", ErrorClass::Terminal), true)]
-#[case::retryable_failure(failed("s", ErrorClass::Retryable), true)]
-#[case::error(error(None, ErrorClass::Retryable), true)]
+#[case::retryable_failure(failed("s", ErrorClass::Retryable), false)]
+#[case::terminal_error(error(None, ErrorClass::Terminal), true)]
+#[case::retryable_error(error(None, ErrorClass::Retryable), false)]
 #[case::failed_open(EventKind::ConnectionFailed {
     latency_ms: 3,
     error: Box::new(DriverError::new("ConnectError", "refused")),
