@@ -425,7 +425,7 @@ async fn a_quiet_hosts_rows_wait_for_the_flush_tick_and_wake_nothing() {
 }
 
 /// Which events wake an idle task at once (default batch of 200): those whose row it sends
-/// at once.
+/// at once, and it does.
 #[rstest::rstest]
 #[case::statement(complete("s"), false)]
 #[case::opened(opened(1), false)]
@@ -450,15 +450,20 @@ async fn a_quiet_hosts_rows_wait_for_the_flush_tick_and_wake_nothing() {
     }),
 }, true)]
 #[tokio::test(start_paused = true)]
-async fn an_idle_task_is_woken_at_once_only_for_rows_it_may_send_at_once(
+async fn an_idle_task_is_woken_at_once_only_for_rows_it_sends_at_once(
     #[case] kind: EventKind,
     #[case] wakes: bool,
 ) {
-    let (agg, _sink, c) = idle(config()).await;
+    let (agg, sink, c) = idle(config()).await;
     agg.emit(ev(&c, kind));
     run_without_time_passing().await;
     assert_eq!(agg.stats().events_received, u64::from(wakes));
     assert_eq!(agg.intake.is_sleeping(), !wakes);
+    assert_eq!(
+        sink.rows().len(),
+        usize::from(wakes),
+        "sent before any time passed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
