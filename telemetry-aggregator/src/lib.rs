@@ -20,8 +20,8 @@
 //!   handle recorded: type, operation, id, outcome, chunk statistics, polls, format, error),
 //!   a CloudFetch chunk failure, an error. It drains a burst in slices, yielding between
 //!   them, so exports run while it drains.
-//! - **Flushes**: a failed statement with a terminal error, a failed session open and a
-//!   failed CloudFetch chunk are flushed at once; so is everything pending on
+//! - **Flushes**: a failed statement or an error row with a terminal error, a failed session
+//!   open and a failed CloudFetch chunk are flushed at once; so is everything pending on
 //!   [`flush`](Aggregator::flush) and [`close`](Aggregator::close); otherwise a flush starts
 //!   when pending rows reach `batch_size` (after a drain slice) and on the flush interval.
 //!   Under load a full batch less than `linger` after the last request waits to grow, up to
