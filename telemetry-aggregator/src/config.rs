@@ -56,7 +56,7 @@ pub struct AggregatorConfig {
     /// [`close`](crate::Aggregator::close). Default 2 s; 0..=10 min.
     pub close_timeout: Duration,
     /// Events buffered between the driver and the background task, at most. Default
-    /// 100 000; 1..=1 000 000. The queue grows on demand: its first 128 slots (232 bytes
+    /// 100 000; 1..=1 000 000. The queue grows on demand: its first 192 slots (232 bytes
     /// each) come with the host's first event, the rest only while a burst needs them, and
     /// every queued event also counts against `max_buffered_bytes`.
     pub queue_capacity: usize,

@@ -4,12 +4,13 @@
 //! batches to a [`BatchSink`] (the exporter in production, a recording sink in tests).
 //!
 //! - **Intake**: [`Aggregator::emit`] is a non-blocking push into a lock-free array queue of
-//!   128 slots (a statement's end rides inline in its slot), allocated by the host's first event (a host that reports nothing holds none
+//!   192 slots (a statement's end rides inline in its slot), allocated by the host's first event (a host that reports nothing holds none
 //!   of it); a burst that fills it spills into a segmented overflow that grows while the burst
 //!   lasts and is freed as it drains. Capacity and bytes (overflow slots, error text) are
 //!   bounded; past them the event is dropped and counted. Nothing else runs on the caller's
 //!   thread: the push does not wake the background task (a wake-up is a system call), which
-//!   drains the queue every 10 ms while events come, or at once when the array is half full.
+//!   drains the queue every 10 ms while events come, or at once when the array reaches its
+//!   mark (128 events, the last 64 slots kept for what comes while the task wakes).
 //!   A task that found the queue empty stops that tick; a producer then wakes it only for a
 //!   row it sends at once (see Flushes) or when
 //!   `batch_size` events wait, and the flush tick takes the rest, as it would send them: a

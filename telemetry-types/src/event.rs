@@ -772,7 +772,7 @@ mod tests {
 
     #[test]
     fn an_event_is_a_statement_end_and_little_more() {
-        // The queue's slots are this size (128 of them in a host's array): a field added to
+        // The queue's slots are this size (192 of them in a host's array): a field added to
         // a statement's end grows every slot, and another kind must box what it carries.
         assert!(std::mem::size_of::<StatementEnd>() <= 208);
         assert!(std::mem::size_of::<EventKind>() <= 208);
