@@ -130,6 +130,7 @@ mod options;
 mod provider;
 mod registry;
 mod runtime;
+mod set_once;
 mod statement;
 mod stats;
 mod sysinfo;

@@ -7,8 +7,8 @@
 //! one queue push, at its end, however many chunks and polls it has.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use telemetry_types::classify::ErrorClass;
@@ -20,6 +20,7 @@ use telemetry_types::wire::{ExecutionResultFormat, OperationType, StatementType}
 
 use crate::clock::{self, Stamp};
 use crate::emitter::{Emitter, capped_id, millis};
+use crate::set_once::SetOnce;
 use crate::unreported::{self, NotReported};
 
 /// One statement's telemetry: cheap to clone (an `Arc`), `Send + Sync`, every method `&self`
@@ -74,7 +75,8 @@ pub(crate) struct Shared {
     statement_type: AtomicU8,
     operation_type: OperationType,
     ended: AtomicBool,
-    id: OnceLock<CompactId>,
+    /// The server's id: set once, by whichever clone attaches it first.
+    id: SetOnce<CompactId>,
     volume: Option<Box<VolumeOp>>,
     /// Chunks fold here and ride with the end: a chunk costs a few atomic operations on the
     /// handle, not an event through the queue (a CloudFetch result can have thousands).
@@ -270,7 +272,7 @@ impl Statement {
                 statement_type: AtomicU8::new(type_index(statement_type)),
                 operation_type,
                 ended: AtomicBool::new(false),
-                id: OnceLock::new(),
+                id: SetOnce::new(None),
                 volume: volume.map(Box::new),
                 chunks: FoldedChunks::default(),
                 recorded: Recorded::default(),
@@ -612,10 +614,6 @@ impl Shared {
         set(&recorded.retries, c.retry_count.map(u64::from));
         set(&recorded.ready_ms, c.result_ready_latency_ms);
         set(&recorded.consumed_ms, c.result_consumption_latency_ms);
-        let id_cell = OnceLock::new();
-        if let Some(id) = id {
-            let _ = id_cell.set(id);
-        }
         Self {
             conn,
             begun,
@@ -625,7 +623,7 @@ impl Shared {
             operation_type,
             // Ended by a terminal error before it was shared: ended for the clones too.
             ended: AtomicBool::new(ended),
-            id: id_cell,
+            id: SetOnce::new(id),
             volume,
             chunks: folded,
             recorded,
