@@ -2,9 +2,9 @@
 //! id, attached by whichever task gets the server's answer and read by every clone.
 //!
 //! `std::sync::OnceLock` would do, but its first `set` runs the `Once` machinery (two
-//! read-modify-writes and a look for waiters, about 70 instructions: the id cost a shared
-//! statement about 40 ns of the driver's thread). Here a `set` is one compare-and-swap and
-//! a release store. Nothing ever waits: a cell being written reads as empty, and a second
+//! read-modify-writes and a look for waiters, about 70 instructions, most of what attaching
+//! an id cost a shared statement; callgrind: 1,104 instructions a statement with it, 1,007
+//! with this cell). Here a `set` is one compare-and-swap and a release store. Nothing ever waits: a cell being written reads as empty, and a second
 //! writer, racing or late, is refused, which is what "the first id attached stays" asks.
 
 use std::cell::UnsafeCell;
