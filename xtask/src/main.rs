@@ -708,18 +708,21 @@ fn sustained(
 
 /// `telemetry-sim --compare`: the same workload with telemetry off and on, alternating,
 /// each timed up to its close, with 50 us of driver work per statement; against the
-/// embedded mock workspace, then against the counting endpoint in another process. The
-/// embedded mock checks every log against the schema (about 10 us of CPU a log) in the
-/// client's own process, and on a small machine that CPU comes out of the driver's timed
-/// work: a figure of the mock, not of telemetry. Both are reported, with the endpoint's CPU.
+/// embedded mock workspace, then against the counting endpoint in another process (with and
+/// without the workload's download threads). The embedded mock checks every log against the
+/// schema (about 10 us of CPU a log) in the client's own process, and on a small machine
+/// that CPU comes out of the driver's timed work: part of its figure is the mock's. All
+/// three are reported, with the endpoint's CPU.
 fn compare(sim: &Path, counting: &Server, quick: bool, report: &mut String) -> Result {
     // One driver thread: with more, spinning workers alone fill both cores of the CI machine
     // and the comparison measures the scheduler.
     let mut args = vec!["--compare", "--work-us", "50", "--connections", "1"];
+    // 31 rounds: at 9, medians of the same code moved by 10 points from run to run here
+    // (spreads of 40 to 60 points); at 31 they agree within a few.
     args.extend(if quick {
         ["--statements", "500", "--rounds", "5"]
     } else {
-        ["--statements", "2000", "--rounds", "9"]
+        ["--statements", "2000", "--rounds", "31"]
     });
     report.push_str(&format!(
         "\n## End to end (`telemetry-sim {}`, target overhead < 0.5 %)\n\n\
@@ -732,6 +735,10 @@ fn compare(sim: &Path, counting: &Server, quick: bool, report: &mut String) -> R
     ));
     let mut remote = args.clone();
     remote.extend(["--host", counting.url.as_str(), "--token", "bench"]);
+    // The download threads are two more busy threads on a small machine: without them the
+    // spread is a tenth as wide, and what remains is telemetry's.
+    let mut alone = remote.clone();
+    alone.extend(["--download-threads", "0"]);
     let runs = [
         (
             "embedded mock, in the client's process (checks every log: about 10 us of CPU a log)",
@@ -741,6 +748,11 @@ fn compare(sim: &Path, counting: &Server, quick: bool, report: &mut String) -> R
         (
             "counting endpoint in another process (`--serve --count-only`)",
             &remote,
+            Some(counting),
+        ),
+        (
+            "the same, chunks reported on the driver's thread (`--download-threads 0`)",
+            &alone,
             Some(counting),
         ),
     ];
